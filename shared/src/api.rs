@@ -1,0 +1,193 @@
+//! The public error vocabulary. Each error has one stable `code` and one HTTP status, mapped here
+//! and nowhere else: `{"error":{"code":"...","message":"..."}}`.
+
+use crate::domain::DomainError;
+use crate::store::StoreError;
+use lambda_http::http::StatusCode;
+use lambda_http::{Body, Response};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidJson(String),
+    #[error("{0}")]
+    InvalidCurrency(String),
+    #[error("{0}")]
+    InvalidAmount(String),
+    #[error("{0}")]
+    AmountBelowMinimum(String),
+    #[error("{0}")]
+    AmountAboveMaximum(String),
+    #[error("{0}")]
+    InvalidBankAccount(String),
+    #[error("{0}")]
+    InvalidParameter(String),
+    #[error("{0}")]
+    InvalidIdempotencyKey(String),
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    #[error("no such resource")]
+    NotFound,
+    #[error("method not allowed on this resource")]
+    MethodNotAllowed,
+    #[error("available balance is lower than the requested amount")]
+    InsufficientFunds,
+    #[error("too many open withdrawals in this currency; wait for one to complete or cancel one")]
+    TooManyPending,
+    #[error("only a PENDING withdrawal can be cancelled; this one is {0}")]
+    NotCancellable(String),
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("this Idempotency-Key was used with a different request body")]
+    IdempotencyKeyReused,
+    #[error("the service is busy; retry with the same Idempotency-Key")]
+    TryAgain,
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    /// Every code the API can return, for documentation and tests.
+    pub const CODES: [&'static str; 18] = [
+        "invalid_json",
+        "invalid_currency",
+        "invalid_amount",
+        "amount_below_minimum",
+        "amount_above_maximum",
+        "invalid_bank_account",
+        "invalid_parameter",
+        "invalid_idempotency_key",
+        "unauthorized",
+        "not_found",
+        "method_not_allowed",
+        "insufficient_funds",
+        "too_many_pending",
+        "not_cancellable",
+        "payload_too_large",
+        "idempotency_key_reused",
+        "try_again",
+        "internal",
+    ];
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidJson(_) => "invalid_json",
+            Self::InvalidCurrency(_) => "invalid_currency",
+            Self::InvalidAmount(_) => "invalid_amount",
+            Self::AmountBelowMinimum(_) => "amount_below_minimum",
+            Self::AmountAboveMaximum(_) => "amount_above_maximum",
+            Self::InvalidBankAccount(_) => "invalid_bank_account",
+            Self::InvalidParameter(_) => "invalid_parameter",
+            Self::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
+            Self::Unauthorized => "unauthorized",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::InsufficientFunds => "insufficient_funds",
+            Self::TooManyPending => "too_many_pending",
+            Self::NotCancellable(_) => "not_cancellable",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::TryAgain => "try_again",
+            Self::Internal => "internal",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidJson(_)
+            | Self::InvalidCurrency(_)
+            | Self::InvalidAmount(_)
+            | Self::AmountBelowMinimum(_)
+            | Self::AmountAboveMaximum(_)
+            | Self::InvalidBankAccount(_)
+            | Self::InvalidParameter(_)
+            | Self::InvalidIdempotencyKey(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::InsufficientFunds | Self::TooManyPending | Self::NotCancellable(_) => {
+                StatusCode::CONFLICT
+            }
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TryAgain => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn to_response(&self) -> Response<Body> {
+        let body = serde_json::json!({
+            "error": { "code": self.code(), "message": self.to_string() }
+        });
+        let mut builder = Response::builder()
+            .status(self.status())
+            .header("content-type", "application/json");
+        if matches!(self, Self::TryAgain) {
+            builder = builder.header("retry-after", "1");
+        }
+        builder
+            .body(Body::Text(body.to_string()))
+            .expect("static response parts")
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> Self {
+        let msg = e.to_string();
+        match e {
+            DomainError::InvalidCurrency(_) => Self::InvalidCurrency(msg),
+            DomainError::InvalidAmount(_) => Self::InvalidAmount(msg),
+            DomainError::AmountBelowMinimum { .. } => Self::AmountBelowMinimum(msg),
+            DomainError::AmountAboveMaximum { .. } => Self::AmountAboveMaximum(msg),
+            DomainError::InvalidBankAccount(_) => Self::InvalidBankAccount(msg),
+            DomainError::InvalidId(_) => Self::InvalidParameter(msg),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::InsufficientFunds => Self::InsufficientFunds,
+            StoreError::TooManyOpen => Self::TooManyPending,
+            StoreError::NotFound => Self::NotFound,
+            StoreError::StateChanged { current } => {
+                Self::NotCancellable(current.map_or("gone".into(), |s| s.to_string()))
+            }
+            StoreError::Unavailable(reason) => {
+                tracing::warn!(%reason, "store unavailable");
+                Self::TryAgain
+            }
+            StoreError::IdempotencyKeyTaken | StoreError::Corrupt(_) | StoreError::Backend(_) => {
+                tracing::error!(error = %e, "store failure");
+                Self::Internal
+            }
+        }
+    }
+}
+
+/// A JSON success response.
+pub fn json_response(status: u16, body: String) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::Text(body))
+        .expect("static response parts")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_listed() {
+        let mut codes = ApiError::CODES.to_vec();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), ApiError::CODES.len());
+        let resp = ApiError::Internal.to_response();
+        assert_eq!(resp.status(), 500);
+        let Body::Text(t) = resp.body() else { panic!() };
+        assert_eq!(t, r#"{"error":{"code":"internal","message":"internal error"}}"#);
+    }
+}

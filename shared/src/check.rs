@@ -1,0 +1,137 @@
+//! The money invariants, checked over a full read of the table by the operator's `check`.
+
+use crate::domain::{Balance, CurrencyCode, UserId, Withdrawal};
+use crate::store::ScanReport;
+use rust_decimal::Decimal;
+use std::collections::BTreeMap;
+
+/// Every violation found; empty means the books balance.
+///
+/// Per user and currency: `available + locked + paid_out == credited`, no bucket negative,
+/// `locked` equals the sum of open withdrawals and `open_count` their number.
+pub fn violations(report: &ScanReport) -> Vec<String> {
+    let mut problems: Vec<String> = report
+        .unreadable
+        .iter()
+        .map(|u| format!("unreadable item {u}"))
+        .collect();
+    let mut open: BTreeMap<(UserId, CurrencyCode), (Decimal, u32)> = BTreeMap::new();
+    for w in &report.withdrawals {
+        let entry = open
+            .entry((w.user_id.clone(), w.currency.code()))
+            .or_insert((Decimal::ZERO, 0));
+        if w.status.is_open() {
+            entry.0 += w.amount.value();
+            entry.1 += 1;
+        }
+    }
+    let mut balances: BTreeMap<(UserId, CurrencyCode), &Balance> = BTreeMap::new();
+    for (user, b) in &report.balances {
+        balances.insert((user.clone(), b.currency.code()), b);
+    }
+    for ((user, ccy), b) in &balances {
+        if !b.is_conserved() {
+            problems.push(format!(
+                "{user} {ccy}: available {} + locked {} + paid_out {} != credited {} (or negative)",
+                b.available, b.locked, b.paid_out, b.credited
+            ));
+        }
+        let (sum, count) = open
+            .get(&(user.clone(), *ccy))
+            .copied()
+            .unwrap_or((Decimal::ZERO, 0));
+        if b.locked != sum {
+            problems.push(format!(
+                "{user} {ccy}: locked {} != open withdrawals {sum}",
+                b.locked
+            ));
+        }
+        if b.open_count != count {
+            problems.push(format!(
+                "{user} {ccy}: open_count {} != {count} open withdrawals",
+                b.open_count
+            ));
+        }
+    }
+    for (user, ccy) in open.keys() {
+        if !balances.contains_key(&(user.clone(), *ccy)) {
+            problems.push(format!("{user} {ccy}: withdrawals without a balance"));
+        }
+    }
+    problems
+}
+
+/// One line per balance for the operator's report.
+pub fn summary(report: &ScanReport) -> Vec<String> {
+    report
+        .balances
+        .iter()
+        .map(|(u, b)| {
+            format!(
+                "{u} {}: available {} locked {} paid_out {} credited {} open {}",
+                b.currency.code(),
+                b.currency.format(b.available),
+                b.currency.format(b.locked),
+                b.currency.format(b.paid_out),
+                b.currency.format(b.credited),
+                b.open_count
+            )
+        })
+        .collect()
+}
+
+/// Open withdrawals of one user, for tests and tools that look at a single balance.
+pub fn open_total(withdrawals: &[Withdrawal], user: &UserId, ccy: CurrencyCode) -> Decimal {
+    withdrawals
+        .iter()
+        .filter(|w| &w.user_id == user && w.currency.code() == ccy && w.status.is_open())
+        .map(|w| w.amount.value())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Amount, BalanceEffect, BankAccount, Currencies};
+    use chrono::Utc;
+
+    #[test]
+    fn detects_a_lock_without_a_withdrawal_and_broken_conservation() {
+        let usd = Currencies::default().get("USD").unwrap().clone();
+        let user = UserId::parse("u1").unwrap();
+        let amt = Amount::parse("10", &usd).unwrap();
+        let credited = Balance::empty(usd.clone())
+            .apply(BalanceEffect::Credit, Decimal::from(100))
+            .unwrap();
+        let locked = credited.apply(BalanceEffect::Lock, amt.value()).unwrap();
+        let w = Withdrawal::new(
+            user.clone(),
+            usd.clone(),
+            amt,
+            BankAccount::parse("DE89370400440532013000").unwrap(),
+            Utc::now(),
+        );
+        let good = ScanReport {
+            balances: vec![(user.clone(), locked.clone())],
+            withdrawals: vec![w],
+            unreadable: vec![],
+        };
+        assert!(violations(&good).is_empty(), "{:?}", violations(&good));
+
+        let orphan_lock = ScanReport {
+            balances: vec![(user.clone(), locked.clone())],
+            withdrawals: vec![],
+            unreadable: vec![],
+        };
+        assert_eq!(violations(&orphan_lock).len(), 2);
+
+        let mut broken = locked;
+        broken.available += Decimal::ONE;
+        let report = ScanReport {
+            balances: vec![(user, broken)],
+            withdrawals: good.withdrawals.clone(),
+            unreadable: vec![],
+        };
+        assert_eq!(violations(&report).len(), 1);
+    }
+}

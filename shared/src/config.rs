@@ -1,0 +1,52 @@
+//! Configuration read once at cold start.
+
+use crate::domain::Currencies;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub table_name: String,
+    pub currencies: Currencies,
+    /// Open (pending or submitted) withdrawals a user may have per currency.
+    pub max_open_per_currency: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    pub const DEFAULT_MAX_OPEN: u32 = 5;
+
+    /// `TABLE_NAME` (required), `CURRENCIES` (`CODE:scale:min:max,…`), `MAX_OPEN_WITHDRAWALS`.
+    /// The DynamoDB endpoint is the SDK's own `AWS_ENDPOINT_URL_DYNAMODB`, set only locally.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let table_name = std::env::var("TABLE_NAME")
+            .map_err(|_| ConfigError("TABLE_NAME is not set".into()))?;
+        if table_name.len() < 3 {
+            return Err(ConfigError("TABLE_NAME needs at least 3 characters".into()));
+        }
+        let currencies = match std::env::var("CURRENCIES") {
+            Ok(c) if !c.trim().is_empty() => Currencies::parse_config(&c).map_err(ConfigError)?,
+            _ => Currencies::default(),
+        };
+        let max_open_per_currency = match std::env::var("MAX_OPEN_WITHDRAWALS") {
+            Ok(v) => v
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| ConfigError("MAX_OPEN_WITHDRAWALS must be a positive integer".into()))?,
+            Err(_) => Self::DEFAULT_MAX_OPEN,
+        };
+        Ok(Self {
+            table_name,
+            currencies,
+            max_open_per_currency,
+        })
+    }
+}
+
+/// The SDK client, built from the environment's region, credentials and endpoint.
+pub async fn dynamodb_client() -> aws_sdk_dynamodb::Client {
+    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    aws_sdk_dynamodb::Client::new(&config)
+}

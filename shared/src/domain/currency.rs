@@ -1,0 +1,179 @@
+use super::DomainError;
+use rust_decimal::Decimal;
+use std::fmt;
+use std::str::FromStr;
+
+/// An ISO-4217-shaped code: exactly three ASCII upper-case letters.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CurrencyCode([u8; 3]);
+
+impl CurrencyCode {
+    pub fn parse(s: &str) -> Result<Self, DomainError> {
+        let b = s.as_bytes();
+        if b.len() == 3 && b.iter().all(u8::is_ascii_uppercase) {
+            Ok(Self([b[0], b[1], b[2]]))
+        } else {
+            Err(DomainError::InvalidCurrency(truncate(s)))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII upper-case letters are ever stored, so this cannot fail.
+        std::str::from_utf8(&self.0).unwrap_or("???")
+    }
+}
+
+impl fmt::Display for CurrencyCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for CurrencyCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.as_str())
+    }
+}
+
+/// A configured currency: only values handed out by [`Currencies`] exist, so holding a `Currency`
+/// proves the pipeline supports it, and it carries its own precision and withdrawal limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Currency {
+    code: CurrencyCode,
+    scale: u32,
+    min_withdrawal: Decimal,
+    max_withdrawal: Decimal,
+}
+
+impl Currency {
+    pub fn code(&self) -> CurrencyCode {
+        self.code
+    }
+    /// Number of decimal places amounts in this currency may have (USD 2, JPY 0).
+    pub fn scale(&self) -> u32 {
+        self.scale
+    }
+    pub fn min_withdrawal(&self) -> Decimal {
+        self.min_withdrawal
+    }
+    pub fn max_withdrawal(&self) -> Decimal {
+        self.max_withdrawal
+    }
+
+    /// Formats a quantity of this currency with exactly its scale ("125.50", "1000").
+    pub fn format(&self, value: Decimal) -> String {
+        let mut v = value;
+        v.rescale(self.scale);
+        v.to_string()
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.code.fmt(f)
+    }
+}
+
+/// The set of currencies this deployment pays out in.
+#[derive(Clone, Debug)]
+pub struct Currencies {
+    list: Vec<Currency>,
+}
+
+impl Default for Currencies {
+    fn default() -> Self {
+        Self::parse_config(Self::DEFAULT_CONFIG).expect("default currency config is valid")
+    }
+}
+
+impl Currencies {
+    /// `CODE:scale:min:max` entries, comma separated. This is also the format of `CURRENCIES`.
+    pub const DEFAULT_CONFIG: &'static str = "USD:2:1:50000,EUR:2:1:50000,JPY:0:100:5000000";
+
+    pub fn parse_config(config: &str) -> Result<Self, String> {
+        let mut list: Vec<Currency> = Vec::new();
+        for entry in config.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let parts: Vec<&str> = entry.split(':').collect();
+            let [code, scale, min, max] = parts[..] else {
+                return Err(format!("currency entry {entry:?} is not CODE:scale:min:max"));
+            };
+            let code = CurrencyCode::parse(code).map_err(|e| e.to_string())?;
+            let scale: u32 = scale
+                .parse()
+                .ok()
+                .filter(|s| *s <= 8)
+                .ok_or_else(|| format!("{code}: scale must be 0..=8"))?;
+            let min = Decimal::from_str(min).map_err(|e| format!("{code}: min: {e}"))?;
+            let max = Decimal::from_str(max).map_err(|e| format!("{code}: max: {e}"))?;
+            if min <= Decimal::ZERO || max < min {
+                return Err(format!("{code}: need 0 < min <= max"));
+            }
+            if min.normalize().scale() > scale || max.normalize().scale() > scale {
+                return Err(format!("{code}: limits have more decimals than the scale"));
+            }
+            if list.iter().any(|c| c.code == code) {
+                return Err(format!("{code} configured twice"));
+            }
+            list.push(Currency {
+                code,
+                scale,
+                min_withdrawal: min,
+                max_withdrawal: max,
+            });
+        }
+        if list.is_empty() {
+            return Err("no currency configured".into());
+        }
+        Ok(Self { list })
+    }
+
+    /// Accepts only a configured code, in its exact upper-case spelling.
+    pub fn get(&self, code: &str) -> Result<&Currency, DomainError> {
+        let parsed = CurrencyCode::parse(code)?;
+        self.list
+            .iter()
+            .find(|c| c.code == parsed)
+            .ok_or_else(|| DomainError::InvalidCurrency(code.to_string()))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Currency> {
+        self.list.iter()
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(16).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_set_has_usd_eur_jpy_with_their_scales() {
+        let c = Currencies::default();
+        assert_eq!(c.get("USD").unwrap().scale(), 2);
+        assert_eq!(c.get("EUR").unwrap().scale(), 2);
+        assert_eq!(c.get("JPY").unwrap().scale(), 0);
+        assert_eq!(c.iter().count(), 3);
+    }
+
+    #[test]
+    fn unknown_or_badly_spelled_codes_are_refused() {
+        let c = Currencies::default();
+        for bad in ["GBP", "usd", "US", "USDT", "", "U$D"] {
+            assert!(matches!(c.get(bad), Err(DomainError::InvalidCurrency(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_errors_are_reported() {
+        assert!(Currencies::parse_config("").is_err());
+        assert!(Currencies::parse_config("USD:2:1").is_err());
+        assert!(Currencies::parse_config("USD:2:0:10").is_err());
+        assert!(Currencies::parse_config("USD:2:1:10,USD:2:1:10").is_err());
+        assert!(Currencies::parse_config("JPY:0:0.5:10").is_err());
+        let c = Currencies::parse_config("GBP:2:0.01:100").unwrap();
+        assert_eq!(c.get("GBP").unwrap().format(Decimal::new(5, 1)), "0.50");
+    }
+}

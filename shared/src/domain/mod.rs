@@ -1,0 +1,32 @@
+//! The money domain: values that cannot be invalid once built, and the withdrawal state machine.
+
+mod amount;
+mod balance;
+mod bank_account;
+mod currency;
+mod ids;
+mod withdrawal;
+
+pub use amount::Amount;
+pub use balance::{Balance, BalanceEffect};
+pub use bank_account::BankAccount;
+pub use currency::{Currencies, Currency, CurrencyCode};
+pub use ids::{BatchId, IdempotencyKey, UserId, WithdrawalId};
+pub use withdrawal::{InvalidTransition, Transition, Withdrawal, WithdrawalStatus};
+
+/// Why a value offered to the domain was refused. Each variant maps to one stable API error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    #[error("currency {0:?} is not supported")]
+    InvalidCurrency(String),
+    #[error("{0}")]
+    InvalidAmount(String),
+    #[error("amount is below the minimum withdrawal of {min} {currency}")]
+    AmountBelowMinimum { min: String, currency: String },
+    #[error("amount is above the maximum withdrawal of {max} {currency}")]
+    AmountAboveMaximum { max: String, currency: String },
+    #[error("{0}")]
+    InvalidBankAccount(String),
+    #[error("{0}")]
+    InvalidId(String),
+}

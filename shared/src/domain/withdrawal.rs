@@ -1,0 +1,231 @@
+use super::{Amount, BalanceEffect, BankAccount, BatchId, Currency, UserId, WithdrawalId};
+use chrono::{DateTime, Utc};
+use std::fmt;
+
+/// Life of a withdrawal (a "burn"). Funds are locked while it is `Pending` or `Submitted`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WithdrawalStatus {
+    Pending,
+    Submitted,
+    Settled,
+    Rejected,
+    Cancelled,
+    Returned,
+}
+
+impl WithdrawalStatus {
+    pub const ALL: [WithdrawalStatus; 6] = [
+        Self::Pending,
+        Self::Submitted,
+        Self::Settled,
+        Self::Rejected,
+        Self::Cancelled,
+        Self::Returned,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Submitted => "SUBMITTED",
+            Self::Settled => "SETTLED",
+            Self::Rejected => "REJECTED",
+            Self::Cancelled => "CANCELLED",
+            Self::Returned => "RETURNED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Open withdrawals hold locked funds and count against the per-currency cap.
+    pub fn is_open(&self) -> bool {
+        matches!(self, Self::Pending | Self::Submitted)
+    }
+
+    pub fn apply(self, t: Transition) -> Result<Self, InvalidTransition> {
+        if t.allowed_from().contains(&self) {
+            Ok(t.to())
+        } else {
+            Err(InvalidTransition {
+                from: self,
+                transition: t,
+            })
+        }
+    }
+
+    pub fn submit(self) -> Result<Self, InvalidTransition> {
+        self.apply(Transition::Submit)
+    }
+    pub fn settle(self) -> Result<Self, InvalidTransition> {
+        self.apply(Transition::Settle)
+    }
+    pub fn reject(self) -> Result<Self, InvalidTransition> {
+        self.apply(Transition::Reject)
+    }
+    pub fn cancel(self) -> Result<Self, InvalidTransition> {
+        self.apply(Transition::Cancel)
+    }
+    pub fn mark_returned(self) -> Result<Self, InvalidTransition> {
+        self.apply(Transition::Return)
+    }
+}
+
+impl fmt::Display for WithdrawalStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Every allowed move of the state machine. Anything not listed here is an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transition {
+    /// Claimed into a provider batch.
+    Submit,
+    /// The provider paid it.
+    Settle,
+    /// A definite failure (provider said no, or an operator rejected it before payout).
+    Reject,
+    /// The user withdrew the request before it was claimed.
+    Cancel,
+    /// The bank sent a settled payout back.
+    Return,
+}
+
+impl Transition {
+    pub fn allowed_from(&self) -> &'static [WithdrawalStatus] {
+        use WithdrawalStatus::*;
+        match self {
+            Self::Submit => &[Pending],
+            Self::Settle => &[Submitted],
+            Self::Reject => &[Pending, Submitted],
+            Self::Cancel => &[Pending],
+            Self::Return => &[Settled],
+        }
+    }
+
+    pub fn to(&self) -> WithdrawalStatus {
+        use WithdrawalStatus::*;
+        match self {
+            Self::Submit => Submitted,
+            Self::Settle => Settled,
+            Self::Reject => Rejected,
+            Self::Cancel => Cancelled,
+            Self::Return => Returned,
+        }
+    }
+
+    /// What the transition does to the owner's balance.
+    pub fn balance_effect(&self) -> BalanceEffect {
+        match self {
+            Self::Submit => BalanceEffect::None,
+            Self::Settle => BalanceEffect::PayOut,
+            Self::Reject | Self::Cancel => BalanceEffect::Unlock,
+            Self::Return => BalanceEffect::Return,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("cannot {transition:?} a withdrawal that is {from}")]
+pub struct InvalidTransition {
+    pub from: WithdrawalStatus,
+    pub transition: Transition,
+}
+
+/// A withdrawal as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Withdrawal {
+    pub id: WithdrawalId,
+    pub user_id: UserId,
+    pub currency: Currency,
+    pub amount: Amount,
+    pub bank_account: BankAccount,
+    pub status: WithdrawalStatus,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub batch_id: Option<BatchId>,
+    pub provider_reference: Option<String>,
+    pub failure_reason: Option<String>,
+}
+
+impl Withdrawal {
+    /// A fresh request: `Pending`, funds about to be locked.
+    pub fn new(
+        user_id: UserId,
+        currency: Currency,
+        amount: Amount,
+        bank_account: BankAccount,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id: WithdrawalId::new(),
+            user_id,
+            currency,
+            amount,
+            bank_account,
+            status: WithdrawalStatus::Pending,
+            created_at: now,
+            updated_at: now,
+            batch_id: None,
+            provider_reference: None,
+            failure_reason: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WithdrawalStatus::*;
+    use super::*;
+
+    #[test]
+    fn allowed_transitions_follow_the_lifecycle() {
+        assert_eq!(Pending.submit(), Ok(Submitted));
+        assert_eq!(Submitted.settle(), Ok(Settled));
+        assert_eq!(Submitted.reject(), Ok(Rejected));
+        assert_eq!(Pending.reject(), Ok(Rejected));
+        assert_eq!(Pending.cancel(), Ok(Cancelled));
+        assert_eq!(Settled.mark_returned(), Ok(Returned));
+    }
+
+    #[test]
+    fn every_other_transition_is_an_error() {
+        let all = [
+            Transition::Submit,
+            Transition::Settle,
+            Transition::Reject,
+            Transition::Cancel,
+            Transition::Return,
+        ];
+        let mut allowed = 0;
+        for from in WithdrawalStatus::ALL {
+            for t in all {
+                match from.apply(t) {
+                    Ok(to) => {
+                        allowed += 1;
+                        assert_eq!(to, t.to());
+                    }
+                    Err(e) => assert_eq!(e.from, from),
+                }
+            }
+        }
+        assert_eq!(allowed, 6, "exactly the six lifecycle edges are allowed");
+        // Final states never move except a settled payout coming back.
+        for t in all {
+            assert!(Rejected.apply(t).is_err());
+            assert!(Cancelled.apply(t).is_err());
+            assert!(Returned.apply(t).is_err());
+        }
+        assert!(Settled.reject().is_err(), "a paid withdrawal is never rejected");
+        assert!(Submitted.cancel().is_err(), "a claimed withdrawal cannot be cancelled");
+    }
+
+    #[test]
+    fn status_names_round_trip() {
+        for s in WithdrawalStatus::ALL {
+            assert_eq!(WithdrawalStatus::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(WithdrawalStatus::parse("pending"), None);
+    }
+}

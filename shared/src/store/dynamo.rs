@@ -1,0 +1,852 @@
+use super::schema::{self, TableSchema};
+use super::{
+    IdempotencyRecord, ListQuery, Page, Store, StoreError, TransitionDetails,
+};
+use crate::domain::{
+    Amount, Balance, BalanceEffect, BankAccount, BatchId, Currencies, Currency, IdempotencyKey,
+    Transition, UserId, Withdrawal, WithdrawalId, WithdrawalStatus,
+};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, CancellationReason, GlobalSecondaryIndex,
+    KeySchemaElement, KeyType, Projection, ProjectionType, Put, ReturnValuesOnConditionCheckFailure,
+    ScalarAttributeType, TimeToLiveSpecification, TransactWriteItem, Update,
+};
+use aws_sdk_dynamodb::Client;
+use chrono::{DateTime, SecondsFormat, Utc};
+use rust_decimal::Decimal;
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+type Item = HashMap<String, AttributeValue>;
+
+/// How long an idempotency record is honoured (DynamoDB's TTL removes it some time after).
+const IDEMPOTENCY_TTL_SECS: i64 = 24 * 3600;
+/// Attempts for a transaction that loses a race (TransactionConflict) or is throttled.
+const TX_ATTEMPTS: u32 = 8;
+
+/// The DynamoDB single-table adapter. Build one per process (at cold start) and share it.
+#[derive(Clone)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+    currencies: Currencies,
+}
+
+/// What `check` found: the invariant per balance and per withdrawal set.
+#[derive(Debug, Default)]
+pub struct ScanReport {
+    pub balances: Vec<(UserId, Balance)>,
+    pub withdrawals: Vec<Withdrawal>,
+    /// Items that could not be read back as domain values.
+    pub unreadable: Vec<String>,
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>, currencies: Currencies) -> Self {
+        Self {
+            client,
+            table: table.into(),
+            currencies,
+        }
+    }
+
+    pub fn table_name(&self) -> &str {
+        &self.table
+    }
+
+    pub fn currencies(&self) -> &Currencies {
+        &self.currencies
+    }
+
+    /// Creates the table with its sparse pending index and TTL. An existing table is left alone.
+    pub async fn create_table(&self) -> Result<bool, StoreError> {
+        let key = |name: &str, kind| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+                .expect("static key schema")
+        };
+        let attr = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("static attribute definition")
+        };
+        let result = self
+            .client
+            .create_table()
+            .table_name(&self.table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attr(schema::PK))
+            .attribute_definitions(attr(schema::SK))
+            .attribute_definitions(attr(schema::PENDING_PK))
+            .attribute_definitions(attr(schema::PENDING_SK))
+            .key_schema(key(schema::PK, KeyType::Hash))
+            .key_schema(key(schema::SK, KeyType::Range))
+            .global_secondary_indexes(
+                GlobalSecondaryIndex::builder()
+                    .index_name(schema::PENDING_INDEX)
+                    .key_schema(key(schema::PENDING_PK, KeyType::Hash))
+                    .key_schema(key(schema::PENDING_SK, KeyType::Range))
+                    .projection(
+                        Projection::builder()
+                            .projection_type(ProjectionType::All)
+                            .build(),
+                    )
+                    .build()
+                    .expect("static index"),
+            )
+            .send()
+            .await;
+        match result {
+            Ok(_) => {}
+            Err(e) if e.code() == Some("ResourceInUseException") => return Ok(false),
+            Err(e) => return Err(classify(e)),
+        }
+        self.client
+            .update_time_to_live()
+            .table_name(&self.table)
+            .time_to_live_specification(
+                TimeToLiveSpecification::builder()
+                    .enabled(true)
+                    .attribute_name(schema::TTL_ATTRIBUTE)
+                    .build()
+                    .expect("static ttl"),
+            )
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(true)
+    }
+
+    /// Reads every balance and withdrawal (operator `check` only; the request path never scans).
+    pub async fn scan_all(&self) -> Result<ScanReport, StoreError> {
+        let mut report = ScanReport::default();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(classify)?;
+            for item in out.items() {
+                let sk = item.get(schema::SK).and_then(|v| v.as_s().ok());
+                let pk = item.get(schema::PK).and_then(|v| v.as_s().ok());
+                let label = format!("{}/{}", pk.map_or("?", |s| s), sk.map_or("?", |s| s));
+                match sk {
+                    Some(sk) if sk.starts_with(TableSchema::BALANCE_SK_PREFIX) => {
+                        match self.balance_from_item(item) {
+                            Ok(b) => report.balances.push(b),
+                            Err(e) => report.unreadable.push(format!("{label}: {e}")),
+                        }
+                    }
+                    Some(sk) if sk.starts_with(TableSchema::WITHDRAWAL_SK_PREFIX) => {
+                        match self.withdrawal_from_item(item) {
+                            Ok(w) => report.withdrawals.push(w),
+                            Err(e) => report.unreadable.push(format!("{label}: {e}")),
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        Ok(report)
+    }
+
+    /// Runs one transaction, retrying only what is safe to retry: conflicts with concurrent
+    /// transactions and throttling. The client request token makes a retry after an ambiguous
+    /// failure (timeout) idempotent on DynamoDB's side for ten minutes.
+    async fn transact(
+        &self,
+        items: Vec<TransactWriteItem>,
+        token: &str,
+    ) -> Result<(), TxError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .client_request_token(token)
+                .send()
+                .await;
+            let retry_reason = match result {
+                Ok(_) => return Ok(()),
+                Err(SdkError::ServiceError(se)) => match se.err() {
+                    TransactWriteItemsError::TransactionCanceledException(e) => {
+                        let reasons = e.cancellation_reasons().to_vec();
+                        let code = |r: &CancellationReason| r.code().unwrap_or("None").to_string();
+                        if reasons.iter().any(|r| code(r) == "ConditionalCheckFailed") {
+                            return Err(TxError::Cancelled(reasons));
+                        }
+                        let codes: Vec<String> = reasons
+                            .iter()
+                            .map(code)
+                            .filter(|c| c != "None")
+                            .collect();
+                        let retryable = codes.iter().all(|c| {
+                            matches!(
+                                c.as_str(),
+                                "TransactionConflict"
+                                    | "ThrottlingError"
+                                    | "ProvisionedThroughputExceeded"
+                                    | "RequestLimitExceeded"
+                            )
+                        });
+                        if !retryable {
+                            return Err(TxError::Store(StoreError::Backend(format!(
+                                "transaction cancelled: {codes:?}"
+                            ))));
+                        }
+                        codes.join(",")
+                    }
+                    TransactWriteItemsError::TransactionInProgressException(_) => {
+                        "TransactionInProgress".to_string()
+                    }
+                    TransactWriteItemsError::IdempotentParameterMismatchException(_) => {
+                        return Err(TxError::Store(StoreError::Backend(
+                            "client request token reused with other items".into(),
+                        )))
+                    }
+                    _ => match classify(SdkError::ServiceError(se)) {
+                        StoreError::Unavailable(m) => m,
+                        other => return Err(TxError::Store(other)),
+                    },
+                },
+                Err(other) => match classify(other) {
+                    StoreError::Unavailable(m) => m,
+                    other => return Err(TxError::Store(other)),
+                },
+            };
+            if attempt >= TX_ATTEMPTS {
+                return Err(TxError::Store(StoreError::Unavailable(retry_reason)));
+            }
+            tracing::debug!(attempt, reason = %retry_reason, "retrying transaction");
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+    }
+
+    fn balance_key(user: &UserId, currency: &Currency) -> Item {
+        HashMap::from([
+            (schema::PK.to_string(), s(TableSchema::user_pk(user))),
+            (schema::SK.to_string(), s(TableSchema::balance_sk(currency.code()))),
+        ])
+    }
+
+    fn withdrawal_key(user: &UserId, id: WithdrawalId) -> Item {
+        HashMap::from([
+            (schema::PK.to_string(), s(TableSchema::user_pk(user))),
+            (schema::SK.to_string(), s(TableSchema::withdrawal_sk(id))),
+        ])
+    }
+
+    /// The one place a balance movement becomes a DynamoDB update, mirroring
+    /// [`Balance::apply`]: the condition makes any movement that would go negative fail.
+    fn balance_update(
+        &self,
+        user: &UserId,
+        currency: &Currency,
+        effect: BalanceEffect,
+        amount: Decimal,
+        now: &str,
+        max_open: Option<u32>,
+    ) -> Result<TransactWriteItem, StoreError> {
+        let (set, condition) = match effect {
+            BalanceEffect::Credit => (
+                "#av = if_not_exists(#av, :zero) + :amt, #cr = if_not_exists(#cr, :zero) + :amt, \
+                 #lk = if_not_exists(#lk, :zero), #po = if_not_exists(#po, :zero), \
+                 #oc = if_not_exists(#oc, :zero), #cy = :cy, #ui = :ui",
+                None,
+            ),
+            BalanceEffect::Lock => (
+                "#av = #av - :amt, #lk = #lk + :amt, #oc = if_not_exists(#oc, :zero) + :one",
+                Some("#av >= :amt AND (attribute_not_exists(#oc) OR #oc < :max_open)"),
+            ),
+            BalanceEffect::Unlock => (
+                "#av = #av + :amt, #lk = #lk - :amt, #oc = #oc - :one",
+                Some("#lk >= :amt"),
+            ),
+            BalanceEffect::PayOut => (
+                "#lk = #lk - :amt, #po = #po + :amt, #oc = #oc - :one",
+                Some("#lk >= :amt"),
+            ),
+            BalanceEffect::Return => (
+                "#po = #po - :amt, #av = #av + :amt",
+                Some("#po >= :amt"),
+            ),
+            BalanceEffect::None => ("#ua = :now", None),
+        };
+        let expression = if effect == BalanceEffect::None {
+            format!("SET {set}")
+        } else {
+            format!("SET {set}, #ua = :now")
+        };
+        let names = [
+            ("#av", "available"),
+            ("#lk", "locked"),
+            ("#po", "paid_out"),
+            ("#cr", "credited"),
+            ("#oc", "open_count"),
+            ("#ua", "updated_at"),
+            ("#cy", "currency"),
+            ("#ui", "user_id"),
+        ];
+        let mut values = vec![
+            (":amt", n(amount)),
+            (":zero", n(0)),
+            (":one", n(1)),
+            (":now", s(now)),
+            (":cy", s(currency.code().as_str())),
+            (":ui", s(user.as_str())),
+        ];
+        if let Some(max) = max_open {
+            values.push((":max_open", n(max)));
+        }
+        let used = |token: &str| {
+            expression.contains(token) || condition.is_some_and(|c| c.contains(token))
+        };
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(Self::balance_key(user, currency)))
+            .update_expression(&expression)
+            .set_condition_expression(condition.map(str::to_string))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        for (token, name) in names {
+            if used(token) {
+                update = update.expression_attribute_names(token, name);
+            }
+        }
+        for (token, value) in values {
+            if used(token) {
+                update = update.expression_attribute_values(token, value);
+            }
+        }
+        Ok(TransactWriteItem::builder()
+            .update(update.build().map_err(backend)?)
+            .build())
+    }
+
+    fn withdrawal_item(&self, w: &Withdrawal) -> Item {
+        let mut item = Self::withdrawal_key(&w.user_id, w.id);
+        let mut put = |k: &str, v: AttributeValue| {
+            item.insert(k.to_string(), v);
+        };
+        put("type", s("WITHDRAWAL"));
+        put("id", s(w.id.to_string()));
+        put("user_id", s(w.user_id.as_str()));
+        put("currency", s(w.currency.code().as_str()));
+        put("amount", n(w.amount.value()));
+        put("bank_account", s(w.bank_account.expose()));
+        put("status", s(w.status.as_str()));
+        put("created_at", s(timestamp(&w.created_at)));
+        put("updated_at", s(timestamp(&w.updated_at)));
+        if let Some(b) = w.batch_id {
+            put("batch_id", s(b.to_string()));
+        }
+        if let Some(r) = &w.provider_reference {
+            put("provider_reference", s(r));
+        }
+        if let Some(r) = &w.failure_reason {
+            put("failure_reason", s(r));
+        }
+        if w.status == WithdrawalStatus::Pending {
+            // Sparse index: only pending withdrawals carry these, so the batcher reads exactly
+            // what is due, oldest first.
+            put(schema::PENDING_PK, s(TableSchema::pending_pk(w.currency.code())));
+            put(schema::PENDING_SK, s(w.id.to_string()));
+        }
+        item
+    }
+
+    fn withdrawal_from_item(&self, item: &Item) -> Result<Withdrawal, StoreError> {
+        let r = Reader(item);
+        let currency = self.currency(r.s("currency")?)?;
+        let amount = Amount::new(r.n("amount")?, &currency).map_err(corrupt)?;
+        Ok(Withdrawal {
+            id: WithdrawalId::parse(r.s("id")?).map_err(corrupt)?,
+            user_id: UserId::parse(r.s("user_id")?).map_err(corrupt)?,
+            amount,
+            currency,
+            bank_account: BankAccount::parse(r.s("bank_account")?).map_err(corrupt)?,
+            status: WithdrawalStatus::parse(r.s("status")?)
+                .ok_or_else(|| StoreError::Corrupt("unknown status".into()))?,
+            created_at: r.time("created_at")?,
+            updated_at: r.time("updated_at")?,
+            batch_id: r
+                .opt_s("batch_id")
+                .map(BatchId::parse)
+                .transpose()
+                .map_err(corrupt)?,
+            provider_reference: r.opt_s("provider_reference").map(str::to_string),
+            failure_reason: r.opt_s("failure_reason").map(str::to_string),
+        })
+    }
+
+    fn balance_from_item(&self, item: &Item) -> Result<(UserId, Balance), StoreError> {
+        let r = Reader(item);
+        let user = UserId::parse(r.s("user_id")?).map_err(corrupt)?;
+        let balance = Balance {
+            currency: self.currency(r.s("currency")?)?,
+            available: r.n("available")?,
+            locked: r.n("locked")?,
+            paid_out: r.n("paid_out")?,
+            credited: r.n("credited")?,
+            open_count: r
+                .n("open_count")?
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("open_count".into()))?,
+        };
+        Ok((user, balance))
+    }
+
+    fn currency(&self, code: &str) -> Result<Currency, StoreError> {
+        self.currencies
+            .get(code)
+            .cloned()
+            .map_err(|_| StoreError::Corrupt(format!("currency {code} is not configured")))
+    }
+
+}
+
+#[async_trait]
+impl Store for DynamoStore {
+    async fn credit(
+        &self,
+        user: &UserId,
+        currency: &Currency,
+        amount: Amount,
+    ) -> Result<Balance, StoreError> {
+        let now = timestamp(&Utc::now());
+        let credit =
+            self.balance_update(user, currency, BalanceEffect::Credit, amount.value(), &now, None)?;
+        // A fresh token per call: two identical credits are two credits.
+        let token = ulid::Ulid::new().to_string();
+        match self.transact(vec![credit], &token).await {
+            Ok(()) => {}
+            Err(TxError::Store(e)) => return Err(e),
+            Err(TxError::Cancelled(r)) => {
+                return Err(StoreError::Backend(format!("credit cancelled: {r:?}")))
+            }
+        }
+        self.balances(user)
+            .await?
+            .into_iter()
+            .find(|b| b.currency == *currency)
+            .ok_or_else(|| StoreError::Backend("credited balance not found".into()))
+    }
+
+    async fn request_withdrawal(
+        &self,
+        w: &Withdrawal,
+        idempotency: Option<&IdempotencyRecord>,
+        max_open: u32,
+    ) -> Result<(), StoreError> {
+        let now = timestamp(&w.created_at);
+        let lock = self.balance_update(
+            &w.user_id,
+            &w.currency,
+            BalanceEffect::Lock,
+            w.amount.value(),
+            &now,
+            Some(max_open),
+        )?;
+        let mut items = vec![
+            lock,
+            TransactWriteItem::builder()
+                .put(
+                    Put::builder()
+                        .table_name(&self.table)
+                        .set_item(Some(self.withdrawal_item(w)))
+                        .condition_expression("attribute_not_exists(PK)")
+                        .build()
+                        .map_err(backend)?,
+                )
+                .build(),
+        ];
+        if let Some(rec) = idempotency {
+            items.push(
+                TransactWriteItem::builder()
+                    .put(
+                        Put::builder()
+                            .table_name(&self.table)
+                            .set_item(Some(idempotency_item(rec)))
+                            .condition_expression("attribute_not_exists(PK)")
+                            .return_values_on_condition_check_failure(
+                                ReturnValuesOnConditionCheckFailure::AllOld,
+                            )
+                            .build()
+                            .map_err(backend)?,
+                    )
+                    .build(),
+            );
+        }
+        match self.transact(items, &w.id.to_string()).await {
+            Ok(()) => Ok(()),
+            Err(TxError::Store(e)) => Err(e),
+            Err(TxError::Cancelled(reasons)) => {
+                let failed = |i: usize| {
+                    reasons
+                        .get(i)
+                        .is_some_and(|r| r.code() == Some("ConditionalCheckFailed"))
+                };
+                // The key wins over the balance: a replayed request must replay, not report
+                // that the (already locked) funds are now short.
+                if failed(2) {
+                    return Err(StoreError::IdempotencyKeyTaken);
+                }
+                if failed(0) {
+                    let old = reasons[0].item();
+                    let open = old
+                        .and_then(|i| i.get("open_count"))
+                        .and_then(|v| v.as_n().ok())
+                        .and_then(|v| v.parse::<u32>().ok());
+                    let available = old
+                        .and_then(|i| i.get("available"))
+                        .and_then(|v| v.as_n().ok())
+                        .and_then(|v| Decimal::from_str(v).ok())
+                        .unwrap_or(Decimal::ZERO);
+                    if available >= w.amount.value() && open.is_some_and(|o| o >= max_open) {
+                        return Err(StoreError::TooManyOpen);
+                    }
+                    return Err(StoreError::InsufficientFunds);
+                }
+                Err(StoreError::Backend(format!(
+                    "withdrawal id collision: {:?}",
+                    reasons.iter().map(|r| r.code()).collect::<Vec<_>>()
+                )))
+            }
+        }
+    }
+
+    async fn idempotency_record(
+        &self,
+        user: &UserId,
+        key: &IdempotencyKey,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(schema::PK, s(TableSchema::idempotency_pk(user, key)))
+            .key(schema::SK, s(TableSchema::SINGLETON_SK))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(classify)?;
+        let Some(item) = out.item else {
+            return Ok(None);
+        };
+        let r = Reader(&item);
+        Ok(Some(IdempotencyRecord {
+            user_id: user.clone(),
+            key: key.clone(),
+            fingerprint: r.s("fingerprint")?.to_string(),
+            withdrawal_id: WithdrawalId::parse(r.s("withdrawal_id")?).map_err(corrupt)?,
+            status_code: r
+                .n("status_code")?
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("status_code".into()))?,
+            response_body: r.s("response_body")?.to_string(),
+            created_at: r.time("created_at")?,
+        }))
+    }
+
+    async fn withdrawal(
+        &self,
+        user: &UserId,
+        id: WithdrawalId,
+    ) -> Result<Option<Withdrawal>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::withdrawal_key(user, id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(classify)?;
+        out.item.map(|i| self.withdrawal_from_item(&i)).transpose()
+    }
+
+    async fn list_withdrawals(
+        &self,
+        user: &UserId,
+        query: &ListQuery,
+    ) -> Result<Page, StoreError> {
+        let limit = query.limit.clamp(1, 100) as usize;
+        let mut items = Vec::new();
+        let mut start = query.after.map(|id| Self::withdrawal_key(user, id));
+        loop {
+            let mut q = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
+                .expression_attribute_names("#pk", schema::PK)
+                .expression_attribute_names("#sk", schema::SK)
+                .expression_attribute_values(":pk", s(TableSchema::user_pk(user)))
+                .expression_attribute_values(":prefix", s(TableSchema::WITHDRAWAL_SK_PREFIX))
+                .scan_index_forward(false)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take());
+            q = match query.status {
+                Some(st) => q
+                    .filter_expression("#st = :st")
+                    .expression_attribute_names("#st", "status")
+                    .expression_attribute_values(":st", s(st.as_str()))
+                    .limit(100),
+                None => q.limit((limit - items.len()) as i32),
+            };
+            let out = q.send().await.map_err(classify)?;
+            let page_items = out.items();
+            for (i, item) in page_items.iter().enumerate() {
+                items.push(self.withdrawal_from_item(item)?);
+                if items.len() == limit {
+                    let more = i + 1 < page_items.len() || out.last_evaluated_key.is_some();
+                    let next = more.then(|| items[limit - 1].id);
+                    return Ok(Page { items, next });
+                }
+            }
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(Page { items, next: None }),
+            }
+        }
+    }
+
+    async fn transition(
+        &self,
+        w: &Withdrawal,
+        transition: Transition,
+        details: TransitionDetails,
+    ) -> Result<Withdrawal, StoreError> {
+        let to = w.status.apply(transition).map_err(|e| StoreError::StateChanged {
+            current: Some(e.from),
+        })?;
+        let now_t = Utc::now();
+        let now = timestamp(&now_t);
+        let mut set = vec!["#st = :to", "#ua = :now"];
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(Self::withdrawal_key(&w.user_id, w.id)))
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_names("#ua", "updated_at")
+            .expression_attribute_values(":to", s(to.as_str()))
+            .expression_attribute_values(":now", s(&now))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        if let Some(reason) = &details.failure_reason {
+            set.push("#fr = :fr");
+            update = update
+                .expression_attribute_names("#fr", "failure_reason")
+                .expression_attribute_values(":fr", s(reason));
+        }
+        if let Some(reference) = &details.provider_reference {
+            set.push("#pr = :pr");
+            update = update
+                .expression_attribute_names("#pr", "provider_reference")
+                .expression_attribute_values(":pr", s(reference));
+        }
+        let mut from_tokens = Vec::new();
+        for (i, st) in transition.allowed_from().iter().enumerate() {
+            let token = format!(":from{i}");
+            update = update.expression_attribute_values(&token, s(st.as_str()));
+            from_tokens.push(token);
+        }
+        let mut expression = format!("SET {}", set.join(", "));
+        if w.status == WithdrawalStatus::Pending {
+            expression.push_str(&format!(" REMOVE {}, {}", schema::PENDING_PK, schema::PENDING_SK));
+        }
+        let update = update
+            .update_expression(expression)
+            .condition_expression(format!("#st IN ({})", from_tokens.join(", ")))
+            .build()
+            .map_err(backend)?;
+        let mut items = vec![TransactWriteItem::builder().update(update).build()];
+        let effect = transition.balance_effect();
+        if effect != BalanceEffect::None {
+            items.push(self.balance_update(
+                &w.user_id,
+                &w.currency,
+                effect,
+                w.amount.value(),
+                &now,
+                None,
+            )?);
+        }
+        // One token per (withdrawal, edge): a retried call after a timeout is a no-op success.
+        let token = format!("{}{:?}", &w.id.to_string()[3..], transition);
+        let token: String = token.chars().take(36).collect();
+        match self.transact(items, &token).await {
+            Ok(()) => {
+                let mut updated = w.clone();
+                updated.status = to;
+                updated.updated_at = now_t;
+                if details.failure_reason.is_some() {
+                    updated.failure_reason = details.failure_reason;
+                }
+                if details.provider_reference.is_some() {
+                    updated.provider_reference = details.provider_reference;
+                }
+                Ok(updated)
+            }
+            Err(TxError::Store(e)) => Err(e),
+            Err(TxError::Cancelled(reasons)) => {
+                let first = &reasons[0];
+                if first.code() == Some("ConditionalCheckFailed") {
+                    let current = first
+                        .item()
+                        .and_then(|i| i.get("status"))
+                        .and_then(|v| v.as_s().ok())
+                        .and_then(|s| WithdrawalStatus::parse(s));
+                    return match first.item() {
+                        None => Err(StoreError::NotFound),
+                        Some(_) => Err(StoreError::StateChanged { current }),
+                    };
+                }
+                // The status matched but the balance refused: locked/paid_out would go negative.
+                Err(StoreError::Corrupt(format!(
+                    "balance of {} {} cannot absorb {:?}",
+                    w.user_id, w.currency, transition
+                )))
+            }
+        }
+    }
+
+    async fn balances(&self, user: &UserId) -> Result<Vec<Balance>, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
+            .expression_attribute_names("#pk", schema::PK)
+            .expression_attribute_names("#sk", schema::SK)
+            .expression_attribute_values(":pk", s(TableSchema::user_pk(user)))
+            .expression_attribute_values(":prefix", s(TableSchema::BALANCE_SK_PREFIX))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(classify)?;
+        out.items()
+            .iter()
+            .map(|i| self.balance_from_item(i).map(|(_, b)| b))
+            .collect()
+    }
+}
+
+enum TxError {
+    Cancelled(Vec<CancellationReason>),
+    Store(StoreError),
+}
+
+fn idempotency_item(rec: &IdempotencyRecord) -> Item {
+    HashMap::from([
+        (
+            schema::PK.to_string(),
+            s(TableSchema::idempotency_pk(&rec.user_id, &rec.key)),
+        ),
+        (schema::SK.to_string(), s(TableSchema::SINGLETON_SK)),
+        ("type".into(), s("IDEMPOTENCY")),
+        ("fingerprint".into(), s(&rec.fingerprint)),
+        ("withdrawal_id".into(), s(rec.withdrawal_id.to_string())),
+        ("status_code".into(), n(rec.status_code)),
+        ("response_body".into(), s(&rec.response_body)),
+        ("created_at".into(), s(timestamp(&rec.created_at))),
+        (
+            schema::TTL_ATTRIBUTE.into(),
+            n(rec.created_at.timestamp() + IDEMPOTENCY_TTL_SECS),
+        ),
+    ])
+}
+
+/// Maps SDK failures to what callers can act on: transient ones become `Unavailable`.
+fn classify<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
+    err: SdkError<E, R>,
+) -> StoreError {
+    match &err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            StoreError::Unavailable(format!("{err:?}").chars().take(200).collect())
+        }
+        SdkError::ServiceError(se) => {
+            let code = se.err().code().unwrap_or("Unknown").to_string();
+            match code.as_str() {
+                "ProvisionedThroughputExceededException"
+                | "ThrottlingException"
+                | "RequestLimitExceeded"
+                | "TransactionConflictException"
+                | "InternalServerError"
+                | "ServiceUnavailable" => StoreError::Unavailable(code),
+                _ => StoreError::Backend(format!(
+                    "{code}: {}",
+                    se.err().message().unwrap_or_default()
+                )),
+            }
+        }
+        _ => StoreError::Backend(format!("{err:?}").chars().take(200).collect()),
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    // Full jitter: spreads retries of transactions that collided on the same balance.
+    let cap_ms = (10u64 << attempt.min(6)).min(500);
+    let jitter = (ulid::Ulid::new().random() as u64) % cap_ms.max(1);
+    Duration::from_millis(5 + jitter)
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+pub fn timestamp(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+struct Reader<'a>(&'a Item);
+
+impl Reader<'_> {
+    fn s(&self, name: &str) -> Result<&str, StoreError> {
+        self.opt_s(name)
+            .ok_or_else(|| StoreError::Corrupt(format!("missing string attribute {name}")))
+    }
+    fn opt_s(&self, name: &str) -> Option<&str> {
+        self.0.get(name).and_then(|v| v.as_s().ok()).map(String::as_str)
+    }
+    fn n(&self, name: &str) -> Result<Decimal, StoreError> {
+        self.0
+            .get(name)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| Decimal::from_str(v).ok())
+            .ok_or_else(|| StoreError::Corrupt(format!("missing number attribute {name}")))
+    }
+    fn time(&self, name: &str) -> Result<DateTime<Utc>, StoreError> {
+        DateTime::parse_from_rfc3339(self.s(name)?)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| StoreError::Corrupt(format!("bad timestamp {name}")))
+    }
+}

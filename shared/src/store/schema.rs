@@ -1,0 +1,36 @@
+//! The single table's key layout. Every key string is built here and nowhere else.
+
+use crate::domain::{CurrencyCode, IdempotencyKey, UserId, WithdrawalId};
+
+pub const PK: &str = "PK";
+pub const SK: &str = "SK";
+pub const PENDING_INDEX: &str = "pending-index";
+pub const PENDING_PK: &str = "pending_pk";
+pub const PENDING_SK: &str = "pending_sk";
+/// Epoch seconds; DynamoDB's TTL deletes the item some time after.
+pub const TTL_ATTRIBUTE: &str = "expires_at";
+
+/// Names and shapes of the table, shared by `create-table`, the tests and template.yaml's test.
+pub struct TableSchema;
+
+impl TableSchema {
+    pub fn user_pk(user: &UserId) -> String {
+        format!("USER#{}", user.as_str())
+    }
+    pub fn balance_sk(currency: CurrencyCode) -> String {
+        format!("BAL#{currency}")
+    }
+    pub fn withdrawal_sk(id: WithdrawalId) -> String {
+        format!("WD#{id}")
+    }
+    pub const WITHDRAWAL_SK_PREFIX: &'static str = "WD#";
+    pub const BALANCE_SK_PREFIX: &'static str = "BAL#";
+    /// User ids cannot contain `#`, so the key after the second `#` is unambiguous.
+    pub fn idempotency_pk(user: &UserId, key: &IdempotencyKey) -> String {
+        format!("IDEM#{}#{}", user.as_str(), key.as_str())
+    }
+    pub const SINGLETON_SK: &'static str = "-";
+    pub fn pending_pk(currency: CurrencyCode) -> String {
+        format!("PENDING#{currency}")
+    }
+}

@@ -1,0 +1,347 @@
+//! The user-facing use cases of the request API: request, read, list, cancel, balances.
+//! Transport-free: the HTTP handler parses the event and calls these.
+
+use crate::api::ApiError;
+use crate::domain::{
+    Amount, Balance, BankAccount, Currencies, Currency, DomainError, IdempotencyKey, Transition,
+    UserId, Withdrawal, WithdrawalId, WithdrawalStatus,
+};
+use crate::store::{IdempotencyRecord, ListQuery, Store, StoreError, TransitionDetails};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// A parsed, valid withdrawal request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WithdrawalRequest {
+    pub currency: Currency,
+    pub amount: Amount,
+    pub bank_account: BankAccount,
+}
+
+impl WithdrawalRequest {
+    /// Parses the JSON body. `amount` may be a string or a JSON number; either way its digits are
+    /// read exactly, never through a float.
+    pub fn parse(body: &[u8], currencies: &Currencies) -> Result<Self, ApiError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw<'a> {
+            currency: String,
+            #[serde(borrow)]
+            amount: &'a RawValue,
+            bank_account: String,
+        }
+        let raw: Raw = serde_json::from_slice(body)
+            .map_err(|e| ApiError::InvalidJson(format!("request body: {e}")))?;
+        let currency = currencies.get(&raw.currency)?.clone();
+        let amount_text = raw.amount.get();
+        let amount = if amount_text.starts_with('"') {
+            let s: String = serde_json::from_str(amount_text)
+                .map_err(|_| ApiError::InvalidAmount("amount is not a valid string".into()))?;
+            Amount::parse(&s, &currency)?
+        } else if amount_text.starts_with(|c: char| c.is_ascii_digit() || c == '-') {
+            Amount::parse(amount_text, &currency)?
+        } else {
+            return Err(ApiError::InvalidAmount(
+                "amount must be a decimal string like \"125.50\"".into(),
+            ));
+        };
+        if amount.value() < currency.min_withdrawal() {
+            return Err(DomainError::AmountBelowMinimum {
+                min: currency.format(currency.min_withdrawal()),
+                currency: currency.code().to_string(),
+            }
+            .into());
+        }
+        if amount.value() > currency.max_withdrawal() {
+            return Err(DomainError::AmountAboveMaximum {
+                max: currency.format(currency.max_withdrawal()),
+                currency: currency.code().to_string(),
+            }
+            .into());
+        }
+        let bank_account = BankAccount::parse(&raw.bank_account)?;
+        Ok(Self {
+            currency,
+            amount,
+            bank_account,
+        })
+    }
+
+    /// Same request ⇔ same fingerprint, whatever the JSON spelling (`"10"` vs `10.00`, IBAN
+    /// spacing).
+    pub fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.currency.code().as_str());
+        h.update(b"|");
+        h.update(self.amount.to_string());
+        h.update(b"|");
+        h.update(self.bank_account.expose());
+        hex::encode(h.finalize())
+    }
+}
+
+/// The JSON shape of a withdrawal in every response. The bank account is always masked.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WithdrawalView {
+    pub id: String,
+    pub status: String,
+    pub currency: String,
+    pub amount: String,
+    pub bank_account: String,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub batch_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub provider_reference: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub failure_reason: Option<String>,
+}
+
+impl From<&Withdrawal> for WithdrawalView {
+    fn from(w: &Withdrawal) -> Self {
+        Self {
+            id: w.id.to_string(),
+            status: w.status.to_string(),
+            currency: w.currency.code().to_string(),
+            amount: w.amount.to_string(),
+            bank_account: w.bank_account.masked(),
+            created_at: crate::store::timestamp(&w.created_at),
+            updated_at: crate::store::timestamp(&w.updated_at),
+            batch_id: w.batch_id.map(|b| b.to_string()),
+            provider_reference: w.provider_reference.clone(),
+            failure_reason: w.failure_reason.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BalanceView {
+    pub currency: String,
+    pub available: String,
+    pub locked: String,
+}
+
+impl From<&Balance> for BalanceView {
+    fn from(b: &Balance) -> Self {
+        Self {
+            currency: b.currency.code().to_string(),
+            available: b.currency.format(b.available),
+            locked: b.currency.format(b.locked),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PageView {
+    pub items: Vec<WithdrawalView>,
+    pub next_cursor: Option<String>,
+}
+
+/// A created (or replayed) withdrawal response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Created {
+    pub status_code: u16,
+    pub body: String,
+    pub replayed: bool,
+    pub withdrawal_id: WithdrawalId,
+}
+
+#[derive(Clone)]
+pub struct WithdrawalService {
+    store: Arc<dyn Store>,
+    currencies: Currencies,
+    max_open: u32,
+}
+
+impl WithdrawalService {
+    pub const DEFAULT_PAGE: u32 = 20;
+    pub const MAX_PAGE: u32 = 100;
+
+    pub fn new(store: Arc<dyn Store>, currencies: Currencies, max_open: u32) -> Self {
+        Self {
+            store,
+            currencies,
+            max_open,
+        }
+    }
+
+    pub fn currencies(&self) -> &Currencies {
+        &self.currencies
+    }
+
+    pub async fn request(
+        &self,
+        user: &UserId,
+        body: &[u8],
+        key: Option<IdempotencyKey>,
+    ) -> Result<Created, ApiError> {
+        let req = WithdrawalRequest::parse(body, &self.currencies)?;
+        let withdrawal = Withdrawal::new(
+            user.clone(),
+            req.currency.clone(),
+            req.amount,
+            req.bank_account.clone(),
+            Utc::now(),
+        );
+        let body = serde_json::to_string(&WithdrawalView::from(&withdrawal))
+            .map_err(|_| ApiError::Internal)?;
+        let record = key.as_ref().map(|k| IdempotencyRecord {
+            user_id: user.clone(),
+            key: k.clone(),
+            fingerprint: req.fingerprint(),
+            withdrawal_id: withdrawal.id,
+            status_code: 201,
+            response_body: body.clone(),
+            created_at: withdrawal.created_at,
+        });
+        match self
+            .store
+            .request_withdrawal(&withdrawal, record.as_ref(), self.max_open)
+            .await
+        {
+            Ok(()) => Ok(Created {
+                status_code: 201,
+                body,
+                replayed: false,
+                withdrawal_id: withdrawal.id,
+            }),
+            Err(StoreError::IdempotencyKeyTaken) => {
+                let key = key.expect("only keyed requests can collide on a key");
+                let first = self
+                    .store
+                    .idempotency_record(user, &key)
+                    .await?
+                    // Expired between the write and this read: the client may simply retry.
+                    .ok_or(ApiError::TryAgain)?;
+                if first.fingerprint != req.fingerprint() {
+                    return Err(ApiError::IdempotencyKeyReused);
+                }
+                Ok(Created {
+                    status_code: first.status_code,
+                    body: first.response_body,
+                    replayed: true,
+                    withdrawal_id: first.withdrawal_id,
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn get(&self, user: &UserId, id: &str) -> Result<WithdrawalView, ApiError> {
+        // An id of the wrong shape cannot exist: same answer as an unknown one.
+        let id = WithdrawalId::parse(id).map_err(|_| ApiError::NotFound)?;
+        let w = self.store.withdrawal(user, id).await?.ok_or(ApiError::NotFound)?;
+        Ok(WithdrawalView::from(&w))
+    }
+
+    pub async fn list(
+        &self,
+        user: &UserId,
+        status: Option<&str>,
+        limit: Option<&str>,
+        cursor: Option<&str>,
+    ) -> Result<PageView, ApiError> {
+        let status = status
+            .map(|s| {
+                WithdrawalStatus::parse(s).ok_or_else(|| {
+                    ApiError::InvalidParameter(format!("status must be one of {}", status_names()))
+                })
+            })
+            .transpose()?;
+        let limit = match limit {
+            None => Self::DEFAULT_PAGE,
+            Some(l) => l
+                .parse::<u32>()
+                .ok()
+                .filter(|l| (1..=Self::MAX_PAGE).contains(l))
+                .ok_or_else(|| {
+                    ApiError::InvalidParameter(format!("limit must be 1 to {}", Self::MAX_PAGE))
+                })?,
+        };
+        let after = cursor
+            .map(|c| {
+                WithdrawalId::parse(c)
+                    .map_err(|_| ApiError::InvalidParameter("cursor is not valid".into()))
+            })
+            .transpose()?;
+        let page = self
+            .store
+            .list_withdrawals(user, &ListQuery { status, limit, after })
+            .await?;
+        Ok(PageView {
+            items: page.items.iter().map(WithdrawalView::from).collect(),
+            next_cursor: page.next.map(|id| id.to_string()),
+        })
+    }
+
+    pub async fn cancel(&self, user: &UserId, id: &str) -> Result<WithdrawalView, ApiError> {
+        let id = WithdrawalId::parse(id).map_err(|_| ApiError::NotFound)?;
+        let w = self.store.withdrawal(user, id).await?.ok_or(ApiError::NotFound)?;
+        if w.status.cancel().is_err() {
+            return Err(ApiError::NotCancellable(w.status.to_string()));
+        }
+        let cancelled = self
+            .store
+            .transition(&w, Transition::Cancel, TransitionDetails::default())
+            .await?;
+        Ok(WithdrawalView::from(&cancelled))
+    }
+
+    pub async fn balances(&self, user: &UserId) -> Result<Vec<BalanceView>, ApiError> {
+        let mut balances = self.store.balances(user).await?;
+        balances.sort_by_key(|b| b.currency.code());
+        Ok(balances.iter().map(BalanceView::from).collect())
+    }
+}
+
+fn status_names() -> String {
+    WithdrawalStatus::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<WithdrawalRequest, ApiError> {
+        WithdrawalRequest::parse(body.as_bytes(), &Currencies::default())
+    }
+
+    #[test]
+    fn string_and_number_amounts_parse_to_the_same_request() {
+        let a = parse(r#"{"currency":"USD","amount":"125.50","bank_account":"DE89370400440532013000"}"#).unwrap();
+        let b = parse(r#"{"currency":"USD","amount":125.5,"bank_account":"DE89 3704 0044 0532 0130 00"}"#).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        // A number with more digits than an f64 holds is still read exactly.
+        let c = parse(r#"{"currency":"USD","amount":49999.99,"bank_account":"DE89370400440532013000"}"#).unwrap();
+        assert_eq!(c.amount.to_string(), "49999.99");
+    }
+
+    #[test]
+    fn each_invalid_field_has_its_own_code() {
+        let cases = [
+            (r#"{"currency":"USD""#, "invalid_json"),
+            (r#"[]"#, "invalid_json"),
+            (r#"{"currency":"USD","amount":"1","bank_account":"DE89370400440532013000","x":1}"#, "invalid_json"),
+            (r#"{"currency":"GBP","amount":"1","bank_account":"DE89370400440532013000"}"#, "invalid_currency"),
+            (r#"{"currency":"USD","amount":"1.001","bank_account":"DE89370400440532013000"}"#, "invalid_amount"),
+            (r#"{"currency":"USD","amount":true,"bank_account":"DE89370400440532013000"}"#, "invalid_amount"),
+            (r#"{"currency":"USD","amount":-5,"bank_account":"DE89370400440532013000"}"#, "invalid_amount"),
+            (r#"{"currency":"USD","amount":"0.99","bank_account":"DE89370400440532013000"}"#, "amount_below_minimum"),
+            (r#"{"currency":"USD","amount":"50000.01","bank_account":"DE89370400440532013000"}"#, "amount_above_maximum"),
+            (r#"{"currency":"JPY","amount":"99","bank_account":"DE89370400440532013000"}"#, "amount_below_minimum"),
+            (r#"{"currency":"USD","amount":"10","bank_account":"DE89370400440532013001"}"#, "invalid_bank_account"),
+        ];
+        for (body, code) in cases {
+            assert_eq!(parse(body).unwrap_err().code(), code, "{body}");
+        }
+    }
+}
