@@ -188,6 +188,9 @@ mod tests {
         let resp = ApiError::Internal.to_response();
         assert_eq!(resp.status(), 500);
         let Body::Text(t) = resp.body() else { panic!() };
-        assert_eq!(t, r#"{"error":{"code":"internal","message":"internal error"}}"#);
+        assert_eq!(
+            t,
+            r#"{"error":{"code":"internal","message":"internal error"}}"#
+        );
     }
 }

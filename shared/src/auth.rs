@@ -96,7 +96,9 @@ pub struct LocalTokenKey(Vec<u8>);
 impl LocalTokenKey {
     pub fn new(secret: &[u8]) -> Result<Self, AuthError> {
         if secret.len() < 32 {
-            return Err(AuthError::Invalid("local auth secret must be at least 32 bytes"));
+            return Err(AuthError::Invalid(
+                "local auth secret must be at least 32 bytes",
+            ));
         }
         Ok(Self(secret.to_vec()))
     }
@@ -113,13 +115,15 @@ impl LocalTokenKey {
         let payload =
             URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("claims serialize"));
         let signing_input = format!("{header}.{payload}");
-        let sig = URL_SAFE_NO_PAD.encode(self.mac(signing_input.as_bytes()).finalize().into_bytes());
+        let sig =
+            URL_SAFE_NO_PAD.encode(self.mac(signing_input.as_bytes()).finalize().into_bytes());
         format!("{signing_input}.{sig}")
     }
 
     pub fn verify(&self, token: &str, now: i64) -> Result<Claims, AuthError> {
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some(p), Some(sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(AuthError::Invalid("malformed token"));
         };
@@ -183,7 +187,10 @@ mod tests {
         let other = LocalTokenKey::new(b"another-secret-another-secret-xx").unwrap();
         let user = UserId::parse("alice").unwrap();
         let t = key.mint(&user, 1_000, 60);
-        assert_eq!(key.verify(&t, 1_060), Err(AuthError::Invalid("token expired")));
+        assert_eq!(
+            key.verify(&t, 1_060),
+            Err(AuthError::Invalid("token expired"))
+        );
         assert!(other.verify(&t, 1_010).is_err());
         let parts: Vec<&str> = t.split('.').collect();
         let forged_payload = URL_SAFE_NO_PAD.encode(

@@ -20,8 +20,8 @@ impl Config {
     /// `TABLE_NAME` (required), `CURRENCIES` (`CODE:scale:min:max,…`), `MAX_OPEN_WITHDRAWALS`.
     /// The DynamoDB endpoint is the SDK's own `AWS_ENDPOINT_URL_DYNAMODB`, set only locally.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let table_name = std::env::var("TABLE_NAME")
-            .map_err(|_| ConfigError("TABLE_NAME is not set".into()))?;
+        let table_name =
+            std::env::var("TABLE_NAME").map_err(|_| ConfigError("TABLE_NAME is not set".into()))?;
         if table_name.len() < 3 {
             return Err(ConfigError("TABLE_NAME needs at least 3 characters".into()));
         }
@@ -30,11 +30,9 @@ impl Config {
             _ => Currencies::default(),
         };
         let max_open_per_currency = match std::env::var("MAX_OPEN_WITHDRAWALS") {
-            Ok(v) => v
-                .parse()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| ConfigError("MAX_OPEN_WITHDRAWALS must be a positive integer".into()))?,
+            Ok(v) => v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                ConfigError("MAX_OPEN_WITHDRAWALS must be a positive integer".into())
+            })?,
             Err(_) => Self::DEFAULT_MAX_OPEN,
         };
         Ok(Self {

@@ -8,5 +8,3 @@ pub mod config;
 pub mod domain;
 pub mod store;
 pub mod withdrawals;
-
-

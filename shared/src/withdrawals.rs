@@ -234,7 +234,11 @@ impl WithdrawalService {
     pub async fn get(&self, user: &UserId, id: &str) -> Result<WithdrawalView, ApiError> {
         // An id of the wrong shape cannot exist: same answer as an unknown one.
         let id = WithdrawalId::parse(id).map_err(|_| ApiError::NotFound)?;
-        let w = self.store.withdrawal(user, id).await?.ok_or(ApiError::NotFound)?;
+        let w = self
+            .store
+            .withdrawal(user, id)
+            .await?
+            .ok_or(ApiError::NotFound)?;
         Ok(WithdrawalView::from(&w))
     }
 
@@ -270,7 +274,14 @@ impl WithdrawalService {
             .transpose()?;
         let page = self
             .store
-            .list_withdrawals(user, &ListQuery { status, limit, after })
+            .list_withdrawals(
+                user,
+                &ListQuery {
+                    status,
+                    limit,
+                    after,
+                },
+            )
             .await?;
         Ok(PageView {
             items: page.items.iter().map(WithdrawalView::from).collect(),
@@ -280,7 +291,11 @@ impl WithdrawalService {
 
     pub async fn cancel(&self, user: &UserId, id: &str) -> Result<WithdrawalView, ApiError> {
         let id = WithdrawalId::parse(id).map_err(|_| ApiError::NotFound)?;
-        let w = self.store.withdrawal(user, id).await?.ok_or(ApiError::NotFound)?;
+        let w = self
+            .store
+            .withdrawal(user, id)
+            .await?
+            .ok_or(ApiError::NotFound)?;
         if w.status.cancel().is_err() {
             return Err(ApiError::NotCancellable(w.status.to_string()));
         }
@@ -316,12 +331,21 @@ mod tests {
 
     #[test]
     fn string_and_number_amounts_parse_to_the_same_request() {
-        let a = parse(r#"{"currency":"USD","amount":"125.50","bank_account":"DE89370400440532013000"}"#).unwrap();
-        let b = parse(r#"{"currency":"USD","amount":125.5,"bank_account":"DE89 3704 0044 0532 0130 00"}"#).unwrap();
+        let a = parse(
+            r#"{"currency":"USD","amount":"125.50","bank_account":"DE89370400440532013000"}"#,
+        )
+        .unwrap();
+        let b = parse(
+            r#"{"currency":"USD","amount":125.5,"bank_account":"DE89 3704 0044 0532 0130 00"}"#,
+        )
+        .unwrap();
         assert_eq!(a, b);
         assert_eq!(a.fingerprint(), b.fingerprint());
         // A number with more digits than an f64 holds is still read exactly.
-        let c = parse(r#"{"currency":"USD","amount":49999.99,"bank_account":"DE89370400440532013000"}"#).unwrap();
+        let c = parse(
+            r#"{"currency":"USD","amount":49999.99,"bank_account":"DE89370400440532013000"}"#,
+        )
+        .unwrap();
         assert_eq!(c.amount.to_string(), "49999.99");
     }
 
@@ -330,15 +354,42 @@ mod tests {
         let cases = [
             (r#"{"currency":"USD""#, "invalid_json"),
             (r#"[]"#, "invalid_json"),
-            (r#"{"currency":"USD","amount":"1","bank_account":"DE89370400440532013000","x":1}"#, "invalid_json"),
-            (r#"{"currency":"GBP","amount":"1","bank_account":"DE89370400440532013000"}"#, "invalid_currency"),
-            (r#"{"currency":"USD","amount":"1.001","bank_account":"DE89370400440532013000"}"#, "invalid_amount"),
-            (r#"{"currency":"USD","amount":true,"bank_account":"DE89370400440532013000"}"#, "invalid_amount"),
-            (r#"{"currency":"USD","amount":-5,"bank_account":"DE89370400440532013000"}"#, "invalid_amount"),
-            (r#"{"currency":"USD","amount":"0.99","bank_account":"DE89370400440532013000"}"#, "amount_below_minimum"),
-            (r#"{"currency":"USD","amount":"50000.01","bank_account":"DE89370400440532013000"}"#, "amount_above_maximum"),
-            (r#"{"currency":"JPY","amount":"99","bank_account":"DE89370400440532013000"}"#, "amount_below_minimum"),
-            (r#"{"currency":"USD","amount":"10","bank_account":"DE89370400440532013001"}"#, "invalid_bank_account"),
+            (
+                r#"{"currency":"USD","amount":"1","bank_account":"DE89370400440532013000","x":1}"#,
+                "invalid_json",
+            ),
+            (
+                r#"{"currency":"GBP","amount":"1","bank_account":"DE89370400440532013000"}"#,
+                "invalid_currency",
+            ),
+            (
+                r#"{"currency":"USD","amount":"1.001","bank_account":"DE89370400440532013000"}"#,
+                "invalid_amount",
+            ),
+            (
+                r#"{"currency":"USD","amount":true,"bank_account":"DE89370400440532013000"}"#,
+                "invalid_amount",
+            ),
+            (
+                r#"{"currency":"USD","amount":-5,"bank_account":"DE89370400440532013000"}"#,
+                "invalid_amount",
+            ),
+            (
+                r#"{"currency":"USD","amount":"0.99","bank_account":"DE89370400440532013000"}"#,
+                "amount_below_minimum",
+            ),
+            (
+                r#"{"currency":"USD","amount":"50000.01","bank_account":"DE89370400440532013000"}"#,
+                "amount_above_maximum",
+            ),
+            (
+                r#"{"currency":"JPY","amount":"99","bank_account":"DE89370400440532013000"}"#,
+                "amount_below_minimum",
+            ),
+            (
+                r#"{"currency":"USD","amount":"10","bank_account":"DE89370400440532013001"}"#,
+                "invalid_bank_account",
+            ),
         ];
         for (body, code) in cases {
             assert_eq!(parse(body).unwrap_err().code(), code, "{body}");

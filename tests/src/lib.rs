@@ -1,1 +1,205 @@
+//! Test harness: a fresh table on DynamoDB Local per test, HTTP API v2 events with JWT claims,
+//! and the conservation check.
+//!
+//! DynamoDB Local is started by `scripts/test.sh`, which exports `DYNAMODB_ENDPOINT`.
 
+use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+use lambda_http::{Body, Request, Response};
+use serde_json::{json, Value};
+use shared::auth::Authenticator;
+use shared::domain::{Amount, Currencies, UserId};
+use shared::store::{DynamoStore, Store};
+use shared::withdrawals::WithdrawalService;
+use std::sync::Arc;
+use withdrawal_request::App;
+
+pub const IBAN: &str = "DE89370400440532013000";
+
+/// The same dummy credentials and region everywhere: DynamoDB Local keeps tables per key+region.
+pub fn client_for(endpoint: &str) -> aws_sdk_dynamodb::Client {
+    let conf = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("local", "local", None, None, "tests"))
+        .endpoint_url(endpoint)
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(conf)
+}
+
+pub fn endpoint() -> String {
+    std::env::var("DYNAMODB_ENDPOINT").expect(
+        "DYNAMODB_ENDPOINT is not set: run the integration tests with ./scripts/test.sh, \
+         which starts DynamoDB Local",
+    )
+}
+
+pub struct TestEnv {
+    pub store: Arc<DynamoStore>,
+    pub app: App,
+    pub currencies: Currencies,
+}
+
+impl TestEnv {
+    /// A new table on DynamoDB Local; nothing is shared between tests.
+    pub async fn new() -> Self {
+        Self::with_max_open(5).await
+    }
+
+    pub async fn with_max_open(max_open: u32) -> Self {
+        let table = format!("t_{}", ulid::Ulid::new());
+        let currencies = Currencies::default();
+        let store = Arc::new(DynamoStore::new(
+            client_for(&endpoint()),
+            table,
+            currencies.clone(),
+        ));
+        assert!(store.create_table().await.expect("create table"));
+        let app = App {
+            service: WithdrawalService::new(store.clone(), currencies.clone(), max_open),
+            auth: Authenticator::ApiGatewayJwt,
+        };
+        Self {
+            store,
+            app,
+            currencies,
+        }
+    }
+
+    pub async fn credit(&self, user: &str, currency: &str, amount: &str) {
+        let c = self.currencies.get(currency).unwrap().clone();
+        self.store
+            .credit(
+                &UserId::parse(user).unwrap(),
+                &c,
+                Amount::parse(amount, &c).unwrap(),
+            )
+            .await
+            .expect("credit");
+    }
+
+    /// `(available, locked, paid_out, credited)` as strings in the currency's scale.
+    pub async fn balance(&self, user: &str, currency: &str) -> (String, String, String, String) {
+        let balances = self
+            .store
+            .balances(&UserId::parse(user).unwrap())
+            .await
+            .unwrap();
+        let b = balances
+            .iter()
+            .find(|b| b.currency.code().as_str() == currency)
+            .expect("balance exists");
+        let f = |d| b.currency.format(d);
+        (f(b.available), f(b.locked), f(b.paid_out), f(b.credited))
+    }
+
+    /// Fails the test on any violated money invariant anywhere in the table.
+    pub async fn assert_conserved(&self) {
+        let report = self.store.scan_all().await.expect("scan");
+        let problems = shared::check::violations(&report);
+        assert!(problems.is_empty(), "invariants violated: {problems:#?}");
+    }
+
+    pub async fn call(&self, req: Request) -> TestResponse {
+        TestResponse::from(withdrawal_request::handle(&self.app, req).await)
+    }
+}
+
+/// Builds an API Gateway HTTP API (payload 2.0) event, as the JWT authorizer delivers it.
+pub struct Event {
+    value: Value,
+}
+
+impl Event {
+    pub fn new(method: &str, path_and_query: &str) -> Self {
+        let (path, query) = path_and_query
+            .split_once('?')
+            .unwrap_or((path_and_query, ""));
+        let params: serde_json::Map<String, Value> = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+            .collect();
+        let value = json!({
+            "version": "2.0",
+            "routeKey": "$default",
+            "rawPath": path,
+            "rawQueryString": query,
+            "headers": {"content-type": "application/json", "host": "api.example.com"},
+            "queryStringParameters": params,
+            "requestContext": {
+                "accountId": "123456789012",
+                "apiId": "api",
+                "domainName": "api.example.com",
+                "domainPrefix": "api",
+                "http": {"method": method, "path": path, "protocol": "HTTP/1.1",
+                         "sourceIp": "127.0.0.1", "userAgent": "tests"},
+                "requestId": "test-request",
+                "routeKey": "$default",
+                "stage": "$default",
+                "time": "29/Nov/2026:12:00:00 +0000",
+                "timeEpoch": 1795953600000u64
+            },
+            "isBase64Encoded": false
+        });
+        Self { value }
+    }
+
+    /// The claims API Gateway puts on the request after verifying the JWT.
+    pub fn user(mut self, sub: &str) -> Self {
+        self.value["requestContext"]["authorizer"] = json!({"jwt": {"claims": {"sub": sub, "iss": "https://issuer.example.com"}, "scopes": null}});
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.value["headers"][name] = Value::String(value.to_string());
+        self
+    }
+
+    pub fn body(mut self, body: impl Into<String>) -> Self {
+        self.value["body"] = Value::String(body.into());
+        self
+    }
+
+    pub fn build(self) -> Request {
+        lambda_http::request::from_str(&self.value.to_string()).expect("valid HTTP API v2 event")
+    }
+}
+
+pub fn withdrawal_body(currency: &str, amount: &str) -> String {
+    json!({"currency": currency, "amount": amount, "bank_account": IBAN}).to_string()
+}
+
+#[derive(Debug, Clone)]
+pub struct TestResponse {
+    pub status: u16,
+    pub body: String,
+    pub replayed: bool,
+}
+
+impl TestResponse {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+impl From<Response<Body>> for TestResponse {
+    fn from(r: Response<Body>) -> Self {
+        let body = match r.body() {
+            Body::Text(t) => t.clone(),
+            Body::Binary(b) => String::from_utf8_lossy(b).into_owned(),
+            _ => String::new(),
+        };
+        Self {
+            status: r.status().as_u16(),
+            replayed: r.headers().get("idempotent-replayed").is_some(),
+            body,
+        }
+    }
+}

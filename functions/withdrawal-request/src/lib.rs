@@ -1,1 +1,178 @@
+//! `withdrawal-request`: the user API behind API Gateway's HTTP API (payload v2).
+//! Thin: authenticate, route, hand the parsed request to [`WithdrawalService`], map the result.
 
+use lambda_http::{Body, Request, RequestExt, Response};
+use shared::api::{json_response, ApiError};
+use shared::auth::Authenticator;
+use shared::config::Config;
+use shared::domain::{IdempotencyKey, UserId};
+use shared::store::DynamoStore;
+use shared::withdrawals::WithdrawalService;
+use std::sync::Arc;
+use tracing::Instrument;
+
+/// Larger bodies are refused before parsing.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// Everything the handler needs, built once per cold start.
+#[derive(Clone)]
+pub struct App {
+    pub service: WithdrawalService,
+    pub auth: Authenticator,
+}
+
+impl App {
+    pub async fn from_env() -> Result<Self, lambda_http::Error> {
+        let config = Config::from_env()?;
+        let client = shared::config::dynamodb_client().await;
+        let store = DynamoStore::new(client, &config.table_name, config.currencies.clone());
+        Ok(Self {
+            service: WithdrawalService::new(
+                Arc::new(store),
+                config.currencies,
+                config.max_open_per_currency,
+            ),
+            auth: Authenticator::from_env()?,
+        })
+    }
+}
+
+/// Handles one request. Never fails: every outcome is an HTTP response.
+pub async fn handle(app: &App, req: Request) -> Response<Body> {
+    let request_id = req
+        .lambda_context_ref()
+        .map(|c| c.request_id.clone())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %req.method(),
+        route = tracing::field::Empty,
+        user_id = tracing::field::Empty,
+        withdrawal_id = tracing::field::Empty,
+        status = tracing::field::Empty,
+    );
+    async move {
+        let response = match route(app, &req).await {
+            Ok(r) => r,
+            Err(e) => e.to_response(),
+        };
+        let span = tracing::Span::current();
+        span.record("status", response.status().as_u16());
+        if response.status().is_server_error() {
+            tracing::error!("request failed");
+        } else {
+            tracing::info!("request done");
+        }
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
+    let path = req.uri().path().trim_end_matches('/');
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let method = req.method().as_str();
+    // Routing first so unknown paths are 404 for everyone; identity before any work.
+    let known = matches!(
+        segments.as_slice(),
+        ["withdrawals"] | ["withdrawals", _] | ["balances"]
+    );
+    if !known {
+        return Err(ApiError::NotFound);
+    }
+    let user = authenticate(app, req)?;
+    let span = tracing::Span::current();
+    span.record("user_id", user.as_str());
+    let service = &app.service;
+    match (method, segments.as_slice()) {
+        ("POST", ["withdrawals"]) => {
+            span.record("route", "create");
+            let body = body_bytes(req)?;
+            let key = idempotency_key(req)?;
+            let created = service.request(&user, body, key).await?;
+            span.record("withdrawal_id", created.withdrawal_id.to_string());
+            let mut resp = json_response(created.status_code, created.body);
+            if created.replayed {
+                resp.headers_mut().insert(
+                    "idempotent-replayed",
+                    "true".parse().expect("static header"),
+                );
+            }
+            Ok(resp)
+        }
+        ("GET", ["withdrawals"]) => {
+            span.record("route", "list");
+            let q = req.query_string_parameters();
+            let page = service
+                .list(
+                    &user,
+                    q.first("status"),
+                    q.first("limit"),
+                    q.first("cursor"),
+                )
+                .await?;
+            Ok(json_response(200, to_json(&page)?))
+        }
+        ("GET", ["withdrawals", id]) => {
+            span.record("route", "get");
+            span.record("withdrawal_id", *id);
+            Ok(json_response(200, to_json(&service.get(&user, id).await?)?))
+        }
+        ("DELETE", ["withdrawals", id]) => {
+            span.record("route", "cancel");
+            span.record("withdrawal_id", *id);
+            Ok(json_response(
+                200,
+                to_json(&service.cancel(&user, id).await?)?,
+            ))
+        }
+        ("GET", ["balances"]) => {
+            span.record("route", "balances");
+            Ok(json_response(
+                200,
+                to_json(&service.balances(&user).await?)?,
+            ))
+        }
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+fn authenticate(app: &App, req: &Request) -> Result<UserId, ApiError> {
+    app.auth.authenticate(req).map_err(|e| {
+        tracing::info!(reason = %e, "unauthenticated request");
+        ApiError::Unauthorized
+    })
+}
+
+fn body_bytes(req: &Request) -> Result<&[u8], ApiError> {
+    let bytes: &[u8] = match req.body() {
+        Body::Empty => &[],
+        Body::Text(t) => t.as_bytes(),
+        Body::Binary(b) => b,
+        _ => &[],
+    };
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge(MAX_BODY_BYTES));
+    }
+    Ok(bytes)
+}
+
+fn idempotency_key(req: &Request) -> Result<Option<IdempotencyKey>, ApiError> {
+    match req.headers().get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => {
+            let s = v.to_str().map_err(|_| {
+                ApiError::InvalidIdempotencyKey("Idempotency-Key must be printable ASCII".into())
+            })?;
+            IdempotencyKey::parse(s)
+                .map(Some)
+                .map_err(|e| ApiError::InvalidIdempotencyKey(e.to_string()))
+        }
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String, ApiError> {
+    serde_json::to_string(v).map_err(|_| ApiError::Internal)
+}

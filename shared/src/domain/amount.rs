@@ -20,7 +20,9 @@ impl Amount {
             .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
             && text.as_bytes()[0].is_ascii_digit();
         if !well_formed {
-            return Err(invalid("amount must be a positive decimal number like \"125.50\""));
+            return Err(invalid(
+                "amount must be a positive decimal number like \"125.50\"",
+            ));
         }
         let value = if text.contains(['e', 'E']) {
             Decimal::from_scientific(text)
@@ -81,10 +83,22 @@ mod tests {
 
     #[test]
     fn parses_exactly_and_rescales_to_the_currency() {
-        assert_eq!(Amount::parse("125.5", &usd()).unwrap().to_string(), "125.50");
-        assert_eq!(Amount::parse("125.50", &usd()).unwrap().to_string(), "125.50");
-        assert_eq!(Amount::parse("125.500", &usd()).unwrap().to_string(), "125.50");
-        assert_eq!(Amount::parse("1.2550e2", &usd()).unwrap().to_string(), "125.50");
+        assert_eq!(
+            Amount::parse("125.5", &usd()).unwrap().to_string(),
+            "125.50"
+        );
+        assert_eq!(
+            Amount::parse("125.50", &usd()).unwrap().to_string(),
+            "125.50"
+        );
+        assert_eq!(
+            Amount::parse("125.500", &usd()).unwrap().to_string(),
+            "125.50"
+        );
+        assert_eq!(
+            Amount::parse("1.2550e2", &usd()).unwrap().to_string(),
+            "125.50"
+        );
         assert_eq!(Amount::parse("1000", &jpy()).unwrap().to_string(), "1000");
         // 0.1 + 0.2 style inputs stay exact.
         assert_eq!(
@@ -103,7 +117,20 @@ mod tests {
     #[test]
     fn refuses_non_positive_and_malformed() {
         for bad in [
-            "0", "0.00", "-1", "+1", "", " 1", "1 ", "1,00", "abc", "NaN", "inf", ".5", "1..2", "0x10",
+            "0",
+            "0.00",
+            "-1",
+            "+1",
+            "",
+            " 1",
+            "1 ",
+            "1,00",
+            "abc",
+            "NaN",
+            "inf",
+            ".5",
+            "1..2",
+            "0x10",
             "99999999999999999999999999999999",
         ] {
             assert!(Amount::parse(bad, &usd()).is_err(), "{bad:?} accepted");

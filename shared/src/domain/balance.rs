@@ -111,8 +111,14 @@ mod tests {
         assert_eq!(b.apply(BalanceEffect::Lock, d("100.01")), Err(Overdraw));
         for path in [
             vec![crate::domain::Transition::Cancel],
-            vec![crate::domain::Transition::Submit, crate::domain::Transition::Reject],
-            vec![crate::domain::Transition::Submit, crate::domain::Transition::Settle],
+            vec![
+                crate::domain::Transition::Submit,
+                crate::domain::Transition::Reject,
+            ],
+            vec![
+                crate::domain::Transition::Submit,
+                crate::domain::Transition::Settle,
+            ],
             vec![
                 crate::domain::Transition::Submit,
                 crate::domain::Transition::Settle,

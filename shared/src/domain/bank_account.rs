@@ -111,7 +111,7 @@ fn iban_checksum_ok(iban: &str) -> bool {
 fn aba_checksum_ok(routing: &str) -> bool {
     let d: Vec<u32> = routing.bytes().map(|b| (b - b'0') as u32).collect();
     let sum = 3 * (d[0] + d[3] + d[6]) + 7 * (d[1] + d[4] + d[7]) + (d[2] + d[5] + d[8]);
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// IBAN lengths from the SWIFT IBAN registry for the countries we pay out to.
@@ -173,7 +173,9 @@ mod tests {
             assert!(BankAccount::parse(ok).is_ok(), "{ok}");
         }
         assert_eq!(
-            BankAccount::parse("de89 3704 0044 0532 0130 00").unwrap().expose(),
+            BankAccount::parse("de89 3704 0044 0532 0130 00")
+                .unwrap()
+                .expose(),
             "DE89370400440532013000"
         );
     }

@@ -95,7 +95,9 @@ impl Currencies {
         for entry in config.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             let parts: Vec<&str> = entry.split(':').collect();
             let [code, scale, min, max] = parts[..] else {
-                return Err(format!("currency entry {entry:?} is not CODE:scale:min:max"));
+                return Err(format!(
+                    "currency entry {entry:?} is not CODE:scale:min:max"
+                ));
             };
             let code = CurrencyCode::parse(code).map_err(|e| e.to_string())?;
             let scale: u32 = scale
@@ -162,7 +164,10 @@ mod tests {
     fn unknown_or_badly_spelled_codes_are_refused() {
         let c = Currencies::default();
         for bad in ["GBP", "usd", "US", "USDT", "", "U$D"] {
-            assert!(matches!(c.get(bad), Err(DomainError::InvalidCurrency(_))), "{bad}");
+            assert!(
+                matches!(c.get(bad), Err(DomainError::InvalidCurrency(_))),
+                "{bad}"
+            );
         }
     }
 

@@ -10,11 +10,14 @@ pub struct UserId(String);
 
 impl UserId {
     pub fn parse(s: &str) -> Result<Self, DomainError> {
-        let ok = (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic() && b != b'#');
+        let ok =
+            (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic() && b != b'#');
         if ok {
             Ok(Self(s.to_string()))
         } else {
-            Err(DomainError::InvalidId("user id must be 1-128 printable characters without '#'".into()))
+            Err(DomainError::InvalidId(
+                "user id must be 1-128 printable characters without '#'".into(),
+            ))
         }
     }
     pub fn as_str(&self) -> &str {
@@ -52,7 +55,9 @@ macro_rules! ulid_id {
                     // ULID decoding is case-insensitive; keep one spelling per id.
                     .filter(|u| format!("{}{}", $prefix, u) == s)
                     .map(Self)
-                    .ok_or_else(|| DomainError::InvalidId(concat!("not a valid ", $what, " id").into()))
+                    .ok_or_else(|| {
+                        DomainError::InvalidId(concat!("not a valid ", $what, " id").into())
+                    })
             }
             pub fn timestamp_ms(&self) -> u64 {
                 self.0.timestamp_ms()

@@ -217,8 +217,14 @@ mod tests {
             assert!(Cancelled.apply(t).is_err());
             assert!(Returned.apply(t).is_err());
         }
-        assert!(Settled.reject().is_err(), "a paid withdrawal is never rejected");
-        assert!(Submitted.cancel().is_err(), "a claimed withdrawal cannot be cancelled");
+        assert!(
+            Settled.reject().is_err(),
+            "a paid withdrawal is never rejected"
+        );
+        assert!(
+            Submitted.cancel().is_err(),
+            "a claimed withdrawal cannot be cancelled"
+        );
     }
 
     #[test]

