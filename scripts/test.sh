@@ -14,4 +14,8 @@ trap 'kill "$DDB_PID" 2>/dev/null || true' EXIT
 export DYNAMODB_ENDPOINT="http://127.0.0.1:$port"
 
 log "cargo test --workspace"
-cargo test --workspace "$@"
+out="$LOCAL_DIR/test-output.log"
+cargo test --workspace "$@" 2>&1 | tee "$out"
+# One closing line for the whole run (cargo prints one per test binary, the last often a
+# doc-test binary with nothing in it).
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "\ntests: %d passed, %d failed, %d skipped\n", p, f, i }' "$out"

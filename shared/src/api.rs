@@ -158,7 +158,10 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(%reason, "store unavailable");
                 Self::TryAgain
             }
-            StoreError::IdempotencyKeyTaken | StoreError::Corrupt(_) | StoreError::Backend(_) => {
+            StoreError::IdempotencyKeyTaken
+            | StoreError::LeaseLost
+            | StoreError::Corrupt(_)
+            | StoreError::Backend(_) => {
                 tracing::error!(error = %e, "store failure");
                 Self::Internal
             }

@@ -3,8 +3,13 @@
 
 pub mod api;
 pub mod auth;
+pub mod batcher;
 pub mod check;
 pub mod config;
 pub mod domain;
+pub mod operations;
+pub mod provider;
+pub mod settlement;
+pub mod signature;
 pub mod store;
 pub mod withdrawals;

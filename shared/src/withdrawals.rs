@@ -301,7 +301,7 @@ impl WithdrawalService {
         }
         let cancelled = self
             .store
-            .transition(&w, Transition::Cancel, TransitionDetails::default())
+            .transition(&w, Transition::Cancel, TransitionDetails::by("user"))
             .await?;
         Ok(WithdrawalView::from(&cancelled))
     }

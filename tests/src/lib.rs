@@ -203,3 +203,134 @@ impl From<Response<Body>> for TestResponse {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Payouts: the batcher against the sandbox provider over real HTTP.
+
+use sandbox_provider::{Sandbox, SandboxConfig};
+use shared::batcher::{Batcher, BatcherConfig};
+use shared::domain::{BankAccount, Withdrawal};
+use shared::provider::HttpProvider;
+use shared::signature::WebhookSecret;
+use std::time::Duration;
+
+pub const WEBHOOK_SECRET: &str = "whsec_test_0123456789abcdef";
+pub const API_KEY: &str = "sandbox-test-key";
+/// Valid accounts, so tests can make one of them fail or be returned.
+pub const ACCOUNTS: [&str; 5] = [
+    "DE89370400440532013000",
+    "GB82WEST12345698765432",
+    "FR1420041010050500013M02606",
+    "NL91ABNA0417164300",
+    "ABA:021000021:123456789",
+];
+
+pub struct PayoutEnv {
+    pub env: TestEnv,
+    pub sandbox: Sandbox,
+    pub provider_url: String,
+}
+
+impl PayoutEnv {
+    pub async fn new(configure: impl FnOnce(&mut SandboxConfig)) -> Self {
+        let env = TestEnv::with_max_open(u32::MAX).await;
+        let mut config = SandboxConfig::new(API_KEY, WebhookSecret::new(WEBHOOK_SECRET).unwrap());
+        config.hang = Duration::from_millis(1500);
+        configure(&mut config);
+        let sandbox = Sandbox::new(config);
+        let addr = sandbox.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        Self {
+            env,
+            sandbox,
+            provider_url: format!("http://{addr}"),
+        }
+    }
+
+    pub fn config() -> BatcherConfig {
+        BatcherConfig {
+            provider_timeout: Duration::from_millis(500),
+            safety_margin: Duration::from_millis(100),
+            ..BatcherConfig::default()
+        }
+    }
+
+    pub fn batcher(&self, config: BatcherConfig) -> Batcher<DynamoStore, HttpProvider> {
+        let provider =
+            HttpProvider::new(&self.provider_url, API_KEY, config.provider_timeout).unwrap();
+        Batcher::new(
+            self.env.store.clone(),
+            Arc::new(provider),
+            self.env.currencies.clone(),
+            config,
+        )
+    }
+
+    /// Runs the batcher once with a generous time budget.
+    pub async fn run(&self, config: BatcherConfig) -> shared::batcher::RunSummary {
+        self.batcher(config)
+            .run(std::time::Instant::now() + Duration::from_secs(60))
+            .await
+            .expect("batcher run")
+    }
+
+    /// `n` pending withdrawals of `amount`, spread over users of 10 each, all funded.
+    pub async fn seed(
+        &self,
+        prefix: &str,
+        currency: &str,
+        amount: &str,
+        n: usize,
+        account: &str,
+    ) -> Vec<Withdrawal> {
+        use futures::stream::{self, StreamExt};
+        let c = self.env.currencies.get(currency).unwrap().clone();
+        let amt = Amount::parse(amount, &c).unwrap();
+        let users: Vec<String> = (0..n.div_ceil(10))
+            .map(|i| format!("{prefix}-{i}"))
+            .collect();
+        for u in &users {
+            let total = amt.value() * rust_decimal::Decimal::from(10);
+            self.env
+                .store
+                .credit(
+                    &UserId::parse(u).unwrap(),
+                    &c,
+                    Amount::new(total, &c).unwrap(),
+                )
+                .await
+                .unwrap();
+        }
+        let account = BankAccount::parse(account).unwrap();
+        let store = self.env.store.clone();
+        stream::iter(0..n)
+            .map(|i| {
+                let w = Withdrawal::new(
+                    UserId::parse(&users[i / 10]).unwrap(),
+                    c.clone(),
+                    amt,
+                    account.clone(),
+                    chrono::Utc::now(),
+                );
+                let store = store.clone();
+                async move {
+                    store
+                        .request_withdrawal(&w, None, u32::MAX)
+                        .await
+                        .expect("seed");
+                    w
+                }
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await
+    }
+
+    pub async fn reload(&self, w: &Withdrawal) -> Withdrawal {
+        self.env
+            .store
+            .withdrawal(&w.user_id, w.id)
+            .await
+            .unwrap()
+            .expect("exists")
+    }
+}

@@ -3,6 +3,7 @@
 mod amount;
 mod balance;
 mod bank_account;
+mod batch;
 mod currency;
 mod ids;
 mod withdrawal;
@@ -10,9 +11,10 @@ mod withdrawal;
 pub use amount::Amount;
 pub use balance::{Balance, BalanceEffect};
 pub use bank_account::BankAccount;
+pub use batch::{Batch, BatchStatus};
 pub use currency::{Currencies, Currency, CurrencyCode};
 pub use ids::{BatchId, IdempotencyKey, UserId, WithdrawalId};
-pub use withdrawal::{InvalidTransition, Transition, Withdrawal, WithdrawalStatus};
+pub use withdrawal::{AuditEntry, InvalidTransition, Transition, Withdrawal, WithdrawalStatus};
 
 /// Why a value offered to the domain was refused. Each variant maps to one stable API error code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -147,6 +147,29 @@ pub struct Withdrawal {
     pub batch_id: Option<BatchId>,
     pub provider_reference: Option<String>,
     pub failure_reason: Option<String>,
+    /// Every state change, oldest first, written in the same conditional write as the change.
+    pub audit: Vec<AuditEntry>,
+}
+
+/// One line of a withdrawal's history.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct AuditEntry {
+    pub at: String,
+    /// `None` for the creation.
+    pub from: Option<WithdrawalStatus>,
+    pub to: WithdrawalStatus,
+    /// `user`, `batcher:<run>`, `webhook`, `operator:<why>`…
+    pub by: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl serde::Serialize for WithdrawalStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 impl Withdrawal {
@@ -170,6 +193,14 @@ impl Withdrawal {
             batch_id: None,
             provider_reference: None,
             failure_reason: None,
+            audit: vec![AuditEntry {
+                at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                from: None,
+                to: WithdrawalStatus::Pending,
+                by: "user".into(),
+                event_id: None,
+                reason: None,
+            }],
         }
     }
 }

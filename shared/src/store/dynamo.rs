@@ -1,8 +1,8 @@
 use super::schema::{self, TableSchema};
 use super::{IdempotencyRecord, ListQuery, Page, Store, StoreError, TransitionDetails};
 use crate::domain::{
-    Amount, Balance, BalanceEffect, BankAccount, BatchId, Currencies, Currency, IdempotencyKey,
-    Transition, UserId, Withdrawal, WithdrawalId, WithdrawalStatus,
+    Amount, AuditEntry, Balance, BalanceEffect, BankAccount, BatchId, Currencies, Currency,
+    IdempotencyKey, Transition, UserId, Withdrawal, WithdrawalId, WithdrawalStatus,
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-type Item = HashMap<String, AttributeValue>;
+pub(super) type Item = HashMap<String, AttributeValue>;
 
 /// How long an idempotency record is honoured (DynamoDB's TTL removes it some time after).
 const IDEMPOTENCY_TTL_SECS: i64 = 24 * 3600;
@@ -30,9 +30,9 @@ const TX_ATTEMPTS: u32 = 8;
 /// The DynamoDB single-table adapter. Build one per process (at cold start) and share it.
 #[derive(Clone)]
 pub struct DynamoStore {
-    client: Client,
-    table: String,
-    currencies: Currencies,
+    pub(super) client: Client,
+    pub(super) table: String,
+    pub(super) currencies: Currencies,
 }
 
 /// What `check` found: the invariant per balance and per withdrawal set.
@@ -166,10 +166,45 @@ impl DynamoStore {
         Ok(report)
     }
 
+    /// Finds a withdrawal by id alone (operator tools only: this scans).
+    pub async fn find_withdrawal(
+        &self,
+        id: WithdrawalId,
+    ) -> Result<Option<Withdrawal>, StoreError> {
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("#id = :id AND begins_with(#sk, :wd)")
+                .expression_attribute_names("#id", "id")
+                .expression_attribute_names("#sk", schema::SK)
+                .expression_attribute_values(":id", s(id.to_string()))
+                .expression_attribute_values(":wd", s(TableSchema::WITHDRAWAL_SK_PREFIX))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(classify)?;
+            if let Some(item) = page.items().first() {
+                return self.withdrawal_from_item(item).map(Some);
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(None),
+            }
+        }
+    }
+
     /// Runs one transaction, retrying what the SDK does not: cancellation because a concurrent
     /// transaction held one of the items (TransactionConflict). The client request token makes a retry after an ambiguous
     /// failure (timeout) idempotent on DynamoDB's side for ten minutes.
-    async fn transact(&self, items: Vec<TransactWriteItem>, token: &str) -> Result<(), TxError> {
+    pub(super) async fn transact(
+        &self,
+        items: Vec<TransactWriteItem>,
+        token: &str,
+    ) -> Result<(), TxError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -239,7 +274,7 @@ impl DynamoStore {
         ])
     }
 
-    fn withdrawal_key(user: &UserId, id: WithdrawalId) -> Item {
+    pub(super) fn withdrawal_key(user: &UserId, id: WithdrawalId) -> Item {
         HashMap::from([
             (schema::PK.to_string(), s(TableSchema::user_pk(user))),
             (schema::SK.to_string(), s(TableSchema::withdrawal_sk(id))),
@@ -329,6 +364,122 @@ impl DynamoStore {
             .build())
     }
 
+    /// The conditional writes of one state-machine edge: the withdrawal's status change
+    /// (conditioned on the exact status it was read in, with an audit entry appended to the
+    /// same item), the balance movement, and the batch's final counter when a member settles or
+    /// is rejected. Returns them with the withdrawal as it will be.
+    pub(super) fn transition_items(
+        &self,
+        w: &Withdrawal,
+        transition: Transition,
+        details: &TransitionDetails,
+        now_t: DateTime<Utc>,
+    ) -> Result<(Vec<TransactWriteItem>, Withdrawal), StoreError> {
+        let to = w
+            .status
+            .apply(transition)
+            .map_err(|e| StoreError::StateChanged {
+                current: Some(e.from),
+            })?;
+        let now = timestamp(&now_t);
+        let entry = AuditEntry {
+            at: now.clone(),
+            from: Some(w.status),
+            to,
+            by: details.actor.clone(),
+            event_id: details.event_id.clone(),
+            reason: details.failure_reason.clone(),
+        };
+        let mut updated = w.clone();
+        updated.status = to;
+        updated.updated_at = now_t;
+        updated.audit.push(entry.clone());
+        let mut set = vec![
+            "#st = :to",
+            "#ua = :now",
+            "#au = list_append(if_not_exists(#au, :empty), :audit)",
+        ];
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(Self::withdrawal_key(&w.user_id, w.id)))
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_names("#ua", "updated_at")
+            .expression_attribute_names("#au", "audit")
+            .expression_attribute_values(":to", s(to.as_str()))
+            .expression_attribute_values(":from", s(w.status.as_str()))
+            .expression_attribute_values(":now", s(&now))
+            .expression_attribute_values(":empty", AttributeValue::L(vec![]))
+            .expression_attribute_values(":audit", AttributeValue::L(vec![audit_to_item(&entry)]))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        if let Some(reason) = &details.failure_reason {
+            set.push("#fr = :fr");
+            update = update
+                .expression_attribute_names("#fr", "failure_reason")
+                .expression_attribute_values(":fr", s(reason));
+            updated.failure_reason = Some(reason.clone());
+        }
+        if let Some(reference) = &details.provider_reference {
+            set.push("#pr = :pr");
+            update = update
+                .expression_attribute_names("#pr", "provider_reference")
+                .expression_attribute_values(":pr", s(reference));
+            updated.provider_reference = Some(reference.clone());
+        }
+        if let Some(batch) = details.batch_id {
+            set.push("#bi = :bi");
+            update = update
+                .expression_attribute_names("#bi", "batch_id")
+                .expression_attribute_values(":bi", s(batch.to_string()));
+            updated.batch_id = Some(batch);
+        }
+        let mut expression = format!("SET {}", set.join(", "));
+        if w.status == WithdrawalStatus::Pending {
+            expression.push_str(&format!(
+                " REMOVE {}, {}",
+                schema::PENDING_PK,
+                schema::PENDING_SK
+            ));
+        }
+        let update = update
+            .update_expression(expression)
+            .condition_expression("#st = :from")
+            .build()
+            .map_err(backend)?;
+        let mut items = vec![TransactWriteItem::builder().update(update).build()];
+        let effect = transition.balance_effect();
+        if effect != BalanceEffect::None {
+            items.push(self.balance_update(
+                &w.user_id,
+                &w.currency,
+                effect,
+                w.amount.value(),
+                &now,
+                None,
+            )?);
+        }
+        let member_finishes = matches!(transition, Transition::Settle | Transition::Reject)
+            && w.status == WithdrawalStatus::Submitted;
+        if let (true, Some(batch)) = (member_finishes, w.batch_id) {
+            items.push(
+                TransactWriteItem::builder()
+                    .update(
+                        Update::builder()
+                            .table_name(&self.table)
+                            .key(schema::PK, s(TableSchema::batch_pk(batch)))
+                            .key(schema::SK, s(TableSchema::SINGLETON_SK))
+                            .update_expression("ADD final_count :one SET updated_at = :now")
+                            .condition_expression("attribute_exists(PK)")
+                            .expression_attribute_values(":one", n(1))
+                            .expression_attribute_values(":now", s(&now))
+                            .build()
+                            .map_err(backend)?,
+                    )
+                    .build(),
+            );
+        }
+        Ok((items, updated))
+    }
+
     fn withdrawal_item(&self, w: &Withdrawal) -> Item {
         let mut item = Self::withdrawal_key(&w.user_id, w.id);
         let mut put = |k: &str, v: AttributeValue| {
@@ -352,6 +503,10 @@ impl DynamoStore {
         if let Some(r) = &w.failure_reason {
             put("failure_reason", s(r));
         }
+        put(
+            "audit",
+            AttributeValue::L(w.audit.iter().map(audit_to_item).collect()),
+        );
         if w.status == WithdrawalStatus::Pending {
             // Sparse index: only pending withdrawals carry these, so the batcher reads exactly
             // what is due, oldest first.
@@ -364,7 +519,7 @@ impl DynamoStore {
         item
     }
 
-    fn withdrawal_from_item(&self, item: &Item) -> Result<Withdrawal, StoreError> {
+    pub(super) fn withdrawal_from_item(&self, item: &Item) -> Result<Withdrawal, StoreError> {
         let r = Reader(item);
         let currency = self.currency(r.s("currency")?)?;
         let amount = Amount::new(r.n("amount")?, &currency).map_err(corrupt)?;
@@ -385,6 +540,12 @@ impl DynamoStore {
                 .map_err(corrupt)?,
             provider_reference: r.opt_s("provider_reference").map(str::to_string),
             failure_reason: r.opt_s("failure_reason").map(str::to_string),
+            audit: match item.get("audit") {
+                Some(AttributeValue::L(l)) => {
+                    l.iter().map(audit_from_item).collect::<Result<_, _>>()?
+                }
+                _ => Vec::new(),
+            },
         })
     }
 
@@ -405,7 +566,7 @@ impl DynamoStore {
         Ok((user, balance))
     }
 
-    fn currency(&self, code: &str) -> Result<Currency, StoreError> {
+    pub(super) fn currency(&self, code: &str) -> Result<Currency, StoreError> {
         self.currencies
             .get(code)
             .cloned()
@@ -627,82 +788,12 @@ impl Store for DynamoStore {
         transition: Transition,
         details: TransitionDetails,
     ) -> Result<Withdrawal, StoreError> {
-        let to = w
-            .status
-            .apply(transition)
-            .map_err(|e| StoreError::StateChanged {
-                current: Some(e.from),
-            })?;
-        let now_t = Utc::now();
-        let now = timestamp(&now_t);
-        let mut set = vec!["#st = :to", "#ua = :now"];
-        let mut update = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(Self::withdrawal_key(&w.user_id, w.id)))
-            .expression_attribute_names("#st", "status")
-            .expression_attribute_names("#ua", "updated_at")
-            .expression_attribute_values(":to", s(to.as_str()))
-            .expression_attribute_values(":now", s(&now))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-        if let Some(reason) = &details.failure_reason {
-            set.push("#fr = :fr");
-            update = update
-                .expression_attribute_names("#fr", "failure_reason")
-                .expression_attribute_values(":fr", s(reason));
-        }
-        if let Some(reference) = &details.provider_reference {
-            set.push("#pr = :pr");
-            update = update
-                .expression_attribute_names("#pr", "provider_reference")
-                .expression_attribute_values(":pr", s(reference));
-        }
-        let mut from_tokens = Vec::new();
-        for (i, st) in transition.allowed_from().iter().enumerate() {
-            let token = format!(":from{i}");
-            update = update.expression_attribute_values(&token, s(st.as_str()));
-            from_tokens.push(token);
-        }
-        let mut expression = format!("SET {}", set.join(", "));
-        if w.status == WithdrawalStatus::Pending {
-            expression.push_str(&format!(
-                " REMOVE {}, {}",
-                schema::PENDING_PK,
-                schema::PENDING_SK
-            ));
-        }
-        let update = update
-            .update_expression(expression)
-            .condition_expression(format!("#st IN ({})", from_tokens.join(", ")))
-            .build()
-            .map_err(backend)?;
-        let mut items = vec![TransactWriteItem::builder().update(update).build()];
-        let effect = transition.balance_effect();
-        if effect != BalanceEffect::None {
-            items.push(self.balance_update(
-                &w.user_id,
-                &w.currency,
-                effect,
-                w.amount.value(),
-                &now,
-                None,
-            )?);
-        }
+        let (items, updated) = self.transition_items(w, transition, &details, Utc::now())?;
         // One token per call, reused by its own retries: a retry after a timeout cannot apply
         // twice, while a concurrent caller's attempt stays a separate, conditional one.
         let token = ulid::Ulid::new().to_string();
         match self.transact(items, &token).await {
-            Ok(()) => {
-                let mut updated = w.clone();
-                updated.status = to;
-                updated.updated_at = now_t;
-                if details.failure_reason.is_some() {
-                    updated.failure_reason = details.failure_reason;
-                }
-                if details.provider_reference.is_some() {
-                    updated.provider_reference = details.provider_reference;
-                }
-                Ok(updated)
-            }
+            Ok(()) => Ok(updated),
             Err(TxError::Store(e)) => Err(e),
             Err(TxError::Cancelled(reasons)) => {
                 let first = &reasons[0];
@@ -717,10 +808,13 @@ impl Store for DynamoStore {
                         Some(_) => Err(StoreError::StateChanged { current }),
                     };
                 }
-                // The status matched but the balance refused: locked/paid_out would go negative.
+                // The status matched but the balance (or batch) refused: the books would break.
                 Err(StoreError::Corrupt(format!(
-                    "balance of {} {} cannot absorb {:?}",
-                    w.user_id, w.currency, transition
+                    "{} {}: {:?} refused by {:?}",
+                    w.user_id,
+                    w.id,
+                    transition,
+                    reasons.iter().map(|r| r.code()).collect::<Vec<_>>()
                 )))
             }
         }
@@ -747,7 +841,7 @@ impl Store for DynamoStore {
     }
 }
 
-enum TxError {
+pub(super) enum TxError {
     Cancelled(Vec<CancellationReason>),
     Store(StoreError),
 }
@@ -773,7 +867,7 @@ fn idempotency_item(rec: &IdempotencyRecord) -> Item {
 }
 
 /// Maps SDK failures to what callers can act on: transient ones become `Unavailable`.
-fn classify<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
+pub(super) fn classify<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
     err: SdkError<E, R>,
 ) -> StoreError {
     match &err {
@@ -806,11 +900,51 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(5 + jitter)
 }
 
-fn s(v: impl Into<String>) -> AttributeValue {
+/// Audit entries live on the withdrawal item itself, so each is written by the same
+/// conditional write as the change it records.
+fn audit_to_item(e: &AuditEntry) -> AttributeValue {
+    let mut m = HashMap::from([
+        ("at".to_string(), s(&e.at)),
+        ("from".to_string(), s(e.from.map_or("-", |f| f.as_str()))),
+        ("to".to_string(), s(e.to.as_str())),
+        ("by".to_string(), s(&e.by)),
+    ]);
+    if let Some(id) = &e.event_id {
+        m.insert("event_id".into(), s(id));
+    }
+    if let Some(r) = &e.reason {
+        m.insert("reason".into(), s(r));
+    }
+    AttributeValue::M(m)
+}
+
+fn audit_from_item(v: &AttributeValue) -> Result<AuditEntry, StoreError> {
+    let m = v
+        .as_m()
+        .map_err(|_| StoreError::Corrupt("audit entry".into()))?;
+    let r = Reader(m);
+    let status = |name: &str| -> Result<WithdrawalStatus, StoreError> {
+        WithdrawalStatus::parse(r.s(name)?)
+            .ok_or_else(|| StoreError::Corrupt(format!("audit {name}")))
+    };
+    Ok(AuditEntry {
+        at: r.s("at")?.to_string(),
+        from: match r.s("from")? {
+            "-" => None,
+            _ => Some(status("from")?),
+        },
+        to: status("to")?,
+        by: r.s("by")?.to_string(),
+        event_id: r.opt_s("event_id").map(str::to_string),
+        reason: r.opt_s("reason").map(str::to_string),
+    })
+}
+
+pub(super) fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
 
-fn n(v: impl ToString) -> AttributeValue {
+pub(super) fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
@@ -818,35 +952,35 @@ pub fn timestamp(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn corrupt(e: impl std::fmt::Display) -> StoreError {
+pub(super) fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
+pub(super) fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-struct Reader<'a>(&'a Item);
+pub(super) struct Reader<'a>(pub(super) &'a Item);
 
 impl Reader<'_> {
-    fn s(&self, name: &str) -> Result<&str, StoreError> {
+    pub(super) fn s(&self, name: &str) -> Result<&str, StoreError> {
         self.opt_s(name)
             .ok_or_else(|| StoreError::Corrupt(format!("missing string attribute {name}")))
     }
-    fn opt_s(&self, name: &str) -> Option<&str> {
+    pub(super) fn opt_s(&self, name: &str) -> Option<&str> {
         self.0
             .get(name)
             .and_then(|v| v.as_s().ok())
             .map(String::as_str)
     }
-    fn n(&self, name: &str) -> Result<Decimal, StoreError> {
+    pub(super) fn n(&self, name: &str) -> Result<Decimal, StoreError> {
         self.0
             .get(name)
             .and_then(|v| v.as_n().ok())
             .and_then(|v| Decimal::from_str(v).ok())
             .ok_or_else(|| StoreError::Corrupt(format!("missing number attribute {name}")))
     }
-    fn time(&self, name: &str) -> Result<DateTime<Utc>, StoreError> {
+    pub(super) fn time(&self, name: &str) -> Result<DateTime<Utc>, StoreError> {
         DateTime::parse_from_rfc3339(self.s(name)?)
             .map(|t| t.with_timezone(&Utc))
             .map_err(|_| StoreError::Corrupt(format!("bad timestamp {name}")))

@@ -1,14 +1,16 @@
 //! Persistence port. The domain talks to [`Store`]; [`DynamoStore`] is the DynamoDB adapter.
 
+mod batches;
 mod dynamo;
 mod schema;
 
+pub use batches::CLAIM_CHUNK;
 pub use dynamo::{timestamp, DynamoStore, ScanReport};
 pub use schema::TableSchema;
 
 use crate::domain::{
-    Amount, Balance, Currency, IdempotencyKey, Transition, UserId, Withdrawal, WithdrawalId,
-    WithdrawalStatus,
+    Amount, Balance, Batch, BatchId, BatchStatus, Currency, IdempotencyKey, Transition, UserId,
+    Withdrawal, WithdrawalId, WithdrawalStatus,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -23,6 +25,9 @@ pub enum StoreError {
     IdempotencyKeyTaken,
     #[error("withdrawal not found")]
     NotFound,
+    /// Another run took over the batch this run was working on.
+    #[error("the batch lease was lost")]
+    LeaseLost,
     /// The withdrawal was not in a state the transition starts from (someone else moved it first).
     #[error("withdrawal is {current:?}, not in a state this change applies to")]
     StateChanged { current: Option<WithdrawalStatus> },
@@ -62,11 +67,26 @@ pub struct Page {
     pub next: Option<WithdrawalId>,
 }
 
-/// Optional details a transition records on the withdrawal.
+/// What a transition records on the withdrawal, and who caused it (for the audit trail).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TransitionDetails {
+    /// `user`, `batcher:<run>`, `webhook`, `operator`, …
+    pub actor: String,
+    /// The provider event that caused it, if any.
+    pub event_id: Option<String>,
     pub failure_reason: Option<String>,
     pub provider_reference: Option<String>,
+    /// Set by the claim into a batch.
+    pub batch_id: Option<BatchId>,
+}
+
+impl TransitionDetails {
+    pub fn by(actor: impl Into<String>) -> Self {
+        Self {
+            actor: actor.into(),
+            ..Self::default()
+        }
+    }
 }
 
 #[async_trait]
@@ -112,4 +132,96 @@ pub trait Store: Send + Sync {
     ) -> Result<Withdrawal, StoreError>;
 
     async fn balances(&self, user: &UserId) -> Result<Vec<Balance>, StoreError>;
+}
+
+/// Result of claiming one chunk of pending withdrawals into a batch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClaimResult {
+    /// Now SUBMITTED in the batch.
+    pub claimed: Vec<Withdrawal>,
+    /// No longer PENDING when we tried (claimed by another run, cancelled): skipped.
+    pub lost: Vec<WithdrawalId>,
+}
+
+/// What one provider call did to a batch we hold the lease on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttemptResult {
+    Accepted {
+        provider_batch_id: String,
+    },
+    /// Definite rejection: the batch moves to REJECTING, its members are then rejected.
+    Rejected {
+        reason: String,
+    },
+    /// Outcome unknown; after `max_attempts` the batch needs an operator.
+    Ambiguous {
+        error: String,
+        max_attempts: u32,
+    },
+}
+
+#[async_trait]
+pub trait BatchStore: Send + Sync {
+    /// Pending withdrawals of one currency, oldest first, from the sparse index (eventually
+    /// consistent: the claim re-checks the status).
+    async fn pending(
+        &self,
+        currency: &Currency,
+        limit: usize,
+        after: Option<WithdrawalId>,
+    ) -> Result<Vec<Withdrawal>, StoreError>;
+
+    /// Claims up to 99 withdrawals PENDING→SUBMITTED into `batch` in one transaction, together
+    /// with the batch record (created with the first chunk, extended by the others while
+    /// `owner` holds the claiming lease). Withdrawals no longer pending are skipped.
+    async fn claim(
+        &self,
+        batch: &Batch,
+        owner: &str,
+        chunk: &[Withdrawal],
+        create: bool,
+    ) -> Result<ClaimResult, StoreError>;
+
+    /// Non-terminal batches (from the sparse index), oldest first.
+    async fn open_batches(&self) -> Result<Vec<Batch>, StoreError>;
+
+    async fn batch(&self, id: BatchId) -> Result<Option<Batch>, StoreError>;
+
+    /// Takes the batch's lease if it is free (expired) and the batch is in one of `states`.
+    /// `None` when someone else holds it or the state moved on.
+    async fn take_lease(
+        &self,
+        id: BatchId,
+        owner: &str,
+        until_ms: i64,
+        now_ms: i64,
+        states: &[BatchStatus],
+    ) -> Result<Option<Batch>, StoreError>;
+
+    /// CLAIMING → OPEN: membership is final.
+    async fn close_claiming(&self, id: BatchId, owner: &str) -> Result<(), StoreError>;
+
+    /// Records a provider call's outcome on an OPEN batch we hold the lease of, and releases
+    /// the lease.
+    async fn record_attempt(
+        &self,
+        id: BatchId,
+        owner: &str,
+        result: &AttemptResult,
+    ) -> Result<Batch, StoreError>;
+
+    /// REJECTING → REJECTED once every member is rejected.
+    async fn finish_rejecting(&self, id: BatchId) -> Result<(), StoreError>;
+
+    /// ACCEPTED → COMPLETED when every member is final; `false` if not all are.
+    async fn complete_if_final(&self, id: BatchId) -> Result<bool, StoreError>;
+
+    /// NEEDS_OPERATOR → OPEN with the attempt count reset (operator `retry-batch`).
+    async fn reset_attempts(&self, id: BatchId) -> Result<(), StoreError>;
+
+    /// The member withdrawals, read consistently.
+    async fn members(&self, batch: &Batch) -> Result<Vec<Withdrawal>, StoreError>;
+
+    /// Every batch (operator listing).
+    async fn all_batches(&self) -> Result<Vec<Batch>, StoreError>;
 }

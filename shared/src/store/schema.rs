@@ -1,6 +1,6 @@
 //! The single table's key layout. Every key string is built here and nowhere else.
 
-use crate::domain::{CurrencyCode, IdempotencyKey, UserId, WithdrawalId};
+use crate::domain::{BatchId, CurrencyCode, IdempotencyKey, UserId, WithdrawalId};
 
 pub const PK: &str = "PK";
 pub const SK: &str = "SK";
@@ -30,6 +30,12 @@ impl TableSchema {
         format!("IDEM#{}#{}", user.as_str(), key.as_str())
     }
     pub const SINGLETON_SK: &'static str = "-";
+    pub fn batch_pk(batch: BatchId) -> String {
+        format!("BATCH#{batch}")
+    }
+    /// Open (non-terminal) batches share this key in the sparse index, so a run finds
+    /// unfinished work without a scan.
+    pub const OPEN_BATCHES_PK: &'static str = "BATCHES#OPEN";
     pub fn pending_pk(currency: CurrencyCode) -> String {
         format!("PENDING#{currency}")
     }

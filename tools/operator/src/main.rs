@@ -4,9 +4,10 @@
 use clap::{Parser, Subcommand};
 use shared::auth::{LocalTokenKey, LOCAL_AUTH_SECRET_ENV};
 use shared::config::Config;
-use shared::domain::{Amount, UserId};
-use shared::store::{DynamoStore, Store};
+use shared::domain::{Amount, BatchId, UserId, WithdrawalId};
+use shared::store::{BatchStore, DynamoStore, Store};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 #[command(name = "operator", about = "Operate the withdrawal pipeline's table")]
@@ -43,6 +44,29 @@ enum Command {
     },
     /// Verify the money invariants over the whole table; exits 1 on any violation.
     Check,
+    /// One batcher run against the configured table and provider (PROVIDER_URL,
+    /// PROVIDER_API_KEY); prints the summary.
+    RunBatcher {
+        /// Time budget in seconds.
+        #[arg(long, default_value_t = 60)]
+        budget: u64,
+    },
+    /// List batches with their status.
+    Batches,
+    /// Hand a batch flagged for an operator back to the batcher (re-sent with the same key).
+    RetryBatch { id: String },
+    /// Reject a withdrawal and return its funds (only PENDING, or in a flagged batch).
+    Reject {
+        #[arg(long)]
+        withdrawal: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// A withdrawal's audit trail.
+    History {
+        #[arg(long)]
+        withdrawal: String,
+    },
 }
 
 #[tokio::main]
@@ -115,6 +139,52 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 })
                 .collect();
             println!("{}", serde_json::to_string_pretty(&balances)?);
+        }
+        Command::RunBatcher { budget } => {
+            let batcher = payout_batcher::app_from_env()
+                .await
+                .map_err(|e| e.to_string())?;
+            let summary = batcher
+                .run(Instant::now() + Duration::from_secs(budget))
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
+        Command::Batches => {
+            for b in store.all_batches().await? {
+                println!(
+                    "{} {} {:<14} members {:>4} final {:>4} total {} attempts {}{}",
+                    b.id,
+                    b.currency,
+                    b.status.as_str(),
+                    b.member_count(),
+                    b.final_count,
+                    b.currency.format(b.total),
+                    b.attempts,
+                    b.last_error
+                        .map(|e| format!(" last_error: {e}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        Command::RetryBatch { id } => {
+            shared::operations::retry_batch(&store, BatchId::parse(&id)?).await?;
+            println!("batch {id} will be re-sent by the next batcher run");
+        }
+        Command::Reject { withdrawal, reason } => {
+            let w = shared::operations::reject_withdrawal(
+                &store,
+                WithdrawalId::parse(&withdrawal)?,
+                &reason,
+            )
+            .await?;
+            println!("{} {} {} {}", w.id, w.status, w.currency, w.amount);
+        }
+        Command::History { withdrawal } => {
+            let w = store
+                .find_withdrawal(WithdrawalId::parse(&withdrawal)?)
+                .await?
+                .ok_or("no such withdrawal")?;
+            println!("{}", serde_json::to_string_pretty(&w.audit)?);
         }
         Command::Check => {
             let report = store.scan_all().await?;

@@ -1,0 +1,44 @@
+//! `payout-batcher`: runs on an EventBridge schedule. Thin: builds the batcher once per cold
+//! start, turns the invocation's deadline into a time budget, returns the run's summary.
+
+use aws_lambda_events::eventbridge::EventBridgeEvent;
+use lambda_runtime::{Error, LambdaEvent};
+use serde_json::Value;
+use shared::batcher::{Batcher, BatcherConfig, RunSummary};
+use shared::config::Config;
+use shared::provider::HttpProvider;
+use shared::store::DynamoStore;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub type App = Batcher<DynamoStore, HttpProvider>;
+
+pub async fn app_from_env() -> Result<App, Error> {
+    let config = Config::from_env()?;
+    let batcher_config = BatcherConfig::from_env()?;
+    let url = std::env::var("PROVIDER_URL").map_err(|_| "PROVIDER_URL is not set")?;
+    let key = std::env::var("PROVIDER_API_KEY").map_err(|_| "PROVIDER_API_KEY is not set")?;
+    let provider = HttpProvider::new(&url, &key, batcher_config.provider_timeout)?;
+    let store = DynamoStore::new(
+        shared::config::dynamodb_client().await,
+        &config.table_name,
+        config.currencies.clone(),
+    );
+    Ok(Batcher::new(
+        Arc::new(store),
+        Arc::new(provider),
+        config.currencies,
+        batcher_config,
+    ))
+}
+
+/// The run must end before Lambda's deadline; what does not fit waits for the next schedule.
+pub async fn handle(
+    app: &App,
+    event: LambdaEvent<EventBridgeEvent<Value>>,
+) -> Result<RunSummary, Error> {
+    let deadline_ms = event.context.deadline as i64;
+    let left_ms = (deadline_ms - chrono::Utc::now().timestamp_millis()).max(0) as u64;
+    let deadline = Instant::now() + Duration::from_millis(left_ms);
+    Ok(app.run(deadline).await?)
+}

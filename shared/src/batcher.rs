@@ -1,0 +1,457 @@
+//! One run of the payout batcher: finish what earlier runs left open, then claim pending
+//! withdrawals per currency into batches and send each batch to the provider once.
+//!
+//! Safety rests on three things: a claim is a conditional write on `status = PENDING`, so two
+//! runs never put one withdrawal in two batches; a batch's idempotency key is its id, so a re-send
+//! is never paid twice; and only a definite rejection returns funds — an ambiguous outcome keeps
+//! the batch open for the next run.
+
+use crate::domain::{Batch, BatchId, BatchStatus, Currencies, Transition, WithdrawalStatus};
+use crate::provider::{PayoutBatchRequest, PayoutProvider, StatusOutcome, SubmitOutcome};
+use crate::settlement::{self, Applied, Outcome};
+use crate::store::{AttemptResult, BatchStore, Store, StoreError, TransitionDetails, CLAIM_CHUNK};
+use chrono::Utc;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct BatcherConfig {
+    pub max_batch_size: usize,
+    /// Ambiguous sends before a batch is flagged for an operator.
+    pub max_attempts: u32,
+    /// An accepted batch without final answers after this long is checked with the provider.
+    pub stale_after: Duration,
+    /// Stop starting new work this long before the deadline.
+    pub safety_margin: Duration,
+    /// The provider client's timeout: a lease must outlive our last call.
+    pub provider_timeout: Duration,
+}
+
+impl Default for BatcherConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_size: 500,
+            max_attempts: 5,
+            stale_after: Duration::from_secs(3600),
+            safety_margin: Duration::from_secs(5),
+            provider_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl BatcherConfig {
+    /// `BATCH_MAX_SIZE`, `BATCH_MAX_ATTEMPTS`, `BATCH_STALE_AFTER_SECS`, `PROVIDER_TIMEOUT_MS`.
+    pub fn from_env() -> Result<Self, String> {
+        let d = Self::default();
+        let num = |name: &str, default: u64| -> Result<u64, String> {
+            match std::env::var(name) {
+                Ok(v) => v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| format!("{name} must be a positive integer")),
+                Err(_) => Ok(default),
+            }
+        };
+        Ok(Self {
+            max_batch_size: num("BATCH_MAX_SIZE", d.max_batch_size as u64)? as usize,
+            max_attempts: num("BATCH_MAX_ATTEMPTS", d.max_attempts as u64)? as u32,
+            stale_after: Duration::from_secs(num("BATCH_STALE_AFTER_SECS", 3600)?),
+            provider_timeout: Duration::from_millis(num("PROVIDER_TIMEOUT_MS", 10_000)?),
+            safety_margin: d.safety_margin,
+        })
+    }
+}
+
+/// Counts per currency for one run.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct CurrencySummary {
+    /// Withdrawals this run moved PENDING → SUBMITTED.
+    pub claimed: u32,
+    /// Withdrawals in batches the provider accepted during this run.
+    pub submitted: u32,
+    /// Batches the provider accepted during this run.
+    pub batches: u32,
+    /// Batches sent again after an earlier ambiguous attempt or a crashed run.
+    pub resent: u32,
+    /// Withdrawals rejected because the provider definitely refused their batch.
+    pub rejected: u32,
+    /// Pending withdrawals another run (or a cancel) took first.
+    pub skipped: u32,
+    /// Sends with an unknown outcome in this run (batch stays open).
+    pub ambiguous: u32,
+    /// Batches waiting for an operator.
+    pub flagged: u32,
+    /// Stale accepted batches whose items the provider still does not report final.
+    pub stale_unknown: u32,
+    /// Withdrawals settled or rejected from the provider's status endpoint.
+    pub resolved_from_status: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub currencies: BTreeMap<String, CurrencySummary>,
+    /// The time budget ran out; the rest waits for the next run.
+    pub stopped_early: bool,
+}
+
+pub struct Batcher<S, P: ?Sized> {
+    store: Arc<S>,
+    provider: Arc<P>,
+    currencies: Currencies,
+    config: BatcherConfig,
+}
+
+impl<S, P> Batcher<S, P>
+where
+    S: Store + BatchStore + 'static,
+    P: PayoutProvider + ?Sized + 'static,
+{
+    pub fn new(
+        store: Arc<S>,
+        provider: Arc<P>,
+        currencies: Currencies,
+        config: BatcherConfig,
+    ) -> Self {
+        Self {
+            store,
+            provider,
+            currencies,
+            config,
+        }
+    }
+
+    /// One run that must finish by `deadline` (the Lambda context's deadline).
+    pub async fn run(&self, deadline: Instant) -> Result<RunSummary, StoreError> {
+        let mut run = Run {
+            owner: format!("run_{}", ulid::Ulid::new()),
+            deadline,
+            summary: RunSummary::default(),
+        };
+        run.summary.run_id = run.owner.clone();
+        for c in self.currencies.iter() {
+            run.summary
+                .currencies
+                .insert(c.code().to_string(), CurrencySummary::default());
+        }
+        self.resume_open_batches(&mut run).await?;
+        for currency in self.currencies.iter() {
+            if run.out_of_time(&self.config) {
+                break;
+            }
+            self.batch_currency(&mut run, currency).await?;
+        }
+        tracing::info!(summary = %serde_json::to_string(&run.summary).unwrap_or_default(), "batcher run done");
+        Ok(run.summary)
+    }
+
+    fn lease_until_ms(&self, run: &Run) -> i64 {
+        let left = run.deadline.saturating_duration_since(Instant::now());
+        now_ms() + (left + self.config.provider_timeout + Duration::from_secs(5)).as_millis() as i64
+    }
+
+    async fn resume_open_batches(&self, run: &mut Run) -> Result<(), StoreError> {
+        let mut open = self.store.open_batches().await?;
+        open.sort_by_key(|b| b.id);
+        for hint in open {
+            if run.out_of_time(&self.config) {
+                return Ok(());
+            }
+            let ccy = hint.currency.code().to_string();
+            match hint.status {
+                BatchStatus::Claiming | BatchStatus::Open => {
+                    if hint.lease_alive(now_ms()) {
+                        continue; // another run is building or sending it
+                    }
+                    let taken = self
+                        .store
+                        .take_lease(
+                            hint.id,
+                            &run.owner,
+                            self.lease_until_ms(run),
+                            now_ms(),
+                            &[BatchStatus::Claiming, BatchStatus::Open],
+                        )
+                        .await?;
+                    let Some(batch) = taken else { continue };
+                    if batch.status == BatchStatus::Claiming {
+                        // Its run died while claiming: the recorded members are the batch.
+                        tracing::warn!(batch_id = %batch.id, members = batch.member_count(), "taking over a batch left claiming");
+                        self.store.close_claiming(batch.id, &run.owner).await?;
+                    }
+                    run.counts(&ccy).resent += 1;
+                    let members = self.store.members(&batch).await?;
+                    self.send(run, &batch, &members).await?;
+                }
+                BatchStatus::Rejecting => {
+                    self.reject_members(run, hint.id).await?;
+                }
+                BatchStatus::Accepted => {
+                    if hint.final_count >= hint.member_count() {
+                        self.store.complete_if_final(hint.id).await?;
+                    } else if hint.accepted_at.is_some_and(|t| {
+                        Utc::now() - t
+                            > chrono::Duration::from_std(self.config.stale_after)
+                                .unwrap_or_default()
+                    }) {
+                        self.check_stale(run, &hint).await?;
+                    }
+                }
+                BatchStatus::NeedsOperator => {
+                    tracing::error!(batch_id = %hint.id, attempts = hint.attempts, last_error = ?hint.last_error, "batch needs an operator");
+                    run.counts(&ccy).flagged += 1;
+                }
+                BatchStatus::Rejected | BatchStatus::Completed => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn batch_currency(
+        &self,
+        run: &mut Run,
+        currency: &crate::domain::Currency,
+    ) -> Result<(), StoreError> {
+        let ccy = currency.code().to_string();
+        let mut after = None;
+        loop {
+            if run.out_of_time(&self.config) {
+                return Ok(());
+            }
+            let candidates = self
+                .store
+                .pending(currency, self.config.max_batch_size, after)
+                .await?;
+            let Some(last) = candidates.last() else {
+                return Ok(());
+            };
+            after = Some(last.id);
+            let mut batch = Batch {
+                id: BatchId::new(),
+                currency: currency.clone(),
+                status: BatchStatus::Claiming,
+                members: BTreeMap::new(),
+                total: Default::default(),
+                final_count: 0,
+                attempts: 0,
+                last_error: None,
+                provider_batch_id: None,
+                reason: None,
+                lease_owner: Some(run.owner.clone()),
+                lease_until_ms: self.lease_until_ms(run),
+                created_at: Utc::now(),
+                updated_at: Utc::now(),
+                accepted_at: None,
+            };
+            let mut members = Vec::new();
+            for chunk in candidates.chunks(CLAIM_CHUNK) {
+                if run.out_of_time(&self.config) {
+                    run.summary.stopped_early = true;
+                    break;
+                }
+                let create = members.is_empty();
+                let result = match self.store.claim(&batch, &run.owner, chunk, create).await {
+                    Ok(r) => r,
+                    Err(StoreError::LeaseLost) => {
+                        tracing::warn!(batch_id = %batch.id, "lost the claiming lease");
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                };
+                run.counts(&ccy).skipped += result.lost.len() as u32;
+                run.counts(&ccy).claimed += result.claimed.len() as u32;
+                members.extend(result.claimed);
+            }
+            if !members.is_empty() {
+                for w in &members {
+                    batch.members.insert(w.id, w.user_id.clone());
+                    batch.total += w.amount.value();
+                }
+                match self.store.close_claiming(batch.id, &run.owner).await {
+                    Ok(()) => {
+                        batch.status = BatchStatus::Open;
+                        self.send(run, &batch, &members).await?;
+                    }
+                    // Taken over after our lease ran out: the other run sends it.
+                    Err(StoreError::LeaseLost) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if candidates.len() < self.config.max_batch_size {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends a batch we hold the lease of and records the outcome.
+    async fn send(
+        &self,
+        run: &mut Run,
+        batch: &Batch,
+        members: &[crate::domain::Withdrawal],
+    ) -> Result<(), StoreError> {
+        let ccy = batch.currency.code().to_string();
+        let request = PayoutBatchRequest::new(batch, members);
+        let started = Instant::now();
+        let outcome = self.provider.submit_batch(&request).await;
+        let latency_ms = started.elapsed().as_millis() as u64;
+        let result = match &outcome {
+            SubmitOutcome::Accepted { provider_batch_id } => AttemptResult::Accepted {
+                provider_batch_id: provider_batch_id.clone(),
+            },
+            SubmitOutcome::Rejected { reason } => AttemptResult::Rejected {
+                reason: reason.clone(),
+            },
+            SubmitOutcome::Ambiguous { error } => AttemptResult::Ambiguous {
+                error: error.clone(),
+                max_attempts: self.config.max_attempts,
+            },
+        };
+        let recorded = self
+            .store
+            .record_attempt(batch.id, &run.owner, &result)
+            .await;
+        let recorded = match recorded {
+            Ok(b) => b,
+            Err(StoreError::LeaseLost) => {
+                tracing::warn!(batch_id = %batch.id, "lease lost before recording the provider's answer");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        tracing::info!(batch_id = %batch.id, currency = %ccy, items = members.len(), latency_ms, status = %recorded.status, "provider call");
+        match outcome {
+            SubmitOutcome::Accepted { .. } => {
+                let c = run.counts(&ccy);
+                c.batches += 1;
+                c.submitted += members.len() as u32;
+            }
+            SubmitOutcome::Rejected { reason } => {
+                tracing::warn!(batch_id = %batch.id, %reason, "provider rejected the batch");
+                self.reject_members(run, batch.id).await?;
+            }
+            SubmitOutcome::Ambiguous { error } => {
+                let c = run.counts(&ccy);
+                c.ambiguous += 1;
+                if recorded.status == BatchStatus::NeedsOperator {
+                    c.flagged += 1;
+                    tracing::error!(batch_id = %batch.id, attempts = recorded.attempts, %error, "batch flagged for an operator");
+                } else {
+                    tracing::warn!(batch_id = %batch.id, attempts = recorded.attempts, %error, "provider outcome unknown; will re-send");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rejects every still-submitted member of a REJECTING batch, then closes it. Each member is
+    /// its own conditional transition, so a crash half way resumes where it stopped.
+    async fn reject_members(&self, run: &mut Run, id: BatchId) -> Result<(), StoreError> {
+        let Some(batch) = self.store.batch(id).await? else {
+            return Ok(());
+        };
+        let reason = batch
+            .reason
+            .clone()
+            .unwrap_or_else(|| "rejected by provider".into());
+        let ccy = batch.currency.code().to_string();
+        for w in self.store.members(&batch).await? {
+            if w.status != WithdrawalStatus::Submitted || w.batch_id != Some(batch.id) {
+                continue;
+            }
+            let mut details = TransitionDetails::by(format!("batcher:{}", run.owner));
+            details.failure_reason = Some(reason.clone());
+            match self.store.transition(&w, Transition::Reject, details).await {
+                Ok(_) => run.counts(&ccy).rejected += 1,
+                Err(StoreError::StateChanged { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.store.finish_rejecting(batch.id).await
+    }
+
+    /// Asks the provider about an accepted batch that has waited too long for callbacks.
+    async fn check_stale(&self, run: &mut Run, hint: &Batch) -> Result<(), StoreError> {
+        let ccy = hint.currency.code().to_string();
+        let state = match self.provider.batch_status(hint.id).await {
+            StatusOutcome::Found(state) => state,
+            StatusOutcome::NotFound => {
+                tracing::error!(batch_id = %hint.id, "provider does not know an accepted batch");
+                run.counts(&ccy).stale_unknown += 1;
+                return Ok(());
+            }
+            StatusOutcome::Ambiguous { error } => {
+                tracing::error!(batch_id = %hint.id, %error, "stale batch status unknown");
+                run.counts(&ccy).stale_unknown += 1;
+                return Ok(());
+            }
+        };
+        let members = self.store.members(hint).await?;
+        let mut unresolved = 0;
+        let mut seen = BTreeSet::new();
+        for item in &state.items {
+            let Some(w) = members.iter().find(|w| w.id.to_string() == item.reference) else {
+                tracing::error!(batch_id = %hint.id, reference = %item.reference, "provider reports an item not in the batch");
+                continue;
+            };
+            seen.insert(w.id);
+            let outcome = match item.status {
+                crate::provider::ItemStatus::Pending => {
+                    unresolved += 1;
+                    continue;
+                }
+                crate::provider::ItemStatus::Paid => Outcome::Paid {
+                    provider_reference: item.provider_reference.clone(),
+                },
+                crate::provider::ItemStatus::Failed => Outcome::Failed {
+                    reason: item.reason.clone().unwrap_or_else(|| "failed".into()),
+                },
+                crate::provider::ItemStatus::Returned => Outcome::Returned {
+                    reason: item.reason.clone().unwrap_or_else(|| "returned".into()),
+                },
+            };
+            let actor = format!("batcher:{}:status", run.owner);
+            match settlement::apply(self.store.as_ref(), w, &outcome, &actor, None).await? {
+                Applied::Changed(_) => run.counts(&ccy).resolved_from_status += 1,
+                Applied::AlreadyDone(_) => {}
+                Applied::Conflict(current) => {
+                    tracing::error!(withdrawal_id = %w.id, %current, ?outcome, "provider status contradicts our state");
+                }
+            }
+        }
+        unresolved += members.iter().filter(|w| !seen.contains(&w.id)).count();
+        if unresolved > 0 {
+            tracing::error!(batch_id = %hint.id, unresolved, "stale batch still has items without a final answer");
+            run.counts(&ccy).stale_unknown += 1;
+        }
+        self.store.complete_if_final(hint.id).await?;
+        Ok(())
+    }
+}
+
+struct Run {
+    owner: String,
+    deadline: Instant,
+    summary: RunSummary,
+}
+
+impl Run {
+    fn out_of_time(&mut self, config: &BatcherConfig) -> bool {
+        let out = Instant::now() + config.safety_margin >= self.deadline;
+        if out {
+            self.summary.stopped_early = true;
+        }
+        out
+    }
+
+    fn counts(&mut self, ccy: &str) -> &mut CurrencySummary {
+        self.summary.currencies.entry(ccy.to_string()).or_default()
+    }
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}

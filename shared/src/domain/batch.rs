@@ -1,0 +1,94 @@
+use super::{BatchId, Currency, UserId, WithdrawalId};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Life of a provider batch.
+///
+/// `Claiming` (a run is claiming members under a lease) → `Open` (membership fixed, not yet
+/// accepted by the provider; re-sent with the same idempotency key after an ambiguous failure)
+/// → `Accepted` (the provider will call back) → `Completed` (every member final).
+/// A definite rejection goes `Open → Rejecting → Rejected` (members rejected one by one, so a crash
+/// half way resumes). Too many ambiguous attempts → `NeedsOperator`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BatchStatus {
+    Claiming,
+    Open,
+    Accepted,
+    Rejecting,
+    Rejected,
+    NeedsOperator,
+    Completed,
+}
+
+impl BatchStatus {
+    pub const ALL: [BatchStatus; 7] = [
+        Self::Claiming,
+        Self::Open,
+        Self::Accepted,
+        Self::Rejecting,
+        Self::Rejected,
+        Self::NeedsOperator,
+        Self::Completed,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Claiming => "CLAIMING",
+            Self::Open => "OPEN",
+            Self::Accepted => "ACCEPTED",
+            Self::Rejecting => "REJECTING",
+            Self::Rejected => "REJECTED",
+            Self::NeedsOperator => "NEEDS_OPERATOR",
+            Self::Completed => "COMPLETED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.as_str() == s)
+    }
+
+    /// Terminal batches leave the open-batch index.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Self::Rejected | Self::Completed)
+    }
+}
+
+impl fmt::Display for BatchStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A provider batch as stored: the record of which withdrawals belong to it, even after a crash.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    pub id: BatchId,
+    pub currency: Currency,
+    pub status: BatchStatus,
+    /// Member withdrawal → its owner (the webhook finds a withdrawal's key through this).
+    pub members: BTreeMap<WithdrawalId, UserId>,
+    pub total: Decimal,
+    /// Members that reached SETTLED or REJECTED.
+    pub final_count: u32,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub provider_batch_id: Option<String>,
+    pub reason: Option<String>,
+    pub lease_owner: Option<String>,
+    pub lease_until_ms: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub accepted_at: Option<DateTime<Utc>>,
+}
+
+impl Batch {
+    pub fn member_count(&self) -> u32 {
+        self.members.len() as u32
+    }
+
+    pub fn lease_alive(&self, now_ms: i64) -> bool {
+        self.lease_until_ms > now_ms
+    }
+}

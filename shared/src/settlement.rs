@@ -1,0 +1,102 @@
+//! Applying the provider's final word on one withdrawal — from a webhook event or from the batch
+//! status endpoint — as conditional transitions. Repeats are no-ops; contradictions are reported,
+//! never applied.
+
+use crate::domain::{Transition, Withdrawal, WithdrawalStatus};
+use crate::store::{Store, StoreError, TransitionDetails};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Paid {
+        provider_reference: Option<String>,
+    },
+    Failed {
+        reason: String,
+    },
+    /// The bank sent a paid-out amount back.
+    Returned {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// The withdrawal moved; the new state.
+    Changed(Box<Withdrawal>),
+    /// It already was where the outcome puts it: nothing to do.
+    AlreadyDone(WithdrawalStatus),
+    /// The outcome contradicts what we know (paid after failed, failed after paid, …).
+    Conflict(WithdrawalStatus),
+}
+
+/// Applies `outcome` to `w`. A concurrent change is re-read and re-evaluated, so two deliveries
+/// of the same event racing each other end with one change and one `AlreadyDone`.
+pub async fn apply(
+    store: &dyn Store,
+    w: &Withdrawal,
+    outcome: &Outcome,
+    actor: &str,
+    event_id: Option<&str>,
+) -> Result<Applied, StoreError> {
+    let mut current = w.clone();
+    for _ in 0..4 {
+        let step = next_step(current.status, outcome);
+        let transition = match step {
+            Step::Done => return Ok(Applied::AlreadyDone(current.status)),
+            Step::Conflict => return Ok(Applied::Conflict(current.status)),
+            Step::Go(t) => t,
+        };
+        let mut details = TransitionDetails::by(actor);
+        details.event_id = event_id.map(str::to_string);
+        match (outcome, transition) {
+            (Outcome::Paid { provider_reference }, _) => {
+                details.provider_reference = provider_reference.clone();
+            }
+            (Outcome::Returned { .. }, Transition::Settle) => {}
+            (Outcome::Failed { reason } | Outcome::Returned { reason }, _) => {
+                details.failure_reason = Some(reason.clone());
+            }
+        }
+        match store.transition(&current, transition, details).await {
+            Ok(updated) => {
+                // A return that overtook its "paid" settles first, then returns.
+                if matches!(outcome, Outcome::Returned { .. }) && transition == Transition::Settle {
+                    current = updated;
+                    continue;
+                }
+                return Ok(Applied::Changed(Box::new(updated)));
+            }
+            Err(StoreError::StateChanged { .. }) => {
+                current = store
+                    .withdrawal(&current.user_id, current.id)
+                    .await?
+                    .ok_or(StoreError::NotFound)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Unavailable(format!(
+        "withdrawal {} kept changing",
+        w.id
+    )))
+}
+
+enum Step {
+    Go(Transition),
+    Done,
+    Conflict,
+}
+
+fn next_step(status: WithdrawalStatus, outcome: &Outcome) -> Step {
+    use WithdrawalStatus::*;
+    match (outcome, status) {
+        (Outcome::Paid { .. }, Submitted) => Step::Go(Transition::Settle),
+        (Outcome::Paid { .. }, Settled | Returned) => Step::Done,
+        (Outcome::Failed { .. }, Submitted) => Step::Go(Transition::Reject),
+        (Outcome::Failed { .. }, Rejected) => Step::Done,
+        (Outcome::Returned { .. }, Submitted) => Step::Go(Transition::Settle),
+        (Outcome::Returned { .. }, Settled) => Step::Go(Transition::Return),
+        (Outcome::Returned { .. }, Returned) => Step::Done,
+        _ => Step::Conflict,
+    }
+}

@@ -1,0 +1,553 @@
+//! Batch records and claims on the single table.
+
+use super::dynamo::{backend, classify, corrupt, n, s, timestamp, Item, Reader, TxError};
+use super::schema::{self, TableSchema};
+use super::{AttemptResult, BatchStore, ClaimResult, StoreError, TransitionDetails};
+use crate::domain::{
+    Batch, BatchId, BatchStatus, Currency, Transition, UserId, Withdrawal, WithdrawalId,
+};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, KeysAndAttributes, Put, ReturnValue, TransactWriteItem, Update,
+};
+use chrono::Utc;
+use rust_decimal::Decimal;
+use std::collections::{BTreeMap, HashMap};
+
+use super::DynamoStore;
+
+/// Withdrawals per claim transaction: 100 items at most, one of them the batch record.
+pub const CLAIM_CHUNK: usize = 99;
+
+impl DynamoStore {
+    fn batch_key(id: BatchId) -> Item {
+        HashMap::from([
+            (schema::PK.to_string(), s(TableSchema::batch_pk(id))),
+            (schema::SK.to_string(), s(TableSchema::SINGLETON_SK)),
+        ])
+    }
+
+    fn batch_from_item(&self, item: &Item) -> Result<Batch, StoreError> {
+        let r = Reader(item);
+        let mut members = BTreeMap::new();
+        if let Some(AttributeValue::M(m)) = item.get("members") {
+            for (wd, user) in m {
+                let user = user
+                    .as_s()
+                    .map_err(|_| StoreError::Corrupt("batch member".into()))?;
+                members.insert(
+                    WithdrawalId::parse(wd).map_err(corrupt)?,
+                    UserId::parse(user).map_err(corrupt)?,
+                );
+            }
+        }
+        let count = |name: &str| -> Result<u32, StoreError> {
+            r.n(name)?
+                .try_into()
+                .map_err(|_| StoreError::Corrupt(name.into()))
+        };
+        Ok(Batch {
+            id: BatchId::parse(r.s("id")?).map_err(corrupt)?,
+            currency: self.currency(r.s("currency")?)?,
+            status: BatchStatus::parse(r.s("status")?)
+                .ok_or_else(|| StoreError::Corrupt("batch status".into()))?,
+            members,
+            total: r.n("total")?,
+            final_count: count("final_count")?,
+            attempts: count("attempts")?,
+            last_error: r.opt_s("last_error").map(str::to_string),
+            provider_batch_id: r.opt_s("provider_batch_id").map(str::to_string),
+            reason: r.opt_s("reason").map(str::to_string),
+            lease_owner: r.opt_s("lease_owner").map(str::to_string),
+            lease_until_ms: r
+                .n("lease_until")?
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("lease_until".into()))?,
+            created_at: r.time("created_at")?,
+            updated_at: r.time("updated_at")?,
+            accepted_at: r
+                .opt_s("accepted_at")
+                .map(|_| r.time("accepted_at"))
+                .transpose()?,
+        })
+    }
+
+    /// A conditional update of a batch record, returning the record as it now is.
+    async fn update_batch(
+        &self,
+        id: BatchId,
+        update: &str,
+        condition: &str,
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<Option<Batch>, StoreError> {
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::batch_key(id)))
+            .update_expression(update)
+            .condition_expression(condition)
+            .expression_attribute_names("#st", "status")
+            .return_values(ReturnValue::AllNew);
+        for (k, v) in values {
+            req = req.expression_attribute_values(k, v);
+        }
+        match req.send().await {
+            Ok(out) => out.attributes.map(|a| self.batch_from_item(&a)).transpose(),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(None),
+            Err(e) => Err(classify(e)),
+        }
+    }
+}
+
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+
+#[async_trait]
+impl BatchStore for DynamoStore {
+    async fn pending(
+        &self,
+        currency: &Currency,
+        limit: usize,
+        after: Option<WithdrawalId>,
+    ) -> Result<Vec<Withdrawal>, StoreError> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        let mut after_key = after.map(|id| id.to_string());
+        loop {
+            let mut q = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(schema::PENDING_INDEX)
+                .expression_attribute_names("#pk", schema::PENDING_PK)
+                .expression_attribute_values(":pk", s(TableSchema::pending_pk(currency.code())))
+                .limit((limit - out.len()).min(1000) as i32)
+                .set_exclusive_start_key(start.take());
+            q = match after_key.take() {
+                Some(a) => q
+                    .key_condition_expression("#pk = :pk AND #sk > :after")
+                    .expression_attribute_names("#sk", schema::PENDING_SK)
+                    .expression_attribute_values(":after", s(a)),
+                None => q.key_condition_expression("#pk = :pk"),
+            };
+            let page = q.send().await.map_err(classify)?;
+            for item in page.items() {
+                out.push(self.withdrawal_from_item(item)?);
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() && out.len() < limit => start = Some(k),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn claim(
+        &self,
+        batch: &Batch,
+        owner: &str,
+        chunk: &[Withdrawal],
+        create: bool,
+    ) -> Result<ClaimResult, StoreError> {
+        assert!(chunk.len() <= CLAIM_CHUNK, "claim chunk too large");
+        let mut remaining: Vec<Withdrawal> = chunk.to_vec();
+        let mut lost = Vec::new();
+        let actor = format!("batcher:{owner}");
+        while !remaining.is_empty() {
+            let now_t = Utc::now();
+            let now = timestamp(&now_t);
+            let mut items = Vec::with_capacity(remaining.len() + 1);
+            let mut claimed = Vec::with_capacity(remaining.len());
+            for w in &remaining {
+                let details = TransitionDetails {
+                    batch_id: Some(batch.id),
+                    ..TransitionDetails::by(&actor)
+                };
+                let (mut tx, updated) =
+                    self.transition_items(w, Transition::Submit, &details, now_t)?;
+                items.append(&mut tx);
+                claimed.push(updated);
+            }
+            let sum: Decimal = remaining.iter().map(|w| w.amount.value()).sum();
+            let members: HashMap<String, AttributeValue> = remaining
+                .iter()
+                .map(|w| (w.id.to_string(), s(w.user_id.as_str())))
+                .collect();
+            let batch_item = if create {
+                let mut item = Self::batch_key(batch.id);
+                item.extend([
+                    ("type".to_string(), s("BATCH")),
+                    ("id".into(), s(batch.id.to_string())),
+                    ("currency".into(), s(batch.currency.code().as_str())),
+                    ("status".into(), s(BatchStatus::Claiming.as_str())),
+                    ("members".into(), AttributeValue::M(members)),
+                    ("member_count".into(), n(remaining.len())),
+                    ("total".into(), n(sum)),
+                    ("final_count".into(), n(0)),
+                    ("attempts".into(), n(0)),
+                    ("lease_owner".into(), s(owner)),
+                    ("lease_until".into(), n(batch.lease_until_ms)),
+                    ("created_at".into(), s(&now)),
+                    ("updated_at".into(), s(&now)),
+                    (schema::PENDING_PK.into(), s(TableSchema::OPEN_BATCHES_PK)),
+                    (schema::PENDING_SK.into(), s(batch.id.to_string())),
+                ]);
+                TransactWriteItem::builder()
+                    .put(
+                        Put::builder()
+                            .table_name(&self.table)
+                            .set_item(Some(item))
+                            .condition_expression("attribute_not_exists(PK)")
+                            .build()
+                            .map_err(backend)?,
+                    )
+                    .build()
+            } else {
+                let mut set = vec!["updated_at = :now".to_string()];
+                let mut update = Update::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(Self::batch_key(batch.id)))
+                    .condition_expression("#st = :claiming AND lease_owner = :owner")
+                    .expression_attribute_names("#st", "status")
+                    .expression_attribute_values(":claiming", s(BatchStatus::Claiming.as_str()))
+                    .expression_attribute_values(":owner", s(owner))
+                    .expression_attribute_values(":now", s(&now))
+                    .expression_attribute_values(":sum", n(sum))
+                    .expression_attribute_values(":count", n(remaining.len()));
+                for (i, (wd, user)) in members.into_iter().enumerate() {
+                    set.push(format!("members.#m{i} = :m{i}"));
+                    update = update
+                        .expression_attribute_names(format!("#m{i}"), wd)
+                        .expression_attribute_values(format!(":m{i}"), user);
+                }
+                // `total` is a DynamoDB reserved word.
+                let expr = format!("SET {} ADD #tot :sum, member_count :count", set.join(", "));
+                update = update.expression_attribute_names("#tot", "total");
+                TransactWriteItem::builder()
+                    .update(update.update_expression(expr).build().map_err(backend)?)
+                    .build()
+            };
+            items.push(batch_item);
+            let token = ulid::Ulid::new().to_string();
+            match self.transact(items, &token).await {
+                Ok(()) => {
+                    return Ok(ClaimResult { claimed, lost });
+                }
+                Err(TxError::Store(e)) => return Err(e),
+                Err(TxError::Cancelled(reasons)) => {
+                    let failed = |i: usize| {
+                        reasons
+                            .get(i)
+                            .is_some_and(|r| r.code() == Some("ConditionalCheckFailed"))
+                    };
+                    if failed(remaining.len()) {
+                        return Err(if create {
+                            StoreError::Backend(format!("batch {} already exists", batch.id))
+                        } else {
+                            StoreError::LeaseLost
+                        });
+                    }
+                    let before = remaining.len();
+                    let mut keep = Vec::with_capacity(before);
+                    for (i, w) in remaining.into_iter().enumerate() {
+                        if failed(i) {
+                            lost.push(w.id);
+                        } else {
+                            keep.push(w);
+                        }
+                    }
+                    if keep.len() == before {
+                        return Err(StoreError::Backend(
+                            "claim cancelled without a failed condition".into(),
+                        ));
+                    }
+                    remaining = keep;
+                }
+            }
+        }
+        Ok(ClaimResult {
+            claimed: Vec::new(),
+            lost,
+        })
+    }
+
+    async fn open_batches(&self) -> Result<Vec<Batch>, StoreError> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(schema::PENDING_INDEX)
+                .key_condition_expression("#pk = :pk")
+                .expression_attribute_names("#pk", schema::PENDING_PK)
+                .expression_attribute_values(":pk", s(TableSchema::OPEN_BATCHES_PK))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(classify)?;
+            for item in page.items() {
+                out.push(self.batch_from_item(item)?);
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn batch(&self, id: BatchId) -> Result<Option<Batch>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::batch_key(id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(classify)?;
+        out.item.map(|i| self.batch_from_item(&i)).transpose()
+    }
+
+    async fn take_lease(
+        &self,
+        id: BatchId,
+        owner: &str,
+        until_ms: i64,
+        now_ms: i64,
+        states: &[BatchStatus],
+    ) -> Result<Option<Batch>, StoreError> {
+        let mut values = vec![
+            (":owner", s(owner)),
+            (":until", n(until_ms)),
+            (":now", n(now_ms)),
+            (":ts", s(timestamp(&Utc::now()))),
+        ];
+        let tokens = [":s0", ":s1", ":s2", ":s3", ":s4", ":s5", ":s6"];
+        for (token, st) in tokens.iter().zip(states) {
+            values.push((token, s(st.as_str())));
+        }
+        let condition = format!(
+            "lease_until < :now AND #st IN ({})",
+            tokens[..states.len()].join(", ")
+        );
+        self.update_batch(
+            id,
+            "SET lease_owner = :owner, lease_until = :until, updated_at = :ts",
+            &condition,
+            values,
+        )
+        .await
+    }
+
+    async fn close_claiming(&self, id: BatchId, owner: &str) -> Result<(), StoreError> {
+        self.update_batch(
+            id,
+            "SET #st = :open, updated_at = :ts",
+            "#st = :claiming AND lease_owner = :owner",
+            vec![
+                (":open", s(BatchStatus::Open.as_str())),
+                (":claiming", s(BatchStatus::Claiming.as_str())),
+                (":owner", s(owner)),
+                (":ts", s(timestamp(&Utc::now()))),
+            ],
+        )
+        .await?
+        .map(|_| ())
+        .ok_or(StoreError::LeaseLost)
+    }
+
+    async fn record_attempt(
+        &self,
+        id: BatchId,
+        owner: &str,
+        result: &AttemptResult,
+    ) -> Result<Batch, StoreError> {
+        let now = timestamp(&Utc::now());
+        let mut values = vec![
+            (":open", s(BatchStatus::Open.as_str())),
+            (":owner", s(owner)),
+            (":ts", s(&now)),
+            (":zero", n(0)),
+            (":one", n(1)),
+        ];
+        // Every outcome releases the lease so the next run (or the webhook) can proceed.
+        let update = match result {
+            AttemptResult::Accepted { provider_batch_id } => {
+                values.push((":to", s(BatchStatus::Accepted.as_str())));
+                values.push((":pb", s(provider_batch_id)));
+                "SET #st = :to, provider_batch_id = :pb, accepted_at = :ts, updated_at = :ts, \
+                 lease_until = :zero, attempts = attempts + :one REMOVE last_error"
+                    .to_string()
+            }
+            AttemptResult::Rejected { reason } => {
+                values.push((":to", s(BatchStatus::Rejecting.as_str())));
+                values.push((":reason", s(reason)));
+                "SET #st = :to, reason = :reason, updated_at = :ts, lease_until = :zero, \
+                 attempts = attempts + :one"
+                    .to_string()
+            }
+            AttemptResult::Ambiguous {
+                error,
+                max_attempts,
+            } => {
+                let current = self
+                    .batch(id)
+                    .await?
+                    .ok_or_else(|| StoreError::Backend(format!("batch {id} vanished")))?;
+                let flag = current.attempts + 1 >= *max_attempts;
+                let to = if flag {
+                    BatchStatus::NeedsOperator
+                } else {
+                    BatchStatus::Open
+                };
+                values.push((":to", s(to.as_str())));
+                values.push((":err", s(error)));
+                "SET #st = :to, last_error = :err, updated_at = :ts, lease_until = :zero, \
+                 attempts = attempts + :one"
+                    .to_string()
+            }
+        };
+        self.update_batch(id, &update, "#st = :open AND lease_owner = :owner", values)
+            .await?
+            .ok_or(StoreError::LeaseLost)
+    }
+
+    async fn finish_rejecting(&self, id: BatchId) -> Result<(), StoreError> {
+        self.update_batch(
+            id,
+            &format!(
+                "SET #st = :to, updated_at = :ts REMOVE {}, {}",
+                schema::PENDING_PK,
+                schema::PENDING_SK
+            ),
+            "#st = :rejecting",
+            vec![
+                (":to", s(BatchStatus::Rejected.as_str())),
+                (":rejecting", s(BatchStatus::Rejecting.as_str())),
+                (":ts", s(timestamp(&Utc::now()))),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn complete_if_final(&self, id: BatchId) -> Result<bool, StoreError> {
+        Ok(self
+            .update_batch(
+                id,
+                &format!(
+                    "SET #st = :to, updated_at = :ts REMOVE {}, {}",
+                    schema::PENDING_PK,
+                    schema::PENDING_SK
+                ),
+                "#st IN (:accepted, :flagged) AND final_count >= member_count",
+                vec![
+                    (":to", s(BatchStatus::Completed.as_str())),
+                    (":accepted", s(BatchStatus::Accepted.as_str())),
+                    (":flagged", s(BatchStatus::NeedsOperator.as_str())),
+                    (":ts", s(timestamp(&Utc::now()))),
+                ],
+            )
+            .await?
+            .is_some())
+    }
+
+    async fn reset_attempts(&self, id: BatchId) -> Result<(), StoreError> {
+        self.update_batch(
+            id,
+            "SET #st = :open, attempts = :zero, updated_at = :ts, lease_until = :zero",
+            "#st = :flagged",
+            vec![
+                (":open", s(BatchStatus::Open.as_str())),
+                (":flagged", s(BatchStatus::NeedsOperator.as_str())),
+                (":zero", n(0)),
+                (":ts", s(timestamp(&Utc::now()))),
+            ],
+        )
+        .await?
+        .map(|_| ())
+        .ok_or(StoreError::StateChanged { current: None })
+    }
+
+    async fn members(&self, batch: &Batch) -> Result<Vec<Withdrawal>, StoreError> {
+        let keys: Vec<Item> = batch
+            .members
+            .iter()
+            .map(|(id, user)| Self::withdrawal_key(user, *id))
+            .collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(100) {
+            let mut pending: Vec<Item> = chunk.to_vec();
+            let mut rounds = 0;
+            while !pending.is_empty() {
+                rounds += 1;
+                let ka = KeysAndAttributes::builder()
+                    .set_keys(Some(pending))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(backend)?;
+                let resp = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, ka)
+                    .send()
+                    .await
+                    .map_err(classify)?;
+                if let Some(items) = resp.responses.as_ref().and_then(|r| r.get(&self.table)) {
+                    for item in items {
+                        out.push(self.withdrawal_from_item(item)?);
+                    }
+                }
+                pending = resp
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(&self.table))
+                    .map(|ka| ka.keys)
+                    .unwrap_or_default();
+                if !pending.is_empty() {
+                    if rounds > 8 {
+                        return Err(StoreError::Unavailable("unprocessed batch reads".into()));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20 << rounds)).await;
+                }
+            }
+        }
+        if out.len() != batch.members.len() {
+            return Err(StoreError::Corrupt(format!(
+                "batch {} lists {} members, {} found",
+                batch.id,
+                batch.members.len(),
+                out.len()
+            )));
+        }
+        out.sort_by_key(|w| w.id);
+        Ok(out)
+    }
+
+    async fn all_batches(&self) -> Result<Vec<Batch>, StoreError> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("#t = :batch")
+                .expression_attribute_names("#t", "type")
+                .expression_attribute_values(":batch", s("BATCH"))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(classify)?;
+            for item in page.items() {
+                out.push(self.batch_from_item(item)?);
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        out.sort_by_key(|b| b.id);
+        Ok(out)
+    }
+}

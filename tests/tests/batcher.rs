@@ -1,0 +1,509 @@
+//! The payout batcher against DynamoDB Local and the sandbox provider over HTTP.
+
+use futures::future::join_all;
+use integration_tests::{PayoutEnv, ACCOUNTS};
+use rust_decimal::Decimal;
+use sandbox_provider::Fault;
+use shared::batcher::BatcherConfig;
+use shared::domain::{BatchStatus, WithdrawalStatus};
+use shared::store::{BatchStore, Store};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+fn d(s: &str) -> Decimal {
+    s.parse().unwrap()
+}
+
+#[tokio::test]
+async fn one_provider_call_per_currency_with_exact_totals() {
+    let p = PayoutEnv::new(|_| {}).await;
+    let mut all = Vec::new();
+    all.extend(p.seed("u-usd-a", "USD", "10.25", 3, ACCOUNTS[0]).await);
+    all.extend(p.seed("u-usd-b", "USD", "20.50", 2, ACCOUNTS[1]).await);
+    all.extend(p.seed("u-eur", "EUR", "7.77", 4, ACCOUNTS[2]).await);
+    all.extend(p.seed("u-jpy", "JPY", "1500", 3, ACCOUNTS[3]).await);
+
+    let summary = p.run(PayoutEnv::config()).await;
+    assert_eq!(p.sandbox.submit_calls(), 3, "one call per currency");
+    assert_eq!(p.sandbox.batch_count(), 3);
+    let usd = &summary.currencies["USD"];
+    assert_eq!((usd.claimed, usd.submitted, usd.batches), (5, 5, 1));
+    assert_eq!(summary.currencies["EUR"].submitted, 4);
+    assert_eq!(summary.currencies["JPY"].submitted, 3);
+
+    let mut totals: BTreeMap<String, Decimal> = BTreeMap::new();
+    for e in p.sandbox.ledger() {
+        *totals.entry(e.currency.clone()).or_default() += d(&e.amount);
+    }
+    assert_eq!(totals["USD"], d("71.75"));
+    assert_eq!(totals["EUR"], d("31.08"));
+    assert_eq!(totals["JPY"], d("4500"));
+    // JPY goes out with its own precision.
+    assert!(p
+        .sandbox
+        .ledger()
+        .iter()
+        .any(|e| e.currency == "JPY" && e.amount == "1500"));
+
+    let batches = p.env.store.all_batches().await.unwrap();
+    assert_eq!(batches.len(), 3);
+    for b in &batches {
+        assert_eq!(b.status, BatchStatus::Accepted);
+        assert_eq!(b.attempts, 1);
+    }
+    assert_eq!(
+        batches
+            .iter()
+            .find(|b| b.currency.code().as_str() == "USD")
+            .unwrap()
+            .total,
+        d("71.75")
+    );
+    for w in &all {
+        let w = p.reload(w).await;
+        assert_eq!(w.status, WithdrawalStatus::Submitted);
+        assert!(batches
+            .iter()
+            .any(|b| Some(b.id) == w.batch_id && b.members.contains_key(&w.id)));
+    }
+    // Submitted funds stay locked until the provider's final word.
+    assert_eq!(p.env.balance("u-usd-a-0", "USD").await.1, "30.75");
+    // A second run finds nothing new.
+    let again = p.run(PayoutEnv::config()).await;
+    assert_eq!(again.currencies["USD"].claimed, 0);
+    assert_eq!(p.sandbox.submit_calls(), 3);
+    p.env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn large_backlogs_are_claimed_in_chunks_and_split_at_the_batch_limit() {
+    let p = PayoutEnv::new(|_| {}).await;
+    let seeded = p.seed("big", "USD", "1.00", 650, ACCOUNTS[0]).await;
+    let summary = p.run(PayoutEnv::config()).await;
+    assert_eq!(summary.currencies["USD"].claimed, 650);
+    assert_eq!(summary.currencies["USD"].batches, 2, "500 + 150");
+    assert_eq!(p.sandbox.submit_calls(), 2);
+    let mut sizes: Vec<u32> = p
+        .env
+        .store
+        .all_batches()
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| b.member_count())
+        .collect();
+    sizes.sort();
+    assert_eq!(sizes, vec![150, 500]);
+    let paid = p.sandbox.payouts_by_reference();
+    assert_eq!(paid.len(), 650);
+    assert!(paid.values().all(|n| *n == 1));
+    let ids: BTreeSet<String> = seeded.iter().map(|w| w.id.to_string()).collect();
+    assert_eq!(paid.keys().cloned().collect::<BTreeSet<_>>(), ids);
+    p.env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn overlapping_runs_put_each_withdrawal_in_exactly_one_batch() {
+    let p = PayoutEnv::new(|_| {}).await;
+    let mut seeded = Vec::new();
+    seeded.extend(p.seed("ov-usd", "USD", "2.00", 250, ACCOUNTS[0]).await);
+    seeded.extend(p.seed("ov-eur", "EUR", "3.00", 200, ACCOUNTS[1]).await);
+    seeded.extend(p.seed("ov-jpy", "JPY", "500", 150, ACCOUNTS[2]).await);
+    let config = BatcherConfig {
+        max_batch_size: 120,
+        ..PayoutEnv::config()
+    };
+    for runs in [2usize, 4] {
+        let batchers: Vec<_> = (0..runs).map(|_| p.batcher(config.clone())).collect();
+        let summaries = join_all(
+            batchers
+                .iter()
+                .map(|b| b.run(std::time::Instant::now() + Duration::from_secs(60))),
+        )
+        .await;
+        let claimed: u32 = summaries
+            .iter()
+            .map(|s| {
+                s.as_ref()
+                    .unwrap()
+                    .currencies
+                    .values()
+                    .map(|c| c.claimed)
+                    .sum::<u32>()
+            })
+            .sum();
+        if runs == 2 {
+            assert_eq!(claimed, 600, "the two runs together claim everything once");
+            // Seed more for the four-way round.
+            seeded.extend(p.seed("ov2-usd", "USD", "2.00", 300, ACCOUNTS[3]).await);
+        } else {
+            assert_eq!(claimed, 300);
+        }
+    }
+    let batches = p.env.store.all_batches().await.unwrap();
+    let mut membership: BTreeMap<String, u32> = BTreeMap::new();
+    for b in &batches {
+        assert_eq!(b.status, BatchStatus::Accepted);
+        for id in b.members.keys() {
+            *membership.entry(id.to_string()).or_default() += 1;
+        }
+    }
+    assert_eq!(membership.len(), 900);
+    assert!(
+        membership.values().all(|n| *n == 1),
+        "a withdrawal in two batches"
+    );
+    let paid = p.sandbox.payouts_by_reference();
+    assert_eq!(paid.len(), 900);
+    assert!(paid.values().all(|n| *n == 1), "paid twice");
+    for w in &seeded {
+        assert_eq!(p.reload(w).await.status, WithdrawalStatus::Submitted);
+    }
+    p.env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn an_ambiguous_provider_answer_is_resent_and_paid_exactly_once() {
+    for fault in [
+        Fault::TimeoutBeforeRecord,
+        Fault::TimeoutAfterRecord,
+        Fault::ErrorBeforeRecord,
+        Fault::ErrorAfterRecord,
+    ] {
+        let p = PayoutEnv::new(|_| {}).await;
+        let seeded = p.seed("amb", "EUR", "12.34", 5, ACCOUNTS[0]).await;
+        p.sandbox.inject(&[fault]);
+
+        let first = p.run(PayoutEnv::config()).await;
+        assert_eq!(first.currencies["EUR"].ambiguous, 1, "{fault:?}");
+        assert_eq!(
+            first.currencies["EUR"].rejected, 0,
+            "{fault:?}: nothing rejected on doubt"
+        );
+        let batch = &p.env.store.all_batches().await.unwrap()[0];
+        assert_eq!(
+            (batch.status, batch.attempts),
+            (BatchStatus::Open, 1),
+            "{fault:?}"
+        );
+        for w in &seeded {
+            assert_eq!(
+                p.reload(w).await.status,
+                WithdrawalStatus::Submitted,
+                "{fault:?}"
+            );
+        }
+        let recorded = matches!(fault, Fault::TimeoutAfterRecord | Fault::ErrorAfterRecord);
+        assert_eq!(
+            p.sandbox.ledger().len(),
+            if recorded { 5 } else { 0 },
+            "{fault:?}"
+        );
+
+        let second = p.run(PayoutEnv::config()).await;
+        assert_eq!(second.currencies["EUR"].resent, 1, "{fault:?}");
+        assert_eq!(second.currencies["EUR"].batches, 1, "{fault:?}");
+        let batch = &p.env.store.all_batches().await.unwrap()[0];
+        assert_eq!(
+            (batch.status, batch.attempts),
+            (BatchStatus::Accepted, 2),
+            "{fault:?}"
+        );
+        let paid = p.sandbox.payouts_by_reference();
+        assert_eq!(paid.len(), 5, "{fault:?}");
+        assert!(paid.values().all(|n| *n == 1), "{fault:?}: paid twice");
+        assert_eq!(p.sandbox.batch_count(), 1, "{fault:?}");
+        p.env.assert_conserved().await;
+    }
+}
+
+#[tokio::test]
+async fn a_definite_rejection_returns_the_funds() {
+    let p = PayoutEnv::new(|_| {}).await;
+    let seeded = p.seed("rej", "USD", "40.00", 3, ACCOUNTS[0]).await;
+    p.sandbox.inject(&[Fault::Reject]);
+    let summary = p.run(PayoutEnv::config()).await;
+    assert_eq!(summary.currencies["USD"].rejected, 3);
+    for w in &seeded {
+        let w = p.reload(w).await;
+        assert_eq!(w.status, WithdrawalStatus::Rejected);
+        assert!(w.failure_reason.unwrap().contains("payout limit"));
+    }
+    assert_eq!(
+        p.env.balance("rej-0", "USD").await,
+        (
+            "400.00".into(),
+            "0.00".into(),
+            "0.00".into(),
+            "400.00".into()
+        )
+    );
+    let batch = &p.env.store.all_batches().await.unwrap()[0];
+    assert_eq!(batch.status, BatchStatus::Rejected);
+    assert!(p.sandbox.ledger().is_empty());
+    assert!(p.env.store.open_batches().await.unwrap().is_empty());
+    p.env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn too_many_ambiguous_attempts_flag_the_batch_until_an_operator_retries_it() {
+    let p = PayoutEnv::new(|_| {}).await;
+    let seeded = p.seed("flag", "JPY", "1000", 2, ACCOUNTS[0]).await;
+    let config = BatcherConfig {
+        max_attempts: 2,
+        ..PayoutEnv::config()
+    };
+    p.sandbox
+        .inject(&[Fault::ErrorBeforeRecord, Fault::ErrorBeforeRecord]);
+    p.run(config.clone()).await;
+    let second = p.run(config.clone()).await;
+    assert_eq!(second.currencies["JPY"].flagged, 1);
+    let batch = p.env.store.all_batches().await.unwrap()[0].clone();
+    assert_eq!(batch.status, BatchStatus::NeedsOperator);
+    // Flagged batches are reported, not re-sent, and never rejected on their own.
+    let third = p.run(config.clone()).await;
+    assert_eq!(third.currencies["JPY"].flagged, 1);
+    assert_eq!(p.sandbox.submit_calls(), 2);
+    for w in &seeded {
+        assert_eq!(p.reload(w).await.status, WithdrawalStatus::Submitted);
+    }
+
+    shared::operations::retry_batch(&p.env.store, batch.id)
+        .await
+        .unwrap();
+    let after = p.run(config).await;
+    assert_eq!(after.currencies["JPY"].batches, 1);
+    assert!(p.sandbox.payouts_by_reference().values().all(|n| *n == 1));
+    assert_eq!(p.sandbox.ledger().len(), 2);
+    p.env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn an_operator_rejection_in_a_flagged_batch_forbids_re_sending_it() {
+    let p = PayoutEnv::new(|_| {}).await;
+    let seeded = p.seed("op", "USD", "5.00", 2, ACCOUNTS[0]).await;
+    let config = BatcherConfig {
+        max_attempts: 1,
+        ..PayoutEnv::config()
+    };
+    p.sandbox.inject(&[Fault::ErrorBeforeRecord]);
+    p.run(config.clone()).await;
+    let batch = p.env.store.all_batches().await.unwrap()[0].clone();
+    assert_eq!(batch.status, BatchStatus::NeedsOperator);
+
+    let rejected = shared::operations::reject_withdrawal(
+        &p.env.store,
+        seeded[0].id,
+        "confirmed unpaid with provider",
+    )
+    .await
+    .unwrap();
+    assert_eq!(rejected.status, WithdrawalStatus::Rejected);
+    assert_eq!(rejected.audit.last().unwrap().by, "operator");
+    assert!(shared::operations::retry_batch(&p.env.store, batch.id)
+        .await
+        .is_err());
+    // A settled or already-final withdrawal cannot be rejected by an operator.
+    assert!(
+        shared::operations::reject_withdrawal(&p.env.store, seeded[0].id, "again")
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        p.env.balance("op-0", "USD").await.1,
+        "5.00",
+        "one still locked"
+    );
+    p.env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn a_run_that_died_while_claiming_or_before_sending_is_taken_over() {
+    use shared::domain::{Batch, BatchId};
+    let p = PayoutEnv::new(|_| {}).await;
+    let seeded = p.seed("crash", "USD", "3.00", 30, ACCOUNTS[0]).await;
+    let mut pending = seeded.clone();
+    pending.sort_by_key(|w| w.id);
+
+    // A "dead" run claimed 10 into a batch and never finished: its lease has expired.
+    let now = chrono::Utc::now();
+    let dead = Batch {
+        id: BatchId::new(),
+        currency: pending[0].currency.clone(),
+        status: BatchStatus::Claiming,
+        members: Default::default(),
+        total: Decimal::ZERO,
+        final_count: 0,
+        attempts: 0,
+        last_error: None,
+        provider_batch_id: None,
+        reason: None,
+        lease_owner: Some("dead-run".into()),
+        lease_until_ms: now.timestamp_millis() - 1,
+        created_at: now,
+        updated_at: now,
+        accepted_at: None,
+    };
+    let r = p
+        .env
+        .store
+        .claim(&dead, "dead-run", &pending[..10], true)
+        .await
+        .unwrap();
+    assert_eq!(r.claimed.len(), 10);
+    // Its claim of the next chunk is refused once another run took the lease.
+    let summary = p.run(PayoutEnv::config()).await;
+    assert_eq!(
+        summary.currencies["USD"].resent, 1,
+        "the dead run's batch was taken over"
+    );
+    assert_eq!(
+        summary.currencies["USD"].claimed, 20,
+        "the rest in a new batch"
+    );
+    // If the dead run woke up, its next chunk would be refused: the lease is gone.
+    let late = p.seed("crash-late", "USD", "3.00", 2, ACCOUNTS[0]).await;
+    assert!(matches!(
+        p.env.store.claim(&dead, "dead-run", &late, false).await,
+        Err(shared::store::StoreError::LeaseLost)
+    ));
+    for w in &late {
+        assert_eq!(p.reload(w).await.status, WithdrawalStatus::Pending);
+    }
+    let batches = p.env.store.all_batches().await.unwrap();
+    assert_eq!(batches.len(), 2);
+    let taken = batches.iter().find(|b| b.id == dead.id).unwrap();
+    assert_eq!(taken.status, BatchStatus::Accepted);
+    assert_eq!(taken.member_count(), 10);
+    assert_eq!(taken.total, d("30.00"));
+    let paid = p.sandbox.payouts_by_reference();
+    assert_eq!(paid.len(), 30);
+    assert!(paid.values().all(|n| *n == 1));
+    assert!(seeded.iter().all(|w| paid.contains_key(&w.id.to_string())));
+    p.env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn a_withdrawal_cancelled_before_the_claim_is_skipped() {
+    let p = PayoutEnv::new(|_| {}).await;
+    let seeded = p.seed("race", "EUR", "9.00", 3, ACCOUNTS[0]).await;
+    let cancelled = p
+        .env
+        .store
+        .transition(
+            &seeded[1],
+            shared::domain::Transition::Cancel,
+            shared::store::TransitionDetails::by("user"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status, WithdrawalStatus::Cancelled);
+    // The claim still holds the stale PENDING copy, as a run reading a lagging index would.
+    let now = chrono::Utc::now();
+    let batch = shared::domain::Batch {
+        id: shared::domain::BatchId::new(),
+        currency: seeded[0].currency.clone(),
+        status: BatchStatus::Claiming,
+        members: Default::default(),
+        total: Decimal::ZERO,
+        final_count: 0,
+        attempts: 0,
+        last_error: None,
+        provider_batch_id: None,
+        reason: None,
+        lease_owner: Some("r".into()),
+        lease_until_ms: now.timestamp_millis() + 60_000,
+        created_at: now,
+        updated_at: now,
+        accepted_at: None,
+    };
+    let r = p.env.store.claim(&batch, "r", &seeded, true).await.unwrap();
+    assert_eq!(r.lost, vec![seeded[1].id]);
+    assert_eq!(r.claimed.len(), 2);
+    assert_eq!(
+        p.reload(&seeded[1]).await.status,
+        WithdrawalStatus::Cancelled
+    );
+    let stored = p.env.store.batch(batch.id).await.unwrap().unwrap();
+    assert_eq!(stored.member_count(), 2);
+    assert_eq!(stored.total, d("18.00"));
+    p.env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn a_stale_accepted_batch_is_resolved_from_the_provider_status() {
+    let p = PayoutEnv::new(|c| {
+        c.fail_accounts.insert(ACCOUNTS[1].to_string());
+        c.pending_accounts.insert(ACCOUNTS[2].to_string());
+    })
+    .await;
+    let paid = p.seed("st-paid", "USD", "10.00", 2, ACCOUNTS[0]).await;
+    let failed = p.seed("st-fail", "USD", "20.00", 1, ACCOUNTS[1]).await;
+    p.run(PayoutEnv::config()).await;
+    // No callbacks arrive (no webhook configured): after the stale age the batcher asks.
+    let stale = BatcherConfig {
+        stale_after: Duration::ZERO,
+        ..PayoutEnv::config()
+    };
+    let summary = p.run(stale.clone()).await;
+    assert_eq!(summary.currencies["USD"].resolved_from_status, 3);
+    for w in &paid {
+        let w = p.reload(w).await;
+        assert_eq!(w.status, WithdrawalStatus::Settled);
+        assert!(w.provider_reference.is_some());
+    }
+    assert_eq!(
+        p.reload(&failed[0]).await.status,
+        WithdrawalStatus::Rejected
+    );
+    assert_eq!(
+        p.env.balance("st-paid-0", "USD").await,
+        (
+            "80.00".into(),
+            "0.00".into(),
+            "20.00".into(),
+            "100.00".into()
+        )
+    );
+    assert_eq!(
+        p.env.balance("st-fail-0", "USD").await,
+        (
+            "200.00".into(),
+            "0.00".into(),
+            "0.00".into(),
+            "200.00".into()
+        )
+    );
+    assert_eq!(
+        p.env.store.all_batches().await.unwrap()[0].status,
+        BatchStatus::Completed
+    );
+
+    // An item the provider keeps pending is counted and left alone.
+    let stuck = p.seed("st-stuck", "EUR", "5.00", 1, ACCOUNTS[2]).await;
+    p.run(PayoutEnv::config()).await;
+    let summary = p.run(stale).await;
+    assert_eq!(summary.currencies["EUR"].stale_unknown, 1);
+    assert_eq!(
+        p.reload(&stuck[0]).await.status,
+        WithdrawalStatus::Submitted
+    );
+    p.env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn a_run_out_of_time_stops_cleanly_and_the_next_run_finishes() {
+    let p = PayoutEnv::new(|_| {}).await;
+    p.seed("budget", "USD", "1.00", 20, ACCOUNTS[0]).await;
+    // A deadline already inside the safety margin: nothing is started.
+    let summary = p
+        .batcher(PayoutEnv::config())
+        .run(std::time::Instant::now())
+        .await
+        .unwrap();
+    assert!(summary.stopped_early);
+    assert_eq!(summary.currencies["USD"].claimed, 0);
+    let next = p.run(PayoutEnv::config()).await;
+    assert_eq!(next.currencies["USD"].claimed, 20);
+    p.env.assert_conserved().await;
+}

@@ -1,0 +1,504 @@
+//! A sandbox payment provider that runs on this machine: it implements the payout API of
+//! docs/provider-api.md, deduplicates batches by idempotency key, keeps a ledger of what it paid,
+//! and calls the webhook back with correctly signed events. Faults can be injected per call.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use shared::provider::{BatchState, ItemState, ItemStatus, PayoutBatchRequest};
+use shared::signature::WebhookSecret;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    pub api_key: String,
+    /// Where callbacks go; none means the sandbox only answers the status endpoint.
+    pub webhook_url: Option<String>,
+    pub webhook_secret: WebhookSecret,
+    pub callback_delay: Duration,
+    /// Share of items that fail, chosen deterministically from the reference.
+    pub failure_rate: f64,
+    pub fail_accounts: HashSet<String>,
+    /// Paid, then sent back by the bank after `return_delay`.
+    pub return_accounts: HashSet<String>,
+    pub return_delay: Duration,
+    /// Never reach a final state (for stale-batch handling).
+    pub pending_accounts: HashSet<String>,
+    /// How long an injected timeout hangs (longer than the client's timeout).
+    pub hang: Duration,
+}
+
+impl SandboxConfig {
+    pub fn new(api_key: &str, webhook_secret: WebhookSecret) -> Self {
+        Self {
+            api_key: api_key.to_string(),
+            webhook_url: None,
+            webhook_secret,
+            callback_delay: Duration::from_millis(200),
+            failure_rate: 0.0,
+            fail_accounts: HashSet::new(),
+            return_accounts: HashSet::new(),
+            return_delay: Duration::from_millis(500),
+            pending_accounts: HashSet::new(),
+            hang: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A fault applied to the next payout call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// Hang without recording anything (the client times out; nothing was paid).
+    TimeoutBeforeRecord,
+    /// Record and pay, then hang (the client times out; everything was paid).
+    TimeoutAfterRecord,
+    /// 500 without recording.
+    ErrorBeforeRecord,
+    /// Record and pay, then 500.
+    ErrorAfterRecord,
+    /// 422 `batch_rejected`: definitely not processed.
+    Reject,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LedgerEntry {
+    pub batch_id: String,
+    pub reference: String,
+    pub amount: String,
+    pub currency: String,
+    pub provider_reference: String,
+    pub returned: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SentEvent {
+    pub id: String,
+    pub event_type: String,
+    pub reference: String,
+    /// HTTP status of the last delivery attempt (0 = not reached).
+    pub delivered_status: u16,
+    pub attempts: u32,
+}
+
+struct StoredBatch {
+    fingerprint: String,
+    provider_batch_id: String,
+    request: PayoutBatchRequest,
+    items: BTreeMap<String, ItemState>,
+}
+
+#[derive(Default)]
+struct Inner {
+    batches: HashMap<String, StoredBatch>,
+    rejected: HashSet<String>,
+    ledger: Vec<LedgerEntry>,
+    faults: VecDeque<Fault>,
+    submit_calls: u64,
+    events: Vec<SentEvent>,
+}
+
+#[derive(Clone)]
+pub struct Sandbox {
+    config: Arc<SandboxConfig>,
+    inner: Arc<Mutex<Inner>>,
+    http: reqwest::Client,
+}
+
+impl Sandbox {
+    pub fn new(config: SandboxConfig) -> Self {
+        Self {
+            config: Arc::new(config),
+            inner: Arc::default(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("http client"),
+        }
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/v1/payout-batches", post(submit))
+            .route("/v1/payout-batches/{id}", get(status))
+            .route("/sandbox/ledger", get(ledger))
+            .route("/sandbox/faults", post(add_faults))
+            .route("/sandbox/events", get(events))
+            .route("/health", get(|| async { "ok" }))
+            .with_state(self.clone())
+    }
+
+    /// Serves on `addr` (port 0 picks a free one) in the background; returns the bound address.
+    pub async fn spawn(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let router = self.router();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Ok(local)
+    }
+
+    pub fn inject(&self, faults: &[Fault]) {
+        self.inner
+            .lock()
+            .unwrap()
+            .faults
+            .extend(faults.iter().copied());
+    }
+
+    pub fn ledger(&self) -> Vec<LedgerEntry> {
+        self.inner.lock().unwrap().ledger.clone()
+    }
+
+    /// How many times each reference was paid: never more than 1 is the whole point.
+    pub fn payouts_by_reference(&self) -> BTreeMap<String, u32> {
+        let mut m = BTreeMap::new();
+        for e in self.inner.lock().unwrap().ledger.iter() {
+            *m.entry(e.reference.clone()).or_insert(0) += 1;
+        }
+        m
+    }
+
+    pub fn submit_calls(&self) -> u64 {
+        self.inner.lock().unwrap().submit_calls
+    }
+
+    pub fn batch_count(&self) -> usize {
+        self.inner.lock().unwrap().batches.len()
+    }
+
+    pub fn sent_events(&self) -> Vec<SentEvent> {
+        self.inner.lock().unwrap().events.clone()
+    }
+
+    fn decide(&self, reference: &str, account: &str) -> ItemStatus {
+        if self.config.pending_accounts.contains(account) {
+            return ItemStatus::Pending;
+        }
+        if self.config.fail_accounts.contains(account) {
+            return ItemStatus::Failed;
+        }
+        let h = Sha256::digest(reference.as_bytes());
+        let roll = u16::from_be_bytes([h[0], h[1]]) as f64 / 65536.0;
+        if roll < self.config.failure_rate {
+            ItemStatus::Failed
+        } else {
+            ItemStatus::Paid
+        }
+    }
+
+    /// Records a new batch: pays what is paid, remembers the rest. Returns false if the same
+    /// key came with another body.
+    fn record(&self, req: &PayoutBatchRequest, fingerprint: &str) -> Result<String, ()> {
+        let mut inner = self.inner.lock().unwrap();
+        if let Some(b) = inner.batches.get(&req.batch_id) {
+            return if b.fingerprint == fingerprint {
+                Ok(b.provider_batch_id.clone())
+            } else {
+                Err(())
+            };
+        }
+        let provider_batch_id = format!("pb_{}", ulid::Ulid::new());
+        let mut items = BTreeMap::new();
+        let mut paid = Vec::new();
+        for item in &req.items {
+            let status = self.decide(&item.reference, &item.bank_account);
+            let provider_reference = format!("po_{}", ulid::Ulid::new());
+            if status == ItemStatus::Paid {
+                paid.push(LedgerEntry {
+                    batch_id: req.batch_id.clone(),
+                    reference: item.reference.clone(),
+                    amount: item.amount.clone(),
+                    currency: req.currency.clone(),
+                    provider_reference: provider_reference.clone(),
+                    returned: false,
+                });
+            }
+            items.insert(
+                item.reference.clone(),
+                ItemState {
+                    reference: item.reference.clone(),
+                    reason: (status == ItemStatus::Failed).then(|| "account closed".to_string()),
+                    provider_reference: Some(provider_reference),
+                    status,
+                },
+            );
+        }
+        inner.ledger.extend(paid);
+        inner.batches.insert(
+            req.batch_id.clone(),
+            StoredBatch {
+                fingerprint: fingerprint.to_string(),
+                provider_batch_id: provider_batch_id.clone(),
+                request: req.clone(),
+                items,
+            },
+        );
+        drop(inner);
+        self.schedule_callbacks(req.batch_id.clone());
+        Ok(provider_batch_id)
+    }
+
+    fn schedule_callbacks(&self, batch_id: String) {
+        let Some(url) = self.config.webhook_url.clone() else {
+            return;
+        };
+        let sandbox = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(sandbox.config.callback_delay).await;
+            let (items, request) = {
+                let inner = sandbox.inner.lock().unwrap();
+                let b = &inner.batches[&batch_id];
+                (b.items.clone(), b.request.clone())
+            };
+            let mut returns = Vec::new();
+            for (reference, state) in &items {
+                let account = request
+                    .items
+                    .iter()
+                    .find(|i| &i.reference == reference)
+                    .map(|i| i.bank_account.clone())
+                    .unwrap_or_default();
+                let event_type = match state.status {
+                    ItemStatus::Paid => "payout.paid",
+                    ItemStatus::Failed => "payout.failed",
+                    _ => continue,
+                };
+                sandbox.deliver(&url, event_type, &request, state).await;
+                if state.status == ItemStatus::Paid
+                    && sandbox.config.return_accounts.contains(&account)
+                {
+                    returns.push(state.clone());
+                }
+            }
+            if returns.is_empty() {
+                return;
+            }
+            tokio::time::sleep(sandbox.config.return_delay).await;
+            for mut state in returns {
+                state.status = ItemStatus::Returned;
+                state.reason = Some("beneficiary account closed".into());
+                {
+                    let mut inner = sandbox.inner.lock().unwrap();
+                    if let Some(b) = inner.batches.get_mut(&batch_id) {
+                        b.items.insert(state.reference.clone(), state.clone());
+                    }
+                    for e in inner
+                        .ledger
+                        .iter_mut()
+                        .filter(|e| e.reference == state.reference)
+                    {
+                        e.returned = true;
+                    }
+                }
+                sandbox
+                    .deliver(&url, "payout.returned", &request, &state)
+                    .await;
+            }
+        });
+    }
+
+    /// Sends one signed event, retrying on failure like a real provider (same event id).
+    async fn deliver(
+        &self,
+        url: &str,
+        event_type: &str,
+        request: &PayoutBatchRequest,
+        state: &ItemState,
+    ) {
+        let item = request
+            .items
+            .iter()
+            .find(|i| i.reference == state.reference);
+        let event_id = format!("evt_{}", ulid::Ulid::new());
+        let body = json!({
+            "id": event_id,
+            "type": event_type,
+            "created_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "data": {
+                "batch_id": request.batch_id,
+                "reference": state.reference,
+                "amount": item.map(|i| i.amount.clone()),
+                "currency": request.currency,
+                "provider_reference": state.provider_reference,
+                "reason": state.reason,
+            }
+        })
+        .to_string();
+        let mut sent = SentEvent {
+            id: event_id,
+            event_type: event_type.to_string(),
+            reference: state.reference.clone(),
+            delivered_status: 0,
+            attempts: 0,
+        };
+        for attempt in 0..6u32 {
+            sent.attempts += 1;
+            let ts = chrono::Utc::now().timestamp();
+            let result = self
+                .http
+                .post(url)
+                .header("content-type", "application/json")
+                .header(
+                    shared::signature::HEADER,
+                    self.config.webhook_secret.sign(ts, body.as_bytes()),
+                )
+                .body(body.clone())
+                .send()
+                .await;
+            if let Ok(r) = result {
+                sent.delivered_status = r.status().as_u16();
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+        }
+        self.inner.lock().unwrap().events.push(sent);
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+async fn submit(
+    State(sb): State<Sandbox>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let authorized = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == format!("Bearer {}", sb.config.api_key));
+    if !authorized {
+        return error(StatusCode::UNAUTHORIZED, "unauthorized", "bad api key");
+    }
+    let Ok(req) = serde_json::from_slice::<PayoutBatchRequest>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "unreadable batch",
+        );
+    };
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
+    if key != Some(req.batch_id.as_str()) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Idempotency-Key must equal batch_id",
+        );
+    }
+    let fault = {
+        let mut inner = sb.inner.lock().unwrap();
+        inner.submit_calls += 1;
+        if inner.rejected.contains(&req.batch_id) {
+            drop(inner);
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "batch_rejected",
+                "batch was rejected",
+            );
+        }
+        inner.faults.pop_front()
+    };
+    match fault {
+        Some(Fault::ErrorBeforeRecord) => {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "injected")
+        }
+        Some(Fault::TimeoutBeforeRecord) => {
+            tokio::time::sleep(sb.config.hang).await;
+            return error(StatusCode::GATEWAY_TIMEOUT, "timeout", "injected");
+        }
+        Some(Fault::Reject) => {
+            sb.inner
+                .lock()
+                .unwrap()
+                .rejected
+                .insert(req.batch_id.clone());
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "batch_rejected",
+                "payout limit exceeded for this currency",
+            );
+        }
+        _ => {}
+    }
+    let fingerprint = hex::encode(Sha256::digest(&body));
+    let provider_batch_id = match sb.record(&req, &fingerprint) {
+        Ok(id) => id,
+        Err(()) => {
+            return error(
+                StatusCode::CONFLICT,
+                "idempotency_mismatch",
+                "same Idempotency-Key, different batch",
+            )
+        }
+    };
+    match fault {
+        Some(Fault::ErrorAfterRecord) => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "injected")
+        }
+        Some(Fault::TimeoutAfterRecord) => {
+            tokio::time::sleep(sb.config.hang).await;
+            error(StatusCode::GATEWAY_TIMEOUT, "timeout", "injected")
+        }
+        _ => (
+            StatusCode::ACCEPTED,
+            Json(json!({"provider_batch_id": provider_batch_id})),
+        )
+            .into_response(),
+    }
+}
+
+async fn status(State(sb): State<Sandbox>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let authorized = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == format!("Bearer {}", sb.config.api_key));
+    if !authorized {
+        return error(StatusCode::UNAUTHORIZED, "unauthorized", "bad api key");
+    }
+    let inner = sb.inner.lock().unwrap();
+    match inner.batches.get(&id) {
+        Some(b) => Json(BatchState {
+            batch_id: id.clone(),
+            provider_batch_id: b.provider_batch_id.clone(),
+            items: b.items.values().cloned().collect(),
+        })
+        .into_response(),
+        None => error(StatusCode::NOT_FOUND, "not_found", "no such batch"),
+    }
+}
+
+async fn ledger(State(sb): State<Sandbox>) -> Response {
+    Json(json!({"entries": sb.ledger(), "payouts_by_reference": sb.payouts_by_reference()}))
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct FaultsBody {
+    faults: Vec<Fault>,
+}
+
+async fn add_faults(State(sb): State<Sandbox>, Json(body): Json<FaultsBody>) -> Response {
+    sb.inject(&body.faults);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn events(State(sb): State<Sandbox>) -> Response {
+    Json(sb.sent_events()).into_response()
+}

@@ -1,0 +1,62 @@
+//! `sandbox-provider`: the local payment provider as its own process.
+
+use clap::Parser;
+use sandbox_provider::{Sandbox, SandboxConfig};
+use shared::signature::WebhookSecret;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(about = "Local payment provider for the withdrawal pipeline")]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    listen: std::net::SocketAddr,
+    /// Bearer key the batcher must send.
+    #[arg(long, env = "PROVIDER_API_KEY", default_value = "sandbox-key")]
+    api_key: String,
+    /// Webhook URL for callbacks.
+    #[arg(long, env = "SANDBOX_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+    /// Shared secret for signing callbacks.
+    #[arg(long, env = "PROVIDER_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: String,
+    #[arg(long, default_value_t = 1000)]
+    callback_delay_ms: u64,
+    /// Share of items that fail (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.0)]
+    failure_rate: f64,
+    /// Accounts whose payouts fail.
+    #[arg(long)]
+    fail_account: Vec<String>,
+    /// Accounts whose payouts are paid, then returned by the bank.
+    #[arg(long)]
+    return_account: Vec<String>,
+    #[arg(long, default_value_t = 3000)]
+    return_delay_ms: u64,
+    /// Accounts that never get a final answer.
+    #[arg(long)]
+    pending_account: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    let args = Args::parse();
+    let mut config = SandboxConfig::new(&args.api_key, WebhookSecret::new(&args.webhook_secret)?);
+    config.webhook_url = args.webhook_url;
+    config.callback_delay = Duration::from_millis(args.callback_delay_ms);
+    config.failure_rate = args.failure_rate;
+    config.fail_accounts = args.fail_account.into_iter().collect();
+    config.return_accounts = args.return_account.into_iter().collect();
+    config.return_delay = Duration::from_millis(args.return_delay_ms);
+    config.pending_accounts = args.pending_account.into_iter().collect();
+    let sandbox = Sandbox::new(config);
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    println!(
+        "sandbox provider listening on http://{}",
+        listener.local_addr()?
+    );
+    axum::serve(listener, sandbox.router()).await?;
+    Ok(())
+}
