@@ -26,6 +26,10 @@ pub enum ApiError {
     InvalidIdempotencyKey(String),
     #[error("a valid bearer token is required")]
     Unauthorized,
+    #[error("the webhook signature is missing, invalid or outside the time tolerance")]
+    InvalidSignature,
+    #[error("{0}")]
+    UnknownEventType(String),
     #[error("no such resource")]
     NotFound,
     #[error("method not allowed on this resource")]
@@ -48,7 +52,7 @@ pub enum ApiError {
 
 impl ApiError {
     /// Every code the API can return, for documentation and tests.
-    pub const CODES: [&'static str; 18] = [
+    pub const CODES: [&'static str; 20] = [
         "invalid_json",
         "invalid_currency",
         "invalid_amount",
@@ -58,6 +62,8 @@ impl ApiError {
         "invalid_parameter",
         "invalid_idempotency_key",
         "unauthorized",
+        "invalid_signature",
+        "unknown_event_type",
         "not_found",
         "method_not_allowed",
         "insufficient_funds",
@@ -80,6 +86,8 @@ impl ApiError {
             Self::InvalidParameter(_) => "invalid_parameter",
             Self::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
             Self::Unauthorized => "unauthorized",
+            Self::InvalidSignature => "invalid_signature",
+            Self::UnknownEventType(_) => "unknown_event_type",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::InsufficientFunds => "insufficient_funds",
@@ -101,8 +109,9 @@ impl ApiError {
             | Self::AmountAboveMaximum(_)
             | Self::InvalidBankAccount(_)
             | Self::InvalidParameter(_)
-            | Self::InvalidIdempotencyKey(_) => StatusCode::BAD_REQUEST,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            | Self::InvalidIdempotencyKey(_)
+            | Self::UnknownEventType(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized | Self::InvalidSignature => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::InsufficientFunds | Self::TooManyPending | Self::NotCancellable(_) => {
@@ -159,6 +168,7 @@ impl From<StoreError> for ApiError {
                 Self::TryAgain
             }
             StoreError::IdempotencyKeyTaken
+            | StoreError::DuplicateEvent
             | StoreError::LeaseLost
             | StoreError::Corrupt(_)
             | StoreError::Backend(_) => {

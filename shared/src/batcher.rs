@@ -416,7 +416,7 @@ where
             let actor = format!("batcher:{}:status", run.owner);
             match settlement::apply(self.store.as_ref(), w, &outcome, &actor, None).await? {
                 Applied::Changed(_) => run.counts(&ccy).resolved_from_status += 1,
-                Applied::AlreadyDone(_) => {}
+                Applied::AlreadyDone(_) | Applied::Duplicate => {}
                 Applied::Conflict(current) => {
                     tracing::error!(withdrawal_id = %w.id, %current, ?outcome, "provider status contradicts our state");
                 }

@@ -17,6 +17,9 @@ pub fn violations(report: &ScanReport) -> Vec<String> {
         .collect();
     let mut open: BTreeMap<(UserId, CurrencyCode), (Decimal, u32)> = BTreeMap::new();
     for w in &report.withdrawals {
+        if let Some(gap) = audit_gap(w) {
+            problems.push(format!("{} {}: audit trail {gap}", w.user_id, w.id));
+        }
         let entry = open
             .entry((w.user_id.clone(), w.currency.code()))
             .or_insert((Decimal::ZERO, 0));
@@ -59,6 +62,27 @@ pub fn violations(report: &ScanReport) -> Vec<String> {
         }
     }
     problems
+}
+
+/// A complete trail starts with the creation as PENDING, chains each entry's `from` to the
+/// previous `to`, and ends in the withdrawal's current status.
+fn audit_gap(w: &Withdrawal) -> Option<String> {
+    let Some(first) = w.audit.first() else {
+        return Some("is empty".into());
+    };
+    if first.from.is_some() || first.to != crate::domain::WithdrawalStatus::Pending {
+        return Some("does not start with the creation".into());
+    }
+    for pair in w.audit.windows(2) {
+        if pair[1].from != Some(pair[0].to) {
+            return Some(format!(
+                "breaks between {} and {:?}",
+                pair[0].to, pair[1].from
+            ));
+        }
+    }
+    let last = w.audit.last()?;
+    (last.to != w.status).then(|| format!("ends in {} but the withdrawal is {}", last.to, w.status))
 }
 
 /// One line per balance for the operator's report.
@@ -111,6 +135,13 @@ mod tests {
             BankAccount::parse("DE89370400440532013000").unwrap(),
             Utc::now(),
         );
+        assert_eq!(audit_gap(&w), None);
+        let mut gap = w.clone();
+        gap.status = crate::domain::WithdrawalStatus::Settled;
+        assert!(audit_gap(&gap).is_some());
+        let mut empty = w.clone();
+        empty.audit.clear();
+        assert!(audit_gap(&empty).is_some());
         let good = ScanReport {
             balances: vec![(user.clone(), locked.clone())],
             withdrawals: vec![w],

@@ -3,7 +3,7 @@
 //! never applied.
 
 use crate::domain::{Transition, Withdrawal, WithdrawalStatus};
-use crate::store::{Store, StoreError, TransitionDetails};
+use crate::store::{EventRecord, Store, StoreError, TransitionDetails};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -27,16 +27,26 @@ pub enum Applied {
     AlreadyDone(WithdrawalStatus),
     /// The outcome contradicts what we know (paid after failed, failed after paid, …).
     Conflict(WithdrawalStatus),
+    /// The event was already recorded as processed.
+    Duplicate,
+}
+
+/// The provider event an outcome came from.
+#[derive(Debug, Clone, Copy)]
+pub struct EventRef<'a> {
+    pub id: &'a str,
+    pub event_type: &'a str,
 }
 
 /// Applies `outcome` to `w`. A concurrent change is re-read and re-evaluated, so two deliveries
-/// of the same event racing each other end with one change and one `AlreadyDone`.
+/// of the same event racing each other end with one change and one `AlreadyDone`/`Duplicate`.
+/// With an `event`, the change that completes the outcome also records the event, atomically.
 pub async fn apply(
     store: &dyn Store,
     w: &Withdrawal,
     outcome: &Outcome,
     actor: &str,
-    event_id: Option<&str>,
+    event: Option<EventRef<'_>>,
 ) -> Result<Applied, StoreError> {
     let mut current = w.clone();
     for _ in 0..4 {
@@ -46,8 +56,19 @@ pub async fn apply(
             Step::Conflict => return Ok(Applied::Conflict(current.status)),
             Step::Go(t) => t,
         };
+        // A return that overtook its "paid" settles first; only the last step completes it.
+        let completes =
+            !(matches!(outcome, Outcome::Returned { .. }) && transition == Transition::Settle);
         let mut details = TransitionDetails::by(actor);
-        details.event_id = event_id.map(str::to_string);
+        details.event_id = event.map(|e| e.id.to_string());
+        if completes {
+            details.record_event = event.map(|e| EventRecord {
+                event_id: e.id.to_string(),
+                event_type: e.event_type.to_string(),
+                reference: current.id.to_string(),
+                outcome: "applied".into(),
+            });
+        }
         match (outcome, transition) {
             (Outcome::Paid { provider_reference }, _) => {
                 details.provider_reference = provider_reference.clone();

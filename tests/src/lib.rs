@@ -334,3 +334,89 @@ impl PayoutEnv {
             .expect("exists")
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Webhook: the provider-webhook handler, driven by signed events or by the sandbox's callbacks.
+
+use shared::webhook::WebhookProcessor;
+
+impl PayoutEnv {
+    pub fn webhook_app(&self, secrets: &[&str]) -> provider_webhook::App {
+        WebhookProcessor::new(
+            self.env.store.clone(),
+            secrets
+                .iter()
+                .map(|s| WebhookSecret::new(s).unwrap())
+                .collect(),
+            300,
+        )
+    }
+}
+
+/// A signed HTTP API v2 event for the webhook route, as API Gateway delivers it.
+pub fn webhook_event(body: &str, signature: Option<String>) -> Request {
+    let mut e = Event::new("POST", "/webhooks/provider").body(body);
+    if let Some(sig) = signature {
+        e = e.header("payout-signature", &sig);
+    }
+    e.build()
+}
+
+pub fn sign(body: &str, secret: &str, at: i64) -> String {
+    WebhookSecret::new(secret)
+        .unwrap()
+        .sign(at, body.as_bytes())
+}
+
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+pub fn provider_event(id: &str, kind: &str, w: &Withdrawal, reason: Option<&str>) -> String {
+    json!({
+        "id": id,
+        "type": kind,
+        "created_at": chrono::Utc::now().to_rfc3339(),
+        "data": {
+            "batch_id": w.batch_id.expect("submitted").to_string(),
+            "reference": w.id.to_string(),
+            "amount": w.amount.to_string(),
+            "currency": w.currency.code().as_str(),
+            "provider_reference": format!("po_{}", w.id),
+            "reason": reason,
+        }
+    })
+    .to_string()
+}
+
+pub async fn deliver(app: &provider_webhook::App, req: Request) -> TestResponse {
+    provider_webhook::handle(app, req).await.into()
+}
+
+/// Serves the webhook handler over HTTP on a free port, the way `cargo lambda watch` or API
+/// Gateway would put it in front of the function, so the sandbox can call it back.
+pub async fn spawn_webhook_server(app: Arc<provider_webhook::App>) -> String {
+    use axum::body::Bytes;
+    use axum::http::HeaderMap;
+    let router = axum::Router::new().route(
+        "/webhooks/provider",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let app = app.clone();
+            async move {
+                let sig = headers
+                    .get("payout-signature")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let req = webhook_event(&String::from_utf8_lossy(&body), sig);
+                let r = deliver(&app, req).await;
+                (axum::http::StatusCode::from_u16(r.status).unwrap(), r.body)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    format!("http://{addr}/webhooks/provider")
+}

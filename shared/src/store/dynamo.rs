@@ -22,6 +22,8 @@ use std::time::Duration;
 
 pub(super) type Item = HashMap<String, AttributeValue>;
 
+/// How long a processed provider event is remembered for deduplication.
+const EVENT_TTL_SECS: i64 = 30 * 24 * 3600;
 /// How long an idempotency record is honoured (DynamoDB's TTL removes it some time after).
 const IDEMPOTENCY_TTL_SECS: i64 = 24 * 3600;
 /// Attempts for a transaction that loses a race (TransactionConflict) or is throttled.
@@ -477,7 +479,43 @@ impl DynamoStore {
                     .build(),
             );
         }
+        if let Some(event) = &details.record_event {
+            items.push(self.event_put(event, &now_t)?);
+        }
         Ok((items, updated))
+    }
+
+    fn event_put(
+        &self,
+        event: &super::EventRecord,
+        now: &DateTime<Utc>,
+    ) -> Result<TransactWriteItem, StoreError> {
+        let item = HashMap::from([
+            (
+                schema::PK.to_string(),
+                s(TableSchema::event_pk(&event.event_id)),
+            ),
+            (schema::SK.to_string(), s(TableSchema::SINGLETON_SK)),
+            ("type".into(), s("EVENT")),
+            ("event_type".into(), s(&event.event_type)),
+            ("reference".into(), s(&event.reference)),
+            ("outcome".into(), s(&event.outcome)),
+            ("received_at".into(), s(timestamp(now))),
+            (
+                schema::TTL_ATTRIBUTE.into(),
+                n(now.timestamp() + EVENT_TTL_SECS),
+            ),
+        ]);
+        Ok(TransactWriteItem::builder()
+            .put(
+                Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .condition_expression("attribute_not_exists(PK)")
+                    .build()
+                    .map_err(backend)?,
+            )
+            .build())
     }
 
     fn withdrawal_item(&self, w: &Withdrawal) -> Item {
@@ -789,6 +827,7 @@ impl Store for DynamoStore {
         details: TransitionDetails,
     ) -> Result<Withdrawal, StoreError> {
         let (items, updated) = self.transition_items(w, transition, &details, Utc::now())?;
+        let details = &details;
         // One token per call, reused by its own retries: a retry after a timeout cannot apply
         // twice, while a concurrent caller's attempt stays a separate, conditional one.
         let token = ulid::Ulid::new().to_string();
@@ -797,6 +836,13 @@ impl Store for DynamoStore {
             Err(TxError::Store(e)) => Err(e),
             Err(TxError::Cancelled(reasons)) => {
                 let first = &reasons[0];
+                let event_failed = details.record_event.is_some()
+                    && reasons
+                        .last()
+                        .is_some_and(|r| r.code() == Some("ConditionalCheckFailed"));
+                if event_failed && first.code() != Some("ConditionalCheckFailed") {
+                    return Err(StoreError::DuplicateEvent);
+                }
                 if first.code() == Some("ConditionalCheckFailed") {
                     let current = first
                         .item()
@@ -817,6 +863,32 @@ impl Store for DynamoStore {
                     reasons.iter().map(|r| r.code()).collect::<Vec<_>>()
                 )))
             }
+        }
+    }
+
+    async fn event_seen(&self, event_id: &str) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(schema::PK, s(TableSchema::event_pk(event_id)))
+            .key(schema::SK, s(TableSchema::SINGLETON_SK))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(out.item.is_some())
+    }
+
+    async fn record_event(&self, event: &super::EventRecord) -> Result<(), StoreError> {
+        let put = self.event_put(event, &Utc::now())?;
+        match self
+            .transact(vec![put], &ulid::Ulid::new().to_string())
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(TxError::Cancelled(_)) => Err(StoreError::DuplicateEvent),
+            Err(TxError::Store(e)) => Err(e),
         }
     }
 

@@ -25,6 +25,9 @@ pub enum StoreError {
     IdempotencyKeyTaken,
     #[error("withdrawal not found")]
     NotFound,
+    /// The provider event was already recorded: this delivery is a repeat.
+    #[error("event already processed")]
+    DuplicateEvent,
     /// Another run took over the batch this run was working on.
     #[error("the batch lease was lost")]
     LeaseLost,
@@ -78,6 +81,19 @@ pub struct TransitionDetails {
     pub provider_reference: Option<String>,
     /// Set by the claim into a batch.
     pub batch_id: Option<BatchId>,
+    /// Record this provider event in the same write, so a repeated delivery is recognised and
+    /// cannot apply twice.
+    pub record_event: Option<EventRecord>,
+}
+
+/// A processed provider event, kept (with a TTL) to deduplicate deliveries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    pub event_id: String,
+    pub event_type: String,
+    pub reference: String,
+    /// `applied`, `no_change`, `conflict`, `unknown_withdrawal`.
+    pub outcome: String,
 }
 
 impl TransitionDetails {
@@ -132,6 +148,12 @@ pub trait Store: Send + Sync {
     ) -> Result<Withdrawal, StoreError>;
 
     async fn balances(&self, user: &UserId) -> Result<Vec<Balance>, StoreError>;
+
+    /// Whether a provider event was already processed.
+    async fn event_seen(&self, event_id: &str) -> Result<bool, StoreError>;
+
+    /// Records a processed event that changed nothing; `DuplicateEvent` if it already was.
+    async fn record_event(&self, event: &EventRecord) -> Result<(), StoreError>;
 }
 
 /// Result of claiming one chunk of pending withdrawals into a batch.

@@ -30,6 +30,9 @@ impl TableSchema {
         format!("IDEM#{}#{}", user.as_str(), key.as_str())
     }
     pub const SINGLETON_SK: &'static str = "-";
+    pub fn event_pk(event_id: &str) -> String {
+        format!("EVT#{event_id}")
+    }
     pub fn batch_pk(batch: BatchId) -> String {
         format!("BATCH#{batch}")
     }

@@ -102,6 +102,7 @@ struct Inner {
     rejected: HashSet<String>,
     ledger: Vec<LedgerEntry>,
     faults: VecDeque<Fault>,
+    webhook_url: Option<String>,
     submit_calls: u64,
     events: Vec<SentEvent>,
 }
@@ -115,9 +116,13 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new(config: SandboxConfig) -> Self {
+        let inner = Inner {
+            webhook_url: config.webhook_url.clone(),
+            ..Inner::default()
+        };
         Self {
             config: Arc::new(config),
-            inner: Arc::default(),
+            inner: Arc::new(Mutex::new(inner)),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -145,6 +150,11 @@ impl Sandbox {
             let _ = axum::serve(listener, router).await;
         });
         Ok(local)
+    }
+
+    /// Points callbacks at `url` from now on.
+    pub fn set_webhook_url(&self, url: &str) {
+        self.inner.lock().unwrap().webhook_url = Some(url.to_string());
     }
 
     pub fn inject(&self, faults: &[Fault]) {
@@ -249,7 +259,7 @@ impl Sandbox {
     }
 
     fn schedule_callbacks(&self, batch_id: String) {
-        let Some(url) = self.config.webhook_url.clone() else {
+        let Some(url) = self.inner.lock().unwrap().webhook_url.clone() else {
             return;
         };
         let sandbox = self.clone();

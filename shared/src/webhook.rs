@@ -1,0 +1,330 @@
+//! Provider callbacks: verify the signature on the raw bytes, parse, deduplicate, apply.
+//! Every delivery pattern — repeats, races, reordering, late arrival — changes money at most once.
+
+use crate::api::ApiError;
+use crate::domain::{BatchId, WithdrawalId};
+use crate::metrics;
+use crate::settlement::{self, Applied, EventRef, Outcome};
+use crate::signature::{self, WebhookSecret};
+use crate::store::{BatchStore, EventRecord, Store, StoreError};
+use serde::Deserialize;
+use std::sync::Arc;
+
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Paid,
+    Failed,
+    Returned,
+}
+
+impl EventKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "payout.paid" => Some(Self::Paid),
+            "payout.failed" => Some(Self::Failed),
+            "payout.returned" => Some(Self::Returned),
+            _ => None,
+        }
+    }
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Paid => "payout.paid",
+            Self::Failed => "payout.failed",
+            Self::Returned => "payout.returned",
+        }
+    }
+}
+
+/// A parsed provider event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderEvent {
+    pub id: String,
+    pub kind: EventKind,
+    pub batch_id: BatchId,
+    pub reference: WithdrawalId,
+    pub amount: Option<String>,
+    pub currency: Option<String>,
+    pub provider_reference: Option<String>,
+    pub reason: Option<String>,
+}
+
+impl ProviderEvent {
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        #[derive(Deserialize)]
+        struct Raw {
+            id: String,
+            #[serde(rename = "type")]
+            kind: String,
+            data: serde_json::Value,
+        }
+        #[derive(Deserialize)]
+        struct Data {
+            batch_id: String,
+            reference: String,
+            amount: Option<String>,
+            currency: Option<String>,
+            provider_reference: Option<String>,
+            reason: Option<String>,
+        }
+        let invalid = |m: &str| ApiError::InvalidJson(m.to_string());
+        let raw: Raw =
+            serde_json::from_slice(body).map_err(|_| invalid("event is not valid JSON"))?;
+        let kind = EventKind::parse(&raw.kind).ok_or_else(|| {
+            ApiError::UnknownEventType(format!(
+                "unknown event type {:?}",
+                raw.kind.chars().take(64).collect::<String>()
+            ))
+        })?;
+        if !(1..=128).contains(&raw.id.len()) || !raw.id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid("event id must be 1-128 printable characters"));
+        }
+        let data: Data =
+            serde_json::from_value(raw.data).map_err(|_| invalid("event data is incomplete"))?;
+        let short = |s: Option<String>| s.map(|s| s.chars().take(500).collect::<String>());
+        Ok(Self {
+            id: raw.id,
+            kind,
+            batch_id: BatchId::parse(&data.batch_id).map_err(|_| invalid("bad batch_id"))?,
+            reference: WithdrawalId::parse(&data.reference)
+                .map_err(|_| invalid("bad reference"))?,
+            amount: data.amount,
+            currency: data.currency,
+            provider_reference: short(data.provider_reference),
+            reason: short(data.reason),
+        })
+    }
+
+    fn outcome(&self) -> Outcome {
+        let reason = || self.reason.clone().unwrap_or_else(|| "not given".into());
+        match self.kind {
+            EventKind::Paid => Outcome::Paid {
+                provider_reference: self.provider_reference.clone(),
+            },
+            EventKind::Failed => Outcome::Failed { reason: reason() },
+            EventKind::Returned => Outcome::Returned { reason: reason() },
+        }
+    }
+}
+
+/// What a delivery did; the HTTP answer is 200 for all of these so the provider stops retrying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    Applied,
+    NoChange,
+    Duplicate,
+    Conflict,
+    UnknownWithdrawal,
+}
+
+impl Handled {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::NoChange => "no_change",
+            Self::Duplicate => "duplicate",
+            Self::Conflict => "conflict",
+            Self::UnknownWithdrawal => "unknown_withdrawal",
+        }
+    }
+}
+
+pub struct WebhookProcessor<S> {
+    store: Arc<S>,
+    secrets: Vec<WebhookSecret>,
+    tolerance_secs: i64,
+}
+
+impl<S: Store + BatchStore + 'static> WebhookProcessor<S> {
+    pub fn new(store: Arc<S>, secrets: Vec<WebhookSecret>, tolerance_secs: i64) -> Self {
+        Self {
+            store,
+            secrets,
+            tolerance_secs,
+        }
+    }
+
+    /// `PROVIDER_WEBHOOK_SECRETS` (comma separated, during a rotation) or
+    /// `PROVIDER_WEBHOOK_SECRET`; `WEBHOOK_TOLERANCE_SECS` (default 300).
+    pub fn secrets_from_env() -> Result<(Vec<WebhookSecret>, i64), String> {
+        let raw = std::env::var("PROVIDER_WEBHOOK_SECRETS")
+            .or_else(|_| std::env::var("PROVIDER_WEBHOOK_SECRET"))
+            .map_err(|_| "PROVIDER_WEBHOOK_SECRET is not set".to_string())?;
+        let secrets = raw
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(WebhookSecret::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        if secrets.is_empty() {
+            return Err("no webhook secret configured".into());
+        }
+        let tolerance = match std::env::var("WEBHOOK_TOLERANCE_SECS") {
+            Ok(v) => v
+                .parse()
+                .ok()
+                .filter(|t: &i64| *t > 0)
+                .ok_or("WEBHOOK_TOLERANCE_SECS must be a positive integer")?,
+            Err(_) => signature::DEFAULT_TOLERANCE_SECS,
+        };
+        Ok((secrets, tolerance))
+    }
+
+    /// Handles one delivery: `signature` is the `Payout-Signature` header, `body` the raw bytes.
+    pub async fn handle(
+        &self,
+        signature_header: Option<&str>,
+        body: &[u8],
+        now: i64,
+    ) -> Result<(Handled, ProviderEvent), ApiError> {
+        if body.len() > MAX_BODY_BYTES {
+            return Err(ApiError::PayloadTooLarge(MAX_BODY_BYTES));
+        }
+        signature::verify(
+            signature_header,
+            body,
+            &self.secrets,
+            now,
+            self.tolerance_secs,
+        )
+        .map_err(|e| {
+            tracing::warn!(reason = %e, "webhook signature refused");
+            ApiError::InvalidSignature
+        })?;
+        let event = ProviderEvent::parse(body)?;
+        let handled = self.apply(&event).await.map_err(ApiError::from)?;
+        let level_error = matches!(handled, Handled::Conflict | Handled::UnknownWithdrawal);
+        if level_error {
+            tracing::error!(event_id = %event.id, event_type = event.kind.as_str(), batch_id = %event.batch_id, withdrawal_id = %event.reference, outcome = handled.as_str(), "webhook event not applied");
+        } else {
+            tracing::info!(event_id = %event.id, event_type = event.kind.as_str(), batch_id = %event.batch_id, withdrawal_id = %event.reference, outcome = handled.as_str(), "webhook event");
+        }
+        Ok((handled, event))
+    }
+
+    async fn apply(&self, event: &ProviderEvent) -> Result<Handled, StoreError> {
+        if self.store.event_seen(&event.id).await? {
+            return Ok(Handled::Duplicate);
+        }
+        let record = |outcome: Handled| EventRecord {
+            event_id: event.id.clone(),
+            event_type: event.kind.as_str().to_string(),
+            reference: event.reference.to_string(),
+            outcome: outcome.as_str().to_string(),
+        };
+        // The batch record says whose withdrawal the reference is.
+        let batch = self.store.batch(event.batch_id).await?;
+        let owner = batch.as_ref().and_then(|b| b.members.get(&event.reference));
+        let withdrawal = match owner {
+            Some(user) => self.store.withdrawal(user, event.reference).await?,
+            None => None,
+        };
+        let Some(w) = withdrawal else {
+            metrics::count("WebhookUnknownWithdrawal", "-");
+            return self
+                .finish_without_change(record(Handled::UnknownWithdrawal))
+                .await;
+        };
+        let mismatch = event
+            .currency
+            .as_ref()
+            .is_some_and(|c| c != w.currency.code().as_str())
+            || event
+                .amount
+                .as_ref()
+                .is_some_and(|a| a.parse::<rust_decimal::Decimal>().ok() != Some(w.amount.value()));
+        if mismatch {
+            metrics::count("WebhookConflicts", w.currency.code().as_str());
+            return self.finish_without_change(record(Handled::Conflict)).await;
+        }
+        let ccy = w.currency.code().to_string();
+        let reference = EventRef {
+            id: &event.id,
+            event_type: event.kind.as_str(),
+        };
+        match settlement::apply(
+            self.store.as_ref(),
+            &w,
+            &event.outcome(),
+            "webhook",
+            Some(reference),
+        )
+        .await?
+        {
+            Applied::Changed(updated) => {
+                let name = match event.kind {
+                    EventKind::Paid => "WithdrawalsSettled",
+                    EventKind::Failed => "WithdrawalsRejected",
+                    EventKind::Returned => "WithdrawalsReturned",
+                };
+                metrics::count(name, &ccy);
+                if updated.batch_id.is_some() {
+                    self.store.complete_if_final(event.batch_id).await?;
+                }
+                Ok(Handled::Applied)
+            }
+            Applied::AlreadyDone(_) => self.finish_without_change(record(Handled::NoChange)).await,
+            Applied::Conflict(current) => {
+                tracing::error!(withdrawal_id = %w.id, %current, event_type = event.kind.as_str(), "conflicting provider event");
+                metrics::count("WebhookConflicts", &ccy);
+                self.finish_without_change(record(Handled::Conflict)).await
+            }
+            Applied::Duplicate => Ok(Handled::Duplicate),
+        }
+    }
+
+    async fn finish_without_change(&self, record: EventRecord) -> Result<Handled, StoreError> {
+        let handled = match record.outcome.as_str() {
+            "no_change" => Handled::NoChange,
+            "conflict" => Handled::Conflict,
+            _ => Handled::UnknownWithdrawal,
+        };
+        match self.store.record_event(&record).await {
+            Ok(()) => Ok(handled),
+            Err(StoreError::DuplicateEvent) => Ok(Handled::Duplicate),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(kind: &str) -> String {
+        format!(
+            r#"{{"id":"evt_1","type":"{kind}","data":{{"batch_id":"{}","reference":"{}"}}}}"#,
+            BatchId::new(),
+            WithdrawalId::new()
+        )
+    }
+
+    #[test]
+    fn events_parse_strictly() {
+        assert_eq!(
+            ProviderEvent::parse(body("payout.paid").as_bytes())
+                .unwrap()
+                .kind,
+            EventKind::Paid
+        );
+        assert_eq!(
+            ProviderEvent::parse(body("payout.refunded").as_bytes())
+                .unwrap_err()
+                .code(),
+            "unknown_event_type"
+        );
+        for bad in [
+            "",
+            "{",
+            "[]",
+            r#"{"id":"e","type":"payout.paid","data":{}}"#,
+        ] {
+            assert_eq!(
+                ProviderEvent::parse(bad.as_bytes()).unwrap_err().code(),
+                "invalid_json",
+                "{bad}"
+            );
+        }
+    }
+}

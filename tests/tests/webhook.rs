@@ -1,0 +1,484 @@
+//! The provider webhook: signed events from tests and real callbacks from the sandbox provider,
+//! against DynamoDB Local.
+
+use futures::future::join_all;
+use integration_tests::*;
+use shared::domain::{BatchStatus, Withdrawal, WithdrawalStatus};
+use shared::store::{BatchStore, Store};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `n` withdrawals of `amount` USD claimed and accepted by the provider (no callbacks).
+async fn submitted(p: &PayoutEnv, prefix: &str, amount: &str, n: usize) -> Vec<Withdrawal> {
+    let seeded = p.seed(prefix, "USD", amount, n, ACCOUNTS[0]).await;
+    p.run(PayoutEnv::config()).await;
+    let mut out = Vec::new();
+    for w in &seeded {
+        let w = p.reload(w).await;
+        assert_eq!(w.status, WithdrawalStatus::Submitted);
+        out.push(w);
+    }
+    out
+}
+
+async fn send(app: &provider_webhook::App, body: &str) -> TestResponse {
+    deliver(
+        app,
+        webhook_event(body, Some(sign(body, WEBHOOK_SECRET, now()))),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn signed_paid_failed_and_returned_events_move_the_money() {
+    let p = PayoutEnv::new(|_| {}).await;
+    let app = p.webhook_app(&[WEBHOOK_SECRET]);
+    let ws = submitted(&p, "hp", "10.00", 3).await;
+    // Balances of user hp-0: credited 100, three 10.00 locked.
+    assert_eq!(
+        p.env.balance("hp-0", "USD").await,
+        (
+            "70.00".into(),
+            "30.00".into(),
+            "0.00".into(),
+            "100.00".into()
+        )
+    );
+
+    let r = send(
+        &app,
+        &provider_event("evt_paid", "payout.paid", &ws[0], None),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["status"].as_str().unwrap()),
+        (200, "applied"),
+        "{}",
+        r.body
+    );
+    let settled = p.reload(&ws[0]).await;
+    assert_eq!(settled.status, WithdrawalStatus::Settled);
+    assert_eq!(settled.provider_reference, Some(format!("po_{}", ws[0].id)));
+
+    let r = send(
+        &app,
+        &provider_event("evt_fail", "payout.failed", &ws[1], Some("account closed")),
+    )
+    .await;
+    assert_eq!(r.json()["status"], "applied");
+    let rejected = p.reload(&ws[1]).await;
+    assert_eq!(
+        (rejected.status, rejected.failure_reason.as_deref()),
+        (WithdrawalStatus::Rejected, Some("account closed"))
+    );
+
+    let r = send(
+        &app,
+        &provider_event("evt_paid2", "payout.paid", &ws[2], None),
+    )
+    .await;
+    assert_eq!(r.json()["status"], "applied");
+    let r = send(
+        &app,
+        &provider_event(
+            "evt_ret",
+            "payout.returned",
+            &ws[2],
+            Some("beneficiary unknown"),
+        ),
+    )
+    .await;
+    assert_eq!(r.json()["status"], "applied");
+    assert_eq!(p.reload(&ws[2]).await.status, WithdrawalStatus::Returned);
+
+    // 10 paid out for good; 10 rejected and 10 returned are available again.
+    assert_eq!(
+        p.env.balance("hp-0", "USD").await,
+        (
+            "90.00".into(),
+            "0.00".into(),
+            "10.00".into(),
+            "100.00".into()
+        )
+    );
+    let batch = p
+        .env
+        .store
+        .batch(ws[0].batch_id.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (batch.status, batch.final_count),
+        (BatchStatus::Completed, 3)
+    );
+    let trail: Vec<String> = p
+        .reload(&ws[2])
+        .await
+        .audit
+        .iter()
+        .map(|e| format!("{}:{}", e.to, e.by))
+        .collect();
+    assert_eq!(trail.len(), 4);
+    assert!(trail[0].starts_with("PENDING:user") && trail[1].starts_with("SUBMITTED:batcher"));
+    assert_eq!(&trail[2..], ["SETTLED:webhook", "RETURNED:webhook"]);
+    p.env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn bad_signatures_are_401_and_change_nothing() {
+    let p = PayoutEnv::new(|_| {}).await;
+    let app = p.webhook_app(&[WEBHOOK_SECRET]);
+    let ws = submitted(&p, "sig", "10.00", 1).await;
+    let body = provider_event("evt_sig", "payout.paid", &ws[0], None);
+    let tampered = body.replace("payout.paid", "payout.failed");
+    let cases = vec![
+        ("missing header", webhook_event(&body, None)),
+        (
+            "wrong secret",
+            webhook_event(
+                &body,
+                Some(sign(&body, "whsec_someone_else_entirely", now())),
+            ),
+        ),
+        (
+            "tampered body",
+            webhook_event(&tampered, Some(sign(&body, WEBHOOK_SECRET, now()))),
+        ),
+        (
+            "stale",
+            webhook_event(&body, Some(sign(&body, WEBHOOK_SECRET, now() - 301))),
+        ),
+        (
+            "future",
+            webhook_event(&body, Some(sign(&body, WEBHOOK_SECRET, now() + 301))),
+        ),
+        ("garbage", webhook_event(&body, Some("t=abc,v1=zz".into()))),
+    ];
+    for (name, req) in cases {
+        let r = deliver(&app, req).await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (401, "invalid_signature"),
+            "{name}"
+        );
+    }
+    assert_eq!(p.reload(&ws[0]).await.status, WithdrawalStatus::Submitted);
+    assert!(
+        !p.env.store.event_seen("evt_sig").await.unwrap(),
+        "nothing recorded"
+    );
+
+    // During a rotation both secrets are accepted.
+    let rotated = p.webhook_app(&["whsec_new_secret_0123456789", WEBHOOK_SECRET]);
+    let r = send(&rotated, &body).await;
+    assert_eq!(r.json()["status"], "applied");
+    p.env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn repeated_and_concurrent_deliveries_apply_once() {
+    let p = PayoutEnv::new(|_| {}).await;
+    let app = p.webhook_app(&[WEBHOOK_SECRET]);
+    let ws = submitted(&p, "dup", "10.00", 2).await;
+
+    let body = provider_event("evt_dup", "payout.paid", &ws[0], None);
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let r = send(&app, &body).await;
+        assert_eq!(r.status, 200);
+        statuses.push(r.json()["status"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        statuses,
+        [
+            "applied",
+            "duplicate",
+            "duplicate",
+            "duplicate",
+            "duplicate"
+        ]
+    );
+
+    // The same event delivered ten times at once.
+    let body = provider_event("evt_race", "payout.paid", &ws[1], None);
+    let results = join_all((0..10).map(|_| send(&app, &body))).await;
+    assert!(results.iter().all(|r| r.status == 200), "{results:?}");
+    let applied = results
+        .iter()
+        .filter(|r| r.json()["status"] == "applied")
+        .count();
+    assert_eq!(applied, 1, "{results:?}");
+    // Another event id with the same meaning changes nothing either.
+    let r = send(
+        &app,
+        &provider_event("evt_again", "payout.paid", &ws[1], None),
+    )
+    .await;
+    assert_eq!(r.json()["status"], "no_change");
+
+    assert_eq!(
+        p.env.balance("dup-0", "USD").await,
+        (
+            "80.00".into(),
+            "0.00".into(),
+            "20.00".into(),
+            "100.00".into()
+        )
+    );
+    p.env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn contradicting_events_are_acknowledged_and_never_applied() {
+    let p = PayoutEnv::new(|_| {}).await;
+    let app = p.webhook_app(&[WEBHOOK_SECRET]);
+    let ws = submitted(&p, "ooo", "10.00", 2).await;
+
+    // failed, then paid
+    assert_eq!(
+        send(
+            &app,
+            &provider_event("e1", "payout.failed", &ws[0], Some("closed"))
+        )
+        .await
+        .json()["status"],
+        "applied"
+    );
+    let r = send(&app, &provider_event("e2", "payout.paid", &ws[0], None)).await;
+    assert_eq!(
+        (r.status, r.json()["status"].as_str().unwrap()),
+        (200, "conflict")
+    );
+    assert_eq!(p.reload(&ws[0]).await.status, WithdrawalStatus::Rejected);
+
+    // paid, then failed (a return must come as payout.returned)
+    assert_eq!(
+        send(&app, &provider_event("e3", "payout.paid", &ws[1], None))
+            .await
+            .json()["status"],
+        "applied"
+    );
+    let r = send(
+        &app,
+        &provider_event("e4", "payout.failed", &ws[1], Some("late")),
+    )
+    .await;
+    assert_eq!(r.json()["status"], "conflict");
+    assert_eq!(p.reload(&ws[1]).await.status, WithdrawalStatus::Settled);
+
+    // A returned that arrives before its paid settles, then returns — and the late paid is a no-op.
+    let more = submitted(&p, "ooo2", "10.00", 1).await;
+    assert_eq!(
+        send(
+            &app,
+            &provider_event("e5", "payout.returned", &more[0], Some("bounced"))
+        )
+        .await
+        .json()["status"],
+        "applied"
+    );
+    assert_eq!(p.reload(&more[0]).await.status, WithdrawalStatus::Returned);
+    assert_eq!(
+        send(&app, &provider_event("e6", "payout.paid", &more[0], None))
+            .await
+            .json()["status"],
+        "no_change"
+    );
+    assert_eq!(
+        p.env.balance("ooo2-0", "USD").await,
+        (
+            "100.00".into(),
+            "0.00".into(),
+            "0.00".into(),
+            "100.00".into()
+        )
+    );
+
+    // An amount that does not match ours is a conflict, not a settlement.
+    let mut wrong = more[0].clone();
+    wrong.amount = shared::domain::Amount::parse("11", &wrong.currency).unwrap();
+    let other = submitted(&p, "ooo3", "10.00", 1).await;
+    wrong.id = other[0].id;
+    wrong.batch_id = other[0].batch_id;
+    assert_eq!(
+        send(&app, &provider_event("e7", "payout.paid", &wrong, None))
+            .await
+            .json()["status"],
+        "conflict"
+    );
+    assert_eq!(
+        p.reload(&other[0]).await.status,
+        WithdrawalStatus::Submitted
+    );
+    p.env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn unknown_withdrawals_and_malformed_bodies_change_nothing() {
+    let p = PayoutEnv::new(|_| {}).await;
+    let app = p.webhook_app(&[WEBHOOK_SECRET]);
+    let ws = submitted(&p, "unk", "10.00", 1).await;
+
+    let mut ghost = ws[0].clone();
+    ghost.id = shared::domain::WithdrawalId::new();
+    let r = send(
+        &app,
+        &provider_event("evt_ghost", "payout.paid", &ghost, None),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["status"].as_str().unwrap()),
+        (200, "unknown_withdrawal")
+    );
+    ghost.batch_id = Some(shared::domain::BatchId::new());
+    let r = send(
+        &app,
+        &provider_event("evt_ghost2", "payout.paid", &ghost, None),
+    )
+    .await;
+    assert_eq!(r.json()["status"], "unknown_withdrawal");
+
+    let cases = [
+        ("{not json", 400, "invalid_json"),
+        (
+            r#"{"id":"x","type":"payout.refunded","data":{}}"#,
+            400,
+            "unknown_event_type",
+        ),
+        (
+            r#"{"id":"x","type":"payout.paid","data":{"batch_id":"nope","reference":"nope"}}"#,
+            400,
+            "invalid_json",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let r = send(&app, body).await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (status, code),
+            "{body}"
+        );
+    }
+    let huge = format!(r#"{{"pad":"{}"}}"#, "x".repeat(300 * 1024));
+    let r = send(&app, &huge).await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (413, "payload_too_large")
+    );
+    let r = deliver(
+        &app,
+        integration_tests::Event::new("GET", "/webhooks/provider").build(),
+    )
+    .await;
+    assert_eq!(r.status, 405);
+    assert_eq!(p.reload(&ws[0]).await.status, WithdrawalStatus::Submitted);
+    p.env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn the_full_loop_settles_rejects_and_returns_with_real_sandbox_callbacks() {
+    let p = PayoutEnv::new(|c| {
+        c.callback_delay = Duration::from_millis(50);
+        c.return_delay = Duration::from_millis(100);
+        c.fail_accounts.insert(ACCOUNTS[1].to_string());
+        c.return_accounts.insert(ACCOUNTS[2].to_string());
+    })
+    .await;
+    let app = Arc::new(p.webhook_app(&[WEBHOOK_SECRET]));
+    let url = spawn_webhook_server(app).await;
+    p.sandbox.set_webhook_url(&url);
+
+    // Through the user API: three users, three outcomes.
+    let env = &p.env;
+    for (user, account) in [
+        ("paid", ACCOUNTS[0]),
+        ("failed", ACCOUNTS[1]),
+        ("returned", ACCOUNTS[2]),
+    ] {
+        env.credit(user, "EUR", "100").await;
+        let body =
+            serde_json::json!({"currency": "EUR", "amount": "60.00", "bank_account": account})
+                .to_string();
+        let r = env
+            .call(
+                Event::new("POST", "/withdrawals")
+                    .user(user)
+                    .body(body)
+                    .build(),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    let summary = p.run(PayoutEnv::config()).await;
+    assert_eq!(summary.currencies["EUR"].submitted, 3);
+    assert_eq!(p.sandbox.submit_calls(), 1);
+
+    let expect = [
+        (
+            "paid",
+            WithdrawalStatus::Settled,
+            ("40.00", "0.00", "60.00"),
+        ),
+        (
+            "failed",
+            WithdrawalStatus::Rejected,
+            ("100.00", "0.00", "0.00"),
+        ),
+        (
+            "returned",
+            WithdrawalStatus::Returned,
+            ("100.00", "0.00", "0.00"),
+        ),
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut done = true;
+        for (user, status, _) in &expect {
+            let list = env
+                .call(Event::new("GET", "/withdrawals").user(user).build())
+                .await
+                .json();
+            if list["items"][0]["status"] != status.as_str() {
+                done = false;
+            }
+        }
+        if done {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "callbacks did not finish: {:?}",
+            p.sandbox.sent_events()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (user, _, (available, locked, paid_out)) in expect {
+        assert_eq!(
+            env.balance(user, "EUR").await,
+            (
+                available.into(),
+                locked.into(),
+                paid_out.into(),
+                "100.00".into()
+            ),
+            "{user}"
+        );
+    }
+    let events = p.sandbox.sent_events();
+    assert_eq!(events.len(), 4, "paid, failed, paid + returned");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.delivered_status == 200 && e.attempts == 1),
+        "{events:?}"
+    );
+    assert_eq!(
+        env.store.all_batches().await.unwrap()[0].status,
+        BatchStatus::Completed
+    );
+    let ledger = p.sandbox.ledger();
+    assert_eq!(ledger.len(), 2);
+    assert_eq!(ledger.iter().filter(|e| e.returned).count(), 1);
+    env.assert_conserved().await;
+}
