@@ -13,6 +13,13 @@ export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-local}"
 export AWS_REGION="${AWS_REGION:-us-east-1}"
 export AWS_DEFAULT_REGION="$AWS_REGION"
 
+# Local-only secrets. They sign tokens and webhooks on this machine and in the committed
+# cargo-lambda fixtures; nothing deployed uses them (template.yaml never sets LOCAL_AUTH_SECRET,
+# and a test checks that).
+export LOCAL_AUTH_SECRET="${LOCAL_AUTH_SECRET:-local-dev-only-token-secret-0123456789}"
+export PROVIDER_WEBHOOK_SECRET="${PROVIDER_WEBHOOK_SECRET:-whsec_local_dev_only_0123456789}"
+export PROVIDER_API_KEY="${PROVIDER_API_KEY:-sandbox-key}"
+
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 ensure_java() {

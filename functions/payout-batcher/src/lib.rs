@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 pub type App = Batcher<DynamoStore, HttpProvider>;
 
+/// Time budget when the invocation carries no deadline (local runtimes without a timeout).
+pub const DEFAULT_BUDGET: Duration = Duration::from_secs(60);
+
 pub async fn app_from_env() -> Result<App, Error> {
     let config = Config::from_env()?;
     let batcher_config = BatcherConfig::from_env()?;
@@ -38,7 +41,13 @@ pub async fn handle(
     event: LambdaEvent<EventBridgeEvent<Value>>,
 ) -> Result<RunSummary, Error> {
     let deadline_ms = event.context.deadline as i64;
-    let left_ms = (deadline_ms - chrono::Utc::now().timestamp_millis()).max(0) as u64;
-    let deadline = Instant::now() + Duration::from_millis(left_ms);
+    let mut left_ms = deadline_ms - chrono::Utc::now().timestamp_millis();
+    if left_ms <= 0 {
+        // Lambda always sends a future deadline; a local runtime without a timeout may not.
+        tracing::warn!(deadline_ms, "no usable deadline; using the default budget");
+        left_ms = DEFAULT_BUDGET.as_millis() as i64;
+    }
+    tracing::info!(request_id = %event.context.request_id, left_ms, "batcher invoked");
+    let deadline = Instant::now() + Duration::from_millis(left_ms as u64);
     Ok(app.run(deadline).await?)
 }

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The full loop against a running local stack (started by `./scripts/dev.sh demo`): requests over
+# HTTP, one batcher run, the sandbox's signed callbacks, final balances and the conservation
+# check. Exits non-zero if any withdrawal does not reach its expected state.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+set -a; source "$LOCAL_DIR/lambda.env"; set +a
+API="http://127.0.0.1:$WATCH_PORT"
+OP="$ROOT/target/debug/operator"
+ALICE=$("$OP" token --user alice)
+BOB=$("$OP" token --user bob)
+
+step() { printf '\n\033[1;34m--- %s\033[0m\n' "$*"; }
+request() { # token currency amount account key
+  curl -s -X POST "$API/withdrawals" -H "Authorization: Bearer $1" -H "Idempotency-Key: $5" \
+    -d "{\"currency\":\"$2\",\"amount\":\"$3\",\"bank_account\":\"$4\"}"
+}
+field() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
+
+step "1. Requests: alice USD 125.50 (will be paid), bob EUR 80.00 (account fails), alice JPY 20000 (paid, then returned by the bank)"
+W1=$(request "$ALICE" USD 125.50 "$PAID_ACCOUNT" demo-1 | tee /dev/stderr | field '["id"]'); echo
+W2=$(request "$BOB" EUR 80.00 "$FAIL_ACCOUNT" demo-2 | tee /dev/stderr | field '["id"]'); echo
+W3=$(request "$ALICE" JPY 20000 "$RETURN_ACCOUNT" demo-3 | tee /dev/stderr | field '["id"]'); echo
+step "   The same request again with its Idempotency-Key is a replay, not a second withdrawal"
+curl -s -i -X POST "$API/withdrawals" -H "Authorization: Bearer $ALICE" -H "Idempotency-Key: demo-1" \
+  -d "{\"currency\":\"USD\",\"amount\":\"125.50\",\"bank_account\":\"$PAID_ACCOUNT\"}" | grep -i -E '^(HTTP|idempotent-replayed)'
+step "   bob asks for more than he has"
+request "$BOB" USD 5000 "$PAID_ACCOUNT" demo-4; echo
+step "   bob requests USD 10.00 and cancels it"
+W5=$(request "$BOB" USD 10.00 "$PAID_ACCOUNT" demo-5 | field '["id"]')
+curl -s -X DELETE "$API/withdrawals/$W5" -H "Authorization: Bearer $BOB"; echo
+step "   Balances while pending (alice)"
+curl -s "$API/balances" -H "Authorization: Bearer $ALICE"; echo
+
+step "2. Batcher run (cargo lambda invoke payout-batcher): one provider call per currency"
+cargo lambda invoke payout-batcher --invoke-port "$WATCH_PORT" --data-file tests/events/scheduled-event.json
+
+step "3. Waiting for the sandbox's signed callbacks"
+status() { curl -s "$API/withdrawals/$2" -H "Authorization: Bearer $1" | field '["status"]'; }
+ok=""
+for _ in $(seq 1 60); do
+  s1=$(status "$ALICE" "$W1"); s2=$(status "$BOB" "$W2"); s3=$(status "$ALICE" "$W3")
+  echo "   $W1 $s1 | $W2 $s2 | $W3 $s3"
+  if [ "$s1" = SETTLED ] && [ "$s2" = REJECTED ] && [ "$s3" = RETURNED ]; then ok=1; break; fi
+  sleep 1
+done
+
+step "4. Final state"
+echo "alice: $(curl -s "$API/balances" -H "Authorization: Bearer $ALICE")"
+echo "bob:   $(curl -s "$API/balances" -H "Authorization: Bearer $BOB")"
+curl -s "$API/withdrawals/$W2" -H "Authorization: Bearer $BOB"; echo
+"$OP" batches
+step "5. Conservation check"
+"$OP" check
+[ -n "$ok" ] || { echo "DEMO FAILED: withdrawals did not reach SETTLED / REJECTED / RETURNED" >&2; exit 1; }
+echo
+echo "demo finished: every withdrawal reached its expected state"
