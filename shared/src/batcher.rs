@@ -7,6 +7,7 @@
 //! the batch open for the next run.
 
 use crate::domain::{Batch, BatchId, BatchStatus, Currencies, Transition, WithdrawalStatus};
+use crate::metrics;
 use crate::provider::{PayoutBatchRequest, PayoutProvider, StatusOutcome, SubmitOutcome};
 use crate::settlement::{self, Applied, Outcome};
 use crate::store::{AttemptResult, BatchStore, Store, StoreError, TransitionDetails, CLAIM_CHUNK};
@@ -323,6 +324,18 @@ where
             Err(e) => return Err(e),
         };
         tracing::info!(batch_id = %batch.id, currency = %ccy, items = members.len(), latency_ms, status = %recorded.status, "provider call");
+        metrics::emit(
+            "ProviderLatency",
+            latency_ms as f64,
+            metrics::Unit::Milliseconds,
+            &[("Currency", &ccy)],
+        );
+        metrics::emit(
+            "BatchSize",
+            members.len() as f64,
+            metrics::Unit::Count,
+            &[("Currency", &ccy)],
+        );
         match outcome {
             SubmitOutcome::Accepted { .. } => {
                 let c = run.counts(&ccy);
@@ -338,6 +351,7 @@ where
                 c.ambiguous += 1;
                 if recorded.status == BatchStatus::NeedsOperator {
                     c.flagged += 1;
+                    metrics::emit("BatchesFlagged", 1.0, metrics::Unit::Count, &[]);
                     tracing::error!(batch_id = %batch.id, attempts = recorded.attempts, %error, "batch flagged for an operator");
                 } else {
                     tracing::warn!(batch_id = %batch.id, attempts = recorded.attempts, %error, "provider outcome unknown; will re-send");

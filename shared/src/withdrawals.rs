@@ -203,12 +203,15 @@ impl WithdrawalService {
             .request_withdrawal(&withdrawal, record.as_ref(), self.max_open)
             .await
         {
-            Ok(()) => Ok(Created {
-                status_code: 201,
-                body,
-                replayed: false,
-                withdrawal_id: withdrawal.id,
-            }),
+            Ok(()) => {
+                crate::metrics::count("WithdrawalsRequested", withdrawal.currency.code().as_str());
+                Ok(Created {
+                    status_code: 201,
+                    body,
+                    replayed: false,
+                    withdrawal_id: withdrawal.id,
+                })
+            }
             Err(StoreError::IdempotencyKeyTaken) => {
                 let key = key.expect("only keyed requests can collide on a key");
                 let first = self

@@ -34,7 +34,13 @@ pub async fn handle(app: &App, req: Request) -> Response<Body> {
             Ok(r) => r,
             Err(e) => e.to_response(),
         };
-        tracing::info!(status = response.status().as_u16(), "webhook done");
+        let status = response.status();
+        if status.is_client_error() {
+            shared::metrics::emit("Webhook4xx", 1.0, shared::metrics::Unit::Count, &[]);
+        } else if status.is_server_error() {
+            shared::metrics::emit("Webhook5xx", 1.0, shared::metrics::Unit::Count, &[]);
+        }
+        tracing::info!(status = status.as_u16(), "webhook done");
         response
     }
     .instrument(span)

@@ -62,6 +62,15 @@ enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Print a signed HTTP API event for the webhook (for `cargo lambda invoke provider-webhook`),
+    /// signed now (or at --at) with PROVIDER_WEBHOOK_SECRET.
+    SignWebhook {
+        #[arg(long)]
+        body_file: std::path::PathBuf,
+        /// Unix seconds to sign at (default: now).
+        #[arg(long)]
+        at: Option<i64>,
+    },
     /// A withdrawal's audit trail.
     History {
         #[arg(long)]
@@ -81,6 +90,33 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    if let Command::SignWebhook { body_file, at } = &cli.command {
+        let secret = std::env::var("PROVIDER_WEBHOOK_SECRET")
+            .map_err(|_| "PROVIDER_WEBHOOK_SECRET is not set")?;
+        let secret = shared::signature::WebhookSecret::new(secret)?;
+        // The body is sent exactly as it is in the file: the signature covers these bytes.
+        let body = std::fs::read_to_string(body_file)?;
+        let signature = secret.sign(at.unwrap_or_else(chrono_now), body.as_bytes());
+        let event = serde_json::json!({
+            "version": "2.0",
+            "routeKey": "POST /webhooks/provider",
+            "rawPath": "/webhooks/provider",
+            "rawQueryString": "",
+            "headers": {"content-type": "application/json", "payout-signature": signature},
+            "requestContext": {
+                "accountId": "123456789012", "apiId": "local", "domainName": "localhost",
+                "domainPrefix": "localhost", "requestId": "signed-fixture",
+                "routeKey": "POST /webhooks/provider", "stage": "$default",
+                "time": "29/Nov/2026:12:00:00 +0000", "timeEpoch": 0,
+                "http": {"method": "POST", "path": "/webhooks/provider", "protocol": "HTTP/1.1",
+                         "sourceIp": "127.0.0.1", "userAgent": "provider"}
+            },
+            "body": body,
+            "isBase64Encoded": false
+        });
+        println!("{}", serde_json::to_string_pretty(&event)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Command::Token { user, ttl } = &cli.command {
         let secret = std::env::var(LOCAL_AUTH_SECRET_ENV)
             .map_err(|_| format!("{LOCAL_AUTH_SECRET_ENV} is not set"))?;
@@ -96,7 +132,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         config.currencies.clone(),
     );
     match cli.command {
-        Command::Token { .. } => unreachable!("handled above"),
+        Command::Token { .. } | Command::SignWebhook { .. } => unreachable!("handled above"),
         Command::CreateTable => {
             let created = store.create_table().await?;
             println!(

@@ -1,0 +1,227 @@
+//! The descriptions around the code stay true to it: the SAM template deploys exactly the
+//! workspace's functions with nothing local in it, and openapi.yaml documents every route and
+//! every error code.
+
+use integration_tests::{withdrawal_body, Event, TestEnv};
+use shared::api::ApiError;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+fn repo_file(name: &str) -> String {
+    std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(name),
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn function_crates() -> BTreeSet<String> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../functions");
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// `(indent, key)` of YAML mapping keys, enough for the shapes checked here.
+fn keys(yaml: &str) -> Vec<(usize, String)> {
+    yaml.lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let indent = l.len() - l.trim_start().len();
+            let t = l.trim_start();
+            let key = t.split(':').next()?;
+            (t.contains(':') && !key.contains(' ') && !t.starts_with('-'))
+                .then(|| (indent, key.trim_matches('"').to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_template_builds_each_function_binary_for_arm64_with_bootstrap() {
+    let t = repo_file("template.yaml");
+    let binaries: BTreeSet<String> = t
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Binary: "))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        binaries,
+        function_crates(),
+        "template Binary entries vs functions/*"
+    );
+    assert_eq!(
+        t.matches("BuildMethod: rust-cargolambda").count(),
+        binaries.len()
+    );
+    assert_eq!(
+        t.matches("Type: AWS::Serverless::Function").count(),
+        binaries.len()
+    );
+    for needle in [
+        "Runtime: provided.al2023",
+        "Architectures: [arm64]",
+        "Handler: bootstrap",
+        "LogFormat: JSON",
+    ] {
+        assert!(t.contains(needle), "template lacks {needle}");
+    }
+}
+
+#[test]
+fn the_template_has_no_local_only_settings_and_keeps_auth_on() {
+    let t = repo_file("template.yaml");
+    for local in [
+        "LOCAL_AUTH_SECRET",
+        "AWS_ENDPOINT_URL",
+        "localhost",
+        "127.0.0.1",
+        "local-dev-only",
+        "whsec_local",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "sandbox-key",
+    ] {
+        assert!(
+            !t.contains(local),
+            "template contains local-only setting {local}"
+        );
+    }
+    assert!(t.contains("DefaultAuthorizer: JwtAuthorizer"));
+    // Exactly one route opts out of the JWT authorizer: the signed provider webhook.
+    assert_eq!(t.matches("Authorizer: NONE").count(), 1);
+    let webhook = &t[t.find("ProviderCallback:").unwrap()..];
+    let webhook = &webhook[..webhook.find("Outputs:").unwrap_or(webhook.len())];
+    assert!(webhook.contains("Path: /webhooks/provider") && webhook.contains("Authorizer: NONE"));
+    // Secrets are never echoed.
+    for param in ["ProviderApiKey:", "ProviderWebhookSecret:"] {
+        let section = &t[t.find(param).unwrap()..];
+        assert!(
+            section[..200].contains("NoEcho: true"),
+            "{param} must be NoEcho"
+        );
+    }
+    // No action wildcard in any policy.
+    assert!(
+        !t.contains("dynamodb:*") && !t.contains("Action: \"*\"") && !t.contains("Action: '*'")
+    );
+}
+
+#[test]
+fn the_template_table_matches_the_store_schema() {
+    let t = repo_file("template.yaml");
+    for name in [
+        "PK",
+        "SK",
+        "pending_pk",
+        "pending_sk",
+        "pending-index",
+        "expires_at",
+    ] {
+        assert!(t.contains(name), "template table lacks {name}");
+    }
+    for setting in [
+        "PAY_PER_REQUEST",
+        "PointInTimeRecoveryEnabled: true",
+        "DeletionProtectionEnabled: true",
+        "SSEEnabled: true",
+    ] {
+        assert!(t.contains(setting), "{setting}");
+    }
+}
+
+/// Routes as (METHOD, path) from openapi.yaml.
+fn openapi_routes() -> BTreeSet<(String, String)> {
+    let spec = repo_file("openapi.yaml");
+    let mut routes = BTreeSet::new();
+    let mut in_paths = false;
+    let mut current = String::new();
+    for (indent, key) in keys(&spec) {
+        if indent == 0 {
+            in_paths = key == "paths";
+            continue;
+        }
+        if !in_paths {
+            continue;
+        }
+        if indent == 2 && key.starts_with('/') {
+            current = key;
+        } else if indent == 4 && ["get", "post", "delete", "put", "patch"].contains(&key.as_str()) {
+            routes.insert((key.to_uppercase(), current.clone()));
+        }
+    }
+    routes
+}
+
+#[test]
+fn openapi_documents_every_error_code() {
+    let spec = repo_file("openapi.yaml");
+    for code in ApiError::CODES {
+        assert!(
+            spec.contains(&format!("- {code}\n")),
+            "openapi.yaml Error.code enum lacks {code}"
+        );
+    }
+}
+
+#[test]
+fn openapi_template_and_local_router_list_the_same_paths() {
+    let documented: BTreeSet<String> = openapi_routes().into_iter().map(|(_, p)| p).collect();
+    let template = repo_file("template.yaml");
+    let deployed: BTreeSet<String> = template
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let rest = &l[l.find("Path: ")? + 6..];
+            Some(match rest.strip_prefix('"') {
+                Some(quoted) => quoted.split('"').next()?.to_string(),
+                None => rest.split([' ', '}', ',']).next()?.to_string(),
+            })
+        })
+        .collect();
+    assert_eq!(documented, deployed, "openapi.yaml vs template.yaml");
+    let cargo = repo_file("Cargo.toml");
+    let router = &cargo[cargo
+        .find("[workspace.metadata.lambda.watch.router]")
+        .unwrap()..];
+    let local: BTreeSet<String> = router
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with('['))
+        .filter_map(|l| l.split('=').next())
+        .map(|k| k.trim().trim_matches('"').to_string())
+        .filter(|k| !k.is_empty())
+        .collect();
+    assert_eq!(
+        documented, local,
+        "openapi.yaml vs cargo lambda watch router"
+    );
+}
+
+#[tokio::test]
+async fn every_documented_user_route_answers() {
+    let env = TestEnv::new().await;
+    env.credit("route", "USD", "100").await;
+    let created = env
+        .call(
+            Event::new("POST", "/withdrawals")
+                .user("route")
+                .body(withdrawal_body("USD", "10"))
+                .build(),
+        )
+        .await;
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    for (method, path) in openapi_routes() {
+        if path.starts_with("/webhooks") {
+            continue; // the webhook handler's routes are exercised in webhook.rs
+        }
+        let concrete = path.replace("{id}", &id);
+        let mut event = Event::new(&method, &concrete).user("route");
+        if method == "POST" {
+            event = event.body(withdrawal_body("USD", "1"));
+        }
+        let r = env.call(event.build()).await;
+        assert!(r.status < 300, "{method} {path} -> {} {}", r.status, r.body);
+    }
+}
