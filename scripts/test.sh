@@ -15,7 +15,12 @@ export DYNAMODB_ENDPOINT="http://127.0.0.1:$port"
 
 log "cargo test --workspace"
 out="$LOCAL_DIR/test-output.log"
+rm -f target/reliability-report.md
 cargo test --workspace "$@" 2>&1 | tee "$out"
+if [ -f target/reliability-report.md ]; then
+  printf '\nReliability suite (tests/tests/reliability.rs):\n'
+  cat target/reliability-report.md
+fi
 # One closing line for the whole run (cargo prints one per test binary, the last often a
 # doc-test binary with nothing in it).
 awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "\ntests: %d passed, %d failed, %d skipped\n", p, f, i }' "$out"

@@ -28,6 +28,8 @@ pub struct BatcherConfig {
     pub safety_margin: Duration,
     /// The provider client's timeout: a lease must outlive our last call.
     pub provider_timeout: Duration,
+    /// Extra lease time past the deadline and the last call, for clock skew.
+    pub lease_margin: Duration,
 }
 
 impl Default for BatcherConfig {
@@ -38,6 +40,7 @@ impl Default for BatcherConfig {
             stale_after: Duration::from_secs(3600),
             safety_margin: Duration::from_secs(5),
             provider_timeout: Duration::from_secs(10),
+            lease_margin: Duration::from_secs(5),
         }
     }
 }
@@ -62,6 +65,7 @@ impl BatcherConfig {
             stale_after: Duration::from_secs(num("BATCH_STALE_AFTER_SECS", 3600)?),
             provider_timeout: Duration::from_millis(num("PROVIDER_TIMEOUT_MS", 10_000)?),
             safety_margin: d.safety_margin,
+            lease_margin: d.lease_margin,
         })
     }
 }
@@ -151,7 +155,8 @@ where
 
     fn lease_until_ms(&self, run: &Run) -> i64 {
         let left = run.deadline.saturating_duration_since(Instant::now());
-        now_ms() + (left + self.config.provider_timeout + Duration::from_secs(5)).as_millis() as i64
+        now_ms()
+            + (left + self.config.provider_timeout + self.config.lease_margin).as_millis() as i64
     }
 
     async fn resume_open_batches(&self, run: &mut Run) -> Result<(), StoreError> {

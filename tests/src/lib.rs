@@ -3,6 +3,8 @@
 //!
 //! DynamoDB Local is started by `scripts/test.sh`, which exports `DYNAMODB_ENDPOINT`.
 
+pub mod faults;
+
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use lambda_http::{Body, Request, Response};
 use serde_json::{json, Value};
@@ -148,6 +150,11 @@ impl Event {
     /// The claims API Gateway puts on the request after verifying the JWT.
     pub fn user(mut self, sub: &str) -> Self {
         self.value["requestContext"]["authorizer"] = json!({"jwt": {"claims": {"sub": sub, "iss": "https://issuer.example.com"}, "scopes": null}});
+        self
+    }
+
+    pub fn query(mut self, params: serde_json::Map<String, Value>) -> Self {
+        self.value["queryStringParameters"] = Value::Object(params);
         self
     }
 
@@ -389,13 +396,18 @@ pub fn provider_event(id: &str, kind: &str, w: &Withdrawal, reason: Option<&str>
     .to_string()
 }
 
-pub async fn deliver(app: &provider_webhook::App, req: Request) -> TestResponse {
+pub async fn deliver<S: Store + shared::store::BatchStore + 'static>(
+    app: &WebhookProcessor<S>,
+    req: Request,
+) -> TestResponse {
     provider_webhook::handle(app, req).await.into()
 }
 
 /// Serves the webhook handler over HTTP on a free port, the way `cargo lambda watch` or API
 /// Gateway would put it in front of the function, so the sandbox can call it back.
-pub async fn spawn_webhook_server(app: Arc<provider_webhook::App>) -> String {
+pub async fn spawn_webhook_server<S: Store + shared::store::BatchStore + 'static>(
+    app: Arc<WebhookProcessor<S>>,
+) -> String {
     use axum::body::Bytes;
     use axum::http::HeaderMap;
     let router = axum::Router::new().route(

@@ -5,7 +5,7 @@
 use lambda_http::{Body, Request, RequestExt, Response};
 use shared::api::{json_response, ApiError};
 use shared::config::Config;
-use shared::store::DynamoStore;
+use shared::store::{BatchStore, DynamoStore, Store};
 use shared::webhook::WebhookProcessor;
 use std::sync::Arc;
 use tracing::Instrument;
@@ -23,7 +23,11 @@ pub async fn app_from_env() -> Result<App, lambda_http::Error> {
     Ok(WebhookProcessor::new(Arc::new(store), secrets, tolerance))
 }
 
-pub async fn handle(app: &App, req: Request) -> Response<Body> {
+/// Generic over the store so tests can put a fault-injecting store behind the same handler.
+pub async fn handle<S: Store + BatchStore + 'static>(
+    app: &WebhookProcessor<S>,
+    req: Request,
+) -> Response<Body> {
     let request_id = req
         .lambda_context_ref()
         .map(|c| c.request_id.clone())
@@ -47,7 +51,10 @@ pub async fn handle(app: &App, req: Request) -> Response<Body> {
     .await
 }
 
-async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
+async fn route<S: Store + BatchStore + 'static>(
+    app: &WebhookProcessor<S>,
+    req: &Request,
+) -> Result<Response<Body>, ApiError> {
     if req.uri().path().trim_end_matches('/') != "/webhooks/provider" {
         return Err(ApiError::NotFound);
     }
