@@ -196,9 +196,11 @@ where
                     self.reject_members(run, hint.id).await?;
                 }
                 BatchStatus::Accepted => {
-                    if hint.final_count >= hint.member_count() {
-                        self.store.complete_if_final(hint.id).await?;
-                    } else if hint.accepted_at.is_some_and(|t| {
+                    // Completes a batch whose last callback's run died before closing it.
+                    if self.store.complete_if_final(hint.id).await? {
+                        continue;
+                    }
+                    if hint.accepted_at.is_some_and(|t| {
                         Utc::now() - t
                             > chrono::Duration::from_std(self.config.stale_after)
                                 .unwrap_or_default()
@@ -241,7 +243,6 @@ where
                 status: BatchStatus::Claiming,
                 members: BTreeMap::new(),
                 total: Default::default(),
-                final_count: 0,
                 attempts: 0,
                 last_error: None,
                 provider_batch_id: None,

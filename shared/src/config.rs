@@ -8,6 +8,8 @@ pub struct Config {
     pub currencies: Currencies,
     /// Open (pending or submitted) withdrawals a user may have per currency.
     pub max_open_per_currency: u32,
+    /// Shards of each currency's pending index (`PENDING_SHARDS`); only ever increase it.
+    pub pending_shards: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,11 +37,32 @@ impl Config {
             })?,
             Err(_) => Self::DEFAULT_MAX_OPEN,
         };
+        let pending_shards = match std::env::var("PENDING_SHARDS") {
+            Ok(v) => v
+                .parse()
+                .ok()
+                .filter(|n| (1..=64).contains(n))
+                .ok_or_else(|| ConfigError("PENDING_SHARDS must be 1 to 64".into()))?,
+            Err(_) => crate::store::DynamoStore::DEFAULT_PENDING_SHARDS,
+        };
         Ok(Self {
             table_name,
             currencies,
             max_open_per_currency,
+            pending_shards,
         })
+    }
+}
+
+impl Config {
+    /// The store as configured, over a client built from the environment.
+    pub async fn store(&self) -> crate::store::DynamoStore {
+        crate::store::DynamoStore::new(
+            dynamodb_client().await,
+            &self.table_name,
+            self.currencies.clone(),
+        )
+        .with_pending_shards(self.pending_shards)
     }
 }
 

@@ -259,7 +259,10 @@ impl<S: Store + BatchStore + 'static> WebhookProcessor<S> {
                     EventKind::Returned => "WithdrawalsReturned",
                 };
                 metrics::count(name, &ccy);
-                if updated.batch_id.is_some() {
+                let members = batch.as_ref().map_or(u32::MAX, |b| b.member_count());
+                if updated.batch_id.is_some()
+                    && self.store.final_count(event.batch_id).await? >= members
+                {
                     self.store.complete_if_final(event.batch_id).await?;
                 }
                 Ok(Handled::Applied)

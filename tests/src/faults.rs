@@ -221,6 +221,9 @@ impl BatchStore for FaultyStore {
     async fn complete_if_final(&self, id: BatchId) -> Result<bool, StoreError> {
         faulty!(self, "complete_if_final", self.inner.complete_if_final(id))
     }
+    async fn final_count(&self, id: BatchId) -> Result<u32, StoreError> {
+        faulty!(self, "final_count", self.inner.final_count(id))
+    }
     async fn reset_attempts(&self, id: BatchId) -> Result<(), StoreError> {
         faulty!(self, "reset_attempts", self.inner.reset_attempts(id))
     }

@@ -109,7 +109,10 @@ async fn signed_paid_failed_and_returned_events_move_the_money() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        (batch.status, batch.final_count),
+        (
+            batch.status,
+            p.env.store.final_count(batch.id).await.unwrap()
+        ),
         (BatchStatus::Completed, 3)
     );
     let trail: Vec<String> = p

@@ -22,11 +22,7 @@ pub async fn app_from_env() -> Result<App, Error> {
     let url = std::env::var("PROVIDER_URL").map_err(|_| "PROVIDER_URL is not set")?;
     let key = std::env::var("PROVIDER_API_KEY").map_err(|_| "PROVIDER_API_KEY is not set")?;
     let provider = HttpProvider::new(&url, &key, batcher_config.provider_timeout)?;
-    let store = DynamoStore::new(
-        shared::config::dynamodb_client().await,
-        &config.table_name,
-        config.currencies.clone(),
-    );
+    let store: DynamoStore = config.store().await;
     Ok(Batcher::new(
         Arc::new(store),
         Arc::new(provider),

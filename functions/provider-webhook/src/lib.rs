@@ -15,11 +15,7 @@ pub type App = WebhookProcessor<DynamoStore>;
 pub async fn app_from_env() -> Result<App, lambda_http::Error> {
     let config = Config::from_env()?;
     let (secrets, tolerance) = WebhookProcessor::<DynamoStore>::secrets_from_env()?;
-    let store = DynamoStore::new(
-        shared::config::dynamodb_client().await,
-        &config.table_name,
-        config.currencies,
-    );
+    let store = config.store().await;
     Ok(WebhookProcessor::new(Arc::new(store), secrets, tolerance))
 }
 

@@ -6,7 +6,6 @@ use shared::api::{json_response, ApiError};
 use shared::auth::Authenticator;
 use shared::config::Config;
 use shared::domain::{IdempotencyKey, UserId};
-use shared::store::DynamoStore;
 use shared::withdrawals::WithdrawalService;
 use std::sync::Arc;
 use tracing::Instrument;
@@ -24,8 +23,7 @@ pub struct App {
 impl App {
     pub async fn from_env() -> Result<Self, lambda_http::Error> {
         let config = Config::from_env()?;
-        let client = shared::config::dynamodb_client().await;
-        let store = DynamoStore::new(client, &config.table_name, config.currencies.clone());
+        let store = config.store().await;
         Ok(Self {
             service: WithdrawalService::new(
                 Arc::new(store),

@@ -70,8 +70,6 @@ pub struct Batch {
     /// Member withdrawal → its owner (the webhook finds a withdrawal's key through this).
     pub members: BTreeMap<WithdrawalId, UserId>,
     pub total: Decimal,
-    /// Members that reached SETTLED or REJECTED.
-    pub final_count: u32,
     pub attempts: u32,
     pub last_error: Option<String>,
     pub provider_batch_id: Option<String>,

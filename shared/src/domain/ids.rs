@@ -62,6 +62,10 @@ macro_rules! ulid_id {
             pub fn timestamp_ms(&self) -> u64 {
                 self.0.timestamp_ms()
             }
+            /// A stable shard in `0..shards`, from the id's random bits.
+            pub fn shard(&self, shards: u32) -> u32 {
+                (self.0.random() % u128::from(shards.max(1))) as u32
+            }
         }
 
         impl Default for $name {

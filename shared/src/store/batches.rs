@@ -8,7 +8,7 @@ use crate::domain::{
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, KeysAndAttributes, Put, ReturnValue, TransactWriteItem, Update,
+    AttributeValue, ConditionCheck, KeysAndAttributes, Put, ReturnValue, TransactWriteItem, Update,
 };
 use chrono::Utc;
 use rust_decimal::Decimal;
@@ -16,8 +16,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::DynamoStore;
 
-/// Withdrawals per claim transaction: 100 items at most, one of them the batch record.
-pub const CLAIM_CHUNK: usize = 99;
+/// Withdrawals per claim transaction: 100 items at most, two of them the batch record and its
+/// counter (created with the first chunk).
+pub const CLAIM_CHUNK: usize = 98;
 
 impl DynamoStore {
     fn batch_key(id: BatchId) -> Item {
@@ -53,7 +54,6 @@ impl DynamoStore {
                 .ok_or_else(|| StoreError::Corrupt("batch status".into()))?,
             members,
             total: r.n("total")?,
-            final_count: count("final_count")?,
             attempts: count("attempts")?,
             last_error: r.opt_s("last_error").map(str::to_string),
             provider_batch_id: r.opt_s("provider_batch_id").map(str::to_string),
@@ -102,35 +102,33 @@ impl DynamoStore {
 
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 
-#[async_trait]
-impl BatchStore for DynamoStore {
-    async fn pending(
+impl DynamoStore {
+    async fn pending_in_shard(
         &self,
-        currency: &Currency,
+        pk: &str,
         limit: usize,
         after: Option<WithdrawalId>,
     ) -> Result<Vec<Withdrawal>, StoreError> {
         let mut out = Vec::new();
         let mut start: Option<Item> = None;
-        let mut after_key = after.map(|id| id.to_string());
+        // Ids start with "wd_": "wd_" sorts before every real id, so one condition serves both.
+        let after = after.map_or_else(|| "wd_".to_string(), |id| id.to_string());
         loop {
-            let mut q = self
+            let page = self
                 .client
                 .query()
                 .table_name(&self.table)
                 .index_name(schema::PENDING_INDEX)
+                .key_condition_expression("#pk = :pk AND #sk > :after")
                 .expression_attribute_names("#pk", schema::PENDING_PK)
-                .expression_attribute_values(":pk", s(TableSchema::pending_pk(currency.code())))
+                .expression_attribute_names("#sk", schema::PENDING_SK)
+                .expression_attribute_values(":pk", s(pk))
+                .expression_attribute_values(":after", s(after.clone()))
                 .limit((limit - out.len()).min(1000) as i32)
-                .set_exclusive_start_key(start.take());
-            q = match after_key.take() {
-                Some(a) => q
-                    .key_condition_expression("#pk = :pk AND #sk > :after")
-                    .expression_attribute_names("#sk", schema::PENDING_SK)
-                    .expression_attribute_values(":after", s(a)),
-                None => q.key_condition_expression("#pk = :pk"),
-            };
-            let page = q.send().await.map_err(classify)?;
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(classify)?;
             for item in page.items() {
                 out.push(self.withdrawal_from_item(item)?);
             }
@@ -139,6 +137,27 @@ impl BatchStore for DynamoStore {
                 _ => return Ok(out),
             }
         }
+    }
+}
+
+#[async_trait]
+impl BatchStore for DynamoStore {
+    async fn pending(
+        &self,
+        currency: &Currency,
+        limit: usize,
+        after: Option<WithdrawalId>,
+    ) -> Result<Vec<Withdrawal>, StoreError> {
+        // Each shard returns its oldest `limit`; the oldest `limit` of their union are exactly
+        // the oldest `limit` overall, since sort keys are time-sortable ids.
+        let mut out = Vec::new();
+        for shard in 0..self.pending_shards {
+            let pk = TableSchema::pending_pk(currency.code(), shard);
+            out.extend(self.pending_in_shard(&pk, limit, after).await?);
+        }
+        out.sort_by_key(|w| w.id);
+        out.truncate(limit);
+        Ok(out)
     }
 
     async fn claim(
@@ -182,7 +201,6 @@ impl BatchStore for DynamoStore {
                     ("members".into(), AttributeValue::M(members)),
                     ("member_count".into(), n(remaining.len())),
                     ("total".into(), n(sum)),
-                    ("final_count".into(), n(0)),
                     ("attempts".into(), n(0)),
                     ("lease_owner".into(), s(owner)),
                     ("lease_until".into(), n(batch.lease_until_ms)),
@@ -227,6 +245,26 @@ impl BatchStore for DynamoStore {
                     .build()
             };
             items.push(batch_item);
+            if create {
+                let mut counter = HashMap::from([
+                    (schema::PK.to_string(), s(TableSchema::batch_pk(batch.id))),
+                    (schema::SK.to_string(), s(TableSchema::BATCH_COUNTER_SK)),
+                ]);
+                counter.insert("type".into(), s("BATCH_COUNTER"));
+                counter.insert("final_count".into(), n(0));
+                items.push(
+                    TransactWriteItem::builder()
+                        .put(
+                            Put::builder()
+                                .table_name(&self.table)
+                                .set_item(Some(counter))
+                                .condition_expression("attribute_not_exists(PK)")
+                                .build()
+                                .map_err(backend)?,
+                        )
+                        .build(),
+                );
+            }
             let token = ulid::Ulid::new().to_string();
             match self.transact(items, &token).await {
                 Ok(()) => {
@@ -433,24 +471,69 @@ impl BatchStore for DynamoStore {
     }
 
     async fn complete_if_final(&self, id: BatchId) -> Result<bool, StoreError> {
-        Ok(self
-            .update_batch(
-                id,
-                &format!(
-                    "SET #st = :to, updated_at = :ts REMOVE {}, {}",
-                    schema::PENDING_PK,
-                    schema::PENDING_SK
-                ),
-                "#st IN (:accepted, :flagged) AND final_count >= member_count",
-                vec![
-                    (":to", s(BatchStatus::Completed.as_str())),
-                    (":accepted", s(BatchStatus::Accepted.as_str())),
-                    (":flagged", s(BatchStatus::NeedsOperator.as_str())),
-                    (":ts", s(timestamp(&Utc::now()))),
-                ],
-            )
-            .await?
-            .is_some())
+        let Some(batch) = self.batch(id).await? else {
+            return Ok(false);
+        };
+        if !matches!(
+            batch.status,
+            BatchStatus::Accepted | BatchStatus::NeedsOperator
+        ) {
+            return Ok(false);
+        }
+        // The counter is checked and the record closed in one transaction.
+        let check = ConditionCheck::builder()
+            .table_name(&self.table)
+            .key(schema::PK, s(TableSchema::batch_pk(id)))
+            .key(schema::SK, s(TableSchema::BATCH_COUNTER_SK))
+            .condition_expression("final_count >= :members")
+            .expression_attribute_values(":members", n(batch.member_count()))
+            .build()
+            .map_err(backend)?;
+        let close = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(Self::batch_key(id)))
+            .update_expression(format!(
+                "SET #st = :to, updated_at = :ts REMOVE {}, {}",
+                schema::PENDING_PK,
+                schema::PENDING_SK
+            ))
+            .condition_expression("#st IN (:accepted, :flagged)")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":to", s(BatchStatus::Completed.as_str()))
+            .expression_attribute_values(":accepted", s(BatchStatus::Accepted.as_str()))
+            .expression_attribute_values(":flagged", s(BatchStatus::NeedsOperator.as_str()))
+            .expression_attribute_values(":ts", s(timestamp(&Utc::now())))
+            .build()
+            .map_err(backend)?;
+        let items = vec![
+            TransactWriteItem::builder().condition_check(check).build(),
+            TransactWriteItem::builder().update(close).build(),
+        ];
+        match self.transact(items, &ulid::Ulid::new().to_string()).await {
+            Ok(()) => Ok(true),
+            Err(TxError::Cancelled(_)) => Ok(false),
+            Err(TxError::Store(e)) => Err(e),
+        }
+    }
+
+    async fn final_count(&self, id: BatchId) -> Result<u32, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(schema::PK, s(TableSchema::batch_pk(id)))
+            .key(schema::SK, s(TableSchema::BATCH_COUNTER_SK))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(classify)?;
+        match out.item {
+            Some(item) => Reader(&item)
+                .n("final_count")?
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("final_count".into())),
+            None => Ok(0),
+        }
     }
 
     async fn reset_attempts(&self, id: BatchId) -> Result<(), StoreError> {

@@ -35,6 +35,7 @@ pub struct DynamoStore {
     pub(super) client: Client,
     pub(super) table: String,
     pub(super) currencies: Currencies,
+    pub(super) pending_shards: u32,
 }
 
 /// What `check` found: the invariant per balance and per withdrawal set.
@@ -52,7 +53,21 @@ impl DynamoStore {
             client,
             table: table.into(),
             currencies,
+            pending_shards: Self::DEFAULT_PENDING_SHARDS,
         }
+    }
+
+    /// Shards of each currency's pending index (see docs/scaling.md). Only ever increase it:
+    /// the batcher reads shards `0..n`.
+    pub const DEFAULT_PENDING_SHARDS: u32 = 4;
+
+    pub fn with_pending_shards(mut self, shards: u32) -> Self {
+        self.pending_shards = shards.max(1);
+        self
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     pub fn table_name(&self) -> &str {
@@ -468,7 +483,7 @@ impl DynamoStore {
                         Update::builder()
                             .table_name(&self.table)
                             .key(schema::PK, s(TableSchema::batch_pk(batch)))
-                            .key(schema::SK, s(TableSchema::SINGLETON_SK))
+                            .key(schema::SK, s(TableSchema::BATCH_COUNTER_SK))
                             .update_expression("ADD final_count :one SET updated_at = :now")
                             .condition_expression("attribute_exists(PK)")
                             .expression_attribute_values(":one", n(1))
@@ -518,6 +533,57 @@ impl DynamoStore {
             .build())
     }
 
+    /// The items of a withdrawal request's single transaction: the balance lock, the withdrawal
+    /// and, with a key, the idempotency record. Public so the benchmark can send exactly these
+    /// items through the bare SDK.
+    pub fn request_items(
+        &self,
+        w: &Withdrawal,
+        idempotency: Option<&IdempotencyRecord>,
+        max_open: u32,
+    ) -> Result<Vec<TransactWriteItem>, StoreError> {
+        let now = timestamp(&w.created_at);
+        let lock = self.balance_update(
+            &w.user_id,
+            &w.currency,
+            BalanceEffect::Lock,
+            w.amount.value(),
+            &now,
+            Some(max_open),
+        )?;
+        let mut items = vec![
+            lock,
+            TransactWriteItem::builder()
+                .put(
+                    Put::builder()
+                        .table_name(&self.table)
+                        .set_item(Some(self.withdrawal_item(w)))
+                        .condition_expression("attribute_not_exists(PK)")
+                        .build()
+                        .map_err(backend)?,
+                )
+                .build(),
+        ];
+        if let Some(rec) = idempotency {
+            items.push(
+                TransactWriteItem::builder()
+                    .put(
+                        Put::builder()
+                            .table_name(&self.table)
+                            .set_item(Some(idempotency_item(rec)))
+                            .condition_expression("attribute_not_exists(PK)")
+                            .return_values_on_condition_check_failure(
+                                ReturnValuesOnConditionCheckFailure::AllOld,
+                            )
+                            .build()
+                            .map_err(backend)?,
+                    )
+                    .build(),
+            );
+        }
+        Ok(items)
+    }
+
     fn withdrawal_item(&self, w: &Withdrawal) -> Item {
         let mut item = Self::withdrawal_key(&w.user_id, w.id);
         let mut put = |k: &str, v: AttributeValue| {
@@ -550,7 +616,10 @@ impl DynamoStore {
             // what is due, oldest first.
             put(
                 schema::PENDING_PK,
-                s(TableSchema::pending_pk(w.currency.code())),
+                s(TableSchema::pending_pk(
+                    w.currency.code(),
+                    w.id.shard(self.pending_shards),
+                )),
             );
             put(schema::PENDING_SK, s(w.id.to_string()));
         }
@@ -651,45 +720,7 @@ impl Store for DynamoStore {
         idempotency: Option<&IdempotencyRecord>,
         max_open: u32,
     ) -> Result<(), StoreError> {
-        let now = timestamp(&w.created_at);
-        let lock = self.balance_update(
-            &w.user_id,
-            &w.currency,
-            BalanceEffect::Lock,
-            w.amount.value(),
-            &now,
-            Some(max_open),
-        )?;
-        let mut items = vec![
-            lock,
-            TransactWriteItem::builder()
-                .put(
-                    Put::builder()
-                        .table_name(&self.table)
-                        .set_item(Some(self.withdrawal_item(w)))
-                        .condition_expression("attribute_not_exists(PK)")
-                        .build()
-                        .map_err(backend)?,
-                )
-                .build(),
-        ];
-        if let Some(rec) = idempotency {
-            items.push(
-                TransactWriteItem::builder()
-                    .put(
-                        Put::builder()
-                            .table_name(&self.table)
-                            .set_item(Some(idempotency_item(rec)))
-                            .condition_expression("attribute_not_exists(PK)")
-                            .return_values_on_condition_check_failure(
-                                ReturnValuesOnConditionCheckFailure::AllOld,
-                            )
-                            .build()
-                            .map_err(backend)?,
-                    )
-                    .build(),
-            );
-        }
+        let items = self.request_items(w, idempotency, max_open)?;
         match self.transact(items, &w.id.to_string()).await {
             Ok(()) => Ok(()),
             Err(TxError::Store(e)) => Err(e),

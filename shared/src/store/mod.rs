@@ -235,8 +235,11 @@ pub trait BatchStore: Send + Sync {
     /// REJECTING → REJECTED once every member is rejected.
     async fn finish_rejecting(&self, id: BatchId) -> Result<(), StoreError>;
 
-    /// ACCEPTED → COMPLETED when every member is final; `false` if not all are.
+    /// ACCEPTED (or NEEDS_OPERATOR) → COMPLETED when every member is final; `false` if not.
     async fn complete_if_final(&self, id: BatchId) -> Result<bool, StoreError>;
+
+    /// Members that reached SETTLED or REJECTED.
+    async fn final_count(&self, id: BatchId) -> Result<u32, StoreError>;
 
     /// NEEDS_OPERATOR → OPEN with the attempt count reset (operator `retry-batch`).
     async fn reset_attempts(&self, id: BatchId) -> Result<(), StoreError>;

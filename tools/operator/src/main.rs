@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use shared::auth::{LocalTokenKey, LOCAL_AUTH_SECRET_ENV};
 use shared::config::Config;
 use shared::domain::{Amount, BatchId, UserId, WithdrawalId};
-use shared::store::{BatchStore, DynamoStore, Store};
+use shared::store::{BatchStore, Store};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -126,11 +126,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         return Ok(ExitCode::SUCCESS);
     }
     let config = Config::from_env()?;
-    let store = DynamoStore::new(
-        shared::config::dynamodb_client().await,
-        &config.table_name,
-        config.currencies.clone(),
-    );
+    let store = config.store().await;
     match cli.command {
         Command::Token { .. } | Command::SignWebhook { .. } => unreachable!("handled above"),
         Command::CreateTable => {
@@ -187,13 +183,14 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
         Command::Batches => {
             for b in store.all_batches().await? {
+                let final_count = store.final_count(b.id).await?;
                 println!(
                     "{} {} {:<14} members {:>4} final {:>4} total {} attempts {}{}",
                     b.id,
                     b.currency,
                     b.status.as_str(),
                     b.member_count(),
-                    b.final_count,
+                    final_count,
                     b.currency.format(b.total),
                     b.attempts,
                     b.last_error

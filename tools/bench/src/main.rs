@@ -1,0 +1,556 @@
+//! `cargo run --release -p bench` (through `./scripts/bench.sh`, which starts DynamoDB Local):
+//! measures DynamoDB round trips per lifecycle step, handler overhead against the bare SDK call,
+//! provider calls and batcher throughput for a large backlog, and the release binaries. Prints
+//! one markdown report. Timings on a shared machine are noisy: ratios are measured side by side
+//! in one run, latencies are medians/percentiles over many samples.
+
+use aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_dynamodb::config::{
+    BehaviorVersion, ConfigBag, Credentials, Intercept, Region, RuntimeComponents,
+};
+use futures::stream::{self, StreamExt};
+use lambda_http::Body;
+use rust_decimal::Decimal;
+use sandbox_provider::{Sandbox, SandboxConfig};
+use shared::auth::Authenticator;
+use shared::batcher::{Batcher, BatcherConfig};
+use shared::domain::{Amount, BankAccount, Currencies, UserId, Withdrawal};
+use shared::provider::HttpProvider;
+use shared::signature::WebhookSecret;
+use shared::store::{BatchStore, DynamoStore, Store};
+use shared::webhook::WebhookProcessor;
+use shared::withdrawals::WithdrawalService;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const IBAN: &str = "DE89370400440532013000";
+const SECRET: &str = "whsec_bench_0123456789abcdef";
+
+/// Counts DynamoDB requests per operation (every HTTP attempt, retries included).
+#[derive(Debug, Default, Clone)]
+struct Counter(Arc<Mutex<BTreeMap<String, u64>>>);
+
+impl Counter {
+    fn take(&self) -> BTreeMap<String, u64> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+impl Intercept for Counter {
+    fn name(&self) -> &'static str {
+        "RequestCounter"
+    }
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let op = context
+            .request()
+            .headers()
+            .get("x-amz-target")
+            .and_then(|t| t.split('.').nth(1))
+            .unwrap_or("?")
+            .to_string();
+        *self.0.lock().unwrap().entry(op).or_default() += 1;
+        Ok(())
+    }
+}
+
+fn client(endpoint: &str, counter: &Counter) -> aws_sdk_dynamodb::Client {
+    let conf = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("local", "local", None, None, "bench"))
+        .endpoint_url(endpoint)
+        .interceptor(counter.clone())
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(conf)
+}
+
+struct Env {
+    store: Arc<DynamoStore>,
+    counter: Counter,
+    currencies: Currencies,
+}
+
+async fn env(endpoint: &str) -> Env {
+    let counter = Counter::default();
+    let currencies = Currencies::default();
+    let store = DynamoStore::new(
+        client(endpoint, &counter),
+        format!("bench_{}", ulid::Ulid::new()),
+        currencies.clone(),
+    );
+    store.create_table().await.expect("create table");
+    counter.take();
+    Env {
+        store: Arc::new(store),
+        counter,
+        currencies,
+    }
+}
+
+fn event(method: &str, path: &str, user: &str, body: Option<String>) -> lambda_http::Request {
+    let mut v = serde_json::json!({
+        "version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": "",
+        "headers": {"content-type": "application/json"},
+        "requestContext": {
+            "accountId": "1", "apiId": "bench", "domainName": "bench", "domainPrefix": "bench",
+            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": "bench"},
+            "requestId": "bench", "routeKey": "$default", "stage": "$default", "time": "29/Nov/2026:12:00:00 +0000", "timeEpoch": 0,
+            "authorizer": {"jwt": {"claims": {"sub": user}, "scopes": null}}
+        },
+        "isBase64Encoded": false
+    });
+    if let Some(b) = body {
+        v["body"] = serde_json::Value::String(b);
+    }
+    lambda_http::request::from_str(&v.to_string()).expect("event")
+}
+
+fn body(currency: &str, amount: &str) -> String {
+    serde_json::json!({"currency": currency, "amount": amount, "bank_account": IBAN}).to_string()
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ops(counts: &BTreeMap<String, u64>) -> (u64, u64) {
+    (
+        counts.values().sum(),
+        counts.get("TransactWriteItems").copied().unwrap_or(0),
+    )
+}
+
+#[tokio::main]
+async fn main() {
+    let endpoint =
+        std::env::var("DYNAMODB_ENDPOINT").expect("DYNAMODB_ENDPOINT (use ./scripts/bench.sh)");
+    let n: usize = std::env::var("BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let samples: usize = std::env::var("BENCH_SAMPLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400);
+    let mut out = String::new();
+    let date = chrono::Utc::now().format("%Y-%m-%d");
+    out.push_str(&format!(
+        "Benchmark run {date} on {} cores, {} GiB, DynamoDB Local 1.25 (in memory), sandbox provider in-process over HTTP.\n\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        mem_gib()
+    ));
+
+    // 1. Round trips per lifecycle step -------------------------------------------------------
+    let e = env(&endpoint).await;
+    let sandbox = Sandbox::new(SandboxConfig::new(
+        "bench-key",
+        WebhookSecret::new(SECRET).unwrap(),
+    ));
+    let addr = sandbox.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let provider = Arc::new(
+        HttpProvider::new(
+            &format!("http://{addr}"),
+            "bench-key",
+            Duration::from_secs(10),
+        )
+        .unwrap(),
+    );
+    let app = withdrawal_request::App {
+        service: WithdrawalService::new(e.store.clone(), e.currencies.clone(), u32::MAX),
+        auth: Authenticator::ApiGatewayJwt,
+    };
+    let usd = e.currencies.get("USD").unwrap().clone();
+    e.store
+        .credit(
+            &UserId::parse("rt").unwrap(),
+            &usd,
+            Amount::parse("100000", &usd).unwrap(),
+        )
+        .await
+        .unwrap();
+    e.counter.take();
+    let mut rows: Vec<(String, u64, u64, String)> = Vec::new();
+
+    let r = withdrawal_request::handle(
+        &app,
+        event("POST", "/withdrawals", "rt", Some(body("USD", "10"))),
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    let (req, tx) = ops(&e.counter.take());
+    rows.push((
+        "request (POST /withdrawals)".into(),
+        req,
+        tx,
+        "1 round trip".into(),
+    ));
+    let id = match r.body() {
+        Body::Text(t) => serde_json::from_str::<serde_json::Value>(t).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        _ => unreachable!(),
+    };
+    let r = withdrawal_request::handle(
+        &app,
+        event("DELETE", &format!("/withdrawals/{id}"), "rt", None),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let (req, tx) = ops(&e.counter.take());
+    rows.push((
+        "cancel (read + 1 transaction)".into(),
+        req,
+        tx,
+        "1 transaction".into(),
+    ));
+
+    // Claim: 500 pending, one run.
+    seed(&e.store, &e.currencies, "USD", 500, "claim").await;
+    e.counter.take();
+    let batcher = Batcher::new(
+        e.store.clone(),
+        provider.clone(),
+        e.currencies.clone(),
+        BatcherConfig::default(),
+    );
+    batcher
+        .run(Instant::now() + Duration::from_secs(120))
+        .await
+        .unwrap();
+    let (req, tx) = ops(&e.counter.take());
+    rows.push((
+        format!("claim, per withdrawal (batch of 500: {tx} claim transactions)"),
+        0,
+        0,
+        format!(
+            "**{:.4}** transactions/withdrawal (target ≤ 0.02)",
+            tx as f64 / 500.0
+        ),
+    ));
+    rows.push((
+        format!("whole batcher run, per withdrawal ({req} requests: index pages of 3 currencies × shards, claims, batch bookkeeping, no provider)"),
+        0,
+        0,
+        format!("{:.4} requests/withdrawal", req as f64 / 500.0),
+    ));
+
+    // Settle / reject / return through the webhook processor.
+    let processor = WebhookProcessor::new(
+        e.store.clone(),
+        vec![WebhookSecret::new(SECRET).unwrap()],
+        300,
+    );
+    let batch = e.store.all_batches().await.unwrap().pop().unwrap();
+    let members = e.store.members(&batch).await.unwrap();
+    e.counter.take();
+    for (i, (kind, label)) in [
+        ("payout.paid", "settle (payout.paid)"),
+        ("payout.failed", "reject (payout.failed)"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let w = &members[i];
+        let b = provider_event(&format!("evt-{i}"), kind, w);
+        let sig = WebhookSecret::new(SECRET)
+            .unwrap()
+            .sign(chrono::Utc::now().timestamp(), b.as_bytes());
+        processor
+            .handle(Some(&sig), b.as_bytes(), chrono::Utc::now().timestamp())
+            .await
+            .unwrap();
+        let (req, tx) = ops(&e.counter.take());
+        rows.push((label.to_string(), req, tx, "1 transaction".into()));
+    }
+    let w = e
+        .store
+        .withdrawal(&members[0].user_id, members[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    e.counter.take();
+    let b = provider_event("evt-ret", "payout.returned", &w);
+    let sig = WebhookSecret::new(SECRET)
+        .unwrap()
+        .sign(chrono::Utc::now().timestamp(), b.as_bytes());
+    processor
+        .handle(Some(&sig), b.as_bytes(), chrono::Utc::now().timestamp())
+        .await
+        .unwrap();
+    let (req, tx) = ops(&e.counter.take());
+    rows.push((
+        "return (payout.returned)".into(),
+        req,
+        tx,
+        "1 transaction".into(),
+    ));
+    out.push_str("### DynamoDB requests per lifecycle step\n\n| step | requests | of which transactions | target / note |\n|---|---:|---:|---|\n");
+    for (step, req, tx, note) in &rows {
+        if *req == 0 {
+            out.push_str(&format!("| {step} | | | {note} |\n"));
+        } else {
+            out.push_str(&format!("| {step} | {req} | {tx} | {note} |\n"));
+        }
+    }
+    out.push_str("\nWebhook steps read the event record, the batch (to find the owner) and the withdrawal before their one transaction, and mark the batch complete when its last member is final.\n\n");
+
+    // 2. Handler overhead vs the bare SDK call, interleaved ---------------------------------
+    let e2 = env(&endpoint).await;
+    let app2 = withdrawal_request::App {
+        service: WithdrawalService::new(e2.store.clone(), e2.currencies.clone(), u32::MAX),
+        auth: Authenticator::ApiGatewayJwt,
+    };
+    let usd = e2.currencies.get("USD").unwrap().clone();
+    for u in ["h", "r"] {
+        e2.store
+            .credit(
+                &UserId::parse(u).unwrap(),
+                &usd,
+                Amount::parse("1000000", &usd).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    let (mut handler_ms, mut raw_ms) = (Vec::new(), Vec::new());
+    for i in 0..samples + 20 {
+        let t = Instant::now();
+        let r = withdrawal_request::handle(
+            &app2,
+            event("POST", "/withdrawals", "h", Some(body("USD", "1.00"))),
+        )
+        .await;
+        let h = t.elapsed().as_secs_f64() * 1000.0;
+        assert_eq!(r.status(), 201);
+        let w = Withdrawal::new(
+            UserId::parse("r").unwrap(),
+            usd.clone(),
+            Amount::parse("1.00", &usd).unwrap(),
+            BankAccount::parse(IBAN).unwrap(),
+            chrono::Utc::now(),
+        );
+        let items = e2.store.request_items(&w, None, u32::MAX).unwrap();
+        let t = Instant::now();
+        e2.store
+            .client()
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+            .unwrap();
+        let r = t.elapsed().as_secs_f64() * 1000.0;
+        if i >= 20 {
+            handler_ms.push(h);
+            raw_ms.push(r);
+        }
+    }
+    handler_ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    raw_ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    out.push_str(&format!(
+        "### withdrawal-request handler vs the bare SDK `TransactWriteItems` of the same items ({samples} interleaved pairs)\n\n| | p50 ms | p99 ms |\n|---|---:|---:|\n| handler (HTTP API v2 event → response) | {:.2} | {:.2} |\n| bare SDK call | {:.2} | {:.2} |\n| ratio | **{:.3}** (target ≤ 1.15) | {:.3} |\n\n",
+        pct(&handler_ms, 0.5), pct(&handler_ms, 0.99), pct(&raw_ms, 0.5), pct(&raw_ms, 0.99),
+        pct(&handler_ms, 0.5) / pct(&raw_ms, 0.5), pct(&handler_ms, 0.99) / pct(&raw_ms, 0.99)
+    ));
+
+    // 3 + 4. Provider calls and batcher throughput for a large backlog ----------------------
+    let e3 = env(&endpoint).await;
+    let sandbox3 = Sandbox::new(SandboxConfig::new(
+        "bench-key",
+        WebhookSecret::new(SECRET).unwrap(),
+    ));
+    let addr3 = sandbox3
+        .spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let provider3 = Arc::new(
+        HttpProvider::new(
+            &format!("http://{addr3}"),
+            "bench-key",
+            Duration::from_secs(10),
+        )
+        .unwrap(),
+    );
+    let per = [
+        ("USD", n * 4 / 10),
+        ("EUR", n * 35 / 100),
+        ("JPY", n - n * 4 / 10 - n * 35 / 100),
+    ];
+    let seeding = Instant::now();
+    for (ccy, count) in per {
+        seed(
+            &e3.store,
+            &e3.currencies,
+            ccy,
+            count,
+            &format!("bulk-{ccy}"),
+        )
+        .await;
+    }
+    let seed_secs = seeding.elapsed().as_secs_f64();
+    e3.counter.take();
+    let batcher3 = Batcher::new(
+        e3.store.clone(),
+        provider3,
+        e3.currencies.clone(),
+        BatcherConfig::default(),
+    );
+    let t = Instant::now();
+    let summary = batcher3
+        .run(Instant::now() + Duration::from_secs(900))
+        .await
+        .unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let claimed: u32 = summary.currencies.values().map(|c| c.claimed).sum();
+    let calls = sandbox3.submit_calls();
+    let (req, tx) = ops(&e3.counter.take());
+    let paid = sandbox3.payouts_by_reference();
+    assert_eq!(claimed as usize, n);
+    assert!(paid.values().all(|c| *c == 1) && paid.len() == n);
+    out.push_str(&format!(
+        "### Batching {n} pending withdrawals in 3 currencies (one run, batch size 500)\n\n| | value |\n|---|---:|\n| provider calls (ours) | {calls} |\n| provider calls (unbatched baseline: one per withdrawal) | {n} |\n| fewer calls | **{:.0}×** (target ≥ 500× with max batch 500 → N/500 calls) |\n| run time to claim and submit all | {secs:.1} s |\n| throughput | **{:.0} withdrawals/s** |\n| DynamoDB requests in the run | {req} ({tx} transactions) = {:.4}/withdrawal |\n| fits one 120 s Lambda invocation | {} |\n| (seeding {n} requests took {seed_secs:.1} s at 8 in flight) | |\n\n",
+        n as f64 / calls as f64,
+        n as f64 / secs,
+        req as f64 / n as f64,
+        if secs < 100.0 { "yes" } else { "no — continues in the next run" },
+    ));
+
+    // 5. Binaries -------------------------------------------------------------------------
+    out.push_str(&binaries().await);
+    println!("{out}");
+    let _ = std::fs::write("target/bench-report.md", &out);
+}
+
+fn provider_event(id: &str, kind: &str, w: &Withdrawal) -> String {
+    serde_json::json!({"id": id, "type": kind, "data": {
+        "batch_id": w.batch_id.unwrap().to_string(), "reference": w.id.to_string(),
+        "amount": w.amount.to_string(), "currency": w.currency.code().as_str(),
+        "provider_reference": "po_bench", "reason": "bench"}})
+    .to_string()
+}
+
+async fn seed(
+    store: &Arc<DynamoStore>,
+    currencies: &Currencies,
+    ccy: &str,
+    n: usize,
+    prefix: &str,
+) {
+    let c = currencies.get(ccy).unwrap().clone();
+    let amount = Amount::new(c.min_withdrawal(), &c).unwrap();
+    let users = n.div_ceil(100);
+    for u in 0..users {
+        let total = Amount::new(c.min_withdrawal() * Decimal::from(100), &c).unwrap();
+        store
+            .credit(&UserId::parse(&format!("{prefix}-{u}")).unwrap(), &c, total)
+            .await
+            .unwrap();
+    }
+    let account = BankAccount::parse(IBAN).unwrap();
+    stream::iter(0..n)
+        .for_each_concurrent(8, |i| {
+            let store = store.clone();
+            let w = Withdrawal::new(
+                UserId::parse(&format!("{prefix}-{}", i / 100)).unwrap(),
+                c.clone(),
+                amount,
+                account.clone(),
+                chrono::Utc::now(),
+            );
+            async move {
+                store.request_withdrawal(&w, None, u32::MAX).await.unwrap();
+            }
+        })
+        .await;
+}
+
+fn mem_gib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| (kb as f64 / 1024.0 / 1024.0).round() as u64)
+        .unwrap_or(0)
+}
+
+/// Sizes of the arm64 bootstraps (from `cargo lambda build --release --arm64`) and the time from
+/// process start to the first "next invocation" request against a stub Runtime API, median of
+/// 20 starts of the host's release build of the same code.
+async fn binaries() -> String {
+    let mut s = String::from("### Release binaries\n\n| function | arm64 bootstrap | start → ready for the first event (median of 20, host build) |\n|---|---:|---:|\n");
+    for f in ["withdrawal-request", "payout-batcher", "provider-webhook"] {
+        let size = std::fs::metadata(format!("target/lambda/{f}/bootstrap"))
+            .map(|m| format!("{:.2} MB", m.len() as f64 / 1_000_000.0))
+            .unwrap_or_else(|_| "not built (`cargo lambda build --release --arm64`)".into());
+        let start = match startup_median(f).await {
+            Some(ms) => format!("{ms:.1} ms"),
+            None => "not built (`cargo build --release`)".into(),
+        };
+        s.push_str(&format!("| {f} | {size} | {start} |\n"));
+    }
+    s.push_str("\nTarget: bootstrap ≤ 8 MB.\n");
+    s
+}
+
+async fn startup_median(function: &str) -> Option<f64> {
+    let exe = format!("target/release/{function}");
+    if !std::path::Path::new(&exe).exists() {
+        return None;
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let router = axum::Router::new().route(
+        "/2018-06-01/runtime/invocation/next",
+        axum::routing::get(move || {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(Instant::now());
+                futures::future::pending::<()>().await;
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.ok()?;
+    let api = listener.local_addr().ok()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let mut child = tokio::process::Command::new(&exe)
+            .env("AWS_LAMBDA_RUNTIME_API", api.to_string())
+            .env("AWS_LAMBDA_FUNCTION_NAME", function)
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+            .env("AWS_LAMBDA_LOG_STREAM_NAME", "bench")
+            .env("AWS_LAMBDA_LOG_GROUP_NAME", "bench")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "local")
+            .env("AWS_SECRET_ACCESS_KEY", "local")
+            .env("TABLE_NAME", "bench-startup")
+            .env("PROVIDER_URL", "http://127.0.0.1:9")
+            .env("PROVIDER_API_KEY", "bench-key")
+            .env("PROVIDER_WEBHOOK_SECRET", SECRET)
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .ok()?;
+        let ready = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .ok()??;
+        times.push((ready - started).as_secs_f64() * 1000.0);
+        let _ = child.kill().await;
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Some(times[times.len() / 2])
+}
