@@ -235,14 +235,17 @@ impl WithdrawalService {
     }
 
     pub async fn get(&self, user: &UserId, id: &str) -> Result<WithdrawalView, ApiError> {
-        // An id of the wrong shape cannot exist: same answer as an unknown one.
+        Ok(WithdrawalView::from(&self.own(user, id).await?))
+    }
+
+    /// The user's own withdrawal; anything else (another user's, an id of the wrong shape, an
+    /// unknown one) is the same `not_found`.
+    async fn own(&self, user: &UserId, id: &str) -> Result<Withdrawal, ApiError> {
         let id = WithdrawalId::parse(id).map_err(|_| ApiError::NotFound)?;
-        let w = self
-            .store
+        self.store
             .withdrawal(user, id)
             .await?
-            .ok_or(ApiError::NotFound)?;
-        Ok(WithdrawalView::from(&w))
+            .ok_or(ApiError::NotFound)
     }
 
     pub async fn list(
@@ -293,12 +296,7 @@ impl WithdrawalService {
     }
 
     pub async fn cancel(&self, user: &UserId, id: &str) -> Result<WithdrawalView, ApiError> {
-        let id = WithdrawalId::parse(id).map_err(|_| ApiError::NotFound)?;
-        let w = self
-            .store
-            .withdrawal(user, id)
-            .await?
-            .ok_or(ApiError::NotFound)?;
+        let w = self.own(user, id).await?;
         if w.status.cancel().is_err() {
             return Err(ApiError::NotCancellable(w.status.to_string()));
         }

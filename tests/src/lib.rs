@@ -432,3 +432,28 @@ pub async fn spawn_webhook_server<S: Store + shared::store::BatchStore + 'static
     });
     format!("http://{addr}/webhooks/provider")
 }
+
+/// A batch record as a run holds it while claiming (for tests that play a run by hand).
+pub fn claiming_batch(
+    currency: &shared::domain::Currency,
+    owner: &str,
+    lease_until_ms: i64,
+) -> shared::domain::Batch {
+    let now = chrono::Utc::now();
+    shared::domain::Batch {
+        id: shared::domain::BatchId::new(),
+        currency: currency.clone(),
+        status: shared::domain::BatchStatus::Claiming,
+        members: Default::default(),
+        total: rust_decimal::Decimal::ZERO,
+        attempts: 0,
+        last_error: None,
+        provider_batch_id: None,
+        reason: None,
+        lease_owner: Some(owner.to_string()),
+        lease_until_ms,
+        created_at: now,
+        updated_at: now,
+        accepted_at: None,
+    }
+}

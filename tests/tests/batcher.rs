@@ -1,7 +1,7 @@
 //! The payout batcher against DynamoDB Local and the sandbox provider over HTTP.
 
 use futures::future::join_all;
-use integration_tests::{PayoutEnv, ACCOUNTS};
+use integration_tests::{claiming_batch, PayoutEnv, ACCOUNTS};
 use rust_decimal::Decimal;
 use sandbox_provider::Fault;
 use shared::batcher::BatcherConfig;
@@ -319,30 +319,17 @@ async fn an_operator_rejection_in_a_flagged_batch_forbids_re_sending_it() {
 
 #[tokio::test]
 async fn a_run_that_died_while_claiming_or_before_sending_is_taken_over() {
-    use shared::domain::{Batch, BatchId};
     let p = PayoutEnv::new(|_| {}).await;
     let seeded = p.seed("crash", "USD", "3.00", 30, ACCOUNTS[0]).await;
     let mut pending = seeded.clone();
     pending.sort_by_key(|w| w.id);
 
     // A "dead" run claimed 10 into a batch and never finished: its lease has expired.
-    let now = chrono::Utc::now();
-    let dead = Batch {
-        id: BatchId::new(),
-        currency: pending[0].currency.clone(),
-        status: BatchStatus::Claiming,
-        members: Default::default(),
-        total: Decimal::ZERO,
-        attempts: 0,
-        last_error: None,
-        provider_batch_id: None,
-        reason: None,
-        lease_owner: Some("dead-run".into()),
-        lease_until_ms: now.timestamp_millis() - 1,
-        created_at: now,
-        updated_at: now,
-        accepted_at: None,
-    };
+    let dead = claiming_batch(
+        &pending[0].currency,
+        "dead-run",
+        chrono::Utc::now().timestamp_millis() - 1,
+    );
     let r = p
         .env
         .store
@@ -398,23 +385,11 @@ async fn a_withdrawal_cancelled_before_the_claim_is_skipped() {
         .unwrap();
     assert_eq!(cancelled.status, WithdrawalStatus::Cancelled);
     // The claim still holds the stale PENDING copy, as a run reading a lagging index would.
-    let now = chrono::Utc::now();
-    let batch = shared::domain::Batch {
-        id: shared::domain::BatchId::new(),
-        currency: seeded[0].currency.clone(),
-        status: BatchStatus::Claiming,
-        members: Default::default(),
-        total: Decimal::ZERO,
-        attempts: 0,
-        last_error: None,
-        provider_batch_id: None,
-        reason: None,
-        lease_owner: Some("r".into()),
-        lease_until_ms: now.timestamp_millis() + 60_000,
-        created_at: now,
-        updated_at: now,
-        accepted_at: None,
-    };
+    let batch = claiming_batch(
+        &seeded[0].currency,
+        "r",
+        chrono::Utc::now().timestamp_millis() + 60_000,
+    );
     let r = p.env.store.claim(&batch, "r", &seeded, true).await.unwrap();
     assert_eq!(r.lost, vec![seeded[1].id]);
     assert_eq!(r.claimed.len(), 2);

@@ -1,6 +1,8 @@
 //! Batch records and claims on the single table.
 
-use super::dynamo::{backend, classify, corrupt, n, s, timestamp, Item, Reader, TxError};
+use super::dynamo::{
+    backend, classify, corrupt, n, s, timestamp, Item, Reader, ScanFilter, TxError,
+};
 use super::schema::{self, TableSchema};
 use super::{AttemptResult, BatchStore, ClaimResult, StoreError, TransitionDetails};
 use crate::domain::{
@@ -8,7 +10,7 @@ use crate::domain::{
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ConditionCheck, KeysAndAttributes, Put, ReturnValue, TransactWriteItem, Update,
+    AttributeValue, ConditionCheck, KeysAndAttributes, ReturnValue, TransactWriteItem, Update,
 };
 use chrono::Utc;
 use rust_decimal::Decimal;
@@ -109,10 +111,24 @@ impl DynamoStore {
         limit: usize,
         after: Option<WithdrawalId>,
     ) -> Result<Vec<Withdrawal>, StoreError> {
+        self.index_items(pk, limit, after.map(|id| id.to_string()))
+            .await?
+            .iter()
+            .map(|i| self.withdrawal_from_item(i))
+            .collect()
+    }
+
+    /// Up to `limit` items of one sparse-index key, in sort-key order after `after`.
+    async fn index_items(
+        &self,
+        pk: &str,
+        limit: usize,
+        after: Option<String>,
+    ) -> Result<Vec<Item>, StoreError> {
         let mut out = Vec::new();
         let mut start: Option<Item> = None;
-        // Ids start with "wd_": "wd_" sorts before every real id, so one condition serves both.
-        let after = after.map_or_else(|| "wd_".to_string(), |id| id.to_string());
+        // "0" sorts before every id ("wd_…", "bt_…"), so one key condition serves both cases.
+        let after = after.unwrap_or_else(|| "0".to_string());
         loop {
             let page = self
                 .client
@@ -129,9 +145,7 @@ impl DynamoStore {
                 .send()
                 .await
                 .map_err(classify)?;
-            for item in page.items() {
-                out.push(self.withdrawal_from_item(item)?);
-            }
+            out.extend(page.items.unwrap_or_default());
             match page.last_evaluated_key {
                 Some(k) if !k.is_empty() && out.len() < limit => start = Some(k),
                 _ => return Ok(out),
@@ -209,16 +223,7 @@ impl BatchStore for DynamoStore {
                     (schema::PENDING_PK.into(), s(TableSchema::OPEN_BATCHES_PK)),
                     (schema::PENDING_SK.into(), s(batch.id.to_string())),
                 ]);
-                TransactWriteItem::builder()
-                    .put(
-                        Put::builder()
-                            .table_name(&self.table)
-                            .set_item(Some(item))
-                            .condition_expression("attribute_not_exists(PK)")
-                            .build()
-                            .map_err(backend)?,
-                    )
-                    .build()
+                self.put_new(item)?
             } else {
                 let mut set = vec!["updated_at = :now".to_string()];
                 let mut update = Update::builder()
@@ -252,18 +257,7 @@ impl BatchStore for DynamoStore {
                 ]);
                 counter.insert("type".into(), s("BATCH_COUNTER"));
                 counter.insert("final_count".into(), n(0));
-                items.push(
-                    TransactWriteItem::builder()
-                        .put(
-                            Put::builder()
-                                .table_name(&self.table)
-                                .set_item(Some(counter))
-                                .condition_expression("attribute_not_exists(PK)")
-                                .build()
-                                .map_err(backend)?,
-                        )
-                        .build(),
-                );
+                items.push(self.put_new(counter)?);
             }
             let token = ulid::Ulid::new().to_string();
             match self.transact(items, &token).await {
@@ -309,42 +303,18 @@ impl BatchStore for DynamoStore {
     }
 
     async fn open_batches(&self) -> Result<Vec<Batch>, StoreError> {
-        let mut out = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name(schema::PENDING_INDEX)
-                .key_condition_expression("#pk = :pk")
-                .expression_attribute_names("#pk", schema::PENDING_PK)
-                .expression_attribute_values(":pk", s(TableSchema::OPEN_BATCHES_PK))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(classify)?;
-            for item in page.items() {
-                out.push(self.batch_from_item(item)?);
-            }
-            match page.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => return Ok(out),
-            }
-        }
+        self.index_items(TableSchema::OPEN_BATCHES_PK, usize::MAX, None)
+            .await?
+            .iter()
+            .map(|i| self.batch_from_item(i))
+            .collect()
     }
 
     async fn batch(&self, id: BatchId) -> Result<Option<Batch>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(Self::batch_key(id)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(classify)?;
-        out.item.map(|i| self.batch_from_item(&i)).transpose()
+        self.get(TableSchema::batch_pk(id), TableSchema::SINGLETON_SK)
+            .await?
+            .map(|i| self.batch_from_item(&i))
+            .transpose()
     }
 
     async fn take_lease(
@@ -517,17 +487,10 @@ impl BatchStore for DynamoStore {
     }
 
     async fn final_count(&self, id: BatchId) -> Result<u32, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(schema::PK, s(TableSchema::batch_pk(id)))
-            .key(schema::SK, s(TableSchema::BATCH_COUNTER_SK))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(classify)?;
-        match out.item {
+        let counter = self
+            .get(TableSchema::batch_pk(id), TableSchema::BATCH_COUNTER_SK)
+            .await?;
+        match counter {
             Some(item) => Reader(&item)
                 .n("final_count")?
                 .try_into()
@@ -608,28 +571,11 @@ impl BatchStore for DynamoStore {
     }
 
     async fn all_batches(&self) -> Result<Vec<Batch>, StoreError> {
-        let mut out = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let page = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .filter_expression("#t = :batch")
-                .expression_attribute_names("#t", "type")
-                .expression_attribute_values(":batch", s("BATCH"))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(classify)?;
-            for item in page.items() {
-                out.push(self.batch_from_item(item)?);
-            }
-            match page.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => break,
-            }
-        }
+        let items = self.scan(Some(ScanFilter::new("type", s("BATCH")))).await?;
+        let mut out = items
+            .iter()
+            .map(|i| self.batch_from_item(i))
+            .collect::<Result<Vec<_>, _>>()?;
         out.sort_by_key(|b| b.id);
         Ok(out)
     }

@@ -38,6 +38,18 @@ pub struct DynamoStore {
     pub(super) pending_shards: u32,
 }
 
+/// `attribute = value`, for operator scans.
+pub(super) struct ScanFilter {
+    attribute: &'static str,
+    value: AttributeValue,
+}
+
+impl ScanFilter {
+    pub(super) fn new(attribute: &'static str, value: AttributeValue) -> Self {
+        Self { attribute, value }
+    }
+}
+
 /// What `check` found: the invariant per balance and per withdrawal set.
 #[derive(Debug, Default)]
 pub struct ScanReport {
@@ -144,40 +156,24 @@ impl DynamoStore {
     /// Reads every balance and withdrawal (operator `check` only; the request path never scans).
     pub async fn scan_all(&self) -> Result<ScanReport, StoreError> {
         let mut report = ScanReport::default();
-        let mut start: Option<Item> = None;
-        loop {
-            let out = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(classify)?;
-            for item in out.items() {
-                let sk = item.get(schema::SK).and_then(|v| v.as_s().ok());
-                let pk = item.get(schema::PK).and_then(|v| v.as_s().ok());
-                let label = format!("{}/{}", pk.map_or("?", |s| s), sk.map_or("?", |s| s));
-                match sk {
-                    Some(sk) if sk.starts_with(TableSchema::BALANCE_SK_PREFIX) => {
-                        match self.balance_from_item(item) {
-                            Ok(b) => report.balances.push(b),
-                            Err(e) => report.unreadable.push(format!("{label}: {e}")),
-                        }
+        for item in self.scan(None).await? {
+            let sk = item.get(schema::SK).and_then(|v| v.as_s().ok());
+            let pk = item.get(schema::PK).and_then(|v| v.as_s().ok());
+            let label = format!("{}/{}", pk.map_or("?", |s| s), sk.map_or("?", |s| s));
+            match sk {
+                Some(sk) if sk.starts_with(TableSchema::BALANCE_SK_PREFIX) => {
+                    match self.balance_from_item(&item) {
+                        Ok(b) => report.balances.push(b),
+                        Err(e) => report.unreadable.push(format!("{label}: {e}")),
                     }
-                    Some(sk) if sk.starts_with(TableSchema::WITHDRAWAL_SK_PREFIX) => {
-                        match self.withdrawal_from_item(item) {
-                            Ok(w) => report.withdrawals.push(w),
-                            Err(e) => report.unreadable.push(format!("{label}: {e}")),
-                        }
-                    }
-                    _ => {}
                 }
-            }
-            match out.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => break,
+                Some(sk) if sk.starts_with(TableSchema::WITHDRAWAL_SK_PREFIX) => {
+                    match self.withdrawal_from_item(&item) {
+                        Ok(w) => report.withdrawals.push(w),
+                        Err(e) => report.unreadable.push(format!("{label}: {e}")),
+                    }
+                }
+                _ => {}
             }
         }
         Ok(report)
@@ -188,30 +184,87 @@ impl DynamoStore {
         &self,
         id: WithdrawalId,
     ) -> Result<Option<Withdrawal>, StoreError> {
+        let filter = ScanFilter::new("id", s(id.to_string()));
+        match self.scan(Some(filter)).await?.first() {
+            Some(item) => self.withdrawal_from_item(item).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Every item of the table, or those whose `attribute` equals a value, across all pages
+    /// (operator tools only).
+    pub(super) async fn scan(&self, filter: Option<ScanFilter>) -> Result<Vec<Item>, StoreError> {
+        let mut out = Vec::new();
         let mut start: Option<Item> = None;
         loop {
-            let page = self
+            let mut req = self
                 .client
                 .scan()
                 .table_name(&self.table)
-                .filter_expression("#id = :id AND begins_with(#sk, :wd)")
-                .expression_attribute_names("#id", "id")
-                .expression_attribute_names("#sk", schema::SK)
-                .expression_attribute_values(":id", s(id.to_string()))
-                .expression_attribute_values(":wd", s(TableSchema::WITHDRAWAL_SK_PREFIX))
                 .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(classify)?;
-            if let Some(item) = page.items().first() {
-                return self.withdrawal_from_item(item).map(Some);
+                .set_exclusive_start_key(start.take());
+            if let Some(f) = &filter {
+                req = req
+                    .filter_expression("#f = :f")
+                    .expression_attribute_names("#f", f.attribute)
+                    .expression_attribute_values(":f", f.value.clone());
             }
+            let page = req.send().await.map_err(classify)?;
+            out.extend(page.items.unwrap_or_default());
             match page.last_evaluated_key {
                 Some(k) if !k.is_empty() => start = Some(k),
-                _ => return Ok(None),
+                _ => return Ok(out),
             }
         }
+    }
+
+    /// A put that creates the item or fails its condition (it never overwrites). On failure
+    /// the cancellation reason carries the existing item.
+    pub(super) fn put_new(&self, item: Item) -> Result<TransactWriteItem, StoreError> {
+        Ok(TransactWriteItem::builder()
+            .put(
+                Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .condition_expression("attribute_not_exists(PK)")
+                    .return_values_on_condition_check_failure(
+                        ReturnValuesOnConditionCheckFailure::AllOld,
+                    )
+                    .build()
+                    .map_err(backend)?,
+            )
+            .build())
+    }
+
+    /// A query over one user's items of one kind (`BAL#`, `WD#`).
+    fn user_items(
+        &self,
+        user: &UserId,
+        sk_prefix: &str,
+    ) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder {
+        self.client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
+            .expression_attribute_names("#pk", schema::PK)
+            .expression_attribute_names("#sk", schema::SK)
+            .expression_attribute_values(":pk", s(TableSchema::user_pk(user)))
+            .expression_attribute_values(":prefix", s(sk_prefix))
+    }
+
+    /// One item by key, read consistently.
+    pub(super) async fn get(&self, pk: String, sk: &str) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(schema::PK, s(pk))
+            .key(schema::SK, s(sk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(out.item)
     }
 
     /// Runs one transaction, retrying what the SDK does not: cancellation because a concurrent
@@ -521,16 +574,7 @@ impl DynamoStore {
                 n(now.timestamp() + EVENT_TTL_SECS),
             ),
         ]);
-        Ok(TransactWriteItem::builder()
-            .put(
-                Put::builder()
-                    .table_name(&self.table)
-                    .set_item(Some(item))
-                    .condition_expression("attribute_not_exists(PK)")
-                    .build()
-                    .map_err(backend)?,
-            )
-            .build())
+        self.put_new(item)
     }
 
     /// The items of a withdrawal request's single transaction: the balance lock, the withdrawal
@@ -551,35 +595,9 @@ impl DynamoStore {
             &now,
             Some(max_open),
         )?;
-        let mut items = vec![
-            lock,
-            TransactWriteItem::builder()
-                .put(
-                    Put::builder()
-                        .table_name(&self.table)
-                        .set_item(Some(self.withdrawal_item(w)))
-                        .condition_expression("attribute_not_exists(PK)")
-                        .build()
-                        .map_err(backend)?,
-                )
-                .build(),
-        ];
+        let mut items = vec![lock, self.put_new(self.withdrawal_item(w))?];
         if let Some(rec) = idempotency {
-            items.push(
-                TransactWriteItem::builder()
-                    .put(
-                        Put::builder()
-                            .table_name(&self.table)
-                            .set_item(Some(idempotency_item(rec)))
-                            .condition_expression("attribute_not_exists(PK)")
-                            .return_values_on_condition_check_failure(
-                                ReturnValuesOnConditionCheckFailure::AllOld,
-                            )
-                            .build()
-                            .map_err(backend)?,
-                    )
-                    .build(),
-            );
+            items.push(self.put_new(idempotency_item(rec))?);
         }
         Ok(items)
     }
@@ -764,17 +782,13 @@ impl Store for DynamoStore {
         user: &UserId,
         key: &IdempotencyKey,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(schema::PK, s(TableSchema::idempotency_pk(user, key)))
-            .key(schema::SK, s(TableSchema::SINGLETON_SK))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(classify)?;
-        let Some(item) = out.item else {
+        let item = self
+            .get(
+                TableSchema::idempotency_pk(user, key),
+                TableSchema::SINGLETON_SK,
+            )
+            .await?;
+        let Some(item) = item else {
             return Ok(None);
         };
         let r = Reader(&item);
@@ -797,16 +811,10 @@ impl Store for DynamoStore {
         user: &UserId,
         id: WithdrawalId,
     ) -> Result<Option<Withdrawal>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(Self::withdrawal_key(user, id)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(classify)?;
-        out.item.map(|i| self.withdrawal_from_item(&i)).transpose()
+        self.get(TableSchema::user_pk(user), &TableSchema::withdrawal_sk(id))
+            .await?
+            .map(|i| self.withdrawal_from_item(&i))
+            .transpose()
     }
 
     async fn list_withdrawals(&self, user: &UserId, query: &ListQuery) -> Result<Page, StoreError> {
@@ -815,14 +823,7 @@ impl Store for DynamoStore {
         let mut start = query.after.map(|id| Self::withdrawal_key(user, id));
         loop {
             let mut q = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
-                .expression_attribute_names("#pk", schema::PK)
-                .expression_attribute_names("#sk", schema::SK)
-                .expression_attribute_values(":pk", s(TableSchema::user_pk(user)))
-                .expression_attribute_values(":prefix", s(TableSchema::WITHDRAWAL_SK_PREFIX))
+                .user_items(user, TableSchema::WITHDRAWAL_SK_PREFIX)
                 .scan_index_forward(false)
                 .consistent_read(true)
                 .set_exclusive_start_key(start.take());
@@ -898,17 +899,10 @@ impl Store for DynamoStore {
     }
 
     async fn event_seen(&self, event_id: &str) -> Result<bool, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(schema::PK, s(TableSchema::event_pk(event_id)))
-            .key(schema::SK, s(TableSchema::SINGLETON_SK))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(classify)?;
-        Ok(out.item.is_some())
+        Ok(self
+            .get(TableSchema::event_pk(event_id), TableSchema::SINGLETON_SK)
+            .await?
+            .is_some())
     }
 
     async fn record_event(&self, event: &super::EventRecord) -> Result<(), StoreError> {
@@ -925,14 +919,7 @@ impl Store for DynamoStore {
 
     async fn balances(&self, user: &UserId) -> Result<Vec<Balance>, StoreError> {
         let out = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
-            .expression_attribute_names("#pk", schema::PK)
-            .expression_attribute_names("#sk", schema::SK)
-            .expression_attribute_values(":pk", s(TableSchema::user_pk(user)))
-            .expression_attribute_values(":prefix", s(TableSchema::BALANCE_SK_PREFIX))
+            .user_items(user, TableSchema::BALANCE_SK_PREFIX)
             .consistent_read(true)
             .send()
             .await

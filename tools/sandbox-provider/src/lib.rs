@@ -190,6 +190,13 @@ impl Sandbox {
         self.inner.lock().unwrap().events.clone()
     }
 
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == format!("Bearer {}", self.config.api_key))
+    }
+
     fn decide(&self, reference: &str, account: &str) -> ItemStatus {
         if self.config.pending_accounts.contains(account) {
             return ItemStatus::Pending;
@@ -390,11 +397,7 @@ async fn submit(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let authorized = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == format!("Bearer {}", sb.config.api_key));
-    if !authorized {
+    if !sb.authorized(&headers) {
         return error(StatusCode::UNAUTHORIZED, "unauthorized", "bad api key");
     }
     let Ok(req) = serde_json::from_slice::<PayoutBatchRequest>(&body) else {
@@ -475,11 +478,7 @@ async fn submit(
 }
 
 async fn status(State(sb): State<Sandbox>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    let authorized = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == format!("Bearer {}", sb.config.api_key));
-    if !authorized {
+    if !sb.authorized(&headers) {
         return error(StatusCode::UNAUTHORIZED, "unauthorized", "bad api key");
     }
     let inner = sb.inner.lock().unwrap();
