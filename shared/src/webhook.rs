@@ -207,12 +207,6 @@ impl<S: Store + BatchStore + 'static> WebhookProcessor<S> {
         if self.store.event_seen(&event.id).await? {
             return Ok(Handled::Duplicate);
         }
-        let record = |outcome: Handled| EventRecord {
-            event_id: event.id.clone(),
-            event_type: event.kind.as_str().to_string(),
-            reference: event.reference.to_string(),
-            outcome: outcome.as_str().to_string(),
-        };
         // The batch record says whose withdrawal the reference is.
         let batch = self.store.batch(event.batch_id).await?;
         let owner = batch.as_ref().and_then(|b| b.members.get(&event.reference));
@@ -223,7 +217,7 @@ impl<S: Store + BatchStore + 'static> WebhookProcessor<S> {
         let Some(w) = withdrawal else {
             metrics::count("WebhookUnknownWithdrawal", "-");
             return self
-                .finish_without_change(record(Handled::UnknownWithdrawal))
+                .finish_without_change(event, Handled::UnknownWithdrawal)
                 .await;
         };
         let mismatch = event
@@ -236,7 +230,7 @@ impl<S: Store + BatchStore + 'static> WebhookProcessor<S> {
                 .is_some_and(|a| a.parse::<rust_decimal::Decimal>().ok() != Some(w.amount.value()));
         if mismatch {
             metrics::count("WebhookConflicts", w.currency.code().as_str());
-            return self.finish_without_change(record(Handled::Conflict)).await;
+            return self.finish_without_change(event, Handled::Conflict).await;
         }
         let ccy = w.currency.code().to_string();
         let reference = EventRef {
@@ -267,21 +261,27 @@ impl<S: Store + BatchStore + 'static> WebhookProcessor<S> {
                 }
                 Ok(Handled::Applied)
             }
-            Applied::AlreadyDone(_) => self.finish_without_change(record(Handled::NoChange)).await,
+            Applied::AlreadyDone(_) => self.finish_without_change(event, Handled::NoChange).await,
             Applied::Conflict(current) => {
                 tracing::error!(withdrawal_id = %w.id, %current, event_type = event.kind.as_str(), "conflicting provider event");
                 metrics::count("WebhookConflicts", &ccy);
-                self.finish_without_change(record(Handled::Conflict)).await
+                self.finish_without_change(event, Handled::Conflict).await
             }
             Applied::Duplicate => Ok(Handled::Duplicate),
         }
     }
 
-    async fn finish_without_change(&self, record: EventRecord) -> Result<Handled, StoreError> {
-        let handled = match record.outcome.as_str() {
-            "no_change" => Handled::NoChange,
-            "conflict" => Handled::Conflict,
-            _ => Handled::UnknownWithdrawal,
+    /// Records an event that changed nothing, so its repeats are recognised too.
+    async fn finish_without_change(
+        &self,
+        event: &ProviderEvent,
+        handled: Handled,
+    ) -> Result<Handled, StoreError> {
+        let record = EventRecord {
+            event_id: event.id.clone(),
+            event_type: event.kind.as_str().to_string(),
+            reference: event.reference.to_string(),
+            outcome: handled.as_str().to_string(),
         };
         match self.store.record_event(&record).await {
             Ok(()) => Ok(handled),
