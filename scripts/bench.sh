@@ -18,5 +18,5 @@ log "cargo build --release"
 cargo build --release -p bench -p withdrawal-request -p payout-batcher -p provider-webhook
 port="$(free_port)"
 start_dynamodb_local "$port" "$LOCAL_DIR/dynamodb-bench.log"
-trap 'kill "$DDB_PID" 2>/dev/null || true' EXIT
+trap 'stop_group "$DDB_PID"' EXIT
 DYNAMODB_ENDPOINT="http://127.0.0.1:$port" ./target/release/bench

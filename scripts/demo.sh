@@ -5,7 +5,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
-set -a; source "$LOCAL_DIR/lambda.env"; set +a
+set -a; source "$STACK_DIR/lambda.env"; set +a
 API="http://127.0.0.1:$WATCH_PORT"
 OP="$ROOT/target/debug/operator"
 ALICE=$("$OP" token --user alice)
@@ -67,8 +67,8 @@ invoke withdrawal-request tests/events/list-withdrawals.json 200
 invoke withdrawal-request tests/events/get-withdrawal.json 404
 invoke withdrawal-request tests/events/cancel-withdrawal.json 404
 invoke withdrawal-request tests/events/get-balances.json 200
-"$OP" sign-webhook --body-file tests/events/webhook-paid.body.json >"$LOCAL_DIR/webhook-paid.signed.json"
-invoke provider-webhook "$LOCAL_DIR/webhook-paid.signed.json" 200
+"$OP" sign-webhook --body-file tests/events/webhook-paid.body.json >"$STACK_DIR/webhook-paid.signed.json"
+invoke provider-webhook "$STACK_DIR/webhook-paid.signed.json" 200
 [ -z "$fixtures_failed" ] || { echo "DEMO FAILED: a fixture did not answer as expected" >&2; exit 1; }
 "$OP" check >/dev/null
 

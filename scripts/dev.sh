@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Runs the whole pipeline locally: DynamoDB Local, the table, demo balances, the three functions
 # under `cargo lambda watch` (hot reload) on :9000, and the sandbox provider on :9100 calling the
-# webhook back. Ctrl-C stops everything it started.
+# webhook back. While it runs it watches the functions' health and the sandbox's callbacks; a
+# function that dies is reported with its log tail and the functions are restarted. Ctrl-C stops
+# everything it started, and nothing else.
 #
 #   ./scripts/dev.sh         run until Ctrl-C
 #   ./scripts/dev.sh demo    run the full loop once by itself, print each step, then stop
+#
+# Ports: DDB_PORT, WATCH_PORT, SANDBOX_PORT (8000, 9000, 9100). A second stack on other ports runs
+# beside the first: each keeps its files in .local/stack-<WATCH_PORT>/.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -14,7 +19,13 @@ DDB_PORT="${DDB_PORT:-8000}"
 WATCH_PORT="${WATCH_PORT:-9000}"
 SANDBOX_PORT="${SANDBOX_PORT:-9100}"
 TABLE_NAME="${TABLE_NAME:-withdrawals}"
-ENV_FILE="$LOCAL_DIR/lambda.env"
+# Seconds between health checks; how long a check may take before the function counts as gone.
+HEALTH_EVERY="${HEALTH_EVERY:-3}"
+HEALTH_TIMEOUT="${HEALTH_TIMEOUT:-5}"
+STACK_DIR="$LOCAL_DIR/stack-$WATCH_PORT"
+ENV_FILE="$STACK_DIR/lambda.env"
+WATCH_LOG="$STACK_DIR/watch.log"
+HEALTH_LOG="$STACK_DIR/health.log"
 # Demo accounts: the sandbox pays the first, fails the second, pays then returns the third.
 PAID_ACCOUNT="DE89370400440532013000"
 FAIL_ACCOUNT="GB82WEST12345698765432"
@@ -22,16 +33,16 @@ RETURN_ACCOUNT="FR1420041010050500013M02606"
 
 ensure_cargo_lambda
 ensure_dynamodb_local
-mkdir -p "$LOCAL_DIR"
+mkdir -p "$STACK_DIR"
+: >"$HEALTH_LOG"
 
-pids=()
+groups=()
+WATCH_PGID=""
 cleanup() {
   trap - INT TERM EXIT
   log "Stopping"
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  # cargo lambda watch runs the functions as its children.
-  pkill -f "target/debug/(withdrawal-request|payout-batcher|provider-webhook)" 2>/dev/null || true
-  wait 2>/dev/null || true
+  [ -z "$WATCH_PGID" ] || stop_group "$WATCH_PGID"
+  for pgid in "${groups[@]}"; do stop_group "$pgid"; done
 }
 trap cleanup INT TERM EXIT
 
@@ -57,8 +68,8 @@ ENV
 set -a; source "$ENV_FILE"; set +a
 
 log "Starting DynamoDB Local on port $DDB_PORT (in memory)"
-start_dynamodb_local "$DDB_PORT" "$LOCAL_DIR/dynamodb-dev.log"
-pids+=("$DDB_PID")
+start_dynamodb_local "$DDB_PORT" "$STACK_DIR/dynamodb.log"
+groups+=("$DDB_PID")
 
 log "Building"
 cargo build --quiet -p operator -p sandbox-provider -p withdrawal-request -p payout-batcher -p provider-webhook
@@ -72,26 +83,116 @@ done
 log "Credited demo users alice and bob (USD 1000.00, EUR 500.00, JPY 150000)"
 
 log "Starting the sandbox provider on port $SANDBOX_PORT"
-"$ROOT/target/debug/sandbox-provider" --listen "127.0.0.1:$SANDBOX_PORT" \
+# Callbacks are retried for a day, at most a minute apart, like a real provider's.
+groups+=("$(start_group "$STACK_DIR/sandbox.log" "$ROOT/target/debug/sandbox-provider" \
+  --listen "127.0.0.1:$SANDBOX_PORT" \
   --webhook-url "http://127.0.0.1:$WATCH_PORT/webhooks/provider" \
   --callback-delay-ms 1000 --return-delay-ms 2000 \
-  --fail-account "$FAIL_ACCOUNT" --return-account "$RETURN_ACCOUNT" \
-  >"$LOCAL_DIR/sandbox.log" 2>&1 &
-pids+=("$!")
+  --fail-account "$FAIL_ACCOUNT" --return-account "$RETURN_ACCOUNT")")
+
+# No `--timeout`: cargo lambda watch applies it to every route, the Runtime API's long-polled
+# `next` included, and answers an idle function's `next` after that long with a bare 408 that
+# lambda_runtime cannot parse ("missing lambda-runtime-aws-request-id header") — the function
+# panics and is not restarted. The batcher then runs on its own default budget.
+start_watch() {
+  WATCH_PGID=$(start_group "$WATCH_LOG" cargo lambda watch --invoke-port "$WATCH_PORT" --env-file "$ENV_FILE")
+  local code=""
+  for _ in $(seq 1 300); do
+    code=$(curl -s -o /dev/null --max-time 5 -w '%{http_code}' "http://127.0.0.1:$WATCH_PORT/balances" || true)
+    if [ "$code" = "401" ]; then return 0; fi
+    sleep 0.5
+  done
+  echo "cargo lambda watch did not come up; see $WATCH_LOG" >&2
+  return 1
+}
 
 log "Starting cargo lambda watch on port $WATCH_PORT"
-cargo lambda watch --invoke-port "$WATCH_PORT" --timeout 120 --env-file "$ENV_FILE" >"$LOCAL_DIR/watch.log" 2>&1 &
-pids+=("$!")
-for _ in $(seq 1 300); do
-  code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$WATCH_PORT/balances" || true)
-  if [ "$code" = "401" ]; then break; fi
-  sleep 0.5
-done
-[ "$code" = "401" ] || { echo "cargo lambda watch did not come up; see .local/watch.log" >&2; exit 1; }
+start_watch
+
+# --- health -----------------------------------------------------------------------------------
+# A cheap request per HTTP function (401 and 405, both before touching the table), and the watch
+# log for any function that exited; the batcher only runs when invoked, so its exits are caught
+# from the log. Prints what is wrong, or nothing.
+watch_lines_seen=0
+unhealthy() { # sets PROBLEMS (not run in a subshell: it advances watch_lines_seen)
+  local api hook total new
+  PROBLEMS=""
+  api=$(curl -s -o /dev/null --max-time "$HEALTH_TIMEOUT" -w '%{http_code}' "http://127.0.0.1:$WATCH_PORT/balances" || true)
+  hook=$(curl -s -o /dev/null --max-time "$HEALTH_TIMEOUT" -w '%{http_code}' \
+    "http://127.0.0.1:$WATCH_PORT/webhooks/provider" || true)
+  [ "$api" = "401" ] || PROBLEMS+="withdrawal-request did not answer its health check (HTTP ${api:-none})"$'\n'
+  [ "$hook" = "405" ] || PROBLEMS+="provider-webhook did not answer its health check (HTTP ${hook:-none})"$'\n'
+  total=$(wc -l <"$WATCH_LOG")
+  new=$(sed -n "$((watch_lines_seen + 1)),${total}p" "$WATCH_LOG" | grep -E "panicked at|command exited" || true)
+  watch_lines_seen=$total
+  [ -z "$new" ] || PROBLEMS+="a function exited:"$'\n'"$new"$'\n'
+}
+
+# Callbacks the sandbox could not deliver (the webhook refused or was unreachable): each is
+# reported once, when it first fails and again if it is given up.
+reported_callbacks="$STACK_DIR/callbacks-reported"
+: >"$reported_callbacks"
+report_callbacks() {
+  curl -s --max-time 5 "http://127.0.0.1:$SANDBOX_PORT/sandbox/events" 2>/dev/null | python3 -c '
+import json, sys
+seen = set(open(sys.argv[1]).read().split())
+try:
+    events = json.load(sys.stdin)
+except ValueError:
+    sys.exit(0)
+with open(sys.argv[1], "a") as out:
+    for e in events:
+        if e["state"] == "delivered":
+            continue
+        key = e["id"] + ":" + e["state"]
+        if key in seen:
+            continue
+        out.write(key + "\n")
+        print("callback %s (%s for %s) not delivered after %d attempt(s): %s -> %s" % (
+            e["id"], e["event_type"], e["reference"], e["attempts"], e.get("last_error"),
+            "given up" if e["state"] == "gave_up" else "retrying"))
+' "$reported_callbacks" || true
+}
+
+restarts=0
+# Checks once; on a failure reports it with the log tail, then restarts the functions (run) or
+# fails (demo). Returns 1 only when it fails.
+check_health() {
+  local callbacks
+  callbacks=$(report_callbacks)
+  if [ -n "$callbacks" ]; then
+    printf '%s\n' "$callbacks" | tee -a "$HEALTH_LOG" | sed 's/^/[dev.sh] WARNING: /' >&2
+  fi
+  unhealthy
+  [ -n "$PROBLEMS" ] || return 0
+  {
+    printf '[dev.sh] %s FUNCTION LOST:\n%s' "$(date -u +%FT%TZ)" "$PROBLEMS"
+    echo "[dev.sh] last lines of $WATCH_LOG:"
+    tail -n 20 "$WATCH_LOG" | sed 's/^/    /'
+  } | tee -a "$HEALTH_LOG" >&2
+  if [ "$MODE" = "demo" ]; then
+    echo "[dev.sh] DEMO FAILED: a function died" >&2
+    return 1
+  fi
+  restarts=$((restarts + 1))
+  echo "[dev.sh] restarting the functions (restart $restarts)" | tee -a "$HEALTH_LOG" >&2
+  stop_group "$WATCH_PGID"
+  cp "$WATCH_LOG" "$STACK_DIR/watch.before-restart-$restarts.log"
+  watch_lines_seen=0
+  start_watch
+  echo "[dev.sh] functions back after restart $restarts" | tee -a "$HEALTH_LOG" >&2
+}
 
 if [ "$MODE" = "demo" ]; then
-  WATCH_PORT="$WATCH_PORT" PAID_ACCOUNT="$PAID_ACCOUNT" FAIL_ACCOUNT="$FAIL_ACCOUNT" \
-    RETURN_ACCOUNT="$RETURN_ACCOUNT" "$ROOT/scripts/demo.sh"
+  WATCH_PORT="$WATCH_PORT" STACK_DIR="$STACK_DIR" PAID_ACCOUNT="$PAID_ACCOUNT" \
+    FAIL_ACCOUNT="$FAIL_ACCOUNT" RETURN_ACCOUNT="$RETURN_ACCOUNT" "$ROOT/scripts/demo.sh" &
+  demo=$!
+  # The demo fails fast if a function dies under it, instead of waiting out its loop.
+  while kill -0 "$demo" 2>/dev/null; do
+    if ! check_health; then kill "$demo" 2>/dev/null || true; exit 1; fi
+    sleep "$HEALTH_EVERY"
+  done
+  wait "$demo"
   exit $?
 fi
 
@@ -99,7 +200,7 @@ cat <<HELP
 
 The pipeline is running. In another shell, from $ROOT:
 
-  set -a; source .local/lambda.env; set +a
+  set -a; source .local/stack-$WATCH_PORT/lambda.env; set +a
   TOKEN=\$(./target/debug/operator token --user alice)
 
   # 1. request a withdrawal (the Idempotency-Key makes a retry safe)
@@ -108,7 +209,7 @@ The pipeline is running. In another shell, from $ROOT:
        -d '{"currency":"USD","amount":"125.50","bank_account":"$PAID_ACCOUNT"}'
 
   # 2. run the batcher now instead of waiting for the schedule
-  cargo lambda invoke payout-batcher --data-file tests/events/scheduled-event.json
+  cargo lambda invoke payout-batcher --invoke-port $WATCH_PORT --data-file tests/events/scheduled-event.json
 
   # 3. a second later the sandbox calls the webhook: watch it settle
   curl -s localhost:$WATCH_PORT/withdrawals -H "Authorization: Bearer \$TOKEN"
@@ -118,8 +219,12 @@ The pipeline is running. In another shell, from $ROOT:
   ./target/debug/operator check      # conservation check over the whole table
 
 Bank account $FAIL_ACCOUNT fails at the sandbox, $RETURN_ACCOUNT is paid then returned.
-Logs: .local/watch.log (functions), .local/sandbox.log. Ctrl-C here stops everything.
+Logs: .local/stack-$WATCH_PORT/{watch,sandbox,health}.log. This shell reports a function that
+dies (and restarts them) and every callback the sandbox could not deliver. Ctrl-C stops everything.
 Run './scripts/dev.sh demo' to see the whole loop run by itself.
 HELP
 
-wait
+while true; do
+  check_health
+  sleep "$HEALTH_EVERY"
+done

@@ -49,6 +49,26 @@ ensure_cargo_lambda() {
   python3 -m pip install --quiet cargo-lambda
 }
 
+# start_group LOGFILE CMD...: runs CMD in the background in a session (and process group) of
+# its own, so that stopping it stops exactly what it started (cargo lambda watch's functions
+# included) and nothing of another checkout or stack. Prints the group id.
+start_group() {
+  local logfile="$1"; shift
+  setsid "$@" >"$logfile" 2>&1 </dev/null &
+  echo "$!"
+}
+
+# stop_group PGID: TERM to the whole group, then KILL what is left after 5 s.
+stop_group() {
+  local pgid="$1"
+  kill -TERM -- "-$pgid" 2>/dev/null || return 0
+  for _ in $(seq 1 25); do
+    kill -0 -- "-$pgid" 2>/dev/null || return 0
+    sleep 0.2
+  done
+  kill -KILL -- "-$pgid" 2>/dev/null || true
+}
+
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
@@ -57,10 +77,11 @@ free_port() {
 # Sets DDB_PID.
 start_dynamodb_local() {
   local port="$1" logfile="$2"
-  # Started from .local/ because it drops a metadata file into its working directory.
-  (cd "$LOCAL_DIR" && exec java -Djava.library.path="$DDB_DIR/DynamoDBLocal_lib" \
-    -jar "$DDB_DIR/DynamoDBLocal.jar" -inMemory -port "$port") >"$logfile" 2>&1 &
-  DDB_PID=$!
+  # Started from .local/ because it drops a metadata file into its working directory; in a
+  # process group of its own (start_group), so stop_group "$DDB_PID" stops exactly it.
+  DDB_PID=$(cd "$LOCAL_DIR" && start_group "$logfile" java \
+    -Djava.library.path="$DDB_DIR/DynamoDBLocal_lib" \
+    -jar "$DDB_DIR/DynamoDBLocal.jar" -inMemory -port "$port")
   for _ in $(seq 1 150); do
     # Any HTTP answer (DynamoDB replies 400 to a bare GET) means it is up.
     if curl -s -o /dev/null "http://127.0.0.1:$port" 2>/dev/null; then return 0; fi

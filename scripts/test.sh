@@ -10,7 +10,7 @@ port="$(free_port)"
 mkdir -p "$LOCAL_DIR"
 log "Starting DynamoDB Local on port $port"
 start_dynamodb_local "$port" "$LOCAL_DIR/dynamodb-test.log"
-trap 'kill "$DDB_PID" 2>/dev/null || true' EXIT
+trap 'stop_group "$DDB_PID"' EXIT
 export DYNAMODB_ENDPOINT="http://127.0.0.1:$port"
 
 log "cargo test --workspace"

@@ -34,6 +34,12 @@ pub struct SandboxConfig {
     pub pending_accounts: HashSet<String>,
     /// How long an injected timeout hangs (longer than the client's timeout).
     pub hang: Duration,
+    /// Callback retries: the first waits `retry_base`, each next one twice as long up to
+    /// `retry_max_delay`; a delivery is given up `retry_for` after its first attempt. Real
+    /// providers keep retrying for hours to days, so the defaults do too.
+    pub retry_base: Duration,
+    pub retry_max_delay: Duration,
+    pub retry_for: Duration,
 }
 
 impl SandboxConfig {
@@ -49,7 +55,17 @@ impl SandboxConfig {
             return_delay: Duration::from_millis(500),
             pending_accounts: HashSet::new(),
             hang: Duration::from_secs(30),
+            retry_base: Duration::from_millis(200),
+            retry_max_delay: Duration::from_secs(60),
+            retry_for: Duration::from_secs(24 * 3600),
         }
+    }
+
+    /// The wait before retry number `attempt` (1 = the first retry).
+    pub fn retry_delay(&self, attempt: u32) -> Duration {
+        self.retry_base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+            .min(self.retry_max_delay)
     }
 }
 
@@ -87,6 +103,20 @@ pub struct SentEvent {
     /// HTTP status of the last delivery attempt (0 = not reached).
     pub delivered_status: u16,
     pub attempts: u32,
+    pub state: DeliveryState,
+    /// Why the last attempt failed, while retrying or after giving up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Not acknowledged yet; retries continue.
+    Retrying,
+    Delivered,
+    /// No 2xx within `retry_for`.
+    GaveUp,
 }
 
 struct StoredBatch {
@@ -265,43 +295,38 @@ impl Sandbox {
         Ok(provider_batch_id)
     }
 
+    /// Each item's callback is delivered on its own (a webhook that is down for one item does
+    /// not hold back the others); a returned item's `payout.returned` follows its `payout.paid`.
     fn schedule_callbacks(&self, batch_id: String) {
         let Some(url) = self.inner.lock().unwrap().webhook_url.clone() else {
             return;
         };
-        let sandbox = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(sandbox.config.callback_delay).await;
-            let (items, request) = {
-                let inner = sandbox.inner.lock().unwrap();
-                let b = &inner.batches[&batch_id];
-                (b.items.clone(), b.request.clone())
+        let (items, request) = {
+            let inner = self.inner.lock().unwrap();
+            let b = &inner.batches[&batch_id];
+            (b.items.clone(), b.request.clone())
+        };
+        for (reference, state) in items {
+            let event_type = match state.status {
+                ItemStatus::Paid => "payout.paid",
+                ItemStatus::Failed => "payout.failed",
+                _ => continue,
             };
-            let mut returns = Vec::new();
-            for (reference, state) in &items {
-                let account = request
-                    .items
-                    .iter()
-                    .find(|i| &i.reference == reference)
-                    .map(|i| i.bank_account.clone())
-                    .unwrap_or_default();
-                let event_type = match state.status {
-                    ItemStatus::Paid => "payout.paid",
-                    ItemStatus::Failed => "payout.failed",
-                    _ => continue,
-                };
-                sandbox.deliver(&url, event_type, &request, state).await;
-                if state.status == ItemStatus::Paid
-                    && sandbox.config.return_accounts.contains(&account)
-                {
-                    returns.push(state.clone());
+            let returns = state.status == ItemStatus::Paid
+                && request.items.iter().any(|i| {
+                    i.reference == reference
+                        && self.config.return_accounts.contains(&i.bank_account)
+                });
+            let (sandbox, url, request, batch_id) =
+                (self.clone(), url.clone(), request.clone(), batch_id.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(sandbox.config.callback_delay).await;
+                sandbox.deliver(&url, event_type, &request, &state).await;
+                if !returns {
+                    return;
                 }
-            }
-            if returns.is_empty() {
-                return;
-            }
-            tokio::time::sleep(sandbox.config.return_delay).await;
-            for mut state in returns {
+                tokio::time::sleep(sandbox.config.return_delay).await;
+                let mut state = state;
                 state.status = ItemStatus::Returned;
                 state.reason = Some("beneficiary account closed".into());
                 {
@@ -320,8 +345,8 @@ impl Sandbox {
                 sandbox
                     .deliver(&url, "payout.returned", &request, &state)
                     .await;
-            }
-        });
+            });
+        }
     }
 
     /// Sends one signed event, retrying on failure like a real provider (same event id).
@@ -351,15 +376,23 @@ impl Sandbox {
             }
         })
         .to_string();
-        let mut sent = SentEvent {
-            id: event_id,
-            event_type: event_type.to_string(),
-            reference: state.reference.clone(),
-            delivered_status: 0,
-            attempts: 0,
+        let index = {
+            let mut inner = self.inner.lock().unwrap();
+            inner.events.push(SentEvent {
+                id: event_id.clone(),
+                event_type: event_type.to_string(),
+                reference: state.reference.clone(),
+                delivered_status: 0,
+                attempts: 0,
+                state: DeliveryState::Retrying,
+                last_error: None,
+            });
+            inner.events.len() - 1
         };
-        for attempt in 0..6u32 {
-            sent.attempts += 1;
+        let started = tokio::time::Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
             let ts = chrono::Utc::now().timestamp();
             let result = self
                 .http
@@ -372,15 +405,33 @@ impl Sandbox {
                 .body(body.clone())
                 .send()
                 .await;
-            if let Ok(r) = result {
-                sent.delivered_status = r.status().as_u16();
-                if r.status().is_success() {
-                    break;
-                }
+            let (status, error) = match result {
+                Ok(r) if r.status().is_success() => (r.status().as_u16(), None),
+                Ok(r) => (r.status().as_u16(), Some(format!("HTTP {}", r.status()))),
+                Err(e) => (0, Some(format!("not reached: {e}"))),
+            };
+            let wait = self.config.retry_delay(attempt);
+            let give_up = error.is_some() && started.elapsed() + wait > self.config.retry_for;
+            {
+                let mut inner = self.inner.lock().unwrap();
+                let sent = &mut inner.events[index];
+                sent.attempts = attempt;
+                sent.delivered_status = status;
+                sent.last_error = error.clone();
+                sent.state = match (&error, give_up) {
+                    (None, _) => DeliveryState::Delivered,
+                    (Some(_), true) => DeliveryState::GaveUp,
+                    (Some(_), false) => DeliveryState::Retrying,
+                };
             }
-            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            let Some(error) = error else { return };
+            if give_up {
+                tracing::error!(%event_id, event_type, attempts = attempt, %error, "webhook delivery given up");
+                return;
+            }
+            tracing::warn!(%event_id, event_type, attempt, %error, retry_in_ms = wait.as_millis() as u64, "webhook delivery failed; will retry");
+            tokio::time::sleep(wait).await;
         }
-        self.inner.lock().unwrap().events.push(sent);
     }
 }
 

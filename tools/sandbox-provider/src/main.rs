@@ -35,6 +35,12 @@ struct Args {
     /// Accounts that never get a final answer.
     #[arg(long)]
     pending_account: Vec<String>,
+    /// Longest wait between two delivery attempts of one callback.
+    #[arg(long, default_value_t = 60_000)]
+    retry_max_delay_ms: u64,
+    /// How long a callback is retried before it is given up (real providers: hours to days).
+    #[arg(long, default_value_t = 24 * 3600)]
+    retry_for_secs: u64,
 }
 
 #[tokio::main]
@@ -51,6 +57,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.return_accounts = args.return_account.into_iter().collect();
     config.return_delay = Duration::from_millis(args.return_delay_ms);
     config.pending_accounts = args.pending_account.into_iter().collect();
+    config.retry_max_delay = Duration::from_millis(args.retry_max_delay_ms);
+    config.retry_for = Duration::from_secs(args.retry_for_secs);
     let sandbox = Sandbox::new(config);
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!(

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Soak: the local stack (./scripts/dev.sh, on free ports of its own) under a steady mix of
+# ordinary use — requests, cancels, lists, batcher runs, operator commands, the sandbox's
+# callbacks — with idle gaps longer than any local timeout and, optionally, source changes that
+# make `cargo lambda watch` rebuild. At the end it reports what it sent, every function lost (and
+# whether dev.sh brought it back), panics in the functions' logs, callbacks never delivered, and
+# runs `operator check`. Exits non-zero on any panic, failed request or failed check.
+#
+#   ./scripts/soak.sh                         30 minutes (SOAK_MINUTES), idle gaps up to 200 s
+#   SOAK_MINUTES=4 ./scripts/soak.sh          the short version CI runs
+#   SOAK_TOUCH=1 ./scripts/soak.sh            also touch a function's source every 5th cycle
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+MINUTES="${SOAK_MINUTES:-30}"
+TOUCH="${SOAK_TOUCH:-0}"
+# Idle gaps in seconds, used in turn: 150 and 200 are past the 120 s after which the old
+# `--timeout 120` answered an idle function's long-poll with the 408 that killed it.
+GAPS=(5 150 20 60 200 10 90)
+export DDB_PORT="$(free_port)" WATCH_PORT="$(free_port)" SANDBOX_PORT="$(free_port)"
+STACK_DIR="$LOCAL_DIR/stack-$WATCH_PORT"
+SOAK_LOG="$LOCAL_DIR/soak-$WATCH_PORT.log"
+API="http://127.0.0.1:$WATCH_PORT"
+
+log "Soak for $MINUTES min: dev.sh on ports $DDB_PORT/$WATCH_PORT/$SANDBOX_PORT (log: $SOAK_LOG)"
+DEV_PGID=$(start_group "$SOAK_LOG" "$ROOT/scripts/dev.sh")
+trap 'stop_group "$DEV_PGID"' EXIT
+for _ in $(seq 1 900); do
+  grep -q "The pipeline is running" "$SOAK_LOG" 2>/dev/null && break
+  kill -0 "$DEV_PGID" 2>/dev/null || { cat "$SOAK_LOG" >&2; echo "dev.sh exited" >&2; exit 1; }
+  sleep 1
+done
+grep -q "The pipeline is running" "$SOAK_LOG" || { cat "$SOAK_LOG" >&2; exit 1; }
+set -a; source "$STACK_DIR/lambda.env"; set +a
+OP="$ROOT/target/debug/operator"
+ALICE=$("$OP" token --user alice)
+BOB=$("$OP" token --user bob)
+
+sent=0 failed=0 cycles=0
+# call EXPECTED-CODES CURL-ARGS...: one request; anything else (5xx, no answer) is a failure.
+call() {
+  local expect="$1" code; shift
+  code=$(curl -s -o /dev/null --max-time 30 -w '%{http_code}' "$@" || true)
+  sent=$((sent + 1))
+  if [[ " $expect " != *" $code "* ]]; then
+    failed=$((failed + 1))
+    echo "$(date -u +%T) unexpected HTTP ${code:-none} (wanted $expect) for: $*" >&2
+  fi
+}
+request() { # token key amount
+  curl -s --max-time 30 -X POST "$API/withdrawals" -H "Authorization: Bearer $1" \
+    -H "Idempotency-Key: $2" -d "{\"currency\":\"USD\",\"amount\":\"$3\",\"bank_account\":\"DE89370400440532013000\"}"
+}
+
+end=$(( $(date +%s) + MINUTES * 60 ))
+while [ "$(date +%s)" -lt "$end" ]; do
+  cycles=$((cycles + 1))
+  # 201, or 409 when alice has too many open (the batcher has not run yet): both fine.
+  call "201 409" -X POST "$API/withdrawals" -H "Authorization: Bearer $ALICE" -H "Idempotency-Key: soak-$cycles-a" \
+    -d '{"currency":"USD","amount":"1.25","bank_account":"DE89370400440532013000"}'
+  id=$(request "$BOB" "soak-$cycles-b" 2.00 | python3 -c 'import json,sys; print(json.load(sys.stdin).get("id",""))' 2>/dev/null || true)
+  sent=$((sent + 1)); [ -n "$id" ] || { failed=$((failed + 1)); echo "bob's request failed" >&2; }
+  [ -z "$id" ] || call "200" -X DELETE "$API/withdrawals/$id" -H "Authorization: Bearer $BOB"
+  call "200" "$API/withdrawals?limit=5" -H "Authorization: Bearer $ALICE"
+  call "200" "$API/balances" -H "Authorization: Bearer $BOB"
+  out=$(cargo lambda invoke payout-batcher --invoke-port "$WATCH_PORT" \
+    --data-file tests/events/scheduled-event.json 2>&1) || { failed=$((failed + 1)); echo "batcher: $out" >&2; }
+  sent=$((sent + 1))
+  "$OP" batches >/dev/null || { failed=$((failed + 1)); echo "operator batches failed" >&2; }
+  if [ "$TOUCH" = 1 ] && [ $((cycles % 5)) = 0 ]; then
+    touch functions/provider-webhook/src/lib.rs
+  fi
+  gap=${GAPS[$(( (cycles - 1) % ${#GAPS[@]} ))]}
+  left=$(( end - $(date +%s) ))
+  [ "$gap" -le "$left" ] || gap=$(( left > 0 ? left : 0 ))
+  echo "$(date -u +%T) cycle $cycles: $sent sent, $failed failed; idle ${gap}s" >&2
+  sleep "$gap"
+done
+
+log "Soak done; letting the last callbacks arrive"
+sleep 5
+panics=$(cat "$STACK_DIR"/watch*.log | grep -c "panicked at" || true)
+lost=$(grep -c "FUNCTION LOST" "$STACK_DIR/health.log" || true)
+back=$(grep -c "functions back after restart" "$STACK_DIR/health.log" || true)
+undelivered=$(curl -s "http://127.0.0.1:$SANDBOX_PORT/sandbox/events" |
+  python3 -c 'import json,sys; print(sum(e["state"] != "delivered" for e in json.load(sys.stdin)))')
+check=ok
+"$OP" check >/dev/null || check=FAILED
+echo "soak: ${MINUTES} min, $cycles cycles, $sent calls, $failed failed; functions lost $lost, restarted $back; panics $panics; callbacks undelivered $undelivered; operator check $check"
+[ "$failed" = 0 ] && [ "$panics" = 0 ] && [ "$lost" = "$back" ] && [ "$undelivered" = 0 ] && [ "$check" = ok ]
