@@ -13,10 +13,17 @@ start_dynamodb_local "$port" "$LOCAL_DIR/dynamodb-test.log"
 trap 'stop_group "$DDB_PID"' EXIT
 export DYNAMODB_ENDPOINT="http://127.0.0.1:$port"
 
+# Every AWS call each function's code makes is recorded here, then held against template.yaml.
+export CALL_LOG_DIR="$ROOT/target/calls"
+rm -rf "$CALL_LOG_DIR"
+
 log "cargo test --workspace"
 out="$LOCAL_DIR/test-output.log"
 rm -f target/reliability-report.md
 cargo test --workspace "$@" 2>&1 | tee "$out"
+
+log "IAM: the calls recorded per function vs template.yaml's policies (tests/tests/iam.rs)"
+cargo test -p integration-tests --test iam -- --ignored 2>&1 | tee -a "$out"
 if [ -f target/reliability-report.md ]; then
   printf '\nReliability suite (tests/tests/reliability.rs):\n'
   cat target/reliability-report.md

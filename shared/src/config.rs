@@ -66,8 +66,13 @@ impl Config {
     }
 }
 
-/// The SDK client, built from the environment's region, credentials and endpoint.
+/// The SDK client, built from the environment's region, credentials and endpoint; with the call
+/// recorder where `CALL_LOG_DIR` is set (local runs only).
 pub async fn dynamodb_client() -> aws_sdk_dynamodb::Client {
     let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    aws_sdk_dynamodb::Client::new(&config)
+    let mut builder = aws_sdk_dynamodb::config::Builder::from(&config);
+    if let Some(recorder) = crate::calls::CallRecorder::from_env() {
+        builder = builder.interceptor(recorder);
+    }
+    aws_sdk_dynamodb::Client::from_conf(builder.build())
 }

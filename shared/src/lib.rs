@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod batcher;
+pub mod calls;
 pub mod check;
 pub mod config;
 pub mod domain;

@@ -28,6 +28,22 @@ pub fn client_for(endpoint: &str) -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::from_conf(conf)
 }
 
+/// The deployed functions, by the binary names template.yaml builds.
+pub const REQUEST_FN: &str = "withdrawal-request";
+pub const BATCHER_FN: &str = "payout-batcher";
+pub const WEBHOOK_FN: &str = "provider-webhook";
+
+/// The client one function's code runs with: with `CALL_LOG_DIR` set (scripts/test.sh), every
+/// call it makes is recorded under the function's name for the IAM check (tests/tests/iam.rs).
+/// Setup and assertions use [`client_for`], which records nothing.
+pub fn function_client(function: &str) -> aws_sdk_dynamodb::Client {
+    let mut conf = client_for(&endpoint()).config().to_builder();
+    if let Ok(dir) = std::env::var(shared::calls::CALL_LOG_DIR_ENV) {
+        conf = conf.interceptor(shared::calls::CallRecorder::new(dir, function));
+    }
+    aws_sdk_dynamodb::Client::from_conf(conf.build())
+}
+
 pub fn endpoint() -> String {
     std::env::var("DYNAMODB_ENDPOINT").expect(
         "DYNAMODB_ENDPOINT is not set: run the integration tests with ./scripts/test.sh, \
@@ -56,15 +72,29 @@ impl TestEnv {
             currencies.clone(),
         ));
         assert!(store.create_table().await.expect("create table"));
-        let app = App {
-            service: WithdrawalService::new(store.clone(), currencies.clone(), max_open),
-            auth: Authenticator::ApiGatewayJwt,
-        };
-        Self {
+        let mut env = Self {
+            app: App {
+                service: WithdrawalService::new(store.clone(), currencies.clone(), max_open),
+                auth: Authenticator::ApiGatewayJwt,
+            },
             store,
-            app,
             currencies,
-        }
+        };
+        env.app.service =
+            WithdrawalService::new(env.store_for(REQUEST_FN), env.currencies.clone(), max_open);
+        env
+    }
+
+    /// The same table, through the client `function`'s code would use (see [`function_client`]).
+    pub fn store_for(&self, function: &str) -> Arc<DynamoStore> {
+        Arc::new(
+            DynamoStore::new(
+                function_client(function),
+                self.store.table_name(),
+                self.currencies.clone(),
+            )
+            .with_pending_shards(self.store.pending_shards()),
+        )
     }
 
     pub async fn credit(&self, user: &str, currency: &str, amount: &str) {
@@ -265,7 +295,7 @@ impl PayoutEnv {
         let provider =
             HttpProvider::new(&self.provider_url, API_KEY, config.provider_timeout).unwrap();
         Batcher::new(
-            self.env.store.clone(),
+            self.env.store_for(BATCHER_FN),
             Arc::new(provider),
             self.env.currencies.clone(),
             config,
@@ -350,7 +380,7 @@ use shared::webhook::WebhookProcessor;
 impl PayoutEnv {
     pub fn webhook_app(&self, secrets: &[&str]) -> provider_webhook::App {
         WebhookProcessor::new(
-            self.env.store.clone(),
+            self.env.store_for(WEBHOOK_FN),
             secrets
                 .iter()
                 .map(|s| WebhookSecret::new(s).unwrap())

@@ -381,7 +381,7 @@ async fn crash_scenario(name: &'static str, crash: Crash) -> Row {
     })
     .await;
     let webhook_store = Arc::new(FaultyStore::new(
-        p.env.store.clone(),
+        p.env.store_for(WEBHOOK_FN),
         match &crash {
             Crash::Webhook(f) => vec![f.clone()],
             _ => vec![],
@@ -415,7 +415,7 @@ async fn crash_scenario(name: &'static str, crash: Crash) -> Row {
     if let Crash::Provider(f) = &crash {
         p.sandbox.inject(&[*f]);
     }
-    let faulty = Arc::new(FaultyStore::new(p.env.store.clone(), batch_faults));
+    let faulty = Arc::new(FaultyStore::new(p.env.store_for(BATCHER_FN), batch_faults));
     let batcher = Batcher::new(
         faulty.clone(),
         provider.clone(),
@@ -552,7 +552,7 @@ async fn store_faults() -> Row {
         error: throttled,
         ..StoreFault::new("balances", 1, When::Before)
     });
-    let faulty = Arc::new(FaultyStore::new(env.store.clone(), faults));
+    let faulty = Arc::new(FaultyStore::new(env.store_for(REQUEST_FN), faults));
     let app = App {
         service: WithdrawalService::new(faulty.clone(), env.currencies.clone(), 100),
         auth: shared::auth::Authenticator::ApiGatewayJwt,

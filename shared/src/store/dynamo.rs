@@ -78,6 +78,10 @@ impl DynamoStore {
         self
     }
 
+    pub fn pending_shards(&self) -> u32 {
+        self.pending_shards
+    }
+
     pub fn client(&self) -> &Client {
         &self.client
     }
