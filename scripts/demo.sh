@@ -69,6 +69,10 @@ invoke withdrawal-request tests/events/cancel-withdrawal.json 404
 invoke withdrawal-request tests/events/get-balances.json 200
 "$OP" sign-webhook --body-file tests/events/webhook-paid.body.json >"$STACK_DIR/webhook-paid.signed.json"
 invoke provider-webhook "$STACK_DIR/webhook-paid.signed.json" 200
+# A hand-made `{}` runs the batcher as the schedule's event does (it answers its run summary).
+cargo lambda invoke payout-batcher --invoke-port "$WATCH_PORT" --data-file tests/events/batcher-empty.json |
+  python3 -c 'import json,sys; s=json.load(sys.stdin); assert "run_id" in s, s; print("   payout-batcher tests/events/batcher-empty.json -> run", s["run_id"])' ||
+  fixtures_failed=1
 [ -z "$fixtures_failed" ] || { echo "DEMO FAILED: a fixture did not answer as expected" >&2; exit 1; }
 "$OP" check >/dev/null
 

@@ -34,19 +34,64 @@ pub struct BatcherConfig {
 
 impl Default for BatcherConfig {
     fn default() -> Self {
+        let provider_timeout = Duration::from_secs(10);
+        let lease_margin = Duration::from_secs(5);
         Self {
             max_batch_size: 500,
             max_attempts: 5,
             stale_after: Duration::from_secs(3600),
-            safety_margin: Duration::from_secs(5),
-            provider_timeout: Duration::from_secs(10),
-            lease_margin: Duration::from_secs(5),
+            safety_margin: Self::stop_margin(provider_timeout, lease_margin),
+            provider_timeout,
+            lease_margin,
         }
     }
 }
 
+/// A run needs at least this long after its stop margin to do anything useful.
+const MIN_WORK: Duration = Duration::from_secs(10);
+/// A provider call longer than this is a misconfiguration (the function's own limit is 15 min).
+const MAX_PROVIDER_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl BatcherConfig {
-    /// `BATCH_MAX_SIZE`, `BATCH_MAX_ATTEMPTS`, `BATCH_STALE_AFTER_SECS`, `PROVIDER_TIMEOUT_MS`.
+    /// How long before the deadline a run stops starting work: a provider call started just
+    /// before must time out and its answer be recorded (the lease margin) before Lambda kills
+    /// the invocation — otherwise the run dies mid-send, the errors alarm fires and the
+    /// invocation is retried.
+    pub fn stop_margin(provider_timeout: Duration, lease_margin: Duration) -> Duration {
+        provider_timeout + lease_margin
+    }
+
+    /// Checks the settings against each other and, when known, the function's timeout
+    /// (`FUNCTION_TIMEOUT_SECS`, set by the template from the same parameter as `Timeout`).
+    pub fn validate(&self, function_timeout: Option<Duration>) -> Result<(), String> {
+        if self.provider_timeout > MAX_PROVIDER_TIMEOUT {
+            return Err(format!(
+                "PROVIDER_TIMEOUT_MS must be at most {} ms",
+                MAX_PROVIDER_TIMEOUT.as_millis()
+            ));
+        }
+        if self.safety_margin < Self::stop_margin(self.provider_timeout, self.lease_margin) {
+            return Err(
+                "the stop margin must cover the provider timeout and the lease margin".into(),
+            );
+        }
+        if let Some(timeout) = function_timeout {
+            if timeout < self.safety_margin + MIN_WORK {
+                return Err(format!(
+                    "FUNCTION_TIMEOUT_SECS ({} s) leaves no time to work: it must be at least the \
+                     provider timeout + {} s lease margin + {} s ({} s)",
+                    timeout.as_secs(),
+                    self.lease_margin.as_secs(),
+                    MIN_WORK.as_secs(),
+                    (self.safety_margin + MIN_WORK).as_secs()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `BATCH_MAX_SIZE`, `BATCH_MAX_ATTEMPTS`, `BATCH_STALE_AFTER_SECS`, `PROVIDER_TIMEOUT_MS`,
+    /// `FUNCTION_TIMEOUT_SECS`; the stop margin is derived, never set on its own.
     pub fn from_env() -> Result<Self, String> {
         let d = Self::default();
         let num = |name: &str, default: u64| -> Result<u64, String> {
@@ -59,14 +104,31 @@ impl BatcherConfig {
                 Err(_) => Ok(default),
             }
         };
-        Ok(Self {
+        let provider_timeout = Duration::from_millis(num("PROVIDER_TIMEOUT_MS", 10_000)?);
+        let config = Self {
             max_batch_size: num("BATCH_MAX_SIZE", d.max_batch_size as u64)? as usize,
             max_attempts: num("BATCH_MAX_ATTEMPTS", d.max_attempts as u64)? as u32,
             stale_after: Duration::from_secs(num("BATCH_STALE_AFTER_SECS", 3600)?),
-            provider_timeout: Duration::from_millis(num("PROVIDER_TIMEOUT_MS", 10_000)?),
-            safety_margin: d.safety_margin,
+            provider_timeout,
+            safety_margin: Self::stop_margin(provider_timeout, d.lease_margin),
             lease_margin: d.lease_margin,
-        })
+        };
+        let function_timeout = match std::env::var("FUNCTION_TIMEOUT_SECS") {
+            Ok(_) => Some(Duration::from_secs(num("FUNCTION_TIMEOUT_SECS", 0)?)),
+            Err(_) => None,
+        };
+        config.validate(function_timeout)?;
+        Ok(config)
+    }
+}
+
+/// The time a run may use: until the invocation's deadline, or `fallback` where the runtime
+/// gives no usable deadline (`cargo lambda watch` without `--timeout` sends a constant that is
+/// long past).
+pub fn run_budget(deadline_ms: i64, now_ms: i64, fallback: Duration) -> Duration {
+    match deadline_ms - now_ms {
+        left if left > 0 => Duration::from_millis(left as u64),
+        _ => fallback,
     }
 }
 
@@ -143,6 +205,14 @@ where
                 .insert(c.code().to_string(), CurrencySummary::default());
         }
         self.resume_open_batches(&mut run).await?;
+        // A gauge, every run: the alarm fires when batches stay flagged, not only when flagged.
+        let waiting: u32 = run.summary.currencies.values().map(|c| c.flagged).sum();
+        metrics::emit(
+            "BatchesNeedingOperator",
+            waiting as f64,
+            metrics::Unit::Count,
+            &[],
+        );
         for currency in self.currencies.iter() {
             if run.out_of_time(&self.config) {
                 break;
@@ -474,4 +544,50 @@ impl Run {
 
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stop_margin_covers_a_provider_call_and_recording_its_answer() {
+        let c = BatcherConfig::default();
+        assert_eq!(c.safety_margin, c.provider_timeout + c.lease_margin);
+        assert!(c.validate(Some(Duration::from_secs(120))).is_ok());
+    }
+
+    #[test]
+    fn a_function_timeout_that_cannot_fit_one_provider_call_is_refused() {
+        let c = BatcherConfig::default(); // 10 s provider + 5 s lease margin
+        let err = c.validate(Some(Duration::from_secs(20))).unwrap_err();
+        assert!(err.contains("FUNCTION_TIMEOUT_SECS"), "{err}");
+        assert!(c.validate(Some(Duration::from_secs(25))).is_ok());
+        let slow = BatcherConfig {
+            provider_timeout: Duration::from_secs(61),
+            safety_margin: Duration::from_secs(66),
+            ..c.clone()
+        };
+        assert!(slow
+            .validate(None)
+            .unwrap_err()
+            .contains("PROVIDER_TIMEOUT_MS"));
+        let short = BatcherConfig {
+            safety_margin: Duration::from_secs(5),
+            ..c
+        };
+        assert!(short.validate(None).is_err());
+    }
+
+    #[test]
+    fn the_budget_runs_to_the_deadline_or_falls_back() {
+        let fallback = Duration::from_secs(60);
+        assert_eq!(
+            run_budget(10_500, 10_000, fallback),
+            Duration::from_millis(500)
+        );
+        // cargo lambda watch without --timeout: a constant deadline long past.
+        assert_eq!(run_budget(600_000, 1_795_953_600_000, fallback), fallback);
+        assert_eq!(run_budget(10_000, 10_000, fallback), fallback);
+    }
 }

@@ -3,7 +3,14 @@
 
 use serde_json::{json, Map, Value};
 
+/// The namespace when `METRICS_NAMESPACE` is not set; the template sets one per stack
+/// (`WithdrawalPipeline/<stack>`), so two stacks in one account never share an alarm's metric.
 pub const NAMESPACE: &str = "WithdrawalPipeline";
+
+fn namespace() -> &'static str {
+    static NS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NS.get_or_init(|| std::env::var("METRICS_NAMESPACE").unwrap_or_else(|_| NAMESPACE.into()))
+}
 
 #[derive(Clone, Copy, Debug)]
 pub enum Unit {
@@ -20,16 +27,21 @@ impl Unit {
     }
 }
 
-/// The EMF document for one data point (exposed for tests).
+/// The EMF document for one data point (exposed for tests). A point with dimensions is also
+/// published without them (the empty dimension set), the series the alarms watch.
 pub fn document(name: &str, value: f64, unit: Unit, dimensions: &[(&str, &str)]) -> Value {
     let mut doc = Map::new();
+    let mut sets = vec![dimensions.iter().map(|(k, _)| *k).collect::<Vec<_>>()];
+    if !dimensions.is_empty() {
+        sets.push(vec![]);
+    }
     doc.insert(
         "_aws".into(),
         json!({
             "Timestamp": chrono::Utc::now().timestamp_millis(),
             "CloudWatchMetrics": [{
-                "Namespace": NAMESPACE,
-                "Dimensions": [dimensions.iter().map(|(k, _)| *k).collect::<Vec<_>>()],
+                "Namespace": namespace(),
+                "Dimensions": sets,
                 "Metrics": [{"Name": name, "Unit": unit.as_str()}],
             }],
         }),
@@ -69,6 +81,8 @@ mod tests {
         let m = &d["_aws"]["CloudWatchMetrics"][0];
         assert_eq!(m["Namespace"], NAMESPACE);
         assert_eq!(m["Dimensions"][0][0], "Currency");
+        // The aggregate the alarms use.
+        assert_eq!(m["Dimensions"][1], serde_json::json!([]));
         assert_eq!(m["Metrics"][0]["Unit"], "Count");
     }
 }

@@ -225,3 +225,22 @@ async fn every_documented_user_route_answers() {
         assert!(r.status < 300, "{method} {path} -> {} {}", r.status, r.body);
     }
 }
+
+#[test]
+fn openapi_yaml_is_valid_yaml_with_every_route_and_template_yaml_parses() {
+    // Read as text, an unquoted `: ` inside a description once went unnoticed while every
+    // YAML-reading tool (validators, Schemathesis, API Gateway import) refused the file.
+    let spec: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&repo_file("openapi.yaml")).expect("openapi.yaml is valid YAML");
+    let paths = spec["paths"].as_mapping().expect("paths");
+    for route in [
+        "/withdrawals",
+        "/withdrawals/{id}",
+        "/balances",
+        "/webhooks/provider",
+    ] {
+        assert!(paths.contains_key(route), "openapi.yaml lacks {route}");
+    }
+    let _: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&repo_file("template.yaml")).expect("template.yaml is valid YAML");
+}

@@ -1,10 +1,9 @@
 //! `payout-batcher`: runs on an EventBridge schedule. Thin: builds the batcher once per cold
 //! start, turns the invocation's deadline into a time budget, returns the run's summary.
 
-use aws_lambda_events::eventbridge::EventBridgeEvent;
 use lambda_runtime::{Error, LambdaEvent};
 use serde_json::Value;
-use shared::batcher::{Batcher, BatcherConfig, RunSummary};
+use shared::batcher::{run_budget, Batcher, BatcherConfig, RunSummary};
 use shared::config::Config;
 use shared::provider::HttpProvider;
 use shared::store::DynamoStore;
@@ -31,19 +30,16 @@ pub async fn app_from_env() -> Result<App, Error> {
     ))
 }
 
-/// The run must end before Lambda's deadline; what does not fit waits for the next schedule.
-pub async fn handle(
-    app: &App,
-    event: LambdaEvent<EventBridgeEvent<Value>>,
-) -> Result<RunSummary, Error> {
+/// The event's content is not used: the schedule's EventBridge event, an operator's hand-made
+/// `{}` invoke and a console test event all mean "run now". The run must end before Lambda's
+/// deadline; what does not fit waits for the next schedule.
+pub async fn handle(app: &App, event: LambdaEvent<Value>) -> Result<RunSummary, Error> {
     let deadline_ms = event.context.deadline as i64;
-    let mut left_ms = deadline_ms - chrono::Utc::now().timestamp_millis();
-    if left_ms <= 0 {
-        // Lambda always sends a future deadline; a local runtime without a timeout may not.
-        tracing::warn!(deadline_ms, "no usable deadline; using the default budget");
-        left_ms = DEFAULT_BUDGET.as_millis() as i64;
-    }
-    tracing::info!(request_id = %event.context.request_id, left_ms, "batcher invoked");
-    let deadline = Instant::now() + Duration::from_millis(left_ms as u64);
-    Ok(app.run(deadline).await?)
+    let budget = run_budget(
+        deadline_ms,
+        chrono::Utc::now().timestamp_millis(),
+        DEFAULT_BUDGET,
+    );
+    tracing::info!(request_id = %event.context.request_id, budget_ms = budget.as_millis() as u64, "batcher invoked");
+    Ok(app.run(Instant::now() + budget).await?)
 }

@@ -1,4 +1,3 @@
-use aws_lambda_events::eventbridge::EventBridgeEvent;
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use serde_json::Value;
 
@@ -8,10 +7,8 @@ async fn main() -> Result<(), Error> {
     // Store and provider clients are built once per cold start.
     let app = payout_batcher::app_from_env().await?;
     let app = &app;
-    run(service_fn(
-        move |event: LambdaEvent<EventBridgeEvent<Value>>| async move {
-            payout_batcher::handle(app, event).await
-        },
-    ))
+    run(service_fn(move |event: LambdaEvent<Value>| async move {
+        payout_batcher::handle(app, event).await
+    }))
     .await
 }

@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Deploy-time properties of template.yaml, checked on the template CloudFormation would really
+receive: the SAM transform is run offline (aws-sam-translator, as `sam deploy` runs it) and the
+resulting resources are inspected. Each check is a way a deploy once would have failed or
+misbehaved on AWS while every local test passed.
+
+    python3 scripts/check-template.py [template.yaml]     exit 1 and one line per finding
+"""
+import json
+import os
+import sys
+
+from cfnlint.decode import decode_str
+from samtranslator.translator.transform import transform
+
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+path = sys.argv[1] if len(sys.argv) > 1 else "template.yaml"
+template, errors = decode_str(open(path).read())
+if errors:
+    sys.exit(f"{path}: {errors}")
+template = json.loads(json.dumps(template, default=str))
+for res in template["Resources"].values():
+    if res["Type"] == "AWS::Serverless::Function":
+        res["Properties"]["CodeUri"] = "s3://bucket/key"  # sam build/package fills this in
+
+
+class NoManagedPolicies:
+    def load(self):
+        return {}
+
+
+out = transform(template, {}, NoManagedPolicies())
+resources = out["Resources"]
+findings = []
+
+
+def of_type(kind):
+    return {k: v for k, v in resources.items() if v["Type"] == kind}
+
+
+def refs(value):
+    return json.dumps(value)
+
+
+# A second stack (staging, a pull request) in the same account and region must be creatable:
+# no physical name may be fixed, every one must contain the stack name.
+NAMED = {
+    "AWS::Scheduler::Schedule": "Name",
+    "AWS::Lambda::Function": "FunctionName",
+    "AWS::Logs::LogGroup": "LogGroupName",
+    "AWS::DynamoDB::Table": "TableName",
+    "AWS::SQS::Queue": "QueueName",
+    "AWS::SNS::Topic": "TopicName",
+    "AWS::Cognito::UserPool": "UserPoolName",
+}
+for kind, prop in NAMED.items():
+    for name, res in of_type(kind).items():
+        value = res["Properties"].get(prop)
+        if value is not None and "AWS::StackName" not in refs(value):
+            findings.append(f"{name}: {prop} {refs(value)} is fixed; a second stack could not be created")
+if not of_type("AWS::Scheduler::Schedule"):
+    findings.append("no schedule for the batcher")
+
+# Every function logs to a log group the stack owns, with retention.
+for name, fn in of_type("AWS::Lambda::Function").items():
+    logging = fn["Properties"].get("LoggingConfig", {})
+    group = logging.get("LogGroup", {}).get("Ref")
+    if not group or resources.get(group, {}).get("Type") != "AWS::Logs::LogGroup":
+        findings.append(f"{name}: logs to an implicit log group (never expires, outlives the stack)")
+    elif "RetentionInDays" not in resources[group]["Properties"]:
+        findings.append(f"{group}: no retention")
+    if logging.get("LogFormat") != "JSON":
+        findings.append(f"{name}: logs are not JSON")
+    env = refs(fn["Properties"].get("Environment", {}))
+    for local_only in ("LOCAL_AUTH_SECRET", "CALL_LOG_DIR", "AWS_ENDPOINT_URL"):
+        if local_only in env:
+            findings.append(f"{name}: sets the local-only {local_only}")
+
+# CloudWatch can publish only to a topic whose key policy grants it: never alias/aws/sns.
+for name, topic in of_type("AWS::SNS::Topic").items():
+    key = topic["Properties"].get("KmsMasterKeyId")
+    if key is None:
+        continue
+    if "alias/aws/sns" in refs(key):
+        findings.append(f"{name}: encrypted with alias/aws/sns, which CloudWatch alarms cannot use")
+        continue
+    key_res = resources.get(key.get("Ref", "") if isinstance(key, dict) else "", {})
+    policy = refs(key_res.get("Properties", {}).get("KeyPolicy", {}))
+    if "cloudwatch.amazonaws.com" not in policy:
+        findings.append(f"{name}: its KMS key's policy does not let CloudWatch use it")
+
+# The schedule retries a failed run itself; Lambda's async retries would add overlapping runs.
+batcher = [k for k, v in of_type("AWS::Lambda::Function").items() if "payout-batcher" in refs(v["Properties"].get("FunctionName"))]
+invoke_configs = {refs(v["Properties"]["FunctionName"]): v for v in of_type("AWS::Lambda::EventInvokeConfig").values()}
+for fn in batcher:
+    cfg = invoke_configs.get(refs({"Ref": fn}))
+    if not cfg or cfg["Properties"].get("MaximumRetryAttempts") != 0:
+        findings.append(f"{fn}: asynchronous invocations are retried by Lambda (set MaximumRetryAttempts: 0)")
+
+# The provider's callbacks are throttled apart from the user routes.
+for name, stage in of_type("AWS::ApiGatewayV2::Stage").items():
+    if "POST /webhooks/provider" not in stage["Properties"].get("RouteSettings", {}):
+        findings.append(f"{name}: the webhook shares the user routes' throttle")
+
+# Every function's Errors, the API's 5xx and the money alarms exist.
+alarm_metrics = {(a["Properties"].get("MetricName"), refs(a["Properties"].get("Dimensions", []))) for a in of_type("AWS::CloudWatch::Alarm").values()}
+alarmed_functions = {d for m, d in alarm_metrics if m == "Errors"}
+for fn in of_type("AWS::Lambda::Function"):
+    if not any(f'"Ref": "{fn}"' in d for d in alarmed_functions):
+        findings.append(f"{fn}: no alarm on its AWS/Lambda Errors")
+for metric in ("5xx", "WebhookConflicts", "WebhookUnknownWithdrawal", "BatchesFlagged", "BatchesNeedingOperator"):
+    if not any(m == metric for m, _ in alarm_metrics):
+        findings.append(f"no alarm on {metric}")
+
+outputs = set(out.get("Outputs", {}))
+for wanted in ("ApiUrl", "WebhookUrl", "TableName", "AlarmTopicArn", "ScheduleDeadLetterQueueUrl",
+               "WithdrawalRequestFunctionName", "PayoutBatcherFunctionName", "ProviderWebhookFunctionName"):
+    if wanted not in outputs:
+        findings.append(f"output {wanted} missing")
+
+for f in findings:
+    print(f"template: {f}")
+print(f"{path}: {len(resources)} resources after the SAM transform, {len(findings)} finding(s)")
+sys.exit(1 if findings else 0)
