@@ -76,6 +76,20 @@ for name, fn in of_type("AWS::Lambda::Function").items():
         if local_only in env:
             findings.append(f"{name}: sets the local-only {local_only}")
 
+# No secret in a function's configuration: a NoEcho parameter reaches a function only through a
+# Secrets Manager secret (its ARN), never as an environment variable's value.
+no_echo = {k for k, v in template.get("Parameters", {}).items() if v.get("NoEcho")}
+for name, fn in of_type("AWS::Lambda::Function").items():
+    env = fn["Properties"].get("Environment", {}).get("Variables", {})
+    for var, value in env.items():
+        if any(f'"Ref": "{p}"' in refs(value) for p in no_echo):
+            findings.append(f"{name}: {var} carries the secret parameter itself (readable by lambda:GetFunctionConfiguration)")
+    role = resources.get(fn["Properties"].get("Role", {}).get("Fn::GetAtt", [""])[0], {})
+    for var, value in env.items():
+        if isinstance(value, dict) and resources.get(value.get("Ref", ""), {}).get("Type") == "AWS::SecretsManager::Secret":
+            if f'"Ref": "{value["Ref"]}"' not in refs(role.get("Properties", {}).get("Policies", [])):
+                findings.append(f"{name}: may not read {value['Ref']} ({var})")
+
 # CloudWatch can publish only to a topic whose key policy grants it: never alias/aws/sns.
 for name, topic in of_type("AWS::SNS::Topic").items():
     key = topic["Properties"].get("KmsMasterKeyId")

@@ -16,12 +16,13 @@ cd "$ROOT"
 
 MODE="${1:-run}"
 DDB_PORT="${DDB_PORT:-8000}"
+SECRETS_PORT="${SECRETS_PORT:-$((DDB_PORT + 10))}"
 WATCH_PORT="${WATCH_PORT:-9000}"
 SANDBOX_PORT="${SANDBOX_PORT:-9100}"
 TABLE_NAME="${TABLE_NAME:-withdrawals}"
 # Seconds between health checks; how long a check may take before the function counts as gone.
 HEALTH_EVERY="${HEALTH_EVERY:-3}"
-HEALTH_TIMEOUT="${HEALTH_TIMEOUT:-5}"
+HEALTH_TIMEOUT="${HEALTH_TIMEOUT:-4}"
 STACK_DIR="$LOCAL_DIR/stack-$WATCH_PORT"
 ENV_FILE="$STACK_DIR/lambda.env"
 WATCH_LOG="$STACK_DIR/watch.log"
@@ -33,6 +34,7 @@ RETURN_ACCOUNT="FR1420041010050500013M02606"
 
 ensure_cargo_lambda
 ensure_dynamodb_local
+ensure_moto
 mkdir -p "$STACK_DIR"
 : >"$HEALTH_LOG"
 
@@ -46,12 +48,21 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-for port in "$DDB_PORT" "$WATCH_PORT" "$SANDBOX_PORT"; do
+for port in "$DDB_PORT" "$WATCH_PORT" "$SANDBOX_PORT" "$SECRETS_PORT"; do
   if curl -s -o /dev/null "http://127.0.0.1:$port" 2>/dev/null; then
-    echo "Port $port is in use (an earlier run still going?). Stop it or set DDB_PORT/WATCH_PORT/SANDBOX_PORT." >&2
+    echo "Port $port is in use (an earlier run still going?). Stop it or set DDB_PORT/WATCH_PORT/SANDBOX_PORT/SECRETS_PORT." >&2
     exit 1
   fi
 done
+
+# The functions read the provider's API key and the webhook secrets from Secrets Manager, as
+# deployed: here moto's server, seeded with the local values. Only their ARNs reach the functions.
+log "Starting Secrets Manager (moto) on port $SECRETS_PORT"
+start_moto "$SECRETS_PORT" "$STACK_DIR/moto.log"
+groups+=("$MOTO_PID")
+SECRETS_ENDPOINT="http://127.0.0.1:$SECRETS_PORT"
+API_KEY_ARN=$(put_secret "$SECRETS_ENDPOINT" provider-api-key "$PROVIDER_API_KEY")
+WEBHOOK_SECRETS_ARN=$(put_secret "$SECRETS_ENDPOINT" provider-webhook-secrets "$PROVIDER_WEBHOOK_SECRET")
 
 cat >"$ENV_FILE" <<ENV
 TABLE_NAME=$TABLE_NAME
@@ -60,9 +71,10 @@ AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID
 AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
 AWS_REGION=$AWS_REGION
 LOCAL_AUTH_SECRET=$LOCAL_AUTH_SECRET
+AWS_ENDPOINT_URL_SECRETS_MANAGER=$SECRETS_ENDPOINT
 PROVIDER_URL=http://127.0.0.1:$SANDBOX_PORT
-PROVIDER_API_KEY=$PROVIDER_API_KEY
-PROVIDER_WEBHOOK_SECRET=$PROVIDER_WEBHOOK_SECRET
+PROVIDER_API_KEY_SECRET_ARN=$API_KEY_ARN
+PROVIDER_WEBHOOK_SECRETS_ARN=$WEBHOOK_SECRETS_ARN
 RUST_LOG=info
 ENV
 set -a; source "$ENV_FILE"; set +a
@@ -109,23 +121,49 @@ start_watch() {
 log "Starting cargo lambda watch on port $WATCH_PORT"
 start_watch
 
-# --- health -----------------------------------------------------------------------------------
-# A cheap request per HTTP function (401 and 405, both before touching the table), and the watch
-# log for any function that exited; the batcher only runs when invoked, so its exits are caught
-# from the log. Prints what is wrong, or nothing.
+# --- health ---------------------------------------------------------------------------------
+# Three signals, each cheap:
+# - the functions' processes (children of cargo lambda watch): one that vanishes while watch is
+#   not rebuilding died (a panic, a kill, an OOM) — caught within one check;
+# - the watch log: a function that exited or panicked;
+# - a request per HTTP function (401 and 405, both before touching the table): a function that
+#   hangs. A failed probe counts only when the log shows no rebuild in progress (watch restarts
+#   a function after a source change, which takes a while), and only HEALTH_FAILS times in a row.
+HEALTH_FAILS="${HEALTH_FAILS:-2}"
 watch_lines_seen=0
-unhealthy() { # sets PROBLEMS (not run in a subshell: it advances watch_lines_seen)
-  local api hook total new
+probe_failures=0
+running_before=""
+unhealthy() { # sets PROBLEMS (not run in a subshell: it keeps state between checks)
+  local api hook total new exits building running name gone=""
   PROBLEMS=""
+  total=$(wc -l <"$WATCH_LOG")
+  new=$(sed -n "$((watch_lines_seen + 1)),${total}p" "$WATCH_LOG")
+  watch_lines_seen=$total
+  exits=$(printf '%s\n' "$new" | grep -E "panicked at|command exited|command killed" | grep -v "ForceStop" || true)
+  building=$(printf '%s\n' "$new" | grep -E "Compiling |Blocking waiting|Finished |ForceStop|FileEventKind" || true)
+  [ -z "$exits" ] || PROBLEMS+="a function exited:"$'\n'"$exits"$'\n'
+  running=$(pgrep -P "$WATCH_PGID" -a 2>/dev/null | grep -oE "target/debug/[a-z-]+" | sort -u | tr '\n' ' ' || true)
+  if [ -z "$building" ]; then
+    for name in $running_before; do
+      case " $running " in *" $name "*) ;; *) gone+="$name " ;; esac
+    done
+    [ -z "$gone" ] || PROBLEMS+="function process gone: $gone"$'\n'
+  fi
+  running_before=$running
   api=$(curl -s -o /dev/null --max-time "$HEALTH_TIMEOUT" -w '%{http_code}' "http://127.0.0.1:$WATCH_PORT/balances" || true)
   hook=$(curl -s -o /dev/null --max-time "$HEALTH_TIMEOUT" -w '%{http_code}' \
     "http://127.0.0.1:$WATCH_PORT/webhooks/provider" || true)
-  [ "$api" = "401" ] || PROBLEMS+="withdrawal-request did not answer its health check (HTTP ${api:-none})"$'\n'
-  [ "$hook" = "405" ] || PROBLEMS+="provider-webhook did not answer its health check (HTTP ${hook:-none})"$'\n'
-  total=$(wc -l <"$WATCH_LOG")
-  new=$(sed -n "$((watch_lines_seen + 1)),${total}p" "$WATCH_LOG" | grep -E "panicked at|command exited" || true)
-  watch_lines_seen=$total
-  [ -z "$new" ] || PROBLEMS+="a function exited:"$'\n'"$new"$'\n'
+  if [ "$api" = "401" ] && [ "$hook" = "405" ]; then
+    probe_failures=0
+  elif [ -n "$building" ]; then
+    probe_failures=0 # rebuilding after a source change: not a loss
+  else
+    probe_failures=$((probe_failures + 1))
+    if [ "$probe_failures" -ge "$HEALTH_FAILS" ]; then
+      [ "$api" = "401" ] || PROBLEMS+="withdrawal-request did not answer its health check (HTTP ${api:-none})"$'\n'
+      [ "$hook" = "405" ] || PROBLEMS+="provider-webhook did not answer its health check (HTTP ${hook:-none})"$'\n'
+    fi
+  fi
 }
 
 # Callbacks the sandbox could not deliver (the webhook refused or was unreachable): each is
@@ -178,7 +216,7 @@ check_health() {
   echo "[dev.sh] restarting the functions (restart $restarts)" | tee -a "$HEALTH_LOG" >&2
   stop_group "$WATCH_PGID"
   cp "$WATCH_LOG" "$STACK_DIR/watch.before-restart-$restarts.log"
-  watch_lines_seen=0
+  watch_lines_seen=0 probe_failures=0 running_before=""
   start_watch
   echo "[dev.sh] functions back after restart $restarts" | tee -a "$HEALTH_LOG" >&2
 }

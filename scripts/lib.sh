@@ -58,15 +58,62 @@ start_group() {
   echo "$!"
 }
 
-# stop_group PGID: TERM to the whole group, then KILL what is left after 5 s.
+# stop_group PGID: TERM to the whole group and to the group leader's children that left it
+# (cargo lambda watch starts each function in a session of its own), then KILL what is left
+# after 5 s.
 stop_group() {
-  local pgid="$1"
-  kill -TERM -- "-$pgid" 2>/dev/null || return 0
+  local pgid="$1" children
+  children=$(pgrep -P "$pgid" 2>/dev/null | tr '\n' ' ' || true)
+  kill -TERM -- "-$pgid" 2>/dev/null || true
+  # shellcheck disable=SC2086
+  [ -z "$children" ] || kill -TERM $children 2>/dev/null || true
   for _ in $(seq 1 25); do
-    kill -0 -- "-$pgid" 2>/dev/null || return 0
-    sleep 0.2
+    kill -0 -- "-$pgid" 2>/dev/null && { sleep 0.2; continue; }
+    # shellcheck disable=SC2086
+    [ -n "$children" ] && kill -0 $children 2>/dev/null && { sleep 0.2; continue; }
+    return 0
   done
   kill -KILL -- "-$pgid" 2>/dev/null || true
+  # shellcheck disable=SC2086
+  [ -z "$children" ] || kill -KILL $children 2>/dev/null || true
+}
+
+# AWS services other than DynamoDB run locally in moto's server (Secrets Manager here): a real
+# HTTP emulator the SDK talks to through its endpoint override, never a mock.
+ensure_moto() {
+  if command -v moto_server >/dev/null 2>&1 && python3 -c 'import boto3, moto' 2>/dev/null; then return; fi
+  log "Installing moto's server (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check "moto[server]"
+}
+
+# start_moto PORT LOGFILE: starts it and waits until it answers. Sets MOTO_PID.
+start_moto() {
+  local port="$1" logfile="$2"
+  MOTO_PID=$(start_group "$logfile" moto_server -H 127.0.0.1 -p "$port")
+  for _ in $(seq 1 100); do
+    if curl -s -o /dev/null "http://127.0.0.1:$port/moto-api/" 2>/dev/null; then return 0; fi
+    if ! kill -0 "$MOTO_PID" 2>/dev/null; then
+      echo "moto_server exited; its log:" >&2; cat "$logfile" >&2; exit 1
+    fi
+    sleep 0.2
+  done
+  echo "moto_server did not start within 20 s; see $logfile" >&2
+  exit 1
+}
+
+# put_secret ENDPOINT NAME VALUE: creates (or updates) a secret in the emulator; prints its ARN.
+put_secret() {
+  python3 - "$1" "$2" "$3" <<'PY'
+import sys, boto3
+endpoint, name, value = sys.argv[1:]
+sm = boto3.client("secretsmanager", endpoint_url=endpoint, region_name="us-east-1",
+                  aws_access_key_id="local", aws_secret_access_key="local")
+try:
+    arn = sm.create_secret(Name=name, SecretString=value)["ARN"]
+except sm.exceptions.ResourceExistsException:
+    arn = sm.put_secret_value(SecretId=name, SecretString=value)["ARN"]
+print(arn)
+PY
 }
 
 free_port() {

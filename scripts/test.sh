@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# Runs every test: unit tests, and integration tests against a real DynamoDB Local that this
-# script installs (first run) and starts on a free port.
+# Runs every test: unit tests, and integration tests against a real DynamoDB Local and a Secrets
+# Manager emulator (moto's server) that this script installs (first run) and starts on free ports.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
 ensure_dynamodb_local
+ensure_moto
 port="$(free_port)"
 mkdir -p "$LOCAL_DIR"
 log "Starting DynamoDB Local on port $port"
 start_dynamodb_local "$port" "$LOCAL_DIR/dynamodb-test.log"
 trap 'stop_group "$DDB_PID"' EXIT
 export DYNAMODB_ENDPOINT="http://127.0.0.1:$port"
+secrets_port="$(free_port)"
+log "Starting Secrets Manager (moto) on port $secrets_port"
+start_moto "$secrets_port" "$LOCAL_DIR/moto-test.log"
+trap 'stop_group "$DDB_PID"; stop_group "$MOTO_PID"' EXIT
+export SECRETS_ENDPOINT="http://127.0.0.1:$secrets_port"
 
 # Every AWS call each function's code makes is recorded here, then held against template.yaml.
 export CALL_LOG_DIR="$ROOT/target/calls"

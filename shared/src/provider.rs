@@ -2,8 +2,10 @@
 //! The API is documented in docs/provider-api.md; the sandbox provider implements the same.
 
 use crate::domain::{Batch, BatchId, Withdrawal};
+use crate::secrets::SecretValue;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// `POST /v1/payout-batches` body.
@@ -105,7 +107,7 @@ pub trait PayoutProvider: Send + Sync {
 pub struct HttpProvider {
     client: reqwest::Client,
     base_url: String,
-    api_key: String,
+    api_key: Arc<SecretValue<String>>,
 }
 
 impl std::fmt::Debug for HttpProvider {
@@ -134,7 +136,17 @@ struct Accepted {
 }
 
 impl HttpProvider {
+    /// With a fixed key (tests, tools).
     pub fn new(base_url: &str, api_key: &str, timeout: Duration) -> Result<Self, String> {
+        Self::with_key(base_url, SecretValue::fixed(api_key.to_string()), timeout)
+    }
+
+    /// With the key from Secrets Manager (the deployed batcher), refreshed after its TTL.
+    pub fn with_key(
+        base_url: &str,
+        api_key: SecretValue<String>,
+        timeout: Duration,
+    ) -> Result<Self, String> {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3).min(timeout))
             .timeout(timeout)
@@ -143,7 +155,7 @@ impl HttpProvider {
         Ok(Self {
             client,
             base_url: base_url.trim_end_matches('/').to_string(),
-            api_key: api_key.to_string(),
+            api_key: Arc::new(api_key),
         })
     }
 }
@@ -151,10 +163,19 @@ impl HttpProvider {
 #[async_trait]
 impl PayoutProvider for HttpProvider {
     async fn submit_batch(&self, request: &PayoutBatchRequest) -> SubmitOutcome {
+        // Without a key nothing is sent; still "ambiguous", never a reason to return funds.
+        let key = match self.api_key.get().await {
+            Ok(k) => k,
+            Err(e) => {
+                return SubmitOutcome::Ambiguous {
+                    error: e.to_string(),
+                }
+            }
+        };
         let result = self
             .client
             .post(format!("{}/v1/payout-batches", self.base_url))
-            .bearer_auth(&self.api_key)
+            .bearer_auth(key.as_str())
             .header("idempotency-key", &request.batch_id)
             .json(request)
             .send()
@@ -193,10 +214,18 @@ impl PayoutProvider for HttpProvider {
     }
 
     async fn batch_status(&self, batch_id: BatchId) -> StatusOutcome {
+        let key = match self.api_key.get().await {
+            Ok(k) => k,
+            Err(e) => {
+                return StatusOutcome::Ambiguous {
+                    error: e.to_string(),
+                }
+            }
+        };
         let result = self
             .client
             .get(format!("{}/v1/payout-batches/{batch_id}", self.base_url))
-            .bearer_auth(&self.api_key)
+            .bearer_auth(key.as_str())
             .send()
             .await;
         let resp = match result {

@@ -4,6 +4,7 @@
 use crate::api::ApiError;
 use crate::domain::{BatchId, WithdrawalId};
 use crate::metrics;
+use crate::secrets::SecretValue;
 use crate::settlement::{self, Applied, EventRef, Outcome};
 use crate::signature::{self, WebhookSecret};
 use crate::store::{BatchStore, EventRecord, Store, StoreError};
@@ -132,12 +133,22 @@ impl Handled {
 
 pub struct WebhookProcessor<S> {
     store: Arc<S>,
-    secrets: Vec<WebhookSecret>,
+    secrets: SecretValue<Vec<WebhookSecret>>,
     tolerance_secs: i64,
 }
 
 impl<S: Store + BatchStore + 'static> WebhookProcessor<S> {
+    /// With fixed secrets (tests, tools).
     pub fn new(store: Arc<S>, secrets: Vec<WebhookSecret>, tolerance_secs: i64) -> Self {
+        Self::with_secrets(store, SecretValue::fixed(secrets), tolerance_secs)
+    }
+
+    /// With the secrets from Secrets Manager (the deployed webhook), refreshed after their TTL.
+    pub fn with_secrets(
+        store: Arc<S>,
+        secrets: SecretValue<Vec<WebhookSecret>>,
+        tolerance_secs: i64,
+    ) -> Self {
         Self {
             store,
             secrets,
@@ -145,21 +156,15 @@ impl<S: Store + BatchStore + 'static> WebhookProcessor<S> {
         }
     }
 
-    /// `PROVIDER_WEBHOOK_SECRETS` (comma separated, during a rotation) or
-    /// `PROVIDER_WEBHOOK_SECRET`; `WEBHOOK_TOLERANCE_SECS` (default 300).
-    pub fn secrets_from_env() -> Result<(Vec<WebhookSecret>, i64), String> {
-        let raw = std::env::var("PROVIDER_WEBHOOK_SECRETS")
-            .or_else(|_| std::env::var("PROVIDER_WEBHOOK_SECRET"))
-            .map_err(|_| "PROVIDER_WEBHOOK_SECRET is not set".to_string())?;
-        let secrets = raw
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(WebhookSecret::new)
-            .collect::<Result<Vec<_>, _>>()?;
-        if secrets.is_empty() {
-            return Err("no webhook secret configured".into());
-        }
+    /// `PROVIDER_WEBHOOK_SECRETS_ARN` (a Secrets Manager secret holding the signing secrets,
+    /// comma separated, the new one first during a rotation) and `WEBHOOK_TOLERANCE_SECS`
+    /// (default 300). Fails the cold start, naming the variable, when either is unusable.
+    pub async fn secrets_from_env() -> Result<(SecretValue<Vec<WebhookSecret>>, i64), String> {
+        let secrets = crate::secrets::from_env(
+            "PROVIDER_WEBHOOK_SECRETS_ARN",
+            crate::secrets::parse_webhook_secrets,
+        )
+        .await?;
         let tolerance = match std::env::var("WEBHOOK_TOLERANCE_SECS") {
             Ok(v) => v
                 .parse()
@@ -181,17 +186,17 @@ impl<S: Store + BatchStore + 'static> WebhookProcessor<S> {
         if body.len() > MAX_BODY_BYTES {
             return Err(ApiError::PayloadTooLarge(MAX_BODY_BYTES));
         }
-        signature::verify(
-            signature_header,
-            body,
-            &self.secrets,
-            now,
-            self.tolerance_secs,
-        )
-        .map_err(|e| {
-            tracing::warn!(reason = %e, "webhook signature refused");
-            ApiError::InvalidSignature
+        let secrets = self.secrets.get().await.map_err(|e| {
+            // The provider retries a 503; the secret's name is logged, never a value.
+            tracing::error!(error = %e, "webhook secrets unavailable");
+            ApiError::TryAgain
         })?;
+        signature::verify(signature_header, body, &secrets, now, self.tolerance_secs).map_err(
+            |e| {
+                tracing::warn!(reason = %e, "webhook signature refused");
+                ApiError::InvalidSignature
+            },
+        )?;
         let event = ProviderEvent::parse(body)?;
         let handled = self.apply(&event).await.map_err(ApiError::from)?;
         let level_error = matches!(handled, Handled::Conflict | Handled::UnknownWithdrawal);

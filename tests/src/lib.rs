@@ -44,6 +44,57 @@ pub fn function_client(function: &str) -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::from_conf(conf.build())
 }
 
+/// Secrets Manager as a function sees it: moto's server (started by `scripts/test.sh`, which
+/// exports `SECRETS_ENDPOINT`), through a client that records calls like [`function_client`].
+pub fn secrets_client(function: &str) -> aws_sdk_secretsmanager::Client {
+    let mut conf = secrets_admin().config().to_builder();
+    if let Ok(dir) = std::env::var(shared::calls::CALL_LOG_DIR_ENV) {
+        conf = conf.interceptor(shared::calls::CallRecorder::new(dir, function));
+    }
+    aws_sdk_secretsmanager::Client::from_conf(conf.build())
+}
+
+/// The emulator for setup (records nothing).
+pub fn secrets_admin() -> aws_sdk_secretsmanager::Client {
+    let endpoint = std::env::var("SECRETS_ENDPOINT").expect(
+        "SECRETS_ENDPOINT is not set: run the integration tests with ./scripts/test.sh, \
+         which starts the Secrets Manager emulator (moto)",
+    );
+    let conf = aws_sdk_secretsmanager::Config::builder()
+        .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
+        .region(aws_sdk_secretsmanager::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+            "local", "local", None, None, "tests",
+        ))
+        .endpoint_url(endpoint);
+    aws_sdk_secretsmanager::Client::from_conf(conf.build())
+}
+
+/// Creates or replaces a secret in the emulator (as an operator's `put-secret-value` would);
+/// returns its ARN. Names are unique per call so tests never share one.
+pub async fn put_secret(name: &str, value: &str) -> String {
+    let admin = secrets_admin();
+    match admin
+        .create_secret()
+        .name(name)
+        .secret_string(value)
+        .send()
+        .await
+    {
+        Ok(out) => out.arn().expect("arn").to_string(),
+        Err(_) => admin
+            .put_secret_value()
+            .secret_id(name)
+            .secret_string(value)
+            .send()
+            .await
+            .expect("put secret value")
+            .arn()
+            .expect("arn")
+            .to_string(),
+    }
+}
+
 pub fn endpoint() -> String {
     std::env::var("DYNAMODB_ENDPOINT").expect(
         "DYNAMODB_ENDPOINT is not set: run the integration tests with ./scripts/test.sh, \

@@ -19,8 +19,13 @@ pub async fn app_from_env() -> Result<App, Error> {
     let config = Config::from_env()?;
     let batcher_config = BatcherConfig::from_env()?;
     let url = std::env::var("PROVIDER_URL").map_err(|_| "PROVIDER_URL is not set")?;
-    let key = std::env::var("PROVIDER_API_KEY").map_err(|_| "PROVIDER_API_KEY is not set")?;
-    let provider = HttpProvider::new(&url, &key, batcher_config.provider_timeout)?;
+    // The key lives in Secrets Manager (refreshed after its TTL: a rotation needs no deploy).
+    let key = shared::secrets::from_env(
+        "PROVIDER_API_KEY_SECRET_ARN",
+        shared::secrets::parse_api_key,
+    )
+    .await?;
+    let provider = HttpProvider::with_key(&url, key, batcher_config.provider_timeout)?;
     let store: DynamoStore = config.store().await;
     Ok(Batcher::new(
         Arc::new(store),

@@ -14,9 +14,13 @@ pub type App = WebhookProcessor<DynamoStore>;
 
 pub async fn app_from_env() -> Result<App, lambda_http::Error> {
     let config = Config::from_env()?;
-    let (secrets, tolerance) = WebhookProcessor::<DynamoStore>::secrets_from_env()?;
+    let (secrets, tolerance) = WebhookProcessor::<DynamoStore>::secrets_from_env().await?;
     let store = config.store().await;
-    Ok(WebhookProcessor::new(Arc::new(store), secrets, tolerance))
+    Ok(WebhookProcessor::with_secrets(
+        Arc::new(store),
+        secrets,
+        tolerance,
+    ))
 }
 
 /// Generic over the store so tests can put a fault-injecting store behind the same handler.

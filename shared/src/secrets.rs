@@ -1,0 +1,225 @@
+//! Secrets from AWS Secrets Manager, read at cold start and refreshed after a TTL, so that a
+//! rotation (`put-secret-value`) takes effect without a deploy and no secret sits in the
+//! function's configuration. Locally and in tests the same client talks to a Secrets Manager
+//! emulator (moto server) through the SDK's own `AWS_ENDPOINT_URL_SECRETS_MANAGER`.
+//!
+//! A value is never logged: errors name the secret (its ARN or name), never its content.
+
+use crate::signature::WebhookSecret;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::RwLock;
+
+/// How long a fetched value is used before it is fetched again (`SECRETS_TTL_SECS`).
+pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("secret {id}: {reason}")]
+    Unreadable { id: String, reason: String },
+    #[error("secret {id} holds no usable value: {reason}")]
+    Invalid { id: String, reason: String },
+}
+
+/// Turns a secret's string into the value the code uses (and refuses a malformed one).
+pub type Parse<T> = fn(&str) -> Result<T, String>;
+
+/// A value that is either fixed (tests, the sandbox) or kept fresh from Secrets Manager.
+pub enum SecretValue<T> {
+    Fixed(Arc<T>),
+    Managed(ManagedSecret<T>),
+}
+
+impl<T> fmt::Debug for SecretValue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Fixed(_) => f.write_str("SecretValue::Fixed(<redacted>)"),
+            Self::Managed(m) => write!(f, "SecretValue::Managed({})", m.id),
+        }
+    }
+}
+
+impl<T: Send + Sync> SecretValue<T> {
+    pub fn fixed(value: T) -> Self {
+        Self::Fixed(Arc::new(value))
+    }
+
+    /// The current value. A managed secret past its TTL is fetched again; when that fails the
+    /// last good value is kept (a Secrets Manager blip must not stop payouts) and the failure is
+    /// logged.
+    pub async fn get(&self) -> Result<Arc<T>, SecretError> {
+        match self {
+            Self::Fixed(v) => Ok(v.clone()),
+            Self::Managed(m) => m.get().await,
+        }
+    }
+}
+
+pub struct ManagedSecret<T> {
+    client: aws_sdk_secretsmanager::Client,
+    id: String,
+    ttl: Duration,
+    parse: Parse<T>,
+    cached: RwLock<Option<(Arc<T>, Instant)>>,
+}
+
+impl<T: Send + Sync> ManagedSecret<T> {
+    /// Reads the secret once (a cold start fails here, with the secret's name, when it cannot).
+    pub async fn load(
+        client: aws_sdk_secretsmanager::Client,
+        id: &str,
+        ttl: Duration,
+        parse: Parse<T>,
+    ) -> Result<Self, SecretError> {
+        let secret = Self {
+            client,
+            id: id.to_string(),
+            ttl,
+            parse,
+            cached: RwLock::new(None),
+        };
+        let value = secret.fetch().await?;
+        *secret.cached.write().await = Some((value, Instant::now()));
+        Ok(secret)
+    }
+
+    async fn fetch(&self) -> Result<Arc<T>, SecretError> {
+        let out = self
+            .client
+            .get_secret_value()
+            .secret_id(&self.id)
+            .send()
+            .await
+            .map_err(|e| SecretError::Unreadable {
+                id: self.id.clone(),
+                reason: aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
+                    .to_string()
+                    .chars()
+                    .take(300)
+                    .collect(),
+            })?;
+        let text = out.secret_string().ok_or_else(|| SecretError::Invalid {
+            id: self.id.clone(),
+            reason: "no SecretString".into(),
+        })?;
+        (self.parse)(text)
+            .map(Arc::new)
+            .map_err(|reason| SecretError::Invalid {
+                id: self.id.clone(),
+                reason,
+            })
+    }
+
+    async fn get(&self) -> Result<Arc<T>, SecretError> {
+        if let Some((v, at)) = self.cached.read().await.as_ref() {
+            if at.elapsed() < self.ttl {
+                return Ok(v.clone());
+            }
+        }
+        let mut cached = self.cached.write().await;
+        if let Some((v, at)) = cached.as_ref() {
+            if at.elapsed() < self.ttl {
+                return Ok(v.clone()); // refreshed by another request meanwhile
+            }
+        }
+        match self.fetch().await {
+            Ok(v) => {
+                *cached = Some((v.clone(), Instant::now()));
+                Ok(v)
+            }
+            Err(e) => match cached.as_ref() {
+                Some((v, _)) => {
+                    tracing::warn!(error = %e, "could not refresh a secret; using the last value");
+                    Ok(v.clone())
+                }
+                None => Err(e),
+            },
+        }
+    }
+}
+
+/// The provider's API key: one non-empty line.
+pub fn parse_api_key(s: &str) -> Result<String, String> {
+    let key = s.trim();
+    if key.is_empty() || key.contains(['\n', '\r']) {
+        return Err("the API key must be one non-empty line".into());
+    }
+    Ok(key.to_string())
+}
+
+/// The webhook signing secrets: comma separated, the new one first during a rotation.
+pub fn parse_webhook_secrets(s: &str) -> Result<Vec<WebhookSecret>, String> {
+    let secrets = s
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(WebhookSecret::new)
+        .collect::<Result<Vec<_>, _>>()?;
+    if secrets.is_empty() {
+        return Err("no webhook secret in it".into());
+    }
+    Ok(secrets)
+}
+
+/// The Secrets Manager client, built from the environment (region, credentials, and locally
+/// `AWS_ENDPOINT_URL_SECRETS_MANAGER`), with the call recorder where `CALL_LOG_DIR` is set.
+pub async fn client() -> aws_sdk_secretsmanager::Client {
+    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let mut builder = aws_sdk_secretsmanager::config::Builder::from(&config);
+    if let Some(recorder) = crate::calls::CallRecorder::from_env() {
+        builder = builder.interceptor(recorder);
+    }
+    aws_sdk_secretsmanager::Client::from_conf(builder.build())
+}
+
+/// `SECRETS_TTL_SECS` (default 300).
+pub fn ttl_from_env() -> Result<Duration, String> {
+    match std::env::var("SECRETS_TTL_SECS") {
+        Ok(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .map(Duration::from_secs)
+            .ok_or_else(|| "SECRETS_TTL_SECS must be a positive integer".into()),
+        Err(_) => Ok(DEFAULT_TTL),
+    }
+}
+
+/// Reads the secret named by the environment variable `arn_var` (cold start).
+pub async fn from_env<T: Send + Sync>(
+    arn_var: &str,
+    parse: Parse<T>,
+) -> Result<SecretValue<T>, String> {
+    let id = std::env::var(arn_var).map_err(|_| format!("{arn_var} is not set"))?;
+    let ttl = ttl_from_env()?;
+    ManagedSecret::load(client().await, &id, ttl, parse)
+        .await
+        .map(SecretValue::Managed)
+        .map_err(|e| format!("{arn_var}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_parsed_strictly() {
+        assert_eq!(parse_api_key(" key-1 \n").unwrap(), "key-1");
+        assert!(parse_api_key("").is_err());
+        assert!(parse_api_key("a\nb").is_err());
+        assert_eq!(
+            parse_webhook_secrets("whsec_new_0123456789, whsec_old_0123456789")
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(parse_webhook_secrets(" , ").is_err());
+    }
+
+    #[test]
+    fn a_fixed_value_never_prints() {
+        let v = SecretValue::fixed("s3cr3t-value".to_string());
+        assert!(!format!("{v:?}").contains("s3cr3t"));
+    }
+}
