@@ -8,6 +8,11 @@
 #   ./scripts/dev.sh         run until Ctrl-C
 #   ./scripts/dev.sh demo    run the full loop once by itself, print each step, then stop
 #
+# FUNCTIONS=arm64 runs the artifact SAM deploys instead of debug builds: the release arm64
+# bootstraps (`cargo lambda build --release --arm64`, reused when ARM64_REUSE=1 and present) under
+# qemu-aarch64-static, against cargo lambda watch's Runtime API alone (--only-lambda-apis); every
+# AWS call they make is recorded in .local/stack-<WATCH_PORT>/calls (scripts/arm64-loop.sh).
+#
 # Ports: DDB_PORT, WATCH_PORT, SANDBOX_PORT (8000, 9000, 9100). A second stack on other ports runs
 # beside the first: each keeps its files in .local/stack-<WATCH_PORT>/.
 set -euo pipefail
@@ -15,6 +20,8 @@ source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
 MODE="${1:-run}"
+FUNCTIONS="${FUNCTIONS:-watch}"
+ARM64_FUNCTIONS=(withdrawal-request payout-batcher provider-webhook)
 DDB_PORT="${DDB_PORT:-8000}"
 SECRETS_PORT="${SECRETS_PORT:-$((DDB_PORT + 10))}"
 WATCH_PORT="${WATCH_PORT:-9000}"
@@ -40,10 +47,17 @@ mkdir -p "$STACK_DIR"
 
 groups=()
 WATCH_PGID=""
+ARM64_PGIDS=()
+stop_functions() {
+  local pgid
+  for pgid in "${ARM64_PGIDS[@]}"; do stop_group "$pgid"; done
+  ARM64_PGIDS=()
+  [ -z "$WATCH_PGID" ] || stop_group "$WATCH_PGID"
+}
 cleanup() {
   trap - INT TERM EXIT
   log "Stopping"
-  [ -z "$WATCH_PGID" ] || stop_group "$WATCH_PGID"
+  stop_functions
   for pgid in "${groups[@]}"; do stop_group "$pgid"; done
 }
 trap cleanup INT TERM EXIT
@@ -77,6 +91,10 @@ PROVIDER_API_KEY_SECRET_ARN=$API_KEY_ARN
 PROVIDER_WEBHOOK_SECRETS_ARN=$WEBHOOK_SECRETS_ARN
 RUST_LOG=info
 ENV
+if [ "$FUNCTIONS" = arm64 ]; then
+  rm -rf "$STACK_DIR/calls"
+  echo "CALL_LOG_DIR=$STACK_DIR/calls" >>"$ENV_FILE"
+fi
 set -a; source "$ENV_FILE"; set +a
 
 log "Starting DynamoDB Local on port $DDB_PORT (in memory)"
@@ -85,6 +103,23 @@ groups+=("$DDB_PID")
 
 log "Building"
 cargo build --quiet -p operator -p sandbox-provider -p withdrawal-request -p payout-batcher -p provider-webhook
+if [ "$FUNCTIONS" = arm64 ]; then
+  ensure_arm64_tools
+  bootstraps_present() {
+    local f
+    for f in "${ARM64_FUNCTIONS[@]}"; do [ -f "target/lambda/$f/bootstrap" ] || return 1; done
+  }
+  if [ "${ARM64_REUSE:-0}" = 1 ] && bootstraps_present; then
+    log "Reusing the arm64 bootstraps in target/lambda/"
+  else
+    log "cargo lambda build --release --arm64 (what SAM deploys)"
+    cargo lambda build --release --arm64 $(printf -- '--bin %s ' "${ARM64_FUNCTIONS[@]}")
+  fi
+  for f in "${ARM64_FUNCTIONS[@]}"; do
+    file "target/lambda/$f/bootstrap" | grep -q "ARM aarch64" ||
+      { echo "target/lambda/$f/bootstrap is not an arm64 executable" >&2; exit 1; }
+  done
+fi
 OP="$ROOT/target/debug/operator"
 "$OP" create-table
 for user in alice bob; do
@@ -107,8 +142,23 @@ groups+=("$(start_group "$STACK_DIR/sandbox.log" "$ROOT/target/debug/sandbox-pro
 # lambda_runtime cannot parse ("missing lambda-runtime-aws-request-id header") — the function
 # panics and is not restarted. The batcher then runs on its own default budget.
 start_watch() {
-  WATCH_PGID=$(start_group "$WATCH_LOG" cargo lambda watch --invoke-port "$WATCH_PORT" --env-file "$ENV_FILE")
-  local code=""
+  local code="" only=() f
+  [ "$FUNCTIONS" != arm64 ] || only=(--only-lambda-apis)
+  WATCH_PGID=$(start_group "$WATCH_LOG" cargo lambda watch "${only[@]}" --invoke-port "$WATCH_PORT" --env-file "$ENV_FILE")
+  if [ "$FUNCTIONS" = arm64 ]; then
+    # The Runtime API must answer before a function asks it for work.
+    # (A TCP connect: any HTTP request would be queued as an invocation of no function.)
+    for _ in $(seq 1 100); do
+      (exec 3<>"/dev/tcp/127.0.0.1/$WATCH_PORT") 2>/dev/null && break
+      sleep 0.2
+    done
+    for f in "${ARM64_FUNCTIONS[@]}"; do
+      ARM64_PGIDS+=("$(AWS_LAMBDA_RUNTIME_API="http://127.0.0.1:$WATCH_PORT/.rt/$f" \
+        AWS_LAMBDA_FUNCTION_NAME="$f" AWS_LAMBDA_FUNCTION_VERSION=1 AWS_LAMBDA_FUNCTION_MEMORY_SIZE=256 \
+        start_group "$STACK_DIR/$f.arm64.log" qemu-aarch64-static -L /usr/aarch64-linux-gnu \
+        "$ROOT/target/lambda/$f/bootstrap")")
+    done
+  fi
   for _ in $(seq 1 300); do
     code=$(curl -s -o /dev/null --max-time 5 -w '%{http_code}' "http://127.0.0.1:$WATCH_PORT/balances" || true)
     if [ "$code" = "401" ]; then return 0; fi
@@ -134,7 +184,7 @@ watch_lines_seen=0
 probe_failures=0
 running_before=""
 unhealthy() { # sets PROBLEMS (not run in a subshell: it keeps state between checks)
-  local api hook total new exits building running name gone=""
+  local api hook total new exits building running name i gone=""
   PROBLEMS=""
   total=$(wc -l <"$WATCH_LOG")
   new=$(sed -n "$((watch_lines_seen + 1)),${total}p" "$WATCH_LOG")
@@ -142,7 +192,14 @@ unhealthy() { # sets PROBLEMS (not run in a subshell: it keeps state between che
   exits=$(printf '%s\n' "$new" | grep -E "panicked at|command exited|command killed" | grep -v "ForceStop" || true)
   building=$(printf '%s\n' "$new" | grep -E "Compiling |Blocking waiting|Finished |ForceStop|FileEventKind" || true)
   [ -z "$exits" ] || PROBLEMS+="a function exited:"$'\n'"$exits"$'\n'
-  running=$(pgrep -P "$WATCH_PGID" -a 2>/dev/null | grep -oE "target/debug/[a-z-]+" | sort -u | tr '\n' ' ' || true)
+  if [ "$FUNCTIONS" = arm64 ]; then
+    running=""
+    for i in "${!ARM64_PGIDS[@]}"; do
+      kill -0 -- "-${ARM64_PGIDS[$i]}" 2>/dev/null && running+="${ARM64_FUNCTIONS[$i]} "
+    done
+  else
+    running=$(pgrep -P "$WATCH_PGID" -a 2>/dev/null | grep -oE "target/debug/[a-z-]+" | sort -u | tr '\n' ' ' || true)
+  fi
   if [ -z "$building" ]; then
     for name in $running_before; do
       case " $running " in *" $name "*) ;; *) gone+="$name " ;; esac
@@ -214,7 +271,7 @@ check_health() {
   fi
   restarts=$((restarts + 1))
   echo "[dev.sh] restarting the functions (restart $restarts)" | tee -a "$HEALTH_LOG" >&2
-  stop_group "$WATCH_PGID"
+  stop_functions
   cp "$WATCH_LOG" "$STACK_DIR/watch.before-restart-$restarts.log"
   watch_lines_seen=0 probe_failures=0 running_before=""
   start_watch

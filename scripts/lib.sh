@@ -116,6 +116,20 @@ print(arn)
 PY
 }
 
+# The arm64 target and the emulator that runs arm64 Linux binaries here (Debian packages).
+ensure_arm64_tools() {
+  rustup target list --installed 2>/dev/null | grep -q '^aarch64-unknown-linux-gnu$' ||
+    rustup target add aarch64-unknown-linux-gnu
+  if command -v qemu-aarch64-static >/dev/null 2>&1 && [ -e /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 ]; then
+    return
+  fi
+  log "Installing qemu-user-static and libc6-arm64-cross (apt)"
+  command -v apt-get >/dev/null 2>&1 || { echo "needs qemu-user-static and libc6-arm64-cross" >&2; exit 1; }
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq qemu-user-static libc6-arm64-cross file >/dev/null
+}
+
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
