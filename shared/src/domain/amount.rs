@@ -8,28 +8,20 @@ use std::fmt;
 pub struct Amount(Decimal);
 
 impl Amount {
-    /// Parses decimal text exactly (never through a float). Accepts `125.5`, `125.50`, and JSON's
-    /// exponent form `1.255e2`; refuses signs, zero, blanks and excess precision.
+    /// Parses decimal text exactly (never through a float). Only the plain form
+    /// `^[0-9]+(\.[0-9]+)?$` is an amount (`125.5`, `125.50`): no sign, exponent, blank, or
+    /// other spelling, so one amount has one spelling and one idempotency fingerprint. Refuses
+    /// zero and excess precision.
     pub fn parse(text: &str, currency: &Currency) -> Result<Self, DomainError> {
-        let invalid = |why: &str| DomainError::InvalidAmount(why.to_string());
-        if text.is_empty() || text.len() > 40 {
-            return Err(invalid("amount must be a decimal number"));
+        let invalid = || {
+            DomainError::InvalidAmount(
+                "amount must be a plain positive decimal like \"125.50\"".to_string(),
+            )
+        };
+        if text.is_empty() || text.len() > 40 || !is_plain_decimal(text) {
+            return Err(invalid());
         }
-        let well_formed = text
-            .bytes()
-            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
-            && text.as_bytes()[0].is_ascii_digit();
-        if !well_formed {
-            return Err(invalid(
-                "amount must be a positive decimal number like \"125.50\"",
-            ));
-        }
-        let value = if text.contains(['e', 'E']) {
-            Decimal::from_scientific(text)
-        } else {
-            Decimal::from_str_exact(text)
-        }
-        .map_err(|_| invalid("amount must be a positive decimal number like \"125.50\""))?;
+        let value = Decimal::from_str_exact(text).map_err(|_| invalid())?;
         Self::new(value, currency)
     }
 
@@ -55,6 +47,16 @@ impl Amount {
     pub fn value(&self) -> Decimal {
         self.0
     }
+}
+
+/// `^[0-9]+(\.[0-9]+)?$`
+fn is_plain_decimal(text: &str) -> bool {
+    let (int, frac) = match text.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (text, None),
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    digits(int) && frac.is_none_or(digits)
 }
 
 impl fmt::Display for Amount {
@@ -95,10 +97,6 @@ mod tests {
             Amount::parse("125.500", &usd()).unwrap().to_string(),
             "125.50"
         );
-        assert_eq!(
-            Amount::parse("1.2550e2", &usd()).unwrap().to_string(),
-            "125.50"
-        );
         assert_eq!(Amount::parse("1000", &jpy()).unwrap().to_string(), "1000");
         // 0.1 + 0.2 style inputs stay exact.
         assert_eq!(
@@ -132,6 +130,13 @@ mod tests {
             "1..2",
             "0x10",
             "99999999999999999999999999999999",
+            // Other spellings of a number are not amounts: one amount, one spelling.
+            "1e2",
+            "1.2550e2",
+            "1E2",
+            "9.99999999999999999999999999999e0",
+            "1.",
+            "1.5.0",
         ] {
             assert!(Amount::parse(bad, &usd()).is_err(), "{bad:?} accepted");
         }
