@@ -29,7 +29,7 @@ rm -f target/reliability-report.md
 cargo test --workspace "$@" 2>&1 | tee "$out"
 
 log "IAM: the calls recorded per function vs template.yaml's policies (tests/tests/iam.rs)"
-cargo test -p integration-tests --test iam -- --ignored 2>&1 | tee -a "$out"
+cargo test --workspace --test iam -- --ignored 2>&1 | tee -a "$out"
 if [ -f target/reliability-report.md ]; then
   printf '\nReliability suite (tests/tests/reliability.rs):\n'
   cat target/reliability-report.md

@@ -32,8 +32,9 @@ pub enum ApiError {
     UnknownEventType(String),
     #[error("no such resource")]
     NotFound,
+    /// With the methods the resource does allow (the `Allow` header).
     #[error("method not allowed on this resource")]
-    MethodNotAllowed,
+    MethodNotAllowed { allow: &'static str },
     #[error("available balance is lower than the requested amount")]
     InsufficientFunds,
     #[error("too many open withdrawals in this currency; wait for one to complete or cancel one")]
@@ -89,7 +90,7 @@ impl ApiError {
             Self::InvalidSignature => "invalid_signature",
             Self::UnknownEventType(_) => "unknown_event_type",
             Self::NotFound => "not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::InsufficientFunds => "insufficient_funds",
             Self::TooManyPending => "too_many_pending",
             Self::NotCancellable(_) => "not_cancellable",
@@ -113,7 +114,7 @@ impl ApiError {
             | Self::UnknownEventType(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized | Self::InvalidSignature => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::InsufficientFunds | Self::TooManyPending | Self::NotCancellable(_) => {
                 StatusCode::CONFLICT
             }
@@ -133,6 +134,9 @@ impl ApiError {
             .header("content-type", "application/json");
         if matches!(self, Self::TryAgain) {
             builder = builder.header("retry-after", "1");
+        }
+        if let Self::MethodNotAllowed { allow } = self {
+            builder = builder.header("allow", *allow);
         }
         builder
             .body(Body::Text(body.to_string()))

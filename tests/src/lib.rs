@@ -249,6 +249,14 @@ impl Event {
         self
     }
 
+    /// A body API Gateway hands over base64-encoded (it does so for bytes that are not text).
+    pub fn base64_body(mut self, bytes: &[u8]) -> Self {
+        use base64::Engine;
+        self.value["body"] = Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
+        self.value["isBase64Encoded"] = Value::Bool(true);
+        self
+    }
+
     pub fn build(self) -> Request {
         lambda_http::request::from_str(&self.value.to_string()).expect("valid HTTP API v2 event")
     }

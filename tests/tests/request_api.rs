@@ -600,3 +600,127 @@ async fn an_unreachable_store_is_a_503_with_no_internals() {
     assert_eq!((r.status, r.error_code().as_str()), (503, "try_again"));
     assert!(!r.body.contains("127.0.0.1"));
 }
+
+#[tokio::test]
+async fn bodies_api_gateway_hands_over_base64_are_read_and_bytes_that_are_not_json_are_400() {
+    // Behind `cargo lambda watch` a body that is not UTF-8 gets a 500 from watch itself before
+    // the function runs; API Gateway instead hands the function the bytes base64-encoded. This
+    // is that event: the function answers it like any other bad body.
+    let env = TestEnv::new().await;
+    env.credit("alice", "USD", "100").await;
+    let r = env
+        .call(
+            Event::new("POST", "/withdrawals")
+                .user("alice")
+                .base64_body(&[0xff, 0xfe, 0x00, 0x81, b'{'])
+                .build(),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.error_code(), "invalid_json");
+    // A valid body sent base64-encoded is the same request as the plain one.
+    let r = env
+        .call(
+            Event::new("POST", "/withdrawals")
+                .user("alice")
+                .header("idempotency-key", "b64-1")
+                .base64_body(withdrawal_body("USD", "10.00").as_bytes())
+                .build(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(
+        env.balance("alice", "USD").await,
+        (
+            "90.00".into(),
+            "10.00".into(),
+            "0.00".into(),
+            "100.00".into()
+        )
+    );
+    env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn an_unsupported_method_is_405_with_the_allowed_ones() {
+    let env = TestEnv::new().await;
+    for (method, path, allow) in [
+        ("PATCH", "/withdrawals", "GET, POST"),
+        (
+            "PUT",
+            "/withdrawals/wd_01JB8ZK3V7Q5G4W0N6T1R2M9XY",
+            "GET, DELETE",
+        ),
+        ("POST", "/balances", "GET"),
+    ] {
+        let resp =
+            withdrawal_request::handle(&env.app, Event::new(method, path).user("alice").build())
+                .await;
+        assert_eq!(resp.status(), 405, "{method} {path}");
+        assert_eq!(resp.headers()["allow"], allow, "{method} {path}");
+    }
+}
+
+#[tokio::test]
+async fn only_plain_decimals_are_amounts_whatever_the_json_type() {
+    // "1e2" once passed as 100.00 and shared an idempotency fingerprint with "100".
+    let env = TestEnv::new().await;
+    env.credit("alice", "USD", "1000").await;
+    for amount in [
+        r#""1e2""#,
+        "1e2",
+        r#""9.99999999999999999999999999999e0""#,
+        r#""+5""#,
+        r#"" 5""#,
+        "-5",
+        r#""5.""#,
+    ] {
+        let body = format!(r#"{{"currency":"USD","amount":{amount},"bank_account":"{IBAN}"}}"#);
+        let r = env.call(create("alice", body).build()).await;
+        assert_eq!(r.status, 400, "{amount}: {}", r.body);
+        assert_eq!(r.error_code(), "invalid_amount", "{amount}");
+    }
+    let r = env
+        .call(
+            create(
+                "alice",
+                format!(r#"{{"currency":"USD","amount":12.5,"bank_account":"{IBAN}"}}"#),
+            )
+            .build(),
+        )
+        .await;
+    assert_eq!(
+        r.status, 201,
+        "a plain JSON number is an amount: {}",
+        r.body
+    );
+    assert_eq!(r.json()["amount"], "12.50");
+    env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn idempotency_keys_that_are_not_ascii_are_400_and_create_nothing() {
+    // API Gateway hands a header with bytes beyond ASCII to the function as text; watch cannot
+    // (it answers 500 itself), so this is the event as deployed.
+    let env = TestEnv::new().await;
+    env.credit("alice", "USD", "100").await;
+    let r = env
+        .call(
+            create("alice", withdrawal_body("USD", "10.00"))
+                .header("idempotency-key", "×ø key")
+                .build(),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.error_code(), "invalid_idempotency_key");
+    assert_eq!(
+        env.balance("alice", "USD").await,
+        (
+            "100.00".into(),
+            "0.00".into(),
+            "0.00".into(),
+            "100.00".into()
+        )
+    );
+    env.assert_conserved().await;
+}

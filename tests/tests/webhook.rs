@@ -485,3 +485,27 @@ async fn the_full_loop_settles_rejects_and_returns_with_real_sandbox_callbacks()
     assert_eq!(ledger.iter().filter(|e| e.returned).count(), 1);
     env.assert_conserved().await;
 }
+
+#[tokio::test]
+async fn a_webhook_body_that_is_not_utf8_is_refused_before_anything_is_read() {
+    // As API Gateway delivers it: base64. Unsigned → 401; correctly signed bytes that are not
+    // JSON → 400. Nothing is recorded either way.
+    let p = PayoutEnv::new(|_| {}).await;
+    let app = p.webhook_app(&[WEBHOOK_SECRET]);
+    let bytes = [0xffu8, 0xfe, 0x81, b'{'];
+    let unsigned = integration_tests::Event::new("POST", "/webhooks/provider")
+        .base64_body(&bytes)
+        .build();
+    assert_eq!(deliver(&app, unsigned).await.status, 401);
+    let signature = shared::signature::WebhookSecret::new(WEBHOOK_SECRET)
+        .unwrap()
+        .sign(now(), &bytes);
+    let signed = integration_tests::Event::new("POST", "/webhooks/provider")
+        .header("payout-signature", &signature)
+        .base64_body(&bytes)
+        .build();
+    let r = deliver(&app, signed).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.error_code(), "invalid_json");
+    p.env.assert_conserved().await;
+}

@@ -59,7 +59,7 @@ async fn route<S: Store + BatchStore + 'static>(
         return Err(ApiError::NotFound);
     }
     if req.method() != "POST" {
-        return Err(ApiError::MethodNotAllowed);
+        return Err(ApiError::MethodNotAllowed { allow: "POST" });
     }
     let body: &[u8] = match req.body() {
         Body::Text(t) => t.as_bytes(),

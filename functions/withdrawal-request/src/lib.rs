@@ -133,7 +133,11 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
                 to_json(&service.balances(&user).await?)?,
             ))
         }
-        _ => Err(ApiError::MethodNotAllowed),
+        (_, ["withdrawals"]) => Err(ApiError::MethodNotAllowed { allow: "GET, POST" }),
+        (_, ["withdrawals", _]) => Err(ApiError::MethodNotAllowed {
+            allow: "GET, DELETE",
+        }),
+        _ => Err(ApiError::MethodNotAllowed { allow: "GET" }),
     }
 }
 
