@@ -14,19 +14,8 @@ command -v schemathesis >/dev/null 2>&1 && command -v openapi-spec-validator >/d
   python3 -m pip install --quiet --disable-pip-version-check schemathesis openapi-spec-validator
 openapi-spec-validator openapi.yaml
 
-export DDB_PORT="$(free_port)" WATCH_PORT="$(free_port)" SANDBOX_PORT="$(free_port)" SECRETS_PORT="$(free_port)"
-STACK_DIR="$LOCAL_DIR/stack-$WATCH_PORT"
-STACK_LOG="$LOCAL_DIR/contract-$WATCH_PORT.log"
-log "Local stack for the contract on port $WATCH_PORT (log: $STACK_LOG)"
-DEV_PGID=$(start_group "$STACK_LOG" "$ROOT/scripts/dev.sh")
+start_stack "$LOCAL_DIR/contract-$$.log"
 trap 'stop_group "$DEV_PGID"' EXIT
-for _ in $(seq 1 900); do
-  grep -q "The pipeline is running" "$STACK_LOG" 2>/dev/null && break
-  kill -0 "$DEV_PGID" 2>/dev/null || { cat "$STACK_LOG" >&2; exit 1; }
-  sleep 1
-done
-grep -q "The pipeline is running" "$STACK_LOG" || { cat "$STACK_LOG" >&2; exit 1; }
-set -a; source "$STACK_DIR/lambda.env"; set +a
 OP="$ROOT/target/debug/operator"
 # A funded user, so that valid requests reach the accepting path.
 "$OP" credit --user contract --currency USD --amount 50000.00 >/dev/null

@@ -86,19 +86,27 @@ ensure_moto() {
   python3 -m pip install --quiet --disable-pip-version-check "moto[server]"
 }
 
+# wait_until_answers NAME URL PID LOGFILE: waits (30 s at most) until URL gives any HTTP answer;
+# exits with the service's log if it dies or never answers.
+wait_until_answers() {
+  local name="$1" url="$2" pid="$3" logfile="$4"
+  for _ in $(seq 1 150); do
+    if curl -s -o /dev/null "$url" 2>/dev/null; then return 0; fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "$name exited; its log:" >&2; cat "$logfile" >&2; exit 1
+    fi
+    sleep 0.2
+  done
+  echo "$name did not start within 30 s; its log:" >&2
+  cat "$logfile" >&2
+  exit 1
+}
+
 # start_moto PORT LOGFILE: starts it and waits until it answers. Sets MOTO_PID.
 start_moto() {
   local port="$1" logfile="$2"
   MOTO_PID=$(start_group "$logfile" moto_server -H 127.0.0.1 -p "$port")
-  for _ in $(seq 1 100); do
-    if curl -s -o /dev/null "http://127.0.0.1:$port/moto-api/" 2>/dev/null; then return 0; fi
-    if ! kill -0 "$MOTO_PID" 2>/dev/null; then
-      echo "moto_server exited; its log:" >&2; cat "$logfile" >&2; exit 1
-    fi
-    sleep 0.2
-  done
-  echo "moto_server did not start within 20 s; see $logfile" >&2
-  exit 1
+  wait_until_answers moto_server "http://127.0.0.1:$port/moto-api/" "$MOTO_PID" "$logfile"
 }
 
 # put_secret ENDPOINT NAME VALUE: creates (or updates) a secret in the emulator; prints its ARN.
@@ -143,15 +151,25 @@ start_dynamodb_local() {
   DDB_PID=$(cd "$LOCAL_DIR" && start_group "$logfile" java \
     -Djava.library.path="$DDB_DIR/DynamoDBLocal_lib" \
     -jar "$DDB_DIR/DynamoDBLocal.jar" -inMemory -port "$port")
-  for _ in $(seq 1 150); do
-    # Any HTTP answer (DynamoDB replies 400 to a bare GET) means it is up.
-    if curl -s -o /dev/null "http://127.0.0.1:$port" 2>/dev/null; then return 0; fi
-    if ! kill -0 "$DDB_PID" 2>/dev/null; then
-      echo "DynamoDB Local exited; its log:" >&2; cat "$logfile" >&2; exit 1
-    fi
-    sleep 0.2
+  # Any HTTP answer (DynamoDB replies 400 to a bare GET) means it is up.
+  wait_until_answers "DynamoDB Local" "http://127.0.0.1:$port" "$DDB_PID" "$logfile"
+}
+
+# start_stack LOGFILE: ./scripts/dev.sh (run mode) on free ports of its own, in its own process
+# group; returns when the pipeline is running. Sets DEV_PGID, WATCH_PORT, SANDBOX_PORT,
+# STACK_DIR, and loads the stack's environment (table, endpoints, secrets' ARNs).
+start_stack() {
+  local logfile="$1"
+  export DDB_PORT="$(free_port)" WATCH_PORT="$(free_port)" SANDBOX_PORT="$(free_port)" SECRETS_PORT="$(free_port)"
+  STACK_DIR="$LOCAL_DIR/stack-$WATCH_PORT"
+  mkdir -p "$LOCAL_DIR"
+  log "Local stack on ports $DDB_PORT/$WATCH_PORT/$SANDBOX_PORT/$SECRETS_PORT (log: $logfile)"
+  DEV_PGID=$(start_group "$logfile" "$ROOT/scripts/dev.sh")
+  for _ in $(seq 1 900); do
+    grep -q "The pipeline is running" "$logfile" 2>/dev/null && break
+    kill -0 "$DEV_PGID" 2>/dev/null || { cat "$logfile" >&2; echo "dev.sh exited" >&2; exit 1; }
+    sleep 1
   done
-  echo "DynamoDB Local did not start within 30 s; its log:" >&2
-  cat "$logfile" >&2
-  exit 1
+  grep -q "The pipeline is running" "$logfile" || { cat "$logfile" >&2; exit 1; }
+  set -a; source "$STACK_DIR/lambda.env"; set +a
 }

@@ -18,21 +18,11 @@ TOUCH="${SOAK_TOUCH:-0}"
 # Idle gaps in seconds, used in turn: 150 and 200 are past the 120 s after which the old
 # `--timeout 120` answered an idle function's long-poll with the 408 that killed it.
 GAPS=(5 150 20 60 200 10 90)
-export DDB_PORT="$(free_port)" WATCH_PORT="$(free_port)" SANDBOX_PORT="$(free_port)" SECRETS_PORT="$(free_port)"
-STACK_DIR="$LOCAL_DIR/stack-$WATCH_PORT"
-SOAK_LOG="$LOCAL_DIR/soak-$WATCH_PORT.log"
-API="http://127.0.0.1:$WATCH_PORT"
-
-log "Soak for $MINUTES min: dev.sh on ports $DDB_PORT/$WATCH_PORT/$SANDBOX_PORT (log: $SOAK_LOG)"
-DEV_PGID=$(start_group "$SOAK_LOG" "$ROOT/scripts/dev.sh")
+log "Soak for $MINUTES min"
+SOAK_LOG="$LOCAL_DIR/soak-$$.log"
+start_stack "$SOAK_LOG"
 trap 'stop_group "$DEV_PGID"' EXIT
-for _ in $(seq 1 900); do
-  grep -q "The pipeline is running" "$SOAK_LOG" 2>/dev/null && break
-  kill -0 "$DEV_PGID" 2>/dev/null || { cat "$SOAK_LOG" >&2; echo "dev.sh exited" >&2; exit 1; }
-  sleep 1
-done
-grep -q "The pipeline is running" "$SOAK_LOG" || { cat "$SOAK_LOG" >&2; exit 1; }
-set -a; source "$STACK_DIR/lambda.env"; set +a
+API="http://127.0.0.1:$WATCH_PORT"
 OP="$ROOT/target/debug/operator"
 ALICE=$("$OP" token --user alice)
 BOB=$("$OP" token --user bob)

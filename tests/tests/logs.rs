@@ -4,25 +4,11 @@
 use integration_tests::*;
 use shared::auth::{Authenticator, LocalTokenKey};
 use shared::domain::UserId;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use std::sync::Arc;
 
 #[tokio::test(flavor = "current_thread")]
 async fn logs_carry_ids_and_never_secrets_or_account_numbers() {
-    let capture = Capture::default();
+    let capture = LogCapture::default();
     let writer = capture.clone();
     let subscriber = tracing_subscriber::fmt()
         .json()
@@ -90,7 +76,7 @@ async fn logs_carry_ids_and_never_secrets_or_account_numbers() {
     )
     .await;
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     assert!(
         logs.lines().count() > 10,
         "too few log lines captured:\n{logs}"

@@ -7,8 +7,6 @@ use shared::provider::{HttpProvider, PayoutBatchRequest, PayoutProvider, SubmitO
 use shared::secrets::{
     parse_api_key, parse_webhook_secrets, ManagedSecret, SecretError, SecretValue,
 };
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const TTL: Duration = Duration::from_millis(300);
@@ -97,22 +95,9 @@ async fn the_webhook_accepts_both_secrets_during_a_rotation_and_only_the_new_one
     p.env.assert_conserved().await;
 }
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn a_failed_refresh_keeps_the_last_value_and_logs_the_name_never_the_value() {
-    let capture = Capture::default();
+    let capture = LogCapture::default();
     let writer = capture.clone();
     let subscriber = tracing_subscriber::fmt()
         .json()
@@ -135,7 +120,7 @@ async fn a_failed_refresh_keeps_the_last_value_and_logs_the_name_never_the_value
     tokio::time::sleep(TTL + Duration::from_millis(100)).await;
     assert_eq!(secret.get().await.unwrap().as_str(), value);
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     assert!(logs.contains("could not refresh a secret"), "{logs}");
     assert!(logs.contains(&name), "the log names the secret: {logs}");
     assert!(!logs.contains(value), "the log contains the secret's value");
