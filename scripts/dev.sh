@@ -190,7 +190,7 @@ unhealthy() { # sets PROBLEMS (not run in a subshell: it keeps state between che
   new=$(sed -n "$((watch_lines_seen + 1)),${total}p" "$WATCH_LOG")
   watch_lines_seen=$total
   exits=$(printf '%s\n' "$new" | grep -E "panicked at|command exited|command killed" | grep -v "ForceStop" || true)
-  building=$(printf '%s\n' "$new" | grep -E "Compiling |Blocking waiting|Finished |ForceStop|FileEventKind" || true)
+  building=$(printf '%s\n' "$new" | grep -E "Compiling |Blocking waiting|Finished |FileEventKind" || true)
   [ -z "$exits" ] || PROBLEMS+="a function exited:"$'\n'"$exits"$'\n'
   if [ "$FUNCTIONS" = arm64 ]; then
     running=""
