@@ -5,18 +5,22 @@
 //!
 //! One SDK interceptor serves every AWS client (they share the smithy runtime). It is installed
 //! only where `CALL_LOG_DIR` is set (local runs and tests; the template never sets it) and
-//! appends each distinct `action resource` line once to `$CALL_LOG_DIR/<function>.calls`.
+//! appends each distinct `action resource` line once to `$CALL_LOG_DIR/<function>.calls`. The
+//! benchmark uses the same interceptor to count requests per operation (every HTTP attempt,
+//! retries included).
 
-use aws_sdk_dynamodb::config::interceptors::BeforeSerializationInterceptorContextRef;
+use aws_sdk_dynamodb::config::interceptors::{
+    BeforeSerializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
+};
 use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_dynamodb::operation::query::QueryInput;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsInput;
 use aws_smithy_runtime_api::client::interceptors::context::Input;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// The environment variable naming the folder the records go to.
 pub const CALL_LOG_DIR_ENV: &str = "CALL_LOG_DIR";
@@ -46,10 +50,11 @@ impl Call {
     }
 }
 
-/// The interceptor: records under one function's name.
+/// The interceptor: records under one function's name, or counts requests per operation.
 #[derive(Debug, Clone)]
 pub struct CallRecorder {
-    file: PathBuf,
+    file: Option<PathBuf>,
+    counts: Option<Arc<Mutex<BTreeMap<String, u64>>>>,
 }
 
 /// What this process already wrote, per file (a test makes many clients for one function).
@@ -63,8 +68,25 @@ impl CallRecorder {
         let dir = dir.into();
         let _ = std::fs::create_dir_all(&dir);
         Self {
-            file: dir.join(format!("{function}.calls")),
+            file: Some(dir.join(format!("{function}.calls"))),
+            counts: None,
         }
+    }
+
+    /// Counts every request sent, per operation, in memory (the benchmark's round trips).
+    pub fn counting() -> Self {
+        Self {
+            file: None,
+            counts: Some(Arc::default()),
+        }
+    }
+
+    /// The counts since the last call, and a fresh start.
+    pub fn take_counts(&self) -> BTreeMap<String, u64> {
+        self.counts
+            .as_ref()
+            .map(|c| std::mem::take(&mut *c.lock().unwrap_or_else(|e| e.into_inner())))
+            .unwrap_or_default()
     }
 
     /// A recorder when `CALL_LOG_DIR` is set, named after the Lambda function (or, where no
@@ -84,10 +106,11 @@ impl CallRecorder {
     }
 
     fn record(&self, calls: Vec<Call>) {
+        let Some(file) = &self.file else { return };
         let mut seen = written().lock().unwrap_or_else(|e| e.into_inner());
         let new: Vec<Call> = calls
             .into_iter()
-            .filter(|c| seen.insert((self.file.clone(), c.clone())))
+            .filter(|c| seen.insert((file.clone(), c.clone())))
             .collect();
         if new.is_empty() {
             return;
@@ -98,7 +121,7 @@ impl CallRecorder {
         if let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&self.file)
+            .open(file)
         {
             let _ = f.write_all(text.as_bytes());
         }
@@ -154,6 +177,22 @@ impl Intercept for CallRecorder {
     ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
         if let Some(meta) = cfg.load::<Metadata>() {
             self.record(calls_of(meta.service(), meta.name(), context.input()));
+        }
+        Ok(())
+    }
+
+    fn read_before_transmit(
+        &self,
+        _: &BeforeTransmitInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        if let (Some(counts), Some(meta)) = (&self.counts, cfg.load::<Metadata>()) {
+            *counts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(meta.name().to_string())
+                .or_default() += 1;
         }
         Ok(())
     }

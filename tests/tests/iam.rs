@@ -196,3 +196,30 @@ fn the_template_grants_are_read_per_function_and_resource_kind() {
         .iter()
         .any(|c| c.action == "dynamodb:Query" && c.resource == "index/pending-index"));
 }
+
+#[tokio::test]
+async fn the_same_interceptor_counts_requests_per_operation_for_the_benchmark() {
+    let counter = shared::calls::CallRecorder::counting();
+    let client = aws_sdk_dynamodb::Client::from_conf(
+        integration_tests::client_for(&integration_tests::endpoint())
+            .config()
+            .to_builder()
+            .interceptor(counter.clone())
+            .build(),
+    );
+    let store = shared::store::DynamoStore::new(
+        client,
+        format!("t_{}", ulid::Ulid::new()),
+        shared::domain::Currencies::default(),
+    );
+    store.create_table().await.unwrap();
+    let created = counter.take_counts();
+    assert_eq!(created.get("CreateTable"), Some(&1), "{created:?}");
+    use shared::store::Store;
+    let user = shared::domain::UserId::parse("counted").unwrap();
+    store.balances(&user).await.unwrap();
+    store.balances(&user).await.unwrap();
+    let counts = counter.take_counts();
+    assert_eq!(counts.values().sum::<u64>(), 2, "{counts:?}");
+    assert!(counter.take_counts().is_empty());
+}

@@ -4,10 +4,7 @@
 //! one markdown report. Timings on a shared machine are noisy: ratios are measured side by side
 //! in one run, latencies are medians/percentiles over many samples.
 
-use aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef;
-use aws_sdk_dynamodb::config::{
-    BehaviorVersion, ConfigBag, Credentials, Intercept, Region, RuntimeComponents,
-};
+use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use futures::stream::{self, StreamExt};
 use lambda_http::Body;
 use rust_decimal::Decimal;
@@ -21,43 +18,15 @@ use shared::store::{BatchStore, DynamoStore, Store};
 use shared::webhook::WebhookProcessor;
 use shared::withdrawals::WithdrawalService;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const IBAN: &str = "DE89370400440532013000";
 const SECRET: &str = "whsec_bench_0123456789abcdef";
 
-/// Counts DynamoDB requests per operation (every HTTP attempt, retries included).
-#[derive(Debug, Default, Clone)]
-struct Counter(Arc<Mutex<BTreeMap<String, u64>>>);
-
-impl Counter {
-    fn take(&self) -> BTreeMap<String, u64> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-}
-
-impl Intercept for Counter {
-    fn name(&self) -> &'static str {
-        "RequestCounter"
-    }
-    fn read_before_transmit(
-        &self,
-        context: &BeforeTransmitInterceptorContextRef<'_>,
-        _: &RuntimeComponents,
-        _: &mut ConfigBag,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let op = context
-            .request()
-            .headers()
-            .get("x-amz-target")
-            .and_then(|t| t.split('.').nth(1))
-            .unwrap_or("?")
-            .to_string();
-        *self.0.lock().unwrap().entry(op).or_default() += 1;
-        Ok(())
-    }
-}
+/// Counts DynamoDB requests per operation (every HTTP attempt, retries included): the same
+/// interceptor that records the functions' calls for the IAM check.
+type Counter = shared::calls::CallRecorder;
 
 fn client(endpoint: &str, counter: &Counter) -> aws_sdk_dynamodb::Client {
     let conf = aws_sdk_dynamodb::Config::builder()
@@ -77,7 +46,7 @@ struct Env {
 }
 
 async fn env(endpoint: &str) -> Env {
-    let counter = Counter::default();
+    let counter = Counter::counting();
     let currencies = Currencies::default();
     let store = DynamoStore::new(
         client(endpoint, &counter),
@@ -85,7 +54,7 @@ async fn env(endpoint: &str) -> Env {
         currencies.clone(),
     );
     store.create_table().await.expect("create table");
-    counter.take();
+    counter.take_counts();
     Env {
         store: Arc::new(store),
         counter,
@@ -174,7 +143,7 @@ async fn main() {
         )
         .await
         .unwrap();
-    e.counter.take();
+    e.counter.take_counts();
     let mut rows: Vec<(String, u64, u64, String)> = Vec::new();
 
     let r = withdrawal_request::handle(
@@ -183,7 +152,7 @@ async fn main() {
     )
     .await;
     assert_eq!(r.status(), 201);
-    let (req, tx) = ops(&e.counter.take());
+    let (req, tx) = ops(&e.counter.take_counts());
     rows.push((
         "request (POST /withdrawals)".into(),
         req,
@@ -203,7 +172,7 @@ async fn main() {
     )
     .await;
     assert_eq!(r.status(), 200);
-    let (req, tx) = ops(&e.counter.take());
+    let (req, tx) = ops(&e.counter.take_counts());
     rows.push((
         "cancel (read + 1 transaction)".into(),
         req,
@@ -213,7 +182,7 @@ async fn main() {
 
     // Claim: 500 pending, one run.
     seed(&e.store, &e.currencies, "USD", 500, "claim").await;
-    e.counter.take();
+    e.counter.take_counts();
     let batcher = Batcher::new(
         e.store.clone(),
         provider.clone(),
@@ -224,7 +193,7 @@ async fn main() {
         .run(Instant::now() + Duration::from_secs(120))
         .await
         .unwrap();
-    let (req, tx) = ops(&e.counter.take());
+    let (req, tx) = ops(&e.counter.take_counts());
     rows.push((
         format!("claim, per withdrawal (batch of 500: {tx} claim transactions)"),
         0,
@@ -249,7 +218,7 @@ async fn main() {
     );
     let batch = e.store.all_batches().await.unwrap().pop().unwrap();
     let members = e.store.members(&batch).await.unwrap();
-    e.counter.take();
+    e.counter.take_counts();
     let steps = [
         (&members[0], "payout.paid", "settle (payout.paid)"),
         (&members[1], "payout.failed", "reject (payout.failed)"),
@@ -263,7 +232,7 @@ async fn main() {
             .handle(Some(&sig), b.as_bytes(), now)
             .await
             .unwrap();
-        let (req, tx) = ops(&e.counter.take());
+        let (req, tx) = ops(&e.counter.take_counts());
         rows.push((label.to_string(), req, tx, "1 transaction".into()));
     }
     out.push_str("### DynamoDB requests per lifecycle step\n\n| step | requests | of which transactions | target / note |\n|---|---:|---:|---|\n");
@@ -368,7 +337,7 @@ async fn main() {
         .await;
     }
     let seed_secs = seeding.elapsed().as_secs_f64();
-    e3.counter.take();
+    e3.counter.take_counts();
     let batcher3 = Batcher::new(
         e3.store.clone(),
         provider3,
@@ -383,7 +352,7 @@ async fn main() {
     let secs = t.elapsed().as_secs_f64();
     let claimed: u32 = summary.currencies.values().map(|c| c.claimed).sum();
     let calls = sandbox3.submit_calls();
-    let (req, tx) = ops(&e3.counter.take());
+    let (req, tx) = ops(&e3.counter.take_counts());
     let paid = sandbox3.payouts_by_reference();
     assert_eq!(claimed as usize, n);
     assert!(paid.values().all(|c| *c == 1) && paid.len() == n);
