@@ -165,7 +165,8 @@ start_stack() {
   mkdir -p "$LOCAL_DIR"
   log "Local stack on ports $DDB_PORT/$WATCH_PORT/$SANDBOX_PORT/$SECRETS_PORT (log: $logfile)"
   DEV_PGID=$(start_group "$logfile" "$ROOT/scripts/dev.sh")
-  for _ in $(seq 1 900); do
+  # A fresh checkout builds everything first: allow half an hour on a busy 2-core machine.
+  for _ in $(seq 1 1800); do
     grep -q "The pipeline is running" "$logfile" 2>/dev/null && break
     kill -0 "$DEV_PGID" 2>/dev/null || { cat "$logfile" >&2; echo "dev.sh exited" >&2; exit 1; }
     sleep 1
