@@ -15,7 +15,7 @@ command -v schemathesis >/dev/null 2>&1 && command -v openapi-spec-validator >/d
 openapi-spec-validator openapi.yaml
 
 start_stack "$LOCAL_DIR/contract-$$.log"
-trap 'stop_group "$DEV_PGID"' EXIT
+trap 'stop_group --grace 15 "$DEV_PGID"' EXIT
 OP="$ROOT/target/debug/operator"
 # A funded user, so that valid requests reach the accepting path.
 "$OP" credit --user contract --currency USD --amount 50000.00 >/dev/null

@@ -49,18 +49,21 @@ groups=()
 WATCH_PGID=""
 ARM64_PGIDS=()
 stop_functions() {
-  local pgid
-  for pgid in "${ARM64_PGIDS[@]}"; do stop_group "$pgid"; done
-  ARM64_PGIDS=()
-  [ -z "$WATCH_PGID" ] || stop_group "$WATCH_PGID"
+  stop_group "${ARM64_PGIDS[@]}" "$WATCH_PGID"
+  ARM64_PGIDS=() WATCH_PGID=""
 }
+# Stops everything this script started (and nothing else), then exits: a signal's handler that
+# returned would let the health loop below carry on and start the functions again.
 cleanup() {
+  local status=$?
   trap - INT TERM EXIT
   log "Stopping"
-  stop_functions
-  for pgid in "${groups[@]}"; do stop_group "$pgid"; done
+  stop_group "${ARM64_PGIDS[@]}" "$WATCH_PGID" "${groups[@]}"
+  exit "$status"
 }
-trap cleanup INT TERM EXIT
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 for port in "$DDB_PORT" "$WATCH_PORT" "$SANDBOX_PORT" "$SECRETS_PORT"; do
   if curl -s -o /dev/null "http://127.0.0.1:$port" 2>/dev/null; then

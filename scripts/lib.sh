@@ -58,24 +58,29 @@ start_group() {
   echo "$!"
 }
 
-# stop_group PGID: TERM to the whole group and to the group leader's children that left it
-# (cargo lambda watch starts each function in a session of its own), then KILL what is left
-# after 5 s.
+# stop_group [--grace SECONDS] PGID...: TERM to each whole group and to each group leader's
+# children that left it (cargo lambda watch starts each function in a session of its own), all
+# at once; KILL what is left after the grace period (5 s). One call for everything a script
+# started, so the grace periods do not add up past a caller's own.
 stop_group() {
-  local pgid="$1" children
-  children=$(pgrep -P "$pgid" 2>/dev/null | tr '\n' ' ' || true)
-  kill -TERM -- "-$pgid" 2>/dev/null || true
+  local grace=5 pgid children="" pids=""
+  if [ "${1:-}" = --grace ]; then grace="$2"; shift 2; fi
+  for pgid in "$@"; do
+    [ -n "$pgid" ] || continue
+    children+="$(pgrep -P "$pgid" 2>/dev/null | tr '\n' ' ' || true)"
+    kill -TERM -- "-$pgid" 2>/dev/null || true
+    pids+="-$pgid "
+  done
   # shellcheck disable=SC2086
   [ -z "$children" ] || kill -TERM $children 2>/dev/null || true
-  for _ in $(seq 1 25); do
-    kill -0 -- "-$pgid" 2>/dev/null && { sleep 0.2; continue; }
-    # shellcheck disable=SC2086
-    [ -n "$children" ] && kill -0 $children 2>/dev/null && { sleep 0.2; continue; }
-    return 0
+  local tries=$((grace * 5)) alive
+  for _ in $(seq 1 "$tries"); do
+    alive=""
+    for pgid in $pids $children; do kill -0 -- "$pgid" 2>/dev/null && alive=1; done
+    [ -n "$alive" ] || return 0
+    sleep 0.2
   done
-  kill -KILL -- "-$pgid" 2>/dev/null || true
-  # shellcheck disable=SC2086
-  [ -z "$children" ] || kill -KILL $children 2>/dev/null || true
+  for pgid in $pids $children; do kill -KILL -- "$pgid" 2>/dev/null || true; done
 }
 
 # AWS services other than DynamoDB run locally in moto's server (Secrets Manager here): a real

@@ -21,7 +21,8 @@ GAPS=(5 150 20 60 200 10 90)
 log "Soak for $MINUTES min"
 SOAK_LOG="$LOCAL_DIR/soak-$$.log"
 start_stack "$SOAK_LOG"
-trap 'stop_group "$DEV_PGID"' EXIT
+# dev.sh stops what it started within its own 5 s grace; give it more than that.
+trap 'stop_group --grace 15 "$DEV_PGID"' EXIT
 API="http://127.0.0.1:$WATCH_PORT"
 OP="$ROOT/target/debug/operator"
 ALICE=$("$OP" token --user alice)

@@ -16,7 +16,7 @@ export DYNAMODB_ENDPOINT="http://127.0.0.1:$port"
 secrets_port="$(free_port)"
 log "Starting Secrets Manager (moto) on port $secrets_port"
 start_moto "$secrets_port" "$LOCAL_DIR/moto-test.log"
-trap 'stop_group "$DDB_PID"; stop_group "$MOTO_PID"' EXIT
+trap 'stop_group "$DDB_PID" "$MOTO_PID"' EXIT
 export SECRETS_ENDPOINT="http://127.0.0.1:$secrets_port"
 
 # Every AWS call each function's code makes is recorded here, then held against template.yaml.
