@@ -13,6 +13,17 @@ use tokio::sync::RwLock;
 
 /// How long a fetched value is used before it is fetched again (`SECRETS_TTL_SECS`).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
+/// After a failed refresh, the next try waits this long (at most the TTL): a failing Secrets
+/// Manager is not asked again on every request.
+const RETRY_AFTER: Duration = Duration::from_secs(30);
+/// A value this many TTLs old is no longer used: after a rotation's last step a retired secret
+/// must stop working even while refreshes fail (the webhook then answers 503 and the provider
+/// retries; a payout call is not made and stays retryable).
+const MAX_STALE_TTLS: u32 = 2;
+/// Secrets Manager must answer quickly: a stalled call must not eat a webhook's or a run's
+/// whole time budget.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SecretError {
@@ -20,6 +31,8 @@ pub enum SecretError {
     Unreadable { id: String, reason: String },
     #[error("secret {id} holds no usable value: {reason}")]
     Invalid { id: String, reason: String },
+    #[error("secret {id} could not be refreshed for {age_secs} s; the last value is retired")]
+    Stale { id: String, age_secs: u64 },
 }
 
 /// Turns a secret's string into the value the code uses (and refuses a malformed one).
@@ -61,7 +74,15 @@ pub struct ManagedSecret<T> {
     id: String,
     ttl: Duration,
     parse: Parse<T>,
-    cached: RwLock<Option<(Arc<T>, Instant)>>,
+    cached: RwLock<Option<Cached<T>>>,
+}
+
+struct Cached<T> {
+    value: Arc<T>,
+    /// When the value was read.
+    fetched: Instant,
+    /// When to ask Secrets Manager again (the TTL, or sooner after a failed refresh).
+    next_try: Instant,
 }
 
 impl<T: Send + Sync> ManagedSecret<T> {
@@ -80,7 +101,12 @@ impl<T: Send + Sync> ManagedSecret<T> {
             cached: RwLock::new(None),
         };
         let value = secret.fetch().await?;
-        *secret.cached.write().await = Some((value, Instant::now()));
+        let now = Instant::now();
+        *secret.cached.write().await = Some(Cached {
+            value,
+            fetched: now,
+            next_try: now + ttl,
+        });
         Ok(secret)
     }
 
@@ -112,45 +138,85 @@ impl<T: Send + Sync> ManagedSecret<T> {
     }
 
     async fn get(&self) -> Result<Arc<T>, SecretError> {
-        if let Some((v, at)) = self.cached.read().await.as_ref() {
-            if at.elapsed() < self.ttl {
-                return Ok(v.clone());
+        if let Some(c) = self.cached.read().await.as_ref() {
+            if Instant::now() < c.next_try {
+                return self.usable(c);
             }
         }
         let mut cached = self.cached.write().await;
-        if let Some((v, at)) = cached.as_ref() {
-            if at.elapsed() < self.ttl {
-                return Ok(v.clone()); // refreshed by another request meanwhile
+        if let Some(c) = cached.as_ref() {
+            if Instant::now() < c.next_try {
+                return self.usable(c); // refreshed (or retried) by another request meanwhile
             }
         }
         match self.fetch().await {
-            Ok(v) => {
-                *cached = Some((v.clone(), Instant::now()));
-                Ok(v)
+            Ok(value) => {
+                let now = Instant::now();
+                *cached = Some(Cached {
+                    value: value.clone(),
+                    fetched: now,
+                    next_try: now + self.ttl,
+                });
+                Ok(value)
             }
-            Err(e) => match cached.as_ref() {
-                Some((v, _)) => {
+            Err(e) => match cached.as_mut() {
+                Some(c) => {
                     tracing::warn!(error = %e, "could not refresh a secret; using the last value");
-                    Ok(v.clone())
+                    crate::metrics::emit(
+                        "SecretRefreshFailures",
+                        1.0,
+                        crate::metrics::Unit::Count,
+                        &[],
+                    );
+                    c.next_try = Instant::now() + RETRY_AFTER.min(self.ttl);
+                    self.usable(c)
                 }
                 None => Err(e),
             },
         }
     }
+
+    /// The cached value, unless it has outlived every refresh for too long.
+    fn usable(&self, c: &Cached<T>) -> Result<Arc<T>, SecretError> {
+        let age = c.fetched.elapsed();
+        if age > self.ttl * MAX_STALE_TTLS {
+            return Err(SecretError::Stale {
+                id: self.id.clone(),
+                age_secs: age.as_secs(),
+            });
+        }
+        Ok(c.value.clone())
+    }
+}
+
+/// Refuses what is certainly not a bare secret: the console's default JSON key/value form, or
+/// anything that is not printable ASCII (an HTTP header cannot carry it).
+fn bare_value(s: &str) -> Result<&str, String> {
+    let v = s.trim();
+    if v.starts_with('{') || v.contains('"') {
+        return Err("store the plain value, not JSON".into());
+    }
+    if !v
+        .bytes()
+        .all(|b| b.is_ascii_graphic() || b == b' ' || b == b',')
+    {
+        return Err("the value must be printable ASCII".into());
+    }
+    Ok(v)
 }
 
 /// The provider's API key: one non-empty line.
 pub fn parse_api_key(s: &str) -> Result<String, String> {
-    let key = s.trim();
-    if key.is_empty() || key.contains(['\n', '\r']) {
-        return Err("the API key must be one non-empty line".into());
+    let key = bare_value(s)?;
+    if key.is_empty() || key.contains([' ', ',']) {
+        return Err("the API key must be one non-empty word".into());
     }
     Ok(key.to_string())
 }
 
 /// The webhook signing secrets: comma separated, the new one first during a rotation.
 pub fn parse_webhook_secrets(s: &str) -> Result<Vec<WebhookSecret>, String> {
-    let secrets = s
+    let secrets = bare_value(s)?
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -166,7 +232,12 @@ pub fn parse_webhook_secrets(s: &str) -> Result<Vec<WebhookSecret>, String> {
 /// `AWS_ENDPOINT_URL_SECRETS_MANAGER`), with the call recorder where `CALL_LOG_DIR` is set.
 pub async fn client() -> aws_sdk_secretsmanager::Client {
     let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let mut builder = aws_sdk_secretsmanager::config::Builder::from(&config);
+    let mut builder = aws_sdk_secretsmanager::config::Builder::from(&config).timeout_config(
+        aws_sdk_secretsmanager::config::timeout::TimeoutConfig::builder()
+            .operation_timeout(CALL_TIMEOUT)
+            .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+            .build(),
+    );
     if let Some(recorder) = crate::calls::CallRecorder::from_env() {
         builder = builder.interceptor(recorder);
     }
@@ -208,6 +279,12 @@ mod tests {
         assert_eq!(parse_api_key(" key-1 \n").unwrap(), "key-1");
         assert!(parse_api_key("").is_err());
         assert!(parse_api_key("a\nb").is_err());
+        // The console's default key/value form is not a key, nor a list of secrets.
+        assert!(parse_api_key(r#"{"api_key":"sk_live_0123456789"}"#).is_err());
+        assert!(
+            parse_webhook_secrets(r#"{"s":"whsec_new_0123456789,whsec_old_0123456789"}"#).is_err()
+        );
+        assert!(parse_api_key("kéy-0123456789").is_err());
         assert_eq!(
             parse_webhook_secrets("whsec_new_0123456789, whsec_old_0123456789")
                 .unwrap()

@@ -119,6 +119,15 @@ async fn a_failed_refresh_keeps_the_last_value_and_logs_the_name_never_the_value
         .unwrap();
     tokio::time::sleep(TTL + Duration::from_millis(100)).await;
     assert_eq!(secret.get().await.unwrap().as_str(), value);
+    // …but not forever: past two TTLs without a successful refresh the value is retired, so a
+    // rotated-out webhook secret cannot live on behind a failing Secrets Manager.
+    tokio::time::sleep(TTL * 2).await;
+    let err = secret
+        .get()
+        .await
+        .expect_err("a value past two TTLs is not used");
+    assert!(matches!(err, SecretError::Stale { .. }), "{err}");
+    assert!(!err.to_string().contains(value));
 
     let logs = capture.text();
     assert!(logs.contains("could not refresh a secret"), "{logs}");
