@@ -229,10 +229,11 @@ impl<S: Store + BatchStore + 'static> WebhookProcessor<S> {
             .currency
             .as_ref()
             .is_some_and(|c| c != w.currency.code().as_str())
-            || event
-                .amount
-                .as_ref()
-                .is_some_and(|a| a.parse::<rust_decimal::Decimal>().ok() != Some(w.amount.value()));
+            || event.amount.as_ref().is_some_and(|a| {
+                // Exactly, as a plain decimal in the currency's scale: an amount that only rounds
+                // to ours is a conflict, not a match.
+                crate::domain::Amount::parse(a, &w.currency).ok() != Some(w.amount)
+            });
         if mismatch {
             metrics::count("WebhookConflicts", w.currency.code().as_str());
             return self.finish_without_change(event, Handled::Conflict).await;
