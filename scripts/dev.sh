@@ -29,7 +29,7 @@ SANDBOX_PORT="${SANDBOX_PORT:-9100}"
 TABLE_NAME="${TABLE_NAME:-withdrawals}"
 # Seconds between health checks; how long a check may take before the function counts as gone.
 HEALTH_EVERY="${HEALTH_EVERY:-3}"
-HEALTH_TIMEOUT="${HEALTH_TIMEOUT:-4}"
+HEALTH_TIMEOUT="${HEALTH_TIMEOUT:-5}"
 STACK_DIR="$LOCAL_DIR/stack-$WATCH_PORT"
 ENV_FILE="$STACK_DIR/lambda.env"
 WATCH_LOG="$STACK_DIR/watch.log"
@@ -182,7 +182,8 @@ start_watch
 # - a request per HTTP function (401 and 405, both before touching the table): a function that
 #   hangs. A failed probe counts only when the log shows no rebuild in progress (watch restarts
 #   a function after a source change, which takes a while), and only HEALTH_FAILS times in a row.
-HEALTH_FAILS="${HEALTH_FAILS:-2}"
+# Three slow answers in a row on a busy machine are not a death; a process that is gone is.
+HEALTH_FAILS="${HEALTH_FAILS:-3}"
 watch_lines_seen=0
 probe_failures=0
 running_before=""

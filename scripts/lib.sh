@@ -58,29 +58,32 @@ start_group() {
   echo "$!"
 }
 
-# stop_group [--grace SECONDS] PGID...: TERM to each whole group and to each group leader's
-# children that left it (cargo lambda watch starts each function in a session of its own), all
-# at once; KILL what is left after the grace period (5 s). One call for everything a script
-# started, so the grace periods do not add up past a caller's own.
+# stop_group [--grace SECONDS] PGID...: TERM to each whole group and to the groups of each group
+# leader's children that left it (cargo lambda watch starts each function in a session, and so a
+# group, of its own: its `cargo run` and rustc or the function itself), all at once; KILL what
+# is left after the grace period (5 s). One call for everything a script started, so grace
+# periods do not add up past a caller's own. Only group ids are signalled: a group that is gone
+# cannot be mistaken for a reused process id.
 stop_group() {
-  local grace=5 pgid children="" pids=""
+  local grace=5 pgid child groups=""
   if [ "${1:-}" = --grace ]; then grace="$2"; shift 2; fi
   for pgid in "$@"; do
     [ -n "$pgid" ] || continue
-    children+="$(pgrep -P "$pgid" 2>/dev/null | tr '\n' ' ' || true)"
-    kill -TERM -- "-$pgid" 2>/dev/null || true
-    pids+="-$pgid "
+    for child in $(pgrep -P "$pgid" 2>/dev/null || true); do
+      # Only a child leading a group of its own; one in ours goes with ours.
+      [ "$(ps -o pgid= -p "$child" 2>/dev/null | tr -d ' ')" = "$child" ] && groups+="$child "
+    done
+    groups+="$pgid "
   done
-  # shellcheck disable=SC2086
-  [ -z "$children" ] || kill -TERM $children 2>/dev/null || true
-  local tries=$((grace * 5)) alive
-  for _ in $(seq 1 "$tries"); do
+  for pgid in $groups; do kill -TERM -- "-$pgid" 2>/dev/null || true; done
+  local alive
+  for _ in $(seq 1 $((grace * 5))); do
     alive=""
-    for pgid in $pids $children; do kill -0 -- "$pgid" 2>/dev/null && alive=1; done
+    for pgid in $groups; do kill -0 -- "-$pgid" 2>/dev/null && alive=1; done
     [ -n "$alive" ] || return 0
     sleep 0.2
   done
-  for pgid in $pids $children; do kill -KILL -- "$pgid" 2>/dev/null || true; done
+  for pgid in $groups; do kill -KILL -- "-$pgid" 2>/dev/null || true; done
 }
 
 # AWS services other than DynamoDB run locally in moto's server (Secrets Manager here): a real
