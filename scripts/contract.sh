@@ -24,10 +24,14 @@ OP="$ROOT/target/debug/operator"
 TOKEN=$("$OP" token --user contract --ttl 7200)
 
 seeds="${CONTRACT_SEEDS:-20261130 $RANDOM$RANDOM}"
+# Run from the stack's folder: Schemathesis and Hypothesis write caches into the working
+# directory, and a new folder in the checkout makes cargo lambda watch restart every function in
+# the middle of the run (requests then hang).
+cd "$STACK_DIR"
 for seed in $seeds; do
   log "schemathesis run openapi.yaml, every check, seed $seed"
-  SCHEMATHESIS_HOOKS=scripts/schemathesis_hooks.py \
-    schemathesis --config-file schemathesis.toml run openapi.yaml \
+  SCHEMATHESIS_HOOKS="$ROOT/scripts/schemathesis_hooks.py" \
+    schemathesis --config-file "$ROOT/schemathesis.toml" run "$ROOT/openapi.yaml" \
     --url "http://127.0.0.1:$WATCH_PORT" -H "Authorization: Bearer $TOKEN" \
     --checks all --exclude-checks not_a_server_error,content_type_conformance \
     --seed "$seed" --workers 2 --warnings off --generation-database none \
