@@ -174,6 +174,7 @@ impl From<StoreError> for ApiError {
             StoreError::IdempotencyKeyTaken
             | StoreError::DuplicateEvent
             | StoreError::LeaseLost
+            | StoreError::BatchChanged(_)
             | StoreError::Corrupt(_)
             | StoreError::Backend(_) => {
                 tracing::error!(error = %e, "store failure");

@@ -8,7 +8,10 @@
 
 use crate::domain::{Batch, BatchId, BatchStatus, Currencies, Transition, WithdrawalStatus};
 use crate::metrics;
-use crate::provider::{PayoutBatchRequest, PayoutProvider, StatusOutcome, SubmitOutcome};
+use crate::provider::{
+    BatchState, ItemStatus, PayoutBatchRequest, PayoutProvider, StatusOutcome, SubmitOutcome,
+};
+use crate::reconcile::{self, ReconcileError};
 use crate::settlement::{self, Applied, Outcome};
 use crate::store::{AttemptResult, BatchStore, Store, StoreError, TransitionDetails, CLAIM_CHUNK};
 use chrono::Utc;
@@ -24,6 +27,12 @@ pub struct BatcherConfig {
     pub max_attempts: u32,
     /// An accepted batch without final answers after this long is checked with the provider.
     pub stale_after: Duration,
+    /// An accepted batch the provider still reports unfinished (or cannot be asked about) this
+    /// long after acceptance is handed to an operator.
+    pub escalate_after: Duration,
+    /// A final batch is compared with the provider's status endpoint this long after it ended
+    /// (late returns have had time to arrive).
+    pub reconcile_after: Duration,
     /// Stop starting new work this long before the deadline.
     pub safety_margin: Duration,
     /// The provider client's timeout: a lease must outlive our last call.
@@ -40,6 +49,8 @@ impl Default for BatcherConfig {
             max_batch_size: 500,
             max_attempts: 5,
             stale_after: Duration::from_secs(3600),
+            escalate_after: Duration::from_secs(24 * 3600),
+            reconcile_after: Duration::from_secs(3600),
             safety_margin: Self::stop_margin(provider_timeout, lease_margin),
             provider_timeout,
             lease_margin,
@@ -90,7 +101,8 @@ impl BatcherConfig {
         Ok(())
     }
 
-    /// `BATCH_MAX_SIZE`, `BATCH_MAX_ATTEMPTS`, `BATCH_STALE_AFTER_SECS`, `PROVIDER_TIMEOUT_MS`,
+    /// `BATCH_MAX_SIZE`, `BATCH_MAX_ATTEMPTS`, `BATCH_STALE_AFTER_SECS`,
+    /// `BATCH_ESCALATE_AFTER_SECS`, `RECONCILE_AFTER_SECS`, `PROVIDER_TIMEOUT_MS`,
     /// `FUNCTION_TIMEOUT_SECS`; the stop margin is derived, never set on its own.
     pub fn from_env() -> Result<Self, String> {
         let d = Self::default();
@@ -109,6 +121,8 @@ impl BatcherConfig {
             max_batch_size: num("BATCH_MAX_SIZE", d.max_batch_size as u64)? as usize,
             max_attempts: num("BATCH_MAX_ATTEMPTS", d.max_attempts as u64)? as u32,
             stale_after: Duration::from_secs(num("BATCH_STALE_AFTER_SECS", 3600)?),
+            escalate_after: Duration::from_secs(num("BATCH_ESCALATE_AFTER_SECS", 24 * 3600)?),
+            reconcile_after: Duration::from_secs(num("RECONCILE_AFTER_SECS", 3600)?),
             provider_timeout,
             safety_margin: Self::stop_margin(provider_timeout, d.lease_margin),
             lease_margin: d.lease_margin,
@@ -141,20 +155,44 @@ pub struct CurrencySummary {
     pub submitted: u32,
     /// Batches the provider accepted during this run.
     pub batches: u32,
-    /// Batches sent again after an earlier ambiguous attempt or a crashed run.
+    /// Batches sent again after the provider said it never recorded them (404), or taken over
+    /// from a run that died before sending.
     pub resent: u32,
+    /// Batches due for a re-send that the provider already had: recorded as accepted, its
+    /// answers applied, not sent again.
+    pub found_at_provider: u32,
     /// Withdrawals rejected because the provider definitely refused their batch.
     pub rejected: u32,
     /// Pending withdrawals another run (or a cancel) took first.
     pub skipped: u32,
-    /// Sends with an unknown outcome in this run (batch stays open).
+    /// Sends (or status checks before a re-send) with an unknown outcome in this run.
     pub ambiguous: u32,
     /// Batches waiting for an operator.
     pub flagged: u32,
+    /// Batches this run handed to an operator (no other way out), with the reason in their
+    /// history.
+    pub escalated: u32,
     /// Stale accepted batches whose items the provider still does not report final.
     pub stale_unknown: u32,
     /// Withdrawals settled or rejected from the provider's status endpoint.
     pub resolved_from_status: u32,
+    /// Provider answers (status endpoint) that contradict ours: not applied.
+    pub conflicts: u32,
+    /// Final batches compared with the provider's status endpoint, and mismatches found.
+    pub reconciled: u32,
+    pub reconcile_mismatches: u32,
+    /// Batches or steps of this currency that failed; the run went on with the rest.
+    pub errors: u32,
+}
+
+/// A failure the run isolated: it is logged, counted and the run goes on.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct RunError {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<String>,
+    pub error: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -163,7 +201,13 @@ pub struct RunSummary {
     pub currencies: BTreeMap<String, CurrencySummary>,
     /// The time budget ran out; the rest waits for the next run.
     pub stopped_early: bool,
+    /// What failed without stopping the run (one bad batch or currency never blocks the others).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<RunError>,
 }
+
+/// Final batches compared with the provider per run, at most.
+const RECONCILE_PER_RUN: usize = 20;
 
 pub struct Batcher<S, P: ?Sized> {
     store: Arc<S>,
@@ -191,7 +235,14 @@ where
         }
     }
 
-    /// One run that must finish by `deadline` (the Lambda context's deadline).
+    /// The provider client (operator commands ask it before acting).
+    pub fn provider(&self) -> &Arc<P> {
+        &self.provider
+    }
+
+    /// One run that must finish by `deadline` (the Lambda context's deadline). A failure of one
+    /// batch or currency is recorded in the summary (`errors`), logged and counted
+    /// (`BatchErrors`), and the run goes on with the rest.
     pub async fn run(&self, deadline: Instant) -> Result<RunSummary, StoreError> {
         let mut run = Run {
             owner: format!("run_{}", ulid::Ulid::new()),
@@ -204,7 +255,7 @@ where
                 .currencies
                 .insert(c.code().to_string(), CurrencySummary::default());
         }
-        self.resume_open_batches(&mut run).await?;
+        self.resume_open_batches(&mut run).await;
         // A gauge, every run: the alarm fires when batches stay flagged, not only when flagged.
         let waiting: u32 = run.summary.currencies.values().map(|c| c.flagged).sum();
         metrics::emit(
@@ -217,8 +268,19 @@ where
             if run.out_of_time(&self.config) {
                 break;
             }
-            self.batch_currency(&mut run, currency).await?;
+            if let Err(e) = self.batch_currency(&mut run, currency).await {
+                run.failed(Some(currency.code().as_str()), None, &e);
+            }
         }
+        if !run.out_of_time(&self.config) {
+            self.reconcile_recent(&mut run).await;
+        }
+        metrics::emit(
+            "BatchErrors",
+            run.summary.errors.len() as f64,
+            metrics::Unit::Count,
+            &[],
+        );
         tracing::info!(summary = %serde_json::to_string(&run.summary).unwrap_or_default(), "batcher run done");
         Ok(run.summary)
     }
@@ -229,63 +291,82 @@ where
             + (left + self.config.provider_timeout + self.config.lease_margin).as_millis() as i64
     }
 
-    async fn resume_open_batches(&self, run: &mut Run) -> Result<(), StoreError> {
-        let mut open = self.store.open_batches().await?;
-        open.sort_by_key(|b| b.id);
-        for hint in open {
-            if run.out_of_time(&self.config) {
-                return Ok(());
-            }
-            let ccy = hint.currency.code().to_string();
-            match hint.status {
-                BatchStatus::Claiming | BatchStatus::Open => {
-                    if hint.lease_alive(now_ms()) {
-                        continue; // another run is building or sending it
-                    }
-                    let taken = self
-                        .store
-                        .take_lease(
-                            hint.id,
-                            &run.owner,
-                            self.lease_until_ms(run),
-                            now_ms(),
-                            &[BatchStatus::Claiming, BatchStatus::Open],
-                        )
-                        .await?;
-                    let Some(batch) = taken else { continue };
-                    if batch.status == BatchStatus::Claiming {
-                        // Its run died while claiming: the recorded members are the batch.
-                        tracing::warn!(batch_id = %batch.id, members = batch.member_count(), "taking over a batch left claiming");
-                        self.store.close_claiming(batch.id, &run.owner).await?;
-                    }
-                    run.counts(&ccy).resent += 1;
-                    let members = self.store.members(&batch).await?;
-                    self.send(run, &batch, &members).await?;
-                }
-                BatchStatus::Rejecting => {
-                    self.reject_members(run, hint.id).await?;
-                }
-                BatchStatus::Accepted => {
-                    // Completes a batch whose last callback's run died before closing it.
-                    if self.store.complete_if_final(hint.id).await? {
-                        continue;
-                    }
-                    if hint.accepted_at.is_some_and(|t| {
-                        Utc::now() - t
-                            > chrono::Duration::from_std(self.config.stale_after)
-                                .unwrap_or_default()
-                    }) {
-                        self.check_stale(run, &hint).await?;
-                    }
-                }
-                BatchStatus::NeedsOperator => {
-                    tracing::error!(batch_id = %hint.id, attempts = hint.attempts, last_error = ?hint.last_error, "batch needs an operator");
-                    run.counts(&ccy).flagged += 1;
-                }
-                BatchStatus::Rejected | BatchStatus::Completed => {}
+    async fn resume_open_batches(&self, run: &mut Run) {
+        let open = match self.store.open_batches().await {
+            Ok(open) => open,
+            Err(e) => return run.failed(None, None, &e),
+        };
+        let mut readable = Vec::new();
+        for b in open {
+            match b {
+                Ok(b) => readable.push(b),
+                // An unreadable record (corrupt, or its currency no longer configured) is
+                // reported every run; the others proceed.
+                Err(e) => run.failed(None, None, &e),
             }
         }
-        Ok(())
+        readable.sort_by_key(|b| b.id);
+        for hint in readable {
+            if run.out_of_time(&self.config) {
+                return;
+            }
+            if let Err(e) = self.resume(run, &hint).await {
+                run.failed(Some(hint.currency.code().as_str()), Some(hint.id), &e);
+            }
+        }
+    }
+
+    async fn resume(&self, run: &mut Run, hint: &Batch) -> Result<(), StoreError> {
+        let ccy = hint.currency.code().to_string();
+        match hint.status {
+            BatchStatus::Claiming | BatchStatus::Open => {
+                if hint.lease_alive(now_ms()) {
+                    return Ok(()); // another run is building or sending it
+                }
+                let taken = self
+                    .store
+                    .take_lease(
+                        hint.id,
+                        &run.owner,
+                        self.lease_until_ms(run),
+                        now_ms(),
+                        &[BatchStatus::Claiming, BatchStatus::Open],
+                    )
+                    .await?;
+                let Some(batch) = taken else { return Ok(()) };
+                let members = self.store.members(&batch).await?;
+                if batch.status == BatchStatus::Claiming {
+                    // Its run died while claiming, before any send: the recorded members are
+                    // the batch, and nothing was sent yet.
+                    tracing::warn!(batch_id = %batch.id, members = batch.member_count(), "taking over a batch left claiming");
+                    self.store.close_claiming(batch.id, &run.owner).await?;
+                    run.counts(&ccy).resent += 1;
+                    return self.send(run, &batch, &members).await;
+                }
+                self.resend(run, &batch, &members).await
+            }
+            BatchStatus::Rejecting => self.reject_members(run, hint.id).await,
+            BatchStatus::Accepted => {
+                // Completes a batch whose last callback's run died before closing it.
+                if self.store.complete_if_final(hint.id).await? {
+                    return Ok(());
+                }
+                if older_than(hint.accepted_at, self.config.stale_after) {
+                    self.check_stale(run, hint).await?;
+                }
+                Ok(())
+            }
+            BatchStatus::NeedsOperator => {
+                // Operators' rejects and late callbacks may have made every member final.
+                if self.store.complete_if_final(hint.id).await? {
+                    return Ok(());
+                }
+                tracing::error!(batch_id = %hint.id, attempts = hint.attempts, last_error = ?hint.last_error, "batch needs an operator");
+                run.counts(&ccy).flagged += 1;
+                Ok(())
+            }
+            BatchStatus::Rejected | BatchStatus::Completed => Ok(()),
+        }
     }
 
     async fn batch_currency(
@@ -307,22 +388,7 @@ where
                 return Ok(());
             };
             after = Some(last.id);
-            let mut batch = Batch {
-                id: BatchId::new(),
-                currency: currency.clone(),
-                status: BatchStatus::Claiming,
-                members: BTreeMap::new(),
-                total: Default::default(),
-                attempts: 0,
-                last_error: None,
-                provider_batch_id: None,
-                reason: None,
-                lease_owner: Some(run.owner.clone()),
-                lease_until_ms: self.lease_until_ms(run),
-                created_at: Utc::now(),
-                updated_at: Utc::now(),
-                accepted_at: None,
-            };
+            let mut batch = Batch::claiming(currency.clone(), &run.owner, self.lease_until_ms(run));
             let mut members = Vec::new();
             for chunk in candidates.chunks(CLAIM_CHUNK) {
                 if run.out_of_time(&self.config) {
@@ -350,7 +416,11 @@ where
                 match self.store.close_claiming(batch.id, &run.owner).await {
                     Ok(()) => {
                         batch.status = BatchStatus::Open;
-                        self.send(run, &batch, &members).await?;
+                        if let Err(e) = self.send(run, &batch, &members).await {
+                            // The batch is recorded OPEN: the next run asks the provider about
+                            // it. This currency's other pending withdrawals go on.
+                            run.failed(Some(&ccy), Some(batch.id), &e);
+                        }
                     }
                     // Taken over after our lease ran out: the other run sends it.
                     Err(StoreError::LeaseLost) => {}
@@ -363,6 +433,72 @@ where
         }
     }
 
+    /// A batch that may have been sent before (an ambiguous attempt, a run that died after
+    /// closing its claim, an operator's `retry-batch`). Its idempotency key may have expired at
+    /// the provider, so it is never simply sent again: the provider is asked first, and only a
+    /// definite "never recorded" (404) allows a re-send.
+    async fn resend(
+        &self,
+        run: &mut Run,
+        batch: &Batch,
+        members: &[crate::domain::Withdrawal],
+    ) -> Result<(), StoreError> {
+        let ccy = batch.currency.code().to_string();
+        match self.provider.batch_status(batch.id).await {
+            StatusOutcome::Found(state) => {
+                tracing::warn!(batch_id = %batch.id, "the provider already has a batch due for a re-send: recording it as accepted");
+                let accepted = AttemptResult::Accepted {
+                    provider_batch_id: state.provider_batch_id.clone(),
+                };
+                match self
+                    .store
+                    .record_attempt(batch.id, &run.owner, &accepted)
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(StoreError::LeaseLost) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+                let c = run.counts(&ccy);
+                c.found_at_provider += 1;
+                self.apply_status(run, batch, members, &state).await?;
+                self.store.complete_if_final(batch.id).await?;
+                Ok(())
+            }
+            StatusOutcome::NotFound => {
+                // 404 while a member is already final (its callback reached us) contradicts
+                // itself: sending again could pay twice, so an operator decides.
+                if let Some(w) = members.iter().find(|w| {
+                    w.status != WithdrawalStatus::Submitted || w.batch_id != Some(batch.id)
+                }) {
+                    let reason = format!(
+                        "provider answers 404 but member {} is already {}",
+                        w.id, w.status
+                    );
+                    tracing::error!(batch_id = %batch.id, %reason, "not re-sending");
+                    self.escalate(
+                        run,
+                        batch,
+                        BatchStatus::Open,
+                        Some(&run.owner.clone()),
+                        &reason,
+                    )
+                    .await?;
+                    return Ok(());
+                }
+                run.counts(&ccy).resent += 1;
+                self.send(run, batch, members).await
+            }
+            StatusOutcome::Ambiguous { error } => {
+                let outcome = SubmitOutcome::Ambiguous {
+                    error: format!("status before re-send unknown: {error}"),
+                };
+                self.record_outcome(run, batch, members.len(), outcome, None)
+                    .await
+            }
+        }
+    }
+
     /// Sends a batch we hold the lease of and records the outcome.
     async fn send(
         &self,
@@ -370,11 +506,23 @@ where
         batch: &Batch,
         members: &[crate::domain::Withdrawal],
     ) -> Result<(), StoreError> {
-        let ccy = batch.currency.code().to_string();
         let request = PayoutBatchRequest::new(batch, members);
         let started = Instant::now();
         let outcome = self.provider.submit_batch(&request).await;
         let latency_ms = started.elapsed().as_millis() as u64;
+        self.record_outcome(run, batch, members.len(), outcome, Some(latency_ms))
+            .await
+    }
+
+    async fn record_outcome(
+        &self,
+        run: &mut Run,
+        batch: &Batch,
+        items: usize,
+        outcome: SubmitOutcome,
+        latency_ms: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let ccy = batch.currency.code().to_string();
         let result = match &outcome {
             SubmitOutcome::Accepted { provider_batch_id } => AttemptResult::Accepted {
                 provider_batch_id: provider_batch_id.clone(),
@@ -399,24 +547,26 @@ where
             }
             Err(e) => return Err(e),
         };
-        tracing::info!(batch_id = %batch.id, currency = %ccy, items = members.len(), latency_ms, status = %recorded.status, "provider call");
-        metrics::emit(
-            "ProviderLatency",
-            latency_ms as f64,
-            metrics::Unit::Milliseconds,
-            &[("Currency", &ccy)],
-        );
-        metrics::emit(
-            "BatchSize",
-            members.len() as f64,
-            metrics::Unit::Count,
-            &[("Currency", &ccy)],
-        );
+        if let Some(latency_ms) = latency_ms {
+            tracing::info!(batch_id = %batch.id, currency = %ccy, items, latency_ms, status = %recorded.status, "provider call");
+            metrics::emit(
+                "ProviderLatency",
+                latency_ms as f64,
+                metrics::Unit::Milliseconds,
+                &[("Currency", &ccy)],
+            );
+            metrics::emit(
+                "BatchSize",
+                items as f64,
+                metrics::Unit::Count,
+                &[("Currency", &ccy)],
+            );
+        }
         match outcome {
             SubmitOutcome::Accepted { .. } => {
                 let c = run.counts(&ccy);
                 c.batches += 1;
-                c.submitted += members.len() as u32;
+                c.submitted += items as u32;
             }
             SubmitOutcome::Rejected { reason } => {
                 tracing::warn!(batch_id = %batch.id, %reason, "provider rejected the batch");
@@ -430,9 +580,34 @@ where
                     metrics::emit("BatchesFlagged", 1.0, metrics::Unit::Count, &[]);
                     tracing::error!(batch_id = %batch.id, attempts = recorded.attempts, %error, "batch flagged for an operator");
                 } else {
-                    tracing::warn!(batch_id = %batch.id, attempts = recorded.attempts, %error, "provider outcome unknown; will re-send");
+                    tracing::warn!(batch_id = %batch.id, attempts = recorded.attempts, %error, "provider outcome unknown; the next run asks before re-sending");
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Hands a batch with no other way out to an operator, audited in its history.
+    async fn escalate(
+        &self,
+        run: &mut Run,
+        batch: &Batch,
+        from: BatchStatus,
+        owner: Option<&str>,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let by = format!("batcher:{}", run.owner);
+        if self
+            .store
+            .escalate(batch.id, from, owner, &by, reason)
+            .await?
+            .is_some()
+        {
+            let c = run.counts(batch.currency.code().as_str());
+            c.escalated += 1;
+            c.flagged += 1;
+            metrics::emit("BatchesFlagged", 1.0, metrics::Unit::Count, &[]);
+            tracing::error!(batch_id = %batch.id, %reason, "batch escalated to an operator");
         }
         Ok(())
     }
@@ -463,43 +638,44 @@ where
         self.store.finish_rejecting(batch.id).await
     }
 
-    /// Asks the provider about an accepted batch that has waited too long for callbacks.
-    async fn check_stale(&self, run: &mut Run, hint: &Batch) -> Result<(), StoreError> {
-        let ccy = hint.currency.code().to_string();
-        let state = match self.provider.batch_status(hint.id).await {
-            StatusOutcome::Found(state) => state,
-            StatusOutcome::NotFound => {
-                tracing::error!(batch_id = %hint.id, "provider does not know an accepted batch");
-                run.counts(&ccy).stale_unknown += 1;
-                return Ok(());
-            }
-            StatusOutcome::Ambiguous { error } => {
-                tracing::error!(batch_id = %hint.id, %error, "stale batch status unknown");
-                run.counts(&ccy).stale_unknown += 1;
-                return Ok(());
-            }
-        };
-        let members = self.store.members(hint).await?;
+    /// Applies the final items of a status answer under the webhook's rules (amount and
+    /// currency must match exactly; contradictions are never applied). Returns how many members
+    /// are still without a final answer there.
+    async fn apply_status(
+        &self,
+        run: &mut Run,
+        batch: &Batch,
+        members: &[crate::domain::Withdrawal],
+        state: &BatchState,
+    ) -> Result<usize, StoreError> {
+        let ccy = batch.currency.code().to_string();
         let mut unresolved = 0;
         let mut seen = BTreeSet::new();
         for item in &state.items {
             let Some(w) = members.iter().find(|w| w.id.to_string() == item.reference) else {
-                tracing::error!(batch_id = %hint.id, reference = %item.reference, "provider reports an item not in the batch");
+                tracing::error!(batch_id = %batch.id, reference = %item.reference, "provider reports an item not in the batch");
                 continue;
             };
             seen.insert(w.id);
+            if settlement::reported_mismatch(w, Some(&item.amount), Some(&state.currency)) {
+                tracing::error!(batch_id = %batch.id, withdrawal_id = %w.id, "provider status reports another amount or currency: not applied");
+                metrics::count("StatusConflicts", &ccy);
+                run.counts(&ccy).conflicts += 1;
+                unresolved += 1;
+                continue;
+            }
             let outcome = match item.status {
-                crate::provider::ItemStatus::Pending => {
+                ItemStatus::Pending => {
                     unresolved += 1;
                     continue;
                 }
-                crate::provider::ItemStatus::Paid => Outcome::Paid {
+                ItemStatus::Paid => Outcome::Paid {
                     provider_reference: item.provider_reference.clone(),
                 },
-                crate::provider::ItemStatus::Failed => Outcome::Failed {
+                ItemStatus::Failed => Outcome::Failed {
                     reason: item.reason.clone().unwrap_or_else(|| "failed".into()),
                 },
-                crate::provider::ItemStatus::Returned => Outcome::Returned {
+                ItemStatus::Returned => Outcome::Returned {
                     reason: item.reason.clone().unwrap_or_else(|| "returned".into()),
                 },
             };
@@ -509,17 +685,117 @@ where
                 Applied::AlreadyDone(_) | Applied::Duplicate => {}
                 Applied::Conflict(current) => {
                     tracing::error!(withdrawal_id = %w.id, %current, ?outcome, "provider status contradicts our state");
+                    metrics::count("StatusConflicts", &ccy);
+                    run.counts(&ccy).conflicts += 1;
                 }
             }
         }
         unresolved += members.iter().filter(|w| !seen.contains(&w.id)).count();
-        if unresolved > 0 {
-            tracing::error!(batch_id = %hint.id, unresolved, "stale batch still has items without a final answer");
-            run.counts(&ccy).stale_unknown += 1;
+        Ok(unresolved)
+    }
+
+    /// Asks the provider about an accepted batch that has waited too long for callbacks. One
+    /// the provider no longer knows, or whose items stay without a final answer past
+    /// `escalate_after`, is handed to an operator: it would otherwise hold its funds forever.
+    async fn check_stale(&self, run: &mut Run, hint: &Batch) -> Result<(), StoreError> {
+        let ccy = hint.currency.code().to_string();
+        let overdue = older_than(hint.accepted_at, self.config.escalate_after);
+        match self.provider.batch_status(hint.id).await {
+            StatusOutcome::Found(state) => {
+                let members = self.store.members(hint).await?;
+                let unresolved = self.apply_status(run, hint, &members, &state).await?;
+                if self.store.complete_if_final(hint.id).await? || unresolved == 0 {
+                    return Ok(());
+                }
+                tracing::error!(batch_id = %hint.id, unresolved, "stale batch still has items without a final answer");
+                run.counts(&ccy).stale_unknown += 1;
+                if overdue {
+                    let reason = format!(
+                        "{unresolved} item(s) without a final answer {} h after acceptance",
+                        self.config.escalate_after.as_secs() / 3600
+                    );
+                    self.escalate(run, hint, BatchStatus::Accepted, None, &reason)
+                        .await?;
+                }
+            }
+            StatusOutcome::NotFound => {
+                tracing::error!(batch_id = %hint.id, "provider does not know an accepted batch");
+                run.counts(&ccy).stale_unknown += 1;
+                self.escalate(
+                    run,
+                    hint,
+                    BatchStatus::Accepted,
+                    None,
+                    "the provider no longer knows this accepted batch (404)",
+                )
+                .await?;
+            }
+            StatusOutcome::Ambiguous { error } => {
+                tracing::error!(batch_id = %hint.id, %error, "stale batch status unknown");
+                run.counts(&ccy).stale_unknown += 1;
+                if overdue {
+                    let reason = format!("provider status unreachable past the limit: {error}");
+                    self.escalate(run, hint, BatchStatus::Accepted, None, &reason)
+                        .await?;
+                }
+            }
         }
-        self.store.complete_if_final(hint.id).await?;
         Ok(())
     }
+
+    /// The slow cadence of reconciliation: final batches, once each, `reconcile_after` after
+    /// they ended, compared with the provider's status endpoint. Mismatches are logged,
+    /// counted (`ReconcileMismatches`, alarmed on) and recorded on the batch.
+    async fn reconcile_recent(&self, run: &mut Run) {
+        let due = match self.store.unreconciled(RECONCILE_PER_RUN).await {
+            Ok(due) => due,
+            Err(e) => return run.failed(None, None, &e),
+        };
+        for batch in due {
+            if run.out_of_time(&self.config)
+                || !older_than(Some(batch.updated_at), self.config.reconcile_after)
+            {
+                continue;
+            }
+            let ccy = batch.currency.code().to_string();
+            let found =
+                match reconcile::batch(self.store.as_ref(), self.provider.as_ref(), &batch).await {
+                    Ok(found) => found,
+                    // Unreachable provider: the batch stays on the list for the next run.
+                    Err(ReconcileError::Provider(e)) => {
+                        tracing::warn!(batch_id = %batch.id, error = %e, "reconcile postponed");
+                        continue;
+                    }
+                    Err(ReconcileError::Store(e)) => {
+                        run.failed(Some(&ccy), Some(batch.id), &e);
+                        continue;
+                    }
+                };
+            for m in &found {
+                tracing::error!(batch_id = %batch.id, mismatch = %m, "reconcile mismatch");
+            }
+            metrics::emit(
+                "ReconcileMismatches",
+                found.len() as f64,
+                metrics::Unit::Count,
+                &[],
+            );
+            let c = run.counts(&ccy);
+            c.reconciled += 1;
+            c.reconcile_mismatches += found.len() as u32;
+            if let Err(e) = self
+                .store
+                .mark_reconciled(batch.id, found.len() as u32)
+                .await
+            {
+                run.failed(Some(&ccy), Some(batch.id), &e);
+            }
+        }
+    }
+}
+
+fn older_than(t: Option<chrono::DateTime<Utc>>, age: Duration) -> bool {
+    t.is_some_and(|t| Utc::now() - t > chrono::Duration::from_std(age).unwrap_or_default())
 }
 
 struct Run {
@@ -539,6 +815,19 @@ impl Run {
 
     fn counts(&mut self, ccy: &str) -> &mut CurrencySummary {
         self.summary.currencies.entry(ccy.to_string()).or_default()
+    }
+
+    /// Records a failure the run goes on past.
+    fn failed(&mut self, ccy: Option<&str>, batch: Option<BatchId>, e: &StoreError) {
+        tracing::error!(currency = ?ccy, batch_id = ?batch.map(|b| b.to_string()), error = %e, "batcher step failed; going on with the rest");
+        if let Some(ccy) = ccy {
+            self.counts(ccy).errors += 1;
+        }
+        self.summary.errors.push(RunError {
+            currency: ccy.map(str::to_string),
+            batch_id: batch.map(|b| b.to_string()),
+            error: e.to_string(),
+        });
     }
 }
 

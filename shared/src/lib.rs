@@ -11,6 +11,7 @@ pub mod domain;
 pub mod metrics;
 pub mod operations;
 pub mod provider;
+pub mod reconcile;
 pub mod secrets;
 pub mod settlement;
 pub mod signature;

@@ -72,6 +72,9 @@ pub enum ItemStatus {
 pub struct ItemState {
     pub reference: String,
     pub status: ItemStatus,
+    /// What the provider holds for the item, as a plain decimal: compared with ours before
+    /// anything is applied, exactly as a webhook's amount is.
+    pub amount: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider_reference: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,6 +85,7 @@ pub struct ItemState {
 pub struct BatchState {
     pub batch_id: String,
     pub provider_batch_id: String,
+    pub currency: String,
     pub items: Vec<ItemState>,
 }
 

@@ -2,7 +2,7 @@
 //! status endpoint — as conditional transitions. Repeats are no-ops; contradictions are reported,
 //! never applied.
 
-use crate::domain::{Transition, Withdrawal, WithdrawalStatus};
+use crate::domain::{Amount, Transition, Withdrawal, WithdrawalStatus};
 use crate::store::{EventRecord, Store, StoreError, TransitionDetails};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +29,15 @@ pub enum Applied {
     Conflict(WithdrawalStatus),
     /// The event was already recorded as processed.
     Duplicate,
+}
+
+/// Whether what the provider reports for a withdrawal (from a webhook or the status endpoint)
+/// contradicts ours: another currency, or an amount that is not exactly ours as a plain decimal
+/// in the currency's scale (one that only rounds to ours is a conflict, not a match). Nothing is
+/// applied on a mismatch — it is a conflict for an operator.
+pub fn reported_mismatch(w: &Withdrawal, amount: Option<&str>, currency: Option<&str>) -> bool {
+    currency.is_some_and(|c| c != w.currency.code().as_str())
+        || amount.is_some_and(|a| Amount::parse(a, &w.currency).ok() != Some(w.amount))
 }
 
 /// The provider event an outcome came from.

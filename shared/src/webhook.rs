@@ -225,15 +225,8 @@ impl<S: Store + BatchStore + 'static> WebhookProcessor<S> {
                 .finish_without_change(event, Handled::UnknownWithdrawal)
                 .await;
         };
-        let mismatch = event
-            .currency
-            .as_ref()
-            .is_some_and(|c| c != w.currency.code().as_str())
-            || event.amount.as_ref().is_some_and(|a| {
-                // Exactly, as a plain decimal in the currency's scale: an amount that only rounds
-                // to ours is a conflict, not a match.
-                crate::domain::Amount::parse(a, &w.currency).ok() != Some(w.amount)
-            });
+        let mismatch =
+            settlement::reported_mismatch(&w, event.amount.as_deref(), event.currency.as_deref());
         if mismatch {
             metrics::count("WebhookConflicts", w.currency.code().as_str());
             return self.finish_without_change(event, Handled::Conflict).await;

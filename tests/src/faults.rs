@@ -180,7 +180,7 @@ impl BatchStore for FaultyStore {
     ) -> Result<ClaimResult, StoreError> {
         faulty!(self, "claim", self.inner.claim(b, owner, chunk, create))
     }
-    async fn open_batches(&self) -> Result<Vec<Batch>, StoreError> {
+    async fn open_batches(&self) -> Result<Vec<Result<Batch, StoreError>>, StoreError> {
         faulty!(self, "open_batches", self.inner.open_batches())
     }
     async fn batch(&self, id: BatchId) -> Result<Option<Batch>, StoreError> {
@@ -224,8 +224,39 @@ impl BatchStore for FaultyStore {
     async fn final_count(&self, id: BatchId) -> Result<u32, StoreError> {
         faulty!(self, "final_count", self.inner.final_count(id))
     }
-    async fn reset_attempts(&self, id: BatchId) -> Result<(), StoreError> {
-        faulty!(self, "reset_attempts", self.inner.reset_attempts(id))
+    async fn reset_attempts(&self, id: BatchId, by: &str) -> Result<(), StoreError> {
+        faulty!(self, "reset_attempts", self.inner.reset_attempts(id, by))
+    }
+    async fn escalate(
+        &self,
+        id: BatchId,
+        from: BatchStatus,
+        owner: Option<&str>,
+        by: &str,
+        reason: &str,
+    ) -> Result<Option<Batch>, StoreError> {
+        faulty!(
+            self,
+            "escalate",
+            self.inner.escalate(id, from, owner, by, reason)
+        )
+    }
+    async fn reject_flagged_member(
+        &self,
+        w: &Withdrawal,
+        d: TransitionDetails,
+    ) -> Result<Withdrawal, StoreError> {
+        faulty!(
+            self,
+            "reject_flagged_member",
+            self.inner.reject_flagged_member(w, d.clone())
+        )
+    }
+    async fn unreconciled(&self, limit: usize) -> Result<Vec<Batch>, StoreError> {
+        faulty!(self, "unreconciled", self.inner.unreconciled(limit))
+    }
+    async fn mark_reconciled(&self, id: BatchId, m: u32) -> Result<(), StoreError> {
+        faulty!(self, "mark_reconciled", self.inner.mark_reconciled(id, m))
     }
     async fn members(&self, b: &Batch) -> Result<Vec<Withdrawal>, StoreError> {
         faulty!(self, "members", self.inner.members(b))

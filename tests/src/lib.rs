@@ -351,14 +351,27 @@ impl PayoutEnv {
     }
 
     pub fn batcher(&self, config: BatcherConfig) -> Batcher<DynamoStore, HttpProvider> {
-        let provider =
-            HttpProvider::new(&self.provider_url, API_KEY, config.provider_timeout).unwrap();
+        self.batcher_with(Arc::new(self.provider()), config)
+    }
+
+    /// A batcher speaking to another provider (a second sandbox that never saw our batches, a
+    /// wrapper that alters answers).
+    pub fn batcher_with<P: shared::provider::PayoutProvider + ?Sized + 'static>(
+        &self,
+        provider: Arc<P>,
+        config: BatcherConfig,
+    ) -> Batcher<DynamoStore, P> {
         Batcher::new(
             self.env.store_for(BATCHER_FN),
-            Arc::new(provider),
+            provider,
             self.env.currencies.clone(),
             config,
         )
+    }
+
+    /// A client of this env's sandbox, as the batcher and the operator commands use it.
+    pub fn provider(&self) -> HttpProvider {
+        HttpProvider::new(&self.provider_url, API_KEY, Duration::from_millis(500)).unwrap()
     }
 
     /// Runs the batcher once with a generous time budget.
@@ -528,23 +541,7 @@ pub fn claiming_batch(
     owner: &str,
     lease_until_ms: i64,
 ) -> shared::domain::Batch {
-    let now = chrono::Utc::now();
-    shared::domain::Batch {
-        id: shared::domain::BatchId::new(),
-        currency: currency.clone(),
-        status: shared::domain::BatchStatus::Claiming,
-        members: Default::default(),
-        total: rust_decimal::Decimal::ZERO,
-        attempts: 0,
-        last_error: None,
-        provider_batch_id: None,
-        reason: None,
-        lease_owner: Some(owner.to_string()),
-        lease_until_ms,
-        created_at: now,
-        updated_at: now,
-        accepted_at: None,
-    }
+    shared::domain::Batch::claiming(currency.clone(), owner, lease_until_ms)
 }
 
 /// Where a test's tracing subscriber writes, to read back what the code logged.

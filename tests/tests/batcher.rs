@@ -163,7 +163,7 @@ async fn overlapping_runs_put_each_withdrawal_in_exactly_one_batch() {
 }
 
 #[tokio::test]
-async fn an_ambiguous_provider_answer_is_resent_and_paid_exactly_once() {
+async fn after_an_ambiguous_answer_the_provider_is_asked_and_only_an_unrecorded_batch_is_resent() {
     for fault in [
         Fault::TimeoutBeforeRecord,
         Fault::TimeoutAfterRecord,
@@ -201,12 +201,29 @@ async fn an_ambiguous_provider_answer_is_resent_and_paid_exactly_once() {
         );
 
         let second = p.run(PayoutEnv::config()).await;
-        assert_eq!(second.currencies["EUR"].resent, 1, "{fault:?}");
-        assert_eq!(second.currencies["EUR"].batches, 1, "{fault:?}");
+        // Recorded there: the status answer is taken as the acceptance and nothing is sent
+        // again (a provider that forgot the key would pay it twice). Never recorded (404): sent
+        // again, once.
+        let c = &second.currencies["EUR"];
+        assert_eq!(
+            (c.resent, c.batches, c.found_at_provider),
+            if recorded { (0, 0, 1) } else { (1, 1, 0) },
+            "{fault:?}"
+        );
+        assert_eq!(
+            p.sandbox.submit_calls(),
+            if recorded { 1 } else { 2 },
+            "{fault:?}: a batch the provider has is never sent again"
+        );
+        // What the status answer said was paid is settled at once.
         let batch = &p.env.store.all_batches().await.unwrap()[0];
         assert_eq!(
             (batch.status, batch.attempts),
-            (BatchStatus::Accepted, 2),
+            if recorded {
+                (BatchStatus::Completed, 2)
+            } else {
+                (BatchStatus::Accepted, 2)
+            },
             "{fault:?}"
         );
         let paid = p.sandbox.payouts_by_reference();
@@ -293,6 +310,7 @@ async fn an_operator_rejection_in_a_flagged_batch_forbids_re_sending_it() {
 
     let rejected = shared::operations::reject_withdrawal(
         &p.env.store,
+        &p.provider(),
         seeded[0].id,
         "confirmed unpaid with provider",
     )
@@ -304,11 +322,14 @@ async fn an_operator_rejection_in_a_flagged_batch_forbids_re_sending_it() {
         .await
         .is_err());
     // A settled or already-final withdrawal cannot be rejected by an operator.
-    assert!(
-        shared::operations::reject_withdrawal(&p.env.store, seeded[0].id, "again")
-            .await
-            .is_err()
-    );
+    assert!(shared::operations::reject_withdrawal(
+        &p.env.store,
+        &p.provider(),
+        seeded[0].id,
+        "again"
+    )
+    .await
+    .is_err());
     assert_eq!(
         p.env.balance("op-0", "USD").await.1,
         "5.00",

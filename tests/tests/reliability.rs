@@ -445,7 +445,7 @@ async fn crash_scenario(name: &'static str, crash: Crash) -> Row {
         let open = p.env.store.open_batches().await.unwrap();
         let unsent = open.iter().any(|b| {
             matches!(
-                b.status,
+                b.as_ref().expect("readable batch").status,
                 BatchStatus::Claiming | BatchStatus::Open | BatchStatus::Rejecting
             )
         });

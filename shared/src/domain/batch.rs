@@ -79,9 +79,48 @@ pub struct Batch {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub accepted_at: Option<DateTime<Utc>>,
+    /// An operator rejected one of its members: the batch must never be sent again (the same
+    /// request would pay a withdrawal whose funds were returned).
+    pub operator_rejected: bool,
+    /// Escalations and operator actions, oldest first, each written with the change it records.
+    pub history: Vec<BatchNote>,
+}
+
+/// One line of a batch's history.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct BatchNote {
+    pub at: String,
+    pub from: String,
+    pub to: String,
+    /// `batcher:<run>`, `operator`, …
+    pub by: String,
+    pub reason: String,
 }
 
 impl Batch {
+    /// A new batch as a run holds it while claiming its members under a lease.
+    pub fn claiming(currency: Currency, owner: &str, lease_until_ms: i64) -> Self {
+        let now = Utc::now();
+        Self {
+            id: BatchId::new(),
+            currency,
+            status: BatchStatus::Claiming,
+            members: BTreeMap::new(),
+            total: Decimal::ZERO,
+            attempts: 0,
+            last_error: None,
+            provider_batch_id: None,
+            reason: None,
+            lease_owner: Some(owner.to_string()),
+            lease_until_ms,
+            created_at: now,
+            updated_at: now,
+            accepted_at: None,
+            operator_rejected: false,
+            history: Vec::new(),
+        }
+    }
+
     pub fn member_count(&self) -> u32 {
         self.members.len() as u32
     }

@@ -11,7 +11,7 @@ mod withdrawal;
 pub use amount::Amount;
 pub use balance::{Balance, BalanceEffect};
 pub use bank_account::BankAccount;
-pub use batch::{Batch, BatchStatus};
+pub use batch::{Batch, BatchNote, BatchStatus};
 pub use currency::{Currencies, Currency, CurrencyCode};
 pub use ids::{BatchId, IdempotencyKey, UserId, WithdrawalId};
 pub use withdrawal::{AuditEntry, InvalidTransition, Transition, Withdrawal, WithdrawalStatus};

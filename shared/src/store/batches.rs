@@ -6,7 +6,8 @@ use super::dynamo::{
 use super::schema::{self, TableSchema};
 use super::{AttemptResult, BatchStore, ClaimResult, StoreError, TransitionDetails};
 use crate::domain::{
-    Batch, BatchId, BatchStatus, Currency, Transition, UserId, Withdrawal, WithdrawalId,
+    Batch, BatchId, BatchNote, BatchStatus, Currency, Transition, UserId, Withdrawal, WithdrawalId,
+    WithdrawalStatus,
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
@@ -71,6 +72,16 @@ impl DynamoStore {
                 .opt_s("accepted_at")
                 .map(|_| r.time("accepted_at"))
                 .transpose()?,
+            operator_rejected: matches!(
+                item.get("operator_rejected"),
+                Some(AttributeValue::Bool(true))
+            ),
+            history: match item.get("history") {
+                Some(AttributeValue::L(notes)) => {
+                    notes.iter().map(note_from_item).collect::<Result<_, _>>()?
+                }
+                _ => Vec::new(),
+            },
         })
     }
 
@@ -103,6 +114,50 @@ impl DynamoStore {
 }
 
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+
+fn note_to_item(n: &BatchNote) -> AttributeValue {
+    AttributeValue::M(HashMap::from([
+        ("at".to_string(), s(&n.at)),
+        ("from".into(), s(&n.from)),
+        ("to".into(), s(&n.to)),
+        ("by".into(), s(&n.by)),
+        ("reason".into(), s(&n.reason)),
+    ]))
+}
+
+fn note_from_item(v: &AttributeValue) -> Result<BatchNote, StoreError> {
+    let m = v
+        .as_m()
+        .map_err(|_| StoreError::Corrupt("batch history".into()))?;
+    let r = Reader(m);
+    Ok(BatchNote {
+        at: r.s("at")?.to_string(),
+        from: r.s("from")?.to_string(),
+        to: r.s("to")?.to_string(),
+        by: r.s("by")?.to_string(),
+        reason: r.s("reason")?.to_string(),
+    })
+}
+
+/// A history line as the one-element list `list_append` takes.
+fn note(from: BatchStatus, to: BatchStatus, by: &str, reason: &str) -> AttributeValue {
+    AttributeValue::L(vec![note_to_item(&BatchNote {
+        at: timestamp(&Utc::now()),
+        from: from.as_str().into(),
+        to: to.as_str().into(),
+        by: by.into(),
+        reason: reason.into(),
+    })])
+}
+
+/// What each item of an operator's reject transaction guards, so a cancellation is read by
+/// name: the batch's state, or the withdrawal's own transition.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RejectGuard {
+    BatchFlagged,
+    WithdrawalStatus,
+    Effect,
+}
 
 impl DynamoStore {
     async fn pending_in_shard(
@@ -302,12 +357,18 @@ impl BatchStore for DynamoStore {
         })
     }
 
-    async fn open_batches(&self) -> Result<Vec<Batch>, StoreError> {
-        self.index_items(TableSchema::OPEN_BATCHES_PK, usize::MAX, None)
+    async fn open_batches(&self) -> Result<Vec<Result<Batch, StoreError>>, StoreError> {
+        Ok(self
+            .index_items(TableSchema::OPEN_BATCHES_PK, usize::MAX, None)
             .await?
             .iter()
-            .map(|i| self.batch_from_item(i))
-            .collect()
+            .map(|i| {
+                self.batch_from_item(i).map_err(|e| {
+                    let id = i.get("id").and_then(|v| v.as_s().ok()).map_or("?", |v| v);
+                    StoreError::Corrupt(format!("batch {id}: {e}"))
+                })
+            })
+            .collect())
     }
 
     async fn batch(&self, id: BatchId) -> Result<Option<Batch>, StoreError> {
@@ -425,15 +486,15 @@ impl BatchStore for DynamoStore {
         self.update_batch(
             id,
             &format!(
-                "SET #st = :to, updated_at = :ts REMOVE {}, {}",
-                schema::PENDING_PK,
-                schema::PENDING_SK
+                "SET #st = :to, updated_at = :ts, {} = :reconcile",
+                schema::PENDING_PK
             ),
             "#st = :rejecting",
             vec![
                 (":to", s(BatchStatus::Rejected.as_str())),
                 (":rejecting", s(BatchStatus::Rejecting.as_str())),
                 (":ts", s(timestamp(&Utc::now()))),
+                (":reconcile", s(TableSchema::RECONCILE_PK)),
             ],
         )
         .await?;
@@ -462,12 +523,13 @@ impl BatchStore for DynamoStore {
         let close = Update::builder()
             .table_name(&self.table)
             .set_key(Some(Self::batch_key(id)))
+            // Final: off the open list, onto the reconcile list (same sort key, its id).
             .update_expression(format!(
-                "SET #st = :to, updated_at = :ts REMOVE {}, {}",
-                schema::PENDING_PK,
-                schema::PENDING_SK
+                "SET #st = :to, updated_at = :ts, {} = :reconcile",
+                schema::PENDING_PK
             ))
             .condition_expression("#st IN (:accepted, :flagged)")
+            .expression_attribute_values(":reconcile", s(TableSchema::RECONCILE_PK))
             .expression_attribute_names("#st", "status")
             .expression_attribute_values(":to", s(BatchStatus::Completed.as_str()))
             .expression_attribute_values(":accepted", s(BatchStatus::Accepted.as_str()))
@@ -499,21 +561,179 @@ impl BatchStore for DynamoStore {
         }
     }
 
-    async fn reset_attempts(&self, id: BatchId) -> Result<(), StoreError> {
+    async fn reset_attempts(&self, id: BatchId, by: &str) -> Result<(), StoreError> {
+        let reset = self
+            .update_batch(
+                id,
+                "SET #st = :open, attempts = :zero, updated_at = :ts, lease_until = :zero, \
+                 history = list_append(if_not_exists(history, :empty), :note)",
+                "#st = :flagged AND attribute_not_exists(operator_rejected)",
+                vec![
+                    (":open", s(BatchStatus::Open.as_str())),
+                    (":flagged", s(BatchStatus::NeedsOperator.as_str())),
+                    (":zero", n(0)),
+                    (":ts", s(timestamp(&Utc::now()))),
+                    (":empty", AttributeValue::L(vec![])),
+                    (
+                        ":note",
+                        note(
+                            BatchStatus::NeedsOperator,
+                            BatchStatus::Open,
+                            by,
+                            "retry-batch",
+                        ),
+                    ),
+                ],
+            )
+            .await?;
+        match reset {
+            Some(_) => Ok(()),
+            None => Err(StoreError::BatchChanged(
+                "not NEEDS_OPERATOR, or a member was rejected by an operator".into(),
+            )),
+        }
+    }
+
+    async fn escalate(
+        &self,
+        id: BatchId,
+        from: BatchStatus,
+        owner: Option<&str>,
+        by: &str,
+        reason: &str,
+    ) -> Result<Option<Batch>, StoreError> {
+        let mut values = vec![
+            (":to", s(BatchStatus::NeedsOperator.as_str())),
+            (":from", s(from.as_str())),
+            (":err", s(reason)),
+            (":ts", s(timestamp(&Utc::now()))),
+            (":zero", n(0)),
+            (":empty", AttributeValue::L(vec![])),
+            (":note", note(from, BatchStatus::NeedsOperator, by, reason)),
+        ];
+        let mut condition = "#st = :from".to_string();
+        if let Some(owner) = owner {
+            condition.push_str(" AND lease_owner = :owner");
+            values.push((":owner", s(owner)));
+        }
         self.update_batch(
             id,
-            "SET #st = :open, attempts = :zero, updated_at = :ts, lease_until = :zero",
-            "#st = :flagged",
+            "SET #st = :to, last_error = :err, updated_at = :ts, lease_until = :zero, \
+             history = list_append(if_not_exists(history, :empty), :note)",
+            &condition,
+            values,
+        )
+        .await
+    }
+
+    async fn reject_flagged_member(
+        &self,
+        w: &Withdrawal,
+        details: TransitionDetails,
+    ) -> Result<Withdrawal, StoreError> {
+        let Some(batch) = w.batch_id else {
+            return Err(StoreError::BatchChanged(
+                "the withdrawal is in no batch".into(),
+            ));
+        };
+        if w.status != WithdrawalStatus::Submitted {
+            return Err(StoreError::StateChanged {
+                current: Some(w.status),
+            });
+        }
+        let mark = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(Self::batch_key(batch)))
+            .update_expression(
+                "SET operator_rejected = :yes, updated_at = :ts, \
+                 history = list_append(if_not_exists(history, :empty), :note)",
+            )
+            .condition_expression("#st = :flagged")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":yes", AttributeValue::Bool(true))
+            .expression_attribute_values(":flagged", s(BatchStatus::NeedsOperator.as_str()))
+            .expression_attribute_values(":ts", s(timestamp(&Utc::now())))
+            .expression_attribute_values(":empty", AttributeValue::L(vec![]))
+            .expression_attribute_values(
+                ":note",
+                note(
+                    BatchStatus::NeedsOperator,
+                    BatchStatus::NeedsOperator,
+                    &details.actor,
+                    &format!(
+                        "member {} rejected: {}",
+                        w.id,
+                        details.failure_reason.as_deref().unwrap_or("no reason")
+                    ),
+                ),
+            )
+            .build()
+            .map_err(backend)?;
+        let (transition, updated) =
+            self.transition_items(w, Transition::Reject, &details, Utc::now())?;
+        let mut guards = vec![RejectGuard::BatchFlagged];
+        let mut items = vec![TransactWriteItem::builder().update(mark).build()];
+        // `transition_items` puts the withdrawal's own conditional update first.
+        for (i, item) in transition.into_iter().enumerate() {
+            guards.push(if i == 0 {
+                RejectGuard::WithdrawalStatus
+            } else {
+                RejectGuard::Effect
+            });
+            items.push(item);
+        }
+        match self.transact(items, &ulid::Ulid::new().to_string()).await {
+            Ok(()) => Ok(updated),
+            Err(TxError::Store(e)) => Err(e),
+            Err(TxError::Cancelled(reasons)) => {
+                let failed = |g: RejectGuard| {
+                    guards
+                        .iter()
+                        .zip(&reasons)
+                        .any(|(guard, r)| *guard == g && r.code() == Some("ConditionalCheckFailed"))
+                };
+                if failed(RejectGuard::BatchFlagged) {
+                    Err(StoreError::BatchChanged(
+                        "the batch is no longer NEEDS_OPERATOR".into(),
+                    ))
+                } else if failed(RejectGuard::WithdrawalStatus) {
+                    Err(StoreError::StateChanged { current: None })
+                } else {
+                    Err(StoreError::Corrupt(format!(
+                        "operator reject of {} refused by its balance or counter",
+                        w.id
+                    )))
+                }
+            }
+        }
+    }
+
+    async fn unreconciled(&self, limit: usize) -> Result<Vec<Batch>, StoreError> {
+        self.index_items(TableSchema::RECONCILE_PK, limit, None)
+            .await?
+            .iter()
+            .map(|i| self.batch_from_item(i))
+            .collect()
+    }
+
+    async fn mark_reconciled(&self, id: BatchId, mismatches: u32) -> Result<(), StoreError> {
+        self.update_batch(
+            id,
+            &format!(
+                "SET reconciled_at = :ts, reconcile_mismatches = :m REMOVE {}, {}",
+                schema::PENDING_PK,
+                schema::PENDING_SK
+            ),
+            "#st IN (:completed, :rejected)",
             vec![
-                (":open", s(BatchStatus::Open.as_str())),
-                (":flagged", s(BatchStatus::NeedsOperator.as_str())),
-                (":zero", n(0)),
                 (":ts", s(timestamp(&Utc::now()))),
+                (":m", n(mismatches)),
+                (":completed", s(BatchStatus::Completed.as_str())),
+                (":rejected", s(BatchStatus::Rejected.as_str())),
             ],
         )
-        .await?
-        .map(|_| ())
-        .ok_or(StoreError::StateChanged { current: None })
+        .await?;
+        Ok(())
     }
 
     async fn members(&self, batch: &Batch) -> Result<Vec<Withdrawal>, StoreError> {

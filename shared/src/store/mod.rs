@@ -31,6 +31,10 @@ pub enum StoreError {
     /// Another run took over the batch this run was working on.
     #[error("the batch lease was lost")]
     LeaseLost,
+    /// The batch was no longer in the state an operator action was conditioned on (another
+    /// operator or run moved it first).
+    #[error("the batch changed: {0}")]
+    BatchChanged(String),
     /// The withdrawal was not in a state the transition starts from (someone else moved it first).
     #[error("withdrawal is {current:?}, not in a state this change applies to")]
     StateChanged { current: Option<WithdrawalStatus> },
@@ -204,8 +208,10 @@ pub trait BatchStore: Send + Sync {
         create: bool,
     ) -> Result<ClaimResult, StoreError>;
 
-    /// Non-terminal batches (from the sparse index), oldest first.
-    async fn open_batches(&self) -> Result<Vec<Batch>, StoreError>;
+    /// Non-terminal batches (from the sparse index), oldest first. Each record is decoded on its
+    /// own: an unreadable one (corrupt, or its currency no longer configured) is an `Err` in the
+    /// list, naming the batch, and never hides the others.
+    async fn open_batches(&self) -> Result<Vec<Result<Batch, StoreError>>, StoreError>;
 
     async fn batch(&self, id: BatchId) -> Result<Option<Batch>, StoreError>;
 
@@ -241,8 +247,38 @@ pub trait BatchStore: Send + Sync {
     /// Members that reached SETTLED or REJECTED.
     async fn final_count(&self, id: BatchId) -> Result<u32, StoreError>;
 
-    /// NEEDS_OPERATOR → OPEN with the attempt count reset (operator `retry-batch`).
-    async fn reset_attempts(&self, id: BatchId) -> Result<(), StoreError>;
+    /// NEEDS_OPERATOR → OPEN with the attempt count reset (operator `retry-batch`), in one
+    /// conditional write that also requires no member to have been rejected by an operator.
+    /// `BatchChanged` otherwise.
+    async fn reset_attempts(&self, id: BatchId, by: &str) -> Result<(), StoreError>;
+
+    /// `from` → NEEDS_OPERATOR, with `reason` in the batch's history, so an operator can act on
+    /// it (a batch with no other way out). With `owner`, only while that run holds the lease.
+    /// `None` when the batch was no longer `from`.
+    async fn escalate(
+        &self,
+        id: BatchId,
+        from: BatchStatus,
+        owner: Option<&str>,
+        by: &str,
+        reason: &str,
+    ) -> Result<Option<Batch>, StoreError>;
+
+    /// An operator's reject of a SUBMITTED member of a NEEDS_OPERATOR batch: the withdrawal's
+    /// Reject and the batch's `operator_rejected` mark in one transaction, conditional on the
+    /// batch still being NEEDS_OPERATOR (`BatchChanged` otherwise), so it cannot interleave
+    /// with a `retry-batch` that puts the batch back in the batcher's hands.
+    async fn reject_flagged_member(
+        &self,
+        w: &Withdrawal,
+        details: TransitionDetails,
+    ) -> Result<Withdrawal, StoreError>;
+
+    /// Final batches (COMPLETED, REJECTED) not yet reconciled with the provider, oldest first.
+    async fn unreconciled(&self, limit: usize) -> Result<Vec<Batch>, StoreError>;
+
+    /// Takes a batch off the reconcile list, recording how many mismatches were found.
+    async fn mark_reconciled(&self, id: BatchId, mismatches: u32) -> Result<(), StoreError>;
 
     /// The member withdrawals, read consistently.
     async fn members(&self, batch: &Batch) -> Result<Vec<Withdrawal>, StoreError>;

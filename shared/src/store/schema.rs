@@ -42,6 +42,9 @@ impl TableSchema {
     /// Open (non-terminal) batches share this key in the sparse index, so a run finds
     /// unfinished work without a scan.
     pub const OPEN_BATCHES_PK: &'static str = "BATCHES#OPEN";
+    /// Final batches wait under this key until the batcher has reconciled them with the
+    /// provider's status endpoint (`reconcile`), then leave the index.
+    pub const RECONCILE_PK: &'static str = "BATCHES#RECONCILE";
     /// The pending index is sharded per currency (`PENDING#USD#0` …) so one currency's writes
     /// spread over several index partitions; see docs/scaling.md.
     pub fn pending_pk(currency: CurrencyCode, shard: u32) -> String {

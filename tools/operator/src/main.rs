@@ -55,7 +55,16 @@ enum Command {
     Batches,
     /// Hand a batch flagged for an operator back to the batcher (re-sent with the same key).
     RetryBatch { id: String },
-    /// Reject a withdrawal and return its funds (only PENDING, or in a flagged batch).
+    /// Compare final batches with the provider's status endpoint (PROVIDER_URL,
+    /// PROVIDER_API_KEY): paid there but rejected here, failed there but settled here, unknown
+    /// to the provider, amount differs. Exits 1 on any mismatch.
+    Reconcile {
+        /// Only batches created at or after this time (RFC 3339, e.g. 2026-11-29T00:00:00Z).
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// Reject a withdrawal and return its funds: PENDING, or SUBMITTED when the provider says
+    /// its batch was never recorded (and the batch needs an operator) or the item failed.
     Reject {
         #[arg(long)]
         withdrawal: String,
@@ -204,13 +213,46 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             println!("batch {id} will be re-sent by the next batcher run");
         }
         Command::Reject { withdrawal, reason } => {
+            let batcher = payout_batcher::app_from_env()
+                .await
+                .map_err(|e| e.to_string())?;
             let w = shared::operations::reject_withdrawal(
                 &store,
+                batcher.provider().as_ref(),
                 WithdrawalId::parse(&withdrawal)?,
                 &reason,
             )
             .await?;
             println!("{} {} {} {}", w.id, w.status, w.currency, w.amount);
+        }
+        Command::Reconcile { since } => {
+            let batcher = payout_batcher::app_from_env()
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut mismatches = 0;
+            let mut checked = 0;
+            for b in store.all_batches().await? {
+                if since.is_some_and(|t| b.created_at < t) {
+                    continue;
+                }
+                let found =
+                    shared::reconcile::batch(&store, batcher.provider().as_ref(), &b).await?;
+                checked += 1;
+                for m in &found {
+                    println!("MISMATCH {m}");
+                }
+                mismatches += found.len();
+            }
+            shared::metrics::emit(
+                "ReconcileMismatches",
+                mismatches as f64,
+                shared::metrics::Unit::Count,
+                &[],
+            );
+            println!("reconciled {checked} batches: {mismatches} mismatch(es)");
+            if mismatches > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::History { withdrawal } => {
             let w = store

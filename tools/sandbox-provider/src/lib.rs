@@ -274,6 +274,7 @@ impl Sandbox {
                 item.reference.clone(),
                 ItemState {
                     reference: item.reference.clone(),
+                    amount: item.amount.clone(),
                     reason: (status == ItemStatus::Failed).then(|| "account closed".to_string()),
                     provider_reference: Some(provider_reference),
                     status,
@@ -537,6 +538,7 @@ async fn status(State(sb): State<Sandbox>, Path(id): Path<String>, headers: Head
         Some(b) => Json(BatchState {
             batch_id: id.clone(),
             provider_batch_id: b.provider_batch_id.clone(),
+            currency: b.request.currency.clone(),
             items: b.items.values().cloned().collect(),
         })
         .into_response(),

@@ -1,0 +1,116 @@
+//! Reconciliation: our final states against the provider's status endpoint, batch by batch.
+//! Catches what no single callback can show: a payout the provider made that we returned, a
+//! failure there that we settled, a batch or item it does not know, an amount that differs.
+
+use crate::domain::{Batch, WithdrawalStatus};
+use crate::provider::{ItemStatus, PayoutProvider, StatusOutcome};
+use crate::settlement;
+use crate::store::{BatchStore, StoreError};
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MismatchKind {
+    /// Paid (or returned) there, but REJECTED or CANCELLED here: paid while the funds came back.
+    PaidButNotHere,
+    /// Failed there, but SETTLED or RETURNED here.
+    FailedButSettledHere,
+    /// Final here, but the provider does not know the batch or the item.
+    UnknownToProvider,
+    /// Final here, still pending there.
+    PendingThere,
+    /// The provider holds another amount or currency.
+    AmountDiffers,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    pub batch_id: String,
+    pub withdrawal_id: String,
+    pub ours: WithdrawalStatus,
+    /// What the provider said of the item (`paid`, `failed`, `not found`, …).
+    pub theirs: String,
+    pub kind: MismatchKind,
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:?}: batch {} withdrawal {} is {} here, {} at the provider",
+            self.kind, self.batch_id, self.withdrawal_id, self.ours, self.theirs
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The provider could not be asked; nothing can be concluded.
+    #[error("provider status unknown: {0}")]
+    Provider(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Compares every final member of `batch` with what the provider reports. Members still open
+/// here (PENDING, SUBMITTED) are not compared: their answer is still coming.
+pub async fn batch<S, P>(
+    store: &S,
+    provider: &P,
+    batch: &Batch,
+) -> Result<Vec<Mismatch>, ReconcileError>
+where
+    S: BatchStore + ?Sized,
+    P: PayoutProvider + ?Sized,
+{
+    let members = store.members(batch).await?;
+    let state = match provider.batch_status(batch.id).await {
+        StatusOutcome::Found(state) => Some(state),
+        StatusOutcome::NotFound => None,
+        StatusOutcome::Ambiguous { error } => return Err(ReconcileError::Provider(error)),
+    };
+    let mut out = Vec::new();
+    for w in members.iter().filter(|w| !w.status.is_open()) {
+        let mismatch = |kind: MismatchKind, theirs: &str| Mismatch {
+            batch_id: batch.id.to_string(),
+            withdrawal_id: w.id.to_string(),
+            ours: w.status,
+            theirs: theirs.to_string(),
+            kind,
+        };
+        let item = state.as_ref().and_then(|s| {
+            s.items
+                .iter()
+                .find(|i| i.reference == w.id.to_string())
+                .map(|i| (i, s.currency.as_str()))
+        });
+        use WithdrawalStatus::*;
+        let Some((item, currency)) = item else {
+            // Never recorded there: right for a rejected or cancelled withdrawal, wrong for one
+            // we consider paid.
+            if matches!(w.status, Settled | Returned) {
+                out.push(mismatch(MismatchKind::UnknownToProvider, "not found"));
+            }
+            continue;
+        };
+        let theirs = format!("{:?}", item.status).to_lowercase();
+        if settlement::reported_mismatch(w, Some(&item.amount), Some(currency)) {
+            out.push(mismatch(
+                MismatchKind::AmountDiffers,
+                &format!("{theirs} {} {currency}", item.amount),
+            ));
+            continue;
+        }
+        let kind = match (&item.status, w.status) {
+            (ItemStatus::Paid | ItemStatus::Returned, Rejected | Cancelled) => {
+                Some(MismatchKind::PaidButNotHere)
+            }
+            (ItemStatus::Failed, Settled | Returned) => Some(MismatchKind::FailedButSettledHere),
+            (ItemStatus::Pending, _) => Some(MismatchKind::PendingThere),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            out.push(mismatch(kind, &theirs));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,487 @@
+//! Payout safety where operators race and providers forget: every check an operator action
+//! relies on is a condition of its write, the provider is asked before money goes out again or
+//! comes back, every batch has a way out, and one bad batch never stops the others.
+
+use async_trait::async_trait;
+use integration_tests::{PayoutEnv, ACCOUNTS};
+use sandbox_provider::{Fault, Sandbox, SandboxConfig};
+use shared::batcher::BatcherConfig;
+use shared::domain::{BatchId, BatchStatus, Currencies, WithdrawalStatus};
+use shared::operations::{self, OperationError, RejectGround};
+use shared::provider::{
+    HttpProvider, PayoutBatchRequest, PayoutProvider, StatusOutcome, SubmitOutcome,
+};
+use shared::reconcile::MismatchKind;
+use shared::settlement::{self, Outcome};
+use shared::signature::WebhookSecret;
+use shared::store::{BatchStore, DynamoStore, Store};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A batch of `n` × `amount` flagged for an operator after an unrecorded attempt (the provider
+/// answers 404 for it).
+async fn flagged_unrecorded(
+    p: &PayoutEnv,
+    prefix: &str,
+    amount: &str,
+    n: usize,
+) -> (Vec<shared::domain::Withdrawal>, BatchId) {
+    let seeded = p.seed(prefix, "USD", amount, n, ACCOUNTS[0]).await;
+    p.sandbox.inject(&[Fault::ErrorBeforeRecord]);
+    p.run(BatcherConfig {
+        max_attempts: 1,
+        ..PayoutEnv::config()
+    })
+    .await;
+    let batch = batch_of(&p.env.store, &seeded[0]).await;
+    assert_eq!(batch.status, BatchStatus::NeedsOperator);
+    (seeded, batch.id)
+}
+
+async fn batch_of(store: &DynamoStore, w: &shared::domain::Withdrawal) -> shared::domain::Batch {
+    let w = store.withdrawal(&w.user_id, w.id).await.unwrap().unwrap();
+    store.batch(w.batch_id.unwrap()).await.unwrap().unwrap()
+}
+
+/// A second sandbox that never saw any of our batches: it answers 404 for all of them, as a
+/// provider that lost a batch (or its records) does.
+async fn amnesiac() -> HttpProvider {
+    let sandbox = Sandbox::new(SandboxConfig::new(
+        integration_tests::API_KEY,
+        WebhookSecret::new(integration_tests::WEBHOOK_SECRET).unwrap(),
+    ));
+    let addr = sandbox.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    HttpProvider::new(
+        &format!("http://{addr}"),
+        integration_tests::API_KEY,
+        Duration::from_millis(500),
+    )
+    .unwrap()
+}
+
+/// A provider whose status answers report another amount for every item.
+struct MisreportedAmounts(HttpProvider);
+
+#[async_trait]
+impl PayoutProvider for MisreportedAmounts {
+    async fn submit_batch(&self, request: &PayoutBatchRequest) -> SubmitOutcome {
+        self.0.submit_batch(request).await
+    }
+    async fn batch_status(&self, batch_id: BatchId) -> StatusOutcome {
+        match self.0.batch_status(batch_id).await {
+            StatusOutcome::Found(mut state) => {
+                for item in &mut state.items {
+                    item.amount = format!("{}1", item.amount);
+                }
+                StatusOutcome::Found(state)
+            }
+            other => other,
+        }
+    }
+}
+
+/// The tests' sandbox sends no callbacks: a run that asks the provider about every accepted
+/// batch stands in for them.
+async fn settle_from_status(p: &PayoutEnv) {
+    p.run(BatcherConfig {
+        stale_after: Duration::ZERO,
+        ..PayoutEnv::config()
+    })
+    .await;
+}
+
+fn refused(r: Result<impl std::fmt::Debug, OperationError>) -> String {
+    match r {
+        Err(OperationError::Refused(why)) => why,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_reject_planned_before_a_retry_cannot_commit_after_it() {
+    // The interleaving that paid a rejected withdrawal: A's reject passes its checks, B's
+    // retry-batch succeeds, A's reject commits, the next run re-sends the whole batch.
+    let p = PayoutEnv::new(|_| {}).await;
+    let (seeded, batch) = flagged_unrecorded(&p, "race", "40.00", 2).await;
+    let plan = operations::plan_reject(&p.env.store, &p.provider(), seeded[0].id)
+        .await
+        .unwrap();
+    assert_eq!(plan.ground, RejectGround::NeverRecorded);
+    operations::retry_batch(&p.env.store, batch).await.unwrap();
+    let why = refused(operations::commit_reject(&p.env.store, &plan, "A").await);
+    assert!(why.contains("batch changed"), "{why}");
+
+    // Nothing moved: the batch is the batcher's again and pays both, once each.
+    assert_eq!(
+        p.reload(&seeded[0]).await.status,
+        WithdrawalStatus::Submitted
+    );
+    p.run(PayoutEnv::config()).await;
+    settle_from_status(&p).await;
+    let paid = p.sandbox.payouts_by_reference();
+    assert_eq!(paid.len(), 2);
+    assert!(paid.values().all(|n| *n == 1));
+    for w in &seeded {
+        assert_eq!(p.reload(w).await.status, WithdrawalStatus::Settled);
+    }
+    p.env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn racing_reject_and_retry_never_pay_a_rejected_withdrawal() {
+    let p = PayoutEnv::new(|_| {}).await;
+    let provider = p.provider();
+    let mut outcomes = (0, 0);
+    for round in 0..12 {
+        let (seeded, batch) = flagged_unrecorded(&p, &format!("r{round}"), "40.00", 2).await;
+        let (rejected, retried) = tokio::join!(
+            operations::reject_withdrawal(&p.env.store, &provider, seeded[0].id, "A"),
+            operations::retry_batch(&p.env.store, batch),
+        );
+        assert!(
+            !(rejected.is_ok() && retried.is_ok()),
+            "round {round}: both a reject and a retry of the same flagged batch succeeded"
+        );
+        outcomes.0 += rejected.is_ok() as u32;
+        outcomes.1 += retried.is_ok() as u32;
+        p.run(PayoutEnv::config()).await;
+    }
+    // Whatever won, nothing the provider paid is rejected here, and nothing is paid twice.
+    settle_from_status(&p).await;
+    let paid = p.sandbox.payouts_by_reference();
+    assert!(paid.values().all(|n| *n == 1), "paid twice: {paid:?}");
+    for w in p.env.store.scan_all().await.unwrap().withdrawals {
+        let at_provider = paid.contains_key(&w.id.to_string());
+        assert_eq!(
+            at_provider,
+            w.status == WithdrawalStatus::Settled,
+            "{} is {} here, paid there: {at_provider}",
+            w.id,
+            w.status
+        );
+    }
+    assert!(outcomes.0 + outcomes.1 >= 12, "{outcomes:?}");
+    p.env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn a_submitted_withdrawal_is_rejected_only_on_the_providers_word() {
+    let p = PayoutEnv::new(|_| {}).await;
+    // The provider recorded and paid the batch, but its answer was lost: flagged after one
+    // attempt. A sibling's payout may even have been confirmed already.
+    let seeded = p.seed("word", "USD", "25.00", 2, ACCOUNTS[0]).await;
+    p.sandbox.inject(&[Fault::ErrorAfterRecord]);
+    p.run(BatcherConfig {
+        max_attempts: 1,
+        ..PayoutEnv::config()
+    })
+    .await;
+    let batch = batch_of(&p.env.store, &seeded[0]).await;
+    assert_eq!(batch.status, BatchStatus::NeedsOperator);
+    let why = refused(
+        operations::reject_withdrawal(&p.env.store, &p.provider(), seeded[0].id, "unpaid?").await,
+    );
+    assert!(why.contains("Paid"), "{why}");
+    assert_eq!(
+        p.reload(&seeded[0]).await.status,
+        WithdrawalStatus::Submitted
+    );
+
+    // An unreachable provider refuses too: nothing is concluded from silence.
+    let down = HttpProvider::new("http://127.0.0.1:9", "k", Duration::from_millis(300)).unwrap();
+    let why =
+        refused(operations::reject_withdrawal(&p.env.store, &down, seeded[1].id, "unpaid?").await);
+    assert!(why.contains("could not be asked"), "{why}");
+    assert_eq!(p.env.balance("word-0", "USD").await.1, "50.00");
+    p.env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn an_item_the_provider_reports_failed_is_rejected_as_that_failure() {
+    let p = PayoutEnv::new(|c| {
+        c.fail_accounts.insert(ACCOUNTS[1].to_string());
+    })
+    .await;
+    let seeded = p.seed("failed", "USD", "9.00", 1, ACCOUNTS[1]).await;
+    p.sandbox.inject(&[Fault::ErrorAfterRecord]);
+    p.run(BatcherConfig {
+        max_attempts: 1,
+        ..PayoutEnv::config()
+    })
+    .await;
+    let w = operations::reject_withdrawal(&p.env.store, &p.provider(), seeded[0].id, "checked")
+        .await
+        .unwrap();
+    assert_eq!(w.status, WithdrawalStatus::Rejected);
+    assert!(w.failure_reason.unwrap().contains("account closed"));
+    assert_eq!(p.env.balance("failed-0", "USD").await.0, "90.00");
+    p.env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn an_accepted_batch_the_provider_no_longer_knows_goes_to_an_operator_who_can_end_it() {
+    let p = PayoutEnv::new(|_| {}).await;
+    let seeded = p.seed("lost", "EUR", "15.00", 2, ACCOUNTS[0]).await;
+    p.run(PayoutEnv::config()).await;
+    let batch = batch_of(&p.env.store, &seeded[0]).await;
+    assert_eq!(batch.status, BatchStatus::Accepted);
+
+    // The provider loses the batch (no callbacks came): the stale check escalates, audited.
+    let forgetful = Arc::new(amnesiac().await);
+    let config = BatcherConfig {
+        stale_after: Duration::ZERO,
+        ..PayoutEnv::config()
+    };
+    let run = p
+        .batcher_with(forgetful.clone(), config.clone())
+        .run(std::time::Instant::now() + Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(run.currencies["EUR"].escalated, 1);
+    let flagged = p.env.store.batch(batch.id).await.unwrap().unwrap();
+    assert_eq!(flagged.status, BatchStatus::NeedsOperator);
+    let note = flagged.history.last().unwrap();
+    assert_eq!(
+        (note.from.as_str(), note.to.as_str()),
+        ("ACCEPTED", "NEEDS_OPERATOR")
+    );
+    assert!(note.reason.contains("404"), "{note:?}");
+
+    // With the provider's 404, the operator may reject each member; the batch then completes
+    // and can never be re-sent.
+    for w in &seeded {
+        let done = operations::reject_withdrawal(&p.env.store, forgetful.as_ref(), w.id, "lost")
+            .await
+            .unwrap();
+        assert_eq!(done.status, WithdrawalStatus::Rejected);
+    }
+    assert!(operations::retry_batch(&p.env.store, batch.id)
+        .await
+        .is_err());
+    p.batcher_with(forgetful, config)
+        .run(std::time::Instant::now() + Duration::from_secs(60))
+        .await
+        .unwrap();
+    let done = p.env.store.batch(batch.id).await.unwrap().unwrap();
+    assert_eq!(done.status, BatchStatus::Completed);
+    let (available, locked, _, _) = p.env.balance("lost-0", "EUR").await;
+    assert_eq!((available.as_str(), locked.as_str()), ("150.00", "0.00"));
+    p.env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn items_that_stay_pending_past_the_limit_are_escalated_and_not_rejectable() {
+    let p = PayoutEnv::new(|c| {
+        c.pending_accounts.insert(ACCOUNTS[2].to_string());
+    })
+    .await;
+    let seeded = p.seed("stuck", "USD", "3.00", 2, ACCOUNTS[2]).await;
+    p.run(PayoutEnv::config()).await;
+    let config = BatcherConfig {
+        stale_after: Duration::ZERO,
+        ..PayoutEnv::config()
+    };
+    // Within the limit: counted, left alone.
+    let quiet = p.run(config.clone()).await;
+    assert_eq!(quiet.currencies["USD"].stale_unknown, 1);
+    assert_eq!(quiet.currencies["USD"].escalated, 0);
+    // Past it: handed to an operator, who may not reject what the provider still holds.
+    let run = p
+        .run(BatcherConfig {
+            escalate_after: Duration::ZERO,
+            ..config
+        })
+        .await;
+    assert_eq!(run.currencies["USD"].escalated, 1);
+    let batch = batch_of(&p.env.store, &seeded[0]).await;
+    assert_eq!(batch.status, BatchStatus::NeedsOperator);
+    let why = refused(
+        operations::reject_withdrawal(&p.env.store, &p.provider(), seeded[0].id, "stuck").await,
+    );
+    assert!(why.contains("Pending"), "{why}");
+    // The batch stays reported every run until the provider answers.
+    assert_eq!(
+        p.run(PayoutEnv::config()).await.currencies["USD"].flagged,
+        1
+    );
+    p.env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn a_batch_with_a_final_member_is_never_resent_even_on_a_404() {
+    let p = PayoutEnv::new(|_| {}).await;
+    let seeded = p.seed("final", "USD", "8.00", 2, ACCOUNTS[0]).await;
+    p.sandbox.inject(&[Fault::ErrorBeforeRecord]);
+    p.run(PayoutEnv::config()).await;
+    // A callback for one member reached us (the provider has the batch, whatever its status
+    // endpoint says).
+    let member = p.reload(&seeded[0]).await;
+    let paid = Outcome::Paid {
+        provider_reference: Some("po_1".into()),
+    };
+    settlement::apply(p.env.store.as_ref(), &member, &paid, "webhook", None)
+        .await
+        .unwrap();
+
+    let run = p.run(PayoutEnv::config()).await;
+    assert_eq!(run.currencies["USD"].escalated, 1);
+    assert_eq!(p.sandbox.submit_calls(), 1, "not sent again");
+    let batch = batch_of(&p.env.store, &seeded[0]).await;
+    assert_eq!(batch.status, BatchStatus::NeedsOperator);
+    assert!(batch.last_error.unwrap().contains("already SETTLED"));
+    p.env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn status_answers_with_another_amount_are_conflicts_never_settled() {
+    let p = PayoutEnv::new(|_| {}).await;
+    let seeded = p.seed("amt", "USD", "12.00", 2, ACCOUNTS[0]).await;
+    p.run(PayoutEnv::config()).await;
+    let tampered = Arc::new(MisreportedAmounts(p.provider()));
+    let run = p
+        .batcher_with(
+            tampered,
+            BatcherConfig {
+                stale_after: Duration::ZERO,
+                ..PayoutEnv::config()
+            },
+        )
+        .run(std::time::Instant::now() + Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(run.currencies["USD"].conflicts, 2);
+    assert_eq!(run.currencies["USD"].resolved_from_status, 0);
+    for w in &seeded {
+        assert_eq!(p.reload(w).await.status, WithdrawalStatus::Submitted);
+    }
+    // The honest answer settles them.
+    let run = p
+        .run(BatcherConfig {
+            stale_after: Duration::ZERO,
+            ..PayoutEnv::config()
+        })
+        .await;
+    assert_eq!(run.currencies["USD"].resolved_from_status, 2);
+    p.env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn one_unreadable_batch_does_not_stop_the_other_currencies() {
+    let p = PayoutEnv::new(|_| {}).await;
+    // A GBP batch left open by a deployment that had GBP configured.
+    let with_gbp =
+        Currencies::parse_config(&format!("{},GBP:2:1:1000", Currencies::DEFAULT_CONFIG))
+            .expect("currencies");
+    let wide = DynamoStore::new(
+        p.env.store.client().clone(),
+        p.env.store.table_name(),
+        with_gbp.clone(),
+    );
+    let gbp = with_gbp.get("GBP").unwrap().clone();
+    let orphan = shared::domain::Batch::claiming(gbp, "dead-run", 0);
+    let w = shared::domain::Withdrawal::new(
+        shared::domain::UserId::parse("gbp-user").unwrap(),
+        orphan.currency.clone(),
+        shared::domain::Amount::parse("5.00", &orphan.currency).unwrap(),
+        shared::domain::BankAccount::parse(ACCOUNTS[0]).unwrap(),
+        chrono::Utc::now(),
+    );
+    wide.credit(&w.user_id, &w.currency, w.amount)
+        .await
+        .unwrap();
+    wide.request_withdrawal(&w, None, 10).await.unwrap();
+    wide.claim(&orphan, "dead-run", &[w], true).await.unwrap();
+
+    let seeded = p.seed("iso", "USD", "2.00", 3, ACCOUNTS[0]).await;
+    let run = p.run(PayoutEnv::config()).await;
+    assert_eq!(run.errors.len(), 1, "{:?}", run.errors);
+    assert!(run.errors[0].error.contains("GBP"), "{:?}", run.errors);
+    assert_eq!(run.currencies["USD"].batches, 1, "USD went on");
+    for w in &seeded {
+        assert_eq!(p.reload(w).await.status, WithdrawalStatus::Submitted);
+    }
+}
+
+#[tokio::test]
+async fn reconcile_reports_what_the_provider_says_differently() {
+    let p = PayoutEnv::new(|_| {}).await;
+    let seeded = p.seed("rec", "USD", "4.00", 3, ACCOUNTS[0]).await;
+    p.run(PayoutEnv::config()).await;
+    // Settled from the provider's own status: both sides agree.
+    p.run(BatcherConfig {
+        stale_after: Duration::ZERO,
+        ..PayoutEnv::config()
+    })
+    .await;
+    let batch = batch_of(&p.env.store, &seeded[0]).await;
+    assert_eq!(batch.status, BatchStatus::Completed);
+    let agree = shared::reconcile::batch(p.env.store.as_ref(), &p.provider(), &batch)
+        .await
+        .unwrap();
+    assert_eq!(agree, vec![]);
+
+    // A provider that does not know the batch, or reports other amounts, is reported per item.
+    let unknown = shared::reconcile::batch(p.env.store.as_ref(), &amnesiac().await, &batch)
+        .await
+        .unwrap();
+    assert_eq!(unknown.len(), 3);
+    assert!(unknown
+        .iter()
+        .all(|m| m.kind == MismatchKind::UnknownToProvider));
+    let amounts = shared::reconcile::batch(
+        p.env.store.as_ref(),
+        &MisreportedAmounts(p.provider()),
+        &batch,
+    )
+    .await
+    .unwrap();
+    assert!(amounts
+        .iter()
+        .all(|m| m.kind == MismatchKind::AmountDiffers));
+
+    // The batcher reconciles each final batch once, on its slow cadence.
+    let run = p
+        .run(BatcherConfig {
+            reconcile_after: Duration::ZERO,
+            ..PayoutEnv::config()
+        })
+        .await;
+    assert_eq!(
+        (
+            run.currencies["USD"].reconciled,
+            run.currencies["USD"].reconcile_mismatches
+        ),
+        (1, 0)
+    );
+    assert!(p.env.store.unreconciled(10).await.unwrap().is_empty());
+    let again = p
+        .run(BatcherConfig {
+            reconcile_after: Duration::ZERO,
+            ..PayoutEnv::config()
+        })
+        .await;
+    assert_eq!(again.currencies["USD"].reconciled, 0);
+}
+
+#[tokio::test]
+async fn reconcile_finds_a_payout_an_operator_forced_back() {
+    // What the old reject allowed: a withdrawal paid by the provider, then returned here.
+    let p = PayoutEnv::new(|_| {}).await;
+    let seeded = p.seed("forced", "USD", "6.00", 1, ACCOUNTS[0]).await;
+    p.sandbox.inject(&[Fault::ErrorAfterRecord]);
+    p.run(PayoutEnv::config()).await;
+    let w = p.reload(&seeded[0]).await;
+    let mut details = shared::store::TransitionDetails::by("operator");
+    details.failure_reason = Some("forced".into());
+    p.env
+        .store
+        .transition(&w, shared::domain::Transition::Reject, details)
+        .await
+        .unwrap();
+    let batch = batch_of(&p.env.store, &seeded[0]).await;
+    let found = shared::reconcile::batch(p.env.store.as_ref(), &p.provider(), &batch)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].kind, MismatchKind::PaidButNotHere);
+}
