@@ -208,6 +208,9 @@ pub struct RunSummary {
 
 /// Final batches compared with the provider per run, at most.
 const RECONCILE_PER_RUN: usize = 20;
+/// Stale or flagged batches looked up at the provider per run, at most (each call may take the
+/// provider timeout): the rest wait for the next run, least recently asked first.
+const STATUS_CHECKS_PER_RUN: usize = 10;
 
 pub struct Batcher<S, P: ?Sized> {
     store: Arc<S>,
@@ -255,7 +258,7 @@ where
                 .currencies
                 .insert(c.code().to_string(), CurrencySummary::default());
         }
-        self.resume_open_batches(&mut run).await;
+        let due = self.resume_open_batches(&mut run).await;
         // A gauge, every run: the alarm fires when batches stay flagged, not only when flagged.
         let waiting: u32 = run.summary.currencies.values().map(|c| c.flagged).sum();
         metrics::emit(
@@ -272,6 +275,9 @@ where
                 run.failed(Some(currency.code().as_str()), None, &e);
             }
         }
+        // Looking up slow batches comes after new claims, and is bounded per run, so batches
+        // whose items stay pending for days never starve fresh withdrawals.
+        self.status_checks(&mut run, due).await;
         if !run.out_of_time(&self.config) {
             self.reconcile_recent(&mut run).await;
         }
@@ -291,10 +297,14 @@ where
             + (left + self.config.provider_timeout + self.config.lease_margin).as_millis() as i64
     }
 
-    async fn resume_open_batches(&self, run: &mut Run) {
+    /// Finishes what earlier runs left; returns the batches due for a status check.
+    async fn resume_open_batches(&self, run: &mut Run) -> Vec<Batch> {
         let open = match self.store.open_batches().await {
             Ok(open) => open,
-            Err(e) => return run.failed(None, None, &e),
+            Err(e) => {
+                run.failed(None, None, &e);
+                return Vec::new();
+            }
         };
         let mut readable = Vec::new();
         for b in open {
@@ -306,22 +316,54 @@ where
             }
         }
         readable.sort_by_key(|b| b.id);
+        let mut due = Vec::new();
         for hint in readable {
+            if run.out_of_time(&self.config) {
+                break;
+            }
+            match self.resume(run, &hint).await {
+                Ok(true) => due.push(hint),
+                Ok(false) => {}
+                Err(e) => run.failed(Some(hint.currency.code().as_str()), Some(hint.id), &e),
+            }
+        }
+        due
+    }
+
+    /// Whether the provider should be asked about this batch now: once per `stale_after`.
+    fn status_due(&self, b: &Batch) -> bool {
+        let since = [b.accepted_at, b.checked_at, Some(b.updated_at)]
+            .into_iter()
+            .flatten()
+            .max();
+        older_than(since, self.config.stale_after)
+    }
+
+    /// Asks the provider about up to `STATUS_CHECKS_PER_RUN` due batches, least recently
+    /// asked first.
+    async fn status_checks(&self, run: &mut Run, mut due: Vec<Batch>) {
+        due.sort_by_key(|b| b.checked_at.or(b.accepted_at));
+        for hint in due.into_iter().take(STATUS_CHECKS_PER_RUN) {
             if run.out_of_time(&self.config) {
                 return;
             }
-            if let Err(e) = self.resume(run, &hint).await {
+            let checked = match self.check_stale(run, &hint).await {
+                Ok(()) => self.store.mark_checked(hint.id).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = checked {
                 run.failed(Some(hint.currency.code().as_str()), Some(hint.id), &e);
             }
         }
     }
 
-    async fn resume(&self, run: &mut Run, hint: &Batch) -> Result<(), StoreError> {
+    /// One open batch; `true` when it is due for a status check (done after the claims).
+    async fn resume(&self, run: &mut Run, hint: &Batch) -> Result<bool, StoreError> {
         let ccy = hint.currency.code().to_string();
         match hint.status {
             BatchStatus::Claiming | BatchStatus::Open => {
                 if hint.lease_alive(now_ms()) {
-                    return Ok(()); // another run is building or sending it
+                    return Ok(false); // another run is building or sending it
                 }
                 let taken = self
                     .store
@@ -333,7 +375,7 @@ where
                         &[BatchStatus::Claiming, BatchStatus::Open],
                     )
                     .await?;
-                let Some(batch) = taken else { return Ok(()) };
+                let Some(batch) = taken else { return Ok(false) };
                 let members = self.store.members(&batch).await?;
                 if batch.status == BatchStatus::Claiming {
                     // Its run died while claiming, before any send: the recorded members are
@@ -341,31 +383,35 @@ where
                     tracing::warn!(batch_id = %batch.id, members = batch.member_count(), "taking over a batch left claiming");
                     self.store.close_claiming(batch.id, &run.owner).await?;
                     run.counts(&ccy).resent += 1;
-                    return self.send(run, &batch, &members).await;
+                    self.send(run, &batch, &members).await?;
+                    return Ok(false);
                 }
-                self.resend(run, &batch, &members).await
+                self.resend(run, &batch, &members).await?;
+                Ok(false)
             }
-            BatchStatus::Rejecting => self.reject_members(run, hint.id).await,
+            BatchStatus::Rejecting => {
+                self.reject_members(run, hint.id).await?;
+                Ok(false)
+            }
             BatchStatus::Accepted => {
                 // Completes a batch whose last callback's run died before closing it.
                 if self.store.complete_if_final(hint.id).await? {
-                    return Ok(());
+                    return Ok(false);
                 }
-                if older_than(hint.accepted_at, self.config.stale_after) {
-                    self.check_stale(run, hint).await?;
-                }
-                Ok(())
+                Ok(self.status_due(hint))
             }
             BatchStatus::NeedsOperator => {
                 // Operators' rejects and late callbacks may have made every member final.
                 if self.store.complete_if_final(hint.id).await? {
-                    return Ok(());
+                    return Ok(false);
                 }
                 tracing::error!(batch_id = %hint.id, attempts = hint.attempts, last_error = ?hint.last_error, "batch needs an operator");
                 run.counts(&ccy).flagged += 1;
-                Ok(())
+                // What the provider says of it still applies (never a send): lost callbacks
+                // must not leave it waiting for a person who cannot act.
+                Ok(self.status_due(hint))
             }
-            BatchStatus::Rejected | BatchStatus::Completed => Ok(()),
+            BatchStatus::Rejected | BatchStatus::Completed => Ok(false),
         }
     }
 
@@ -465,9 +511,22 @@ where
                 self.store.complete_if_final(batch.id).await?;
                 Ok(())
             }
+            StatusOutcome::NotFound if batch.ever_accepted() => {
+                // It accepted this batch before (an operator's retry of an escalated batch):
+                // its 404 contradicts its own word, and the key may be forgotten by now.
+                let reason = format!(
+                    "provider accepted this batch before ({}) and now answers 404: not re-sent",
+                    batch.provider_batch_id.as_deref().unwrap_or("?")
+                );
+                let owner = run.owner.clone();
+                self.escalate(run, batch, BatchStatus::Open, Some(&owner), &reason)
+                    .await
+            }
             StatusOutcome::NotFound => {
-                // 404 while a member is already final (its callback reached us) contradicts
-                // itself: sending again could pay twice, so an operator decides.
+                // Read again after the answer: a callback may have landed meanwhile. A 404
+                // while a member is already final contradicts itself: sending again could pay
+                // twice, so an operator decides.
+                let members = self.store.members(batch).await?;
                 if let Some(w) = members.iter().find(|w| {
                     w.status != WithdrawalStatus::Submitted || w.batch_id != Some(batch.id)
                 }) {
@@ -487,7 +546,7 @@ where
                     return Ok(());
                 }
                 run.counts(&ccy).resent += 1;
-                self.send(run, batch, members).await
+                self.send(run, batch, &members).await
             }
             StatusOutcome::Ambiguous { error } => {
                 let outcome = SubmitOutcome::Ambiguous {
@@ -699,7 +758,9 @@ where
     /// `escalate_after`, is handed to an operator: it would otherwise hold its funds forever.
     async fn check_stale(&self, run: &mut Run, hint: &Batch) -> Result<(), StoreError> {
         let ccy = hint.currency.code().to_string();
-        let overdue = older_than(hint.accepted_at, self.config.escalate_after);
+        // Only an accepted batch is escalated; a flagged one already waits for an operator.
+        let overdue = hint.status == BatchStatus::Accepted
+            && older_than(hint.accepted_at, self.config.escalate_after);
         match self.provider.batch_status(hint.id).await {
             StatusOutcome::Found(state) => {
                 let members = self.store.members(hint).await?;
@@ -718,6 +779,7 @@ where
                         .await?;
                 }
             }
+            StatusOutcome::NotFound if hint.status != BatchStatus::Accepted => {}
             StatusOutcome::NotFound => {
                 tracing::error!(batch_id = %hint.id, "provider does not know an accepted batch");
                 run.counts(&ccy).stale_unknown += 1;
@@ -747,30 +809,33 @@ where
     /// they ended, compared with the provider's status endpoint. Mismatches are logged,
     /// counted (`ReconcileMismatches`, alarmed on) and recorded on the batch.
     async fn reconcile_recent(&self, run: &mut Run) {
-        let due = match self.store.unreconciled(RECONCILE_PER_RUN).await {
+        let due_before = Utc::now()
+            - chrono::Duration::from_std(self.config.reconcile_after).unwrap_or_default();
+        let due = match self.store.unreconciled(due_before, RECONCILE_PER_RUN).await {
             Ok(due) => due,
             Err(e) => return run.failed(None, None, &e),
         };
         for batch in due {
-            if run.out_of_time(&self.config)
-                || !older_than(Some(batch.updated_at), self.config.reconcile_after)
-            {
-                continue;
+            if run.out_of_time(&self.config) {
+                return;
             }
             let ccy = batch.currency.code().to_string();
-            let found =
-                match reconcile::batch(self.store.as_ref(), self.provider.as_ref(), &batch).await {
-                    Ok(found) => found,
-                    // Unreachable provider: the batch stays on the list for the next run.
-                    Err(ReconcileError::Provider(e)) => {
-                        tracing::warn!(batch_id = %batch.id, error = %e, "reconcile postponed");
-                        continue;
-                    }
-                    Err(ReconcileError::Store(e)) => {
+            let provider = self.provider.as_ref();
+            let found = match reconcile::batch(self.store.as_ref(), provider, &batch).await {
+                Ok(found) => found,
+                // Unreachable provider: to the back of the list, so it never blocks the others.
+                Err(ReconcileError::Provider(e)) => {
+                    tracing::warn!(batch_id = %batch.id, error = %e, "reconcile postponed");
+                    if let Err(e) = self.store.requeue_reconcile(batch.id).await {
                         run.failed(Some(&ccy), Some(batch.id), &e);
-                        continue;
                     }
-                };
+                    continue;
+                }
+                Err(ReconcileError::Store(e)) => {
+                    run.failed(Some(&ccy), Some(batch.id), &e);
+                    continue;
+                }
+            };
             for m in &found {
                 tracing::error!(batch_id = %batch.id, mismatch = %m, "reconcile mismatch");
             }

@@ -6,6 +6,8 @@ use crate::domain::{BatchId, BatchStatus, Transition, Withdrawal, WithdrawalId, 
 use crate::provider::{ItemStatus, PayoutProvider, StatusOutcome};
 use crate::settlement::{self, Applied, Outcome};
 use crate::store::{BatchStore, DynamoStore, Store, StoreError, TransitionDetails};
+use chrono::{DateTime, Utc};
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OperationError {
@@ -17,14 +19,20 @@ pub enum OperationError {
 
 pub const OPERATOR: &str = "operator";
 
+/// How long after a batch's last send attempt a 404 from the provider counts as "never
+/// recorded": a provider working through a backlog may still record a request it received
+/// before. Operators reject on a 404 only after this.
+pub const SEND_QUIET_PERIOD: Duration = Duration::from_secs(15 * 60);
+
 /// Why a reject may go ahead, established before the write (and re-checked by it).
 #[derive(Debug, Clone, PartialEq)]
 pub enum RejectGround {
     /// Not yet claimed into a batch: the write is conditional on PENDING.
     Pending,
-    /// In a NEEDS_OPERATOR batch the provider says it never recorded (404): the write is
-    /// conditional on the batch still being NEEDS_OPERATOR, and marks it so it is never re-sent.
-    NeverRecorded,
+    /// In a NEEDS_OPERATOR batch the provider never accepted and now says it never recorded
+    /// (404), with no send attempt for the quiet period: the write is conditional on all of
+    /// that still holding, and marks the batch so it is never re-sent.
+    NeverRecorded { quiet_before: DateTime<Utc> },
     /// The provider reports the item failed: applied as that failure, under the webhook's rules.
     FailedAtProvider { reason: String },
 }
@@ -42,7 +50,9 @@ pub async fn plan_reject<P: PayoutProvider + ?Sized>(
     store: &DynamoStore,
     provider: &P,
     id: WithdrawalId,
+    quiet: Duration,
 ) -> Result<RejectPlan, OperationError> {
+    let quiet_before = Utc::now() - chrono::Duration::from_std(quiet).unwrap_or_default();
     let w = store
         .find_withdrawal(id)
         .await?
@@ -60,8 +70,31 @@ pub async fn plan_reject<P: PayoutProvider + ?Sized>(
                 ));
             };
             match provider.batch_status(batch.id).await {
+                StatusOutcome::NotFound if batch.ever_accepted() => {
+                    return Err(OperationError::Refused(format!(
+                        "the provider accepted batch {} ({}) and now answers 404: that \
+                         contradicts its own word, so nothing is returned; ask the provider to \
+                         report the items (a `failed` item can then be rejected)",
+                        batch.id,
+                        batch.provider_batch_id.as_deref().unwrap_or("?")
+                    )))
+                }
+                StatusOutcome::NotFound
+                    if batch.last_attempt_at.is_some_and(|t| t >= quiet_before) =>
+                {
+                    return Err(OperationError::Refused(format!(
+                        "batch {} was sent at {}: a queued request may still be recorded; \
+                         reject after {} minutes without a send",
+                        batch.id,
+                        batch
+                            .last_attempt_at
+                            .map(|t| t.to_rfc3339())
+                            .unwrap_or_default(),
+                        quiet.as_secs() / 60
+                    )))
+                }
                 StatusOutcome::NotFound if batch.status == BatchStatus::NeedsOperator => {
-                    RejectGround::NeverRecorded
+                    RejectGround::NeverRecorded { quiet_before }
                 }
                 StatusOutcome::NotFound => {
                     return Err(OperationError::Refused(format!(
@@ -144,8 +177,8 @@ pub async fn commit_reject(
             .transition(w, Transition::Reject, details)
             .await
             .map_err(refused),
-        RejectGround::NeverRecorded => store
-            .reject_flagged_member(w, details)
+        RejectGround::NeverRecorded { quiet_before } => store
+            .reject_flagged_member(w, details, *quiet_before)
             .await
             .map_err(refused),
         RejectGround::FailedAtProvider { reason: theirs } => {
@@ -167,13 +200,15 @@ pub async fn reject_withdrawal<P: PayoutProvider + ?Sized>(
     provider: &P,
     id: WithdrawalId,
     reason: &str,
+    quiet: Duration,
 ) -> Result<Withdrawal, OperationError> {
-    let plan = plan_reject(store, provider, id).await?;
+    let plan = plan_reject(store, provider, id, quiet).await?;
     commit_reject(store, &plan, reason).await
 }
 
-/// Puts a flagged batch back in the batcher's hands: the next run asks the provider and
-/// re-sends only if it never recorded the batch. Refused once an operator rejected one of its
+/// Puts a flagged batch back in the batcher's hands: one the provider never accepted goes back
+/// to OPEN (the next run asks the provider and re-sends only on its 404); one it accepted goes
+/// back to ACCEPTED, to be looked up again and never sent. Refused once an operator rejected one of its
 /// members — in the same conditional write, so a concurrent reject cannot slip between.
 pub async fn retry_batch(store: &DynamoStore, id: BatchId) -> Result<(), OperationError> {
     let batch = store
@@ -186,7 +221,7 @@ pub async fn retry_batch(store: &DynamoStore, id: BatchId) -> Result<(), Operati
             batch.status
         )));
     }
-    match store.reset_attempts(id, OPERATOR).await {
+    match store.reset_attempts(&batch, OPERATOR).await {
         Ok(()) => Ok(()),
         Err(StoreError::BatchChanged(_)) => Err(OperationError::Refused(
             "a member was rejected by an operator (or the batch moved on): this batch must not \

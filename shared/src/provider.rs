@@ -92,7 +92,7 @@ pub struct BatchState {
 #[derive(Debug, Clone, PartialEq)]
 pub enum StatusOutcome {
     Found(BatchState),
-    /// 404: the provider never recorded this batch.
+    /// 404 with code `not_found`: the provider has no record of this batch.
     NotFound,
     Ambiguous {
         error: String,
@@ -240,14 +240,27 @@ impl PayoutProvider for HttpProvider {
                 }
             }
         };
-        match resp.status().as_u16() {
-            200 => match resp.json::<BatchState>().await {
-                Ok(state) => StatusOutcome::Found(state),
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.unwrap_or_default();
+        match status {
+            // The answer must be about the batch we asked for.
+            200 => match serde_json::from_slice::<BatchState>(&body) {
+                Ok(state) if state.batch_id == batch_id.to_string() => StatusOutcome::Found(state),
+                Ok(_) => StatusOutcome::Ambiguous {
+                    error: "status answer for another batch".into(),
+                },
                 Err(_) => StatusOutcome::Ambiguous {
                     error: "unreadable status body".into(),
                 },
             },
-            404 => StatusOutcome::NotFound,
+            // "Never recorded" allows a re-send and an operator's reject, so only the provider's
+            // own coded answer counts: a 404 from a gateway, a wrong base URL or path is not it.
+            404 => match serde_json::from_slice::<ErrorBody>(&body) {
+                Ok(e) if e.error.code == "not_found" => StatusOutcome::NotFound,
+                _ => StatusOutcome::Ambiguous {
+                    error: "HTTP 404 without code not_found".into(),
+                },
+            },
             s => StatusOutcome::Ambiguous {
                 error: format!("HTTP {s}"),
             },

@@ -18,6 +18,13 @@ pub enum MismatchKind {
     UnknownToProvider,
     /// Final here, still pending there.
     PendingThere,
+    /// Returned there (the user's money came back to the provider), still SETTLED here: the
+    /// user was never credited back.
+    ReturnNotApplied,
+    /// RETURNED here (funds credited back), paid and not returned there.
+    ReturnedOnlyHere,
+    /// The provider lists the item more than once: a payout made twice.
+    DuplicateAtProvider,
     /// The provider holds another amount or currency.
     AmountDiffers,
 }
@@ -77,10 +84,21 @@ where
             theirs: theirs.to_string(),
             kind,
         };
+        let reference = w.id.to_string();
+        let listed = state.as_ref().map_or(0, |s| {
+            s.items.iter().filter(|i| i.reference == reference).count()
+        });
+        if listed > 1 {
+            out.push(mismatch(
+                MismatchKind::DuplicateAtProvider,
+                &format!("listed {listed} times"),
+            ));
+            continue;
+        }
         let item = state.as_ref().and_then(|s| {
             s.items
                 .iter()
-                .find(|i| i.reference == w.id.to_string())
+                .find(|i| i.reference == reference)
                 .map(|i| (i, s.currency.as_str()))
         });
         use WithdrawalStatus::*;
@@ -105,6 +123,8 @@ where
                 Some(MismatchKind::PaidButNotHere)
             }
             (ItemStatus::Failed, Settled | Returned) => Some(MismatchKind::FailedButSettledHere),
+            (ItemStatus::Returned, Settled) => Some(MismatchKind::ReturnNotApplied),
+            (ItemStatus::Paid, Returned) => Some(MismatchKind::ReturnedOnlyHere),
             (ItemStatus::Pending, _) => Some(MismatchKind::PendingThere),
             _ => None,
         };

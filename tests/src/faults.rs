@@ -224,8 +224,14 @@ impl BatchStore for FaultyStore {
     async fn final_count(&self, id: BatchId) -> Result<u32, StoreError> {
         faulty!(self, "final_count", self.inner.final_count(id))
     }
-    async fn reset_attempts(&self, id: BatchId, by: &str) -> Result<(), StoreError> {
-        faulty!(self, "reset_attempts", self.inner.reset_attempts(id, by))
+    async fn reset_attempts(&self, b: &Batch, by: &str) -> Result<(), StoreError> {
+        faulty!(self, "reset_attempts", self.inner.reset_attempts(b, by))
+    }
+    async fn mark_checked(&self, id: BatchId) -> Result<(), StoreError> {
+        faulty!(self, "mark_checked", self.inner.mark_checked(id))
+    }
+    async fn requeue_reconcile(&self, id: BatchId) -> Result<(), StoreError> {
+        faulty!(self, "requeue_reconcile", self.inner.requeue_reconcile(id))
     }
     async fn escalate(
         &self,
@@ -245,15 +251,20 @@ impl BatchStore for FaultyStore {
         &self,
         w: &Withdrawal,
         d: TransitionDetails,
+        quiet_before: chrono::DateTime<chrono::Utc>,
     ) -> Result<Withdrawal, StoreError> {
         faulty!(
             self,
             "reject_flagged_member",
-            self.inner.reject_flagged_member(w, d.clone())
+            self.inner.reject_flagged_member(w, d.clone(), quiet_before)
         )
     }
-    async fn unreconciled(&self, limit: usize) -> Result<Vec<Batch>, StoreError> {
-        faulty!(self, "unreconciled", self.inner.unreconciled(limit))
+    async fn unreconciled(
+        &self,
+        due: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<Batch>, StoreError> {
+        faulty!(self, "unreconciled", self.inner.unreconciled(due, limit))
     }
     async fn mark_reconciled(&self, id: BatchId, m: u32) -> Result<(), StoreError> {
         faulty!(self, "mark_reconciled", self.inner.mark_reconciled(id, m))

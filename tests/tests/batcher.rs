@@ -313,6 +313,7 @@ async fn an_operator_rejection_in_a_flagged_batch_forbids_re_sending_it() {
         &p.provider(),
         seeded[0].id,
         "confirmed unpaid with provider",
+        Duration::ZERO,
     )
     .await
     .unwrap();
@@ -326,7 +327,8 @@ async fn an_operator_rejection_in_a_flagged_batch_forbids_re_sending_it() {
         &p.env.store,
         &p.provider(),
         seeded[0].id,
-        "again"
+        "again",
+        Duration::ZERO
     )
     .await
     .is_err());

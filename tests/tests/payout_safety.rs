@@ -80,14 +80,16 @@ impl PayoutProvider for MisreportedAmounts {
     }
 }
 
-/// The tests' sandbox sends no callbacks: a run that asks the provider about every accepted
-/// batch stands in for them.
+/// The tests' sandbox sends no callbacks: runs that ask the provider about every accepted
+/// batch (at most 10 per run) stand in for them.
 async fn settle_from_status(p: &PayoutEnv) {
-    p.run(BatcherConfig {
-        stale_after: Duration::ZERO,
-        ..PayoutEnv::config()
-    })
-    .await;
+    for _ in 0..3 {
+        p.run(BatcherConfig {
+            stale_after: Duration::ZERO,
+            ..PayoutEnv::config()
+        })
+        .await;
+    }
 }
 
 fn refused(r: Result<impl std::fmt::Debug, OperationError>) -> String {
@@ -103,10 +105,10 @@ async fn a_reject_planned_before_a_retry_cannot_commit_after_it() {
     // retry-batch succeeds, A's reject commits, the next run re-sends the whole batch.
     let p = PayoutEnv::new(|_| {}).await;
     let (seeded, batch) = flagged_unrecorded(&p, "race", "40.00", 2).await;
-    let plan = operations::plan_reject(&p.env.store, &p.provider(), seeded[0].id)
+    let plan = operations::plan_reject(&p.env.store, &p.provider(), seeded[0].id, Duration::ZERO)
         .await
         .unwrap();
-    assert_eq!(plan.ground, RejectGround::NeverRecorded);
+    assert!(matches!(plan.ground, RejectGround::NeverRecorded { .. }));
     operations::retry_batch(&p.env.store, batch).await.unwrap();
     let why = refused(operations::commit_reject(&p.env.store, &plan, "A").await);
     assert!(why.contains("batch changed"), "{why}");
@@ -135,7 +137,13 @@ async fn racing_reject_and_retry_never_pay_a_rejected_withdrawal() {
     for round in 0..12 {
         let (seeded, batch) = flagged_unrecorded(&p, &format!("r{round}"), "40.00", 2).await;
         let (rejected, retried) = tokio::join!(
-            operations::reject_withdrawal(&p.env.store, &provider, seeded[0].id, "A"),
+            operations::reject_withdrawal(
+                &p.env.store,
+                &provider,
+                seeded[0].id,
+                "A",
+                Duration::ZERO
+            ),
             operations::retry_batch(&p.env.store, batch),
         );
         assert!(
@@ -179,7 +187,14 @@ async fn a_submitted_withdrawal_is_rejected_only_on_the_providers_word() {
     let batch = batch_of(&p.env.store, &seeded[0]).await;
     assert_eq!(batch.status, BatchStatus::NeedsOperator);
     let why = refused(
-        operations::reject_withdrawal(&p.env.store, &p.provider(), seeded[0].id, "unpaid?").await,
+        operations::reject_withdrawal(
+            &p.env.store,
+            &p.provider(),
+            seeded[0].id,
+            "unpaid?",
+            Duration::ZERO,
+        )
+        .await,
     );
     assert!(why.contains("Paid"), "{why}");
     assert_eq!(
@@ -189,8 +204,10 @@ async fn a_submitted_withdrawal_is_rejected_only_on_the_providers_word() {
 
     // An unreachable provider refuses too: nothing is concluded from silence.
     let down = HttpProvider::new("http://127.0.0.1:9", "k", Duration::from_millis(300)).unwrap();
-    let why =
-        refused(operations::reject_withdrawal(&p.env.store, &down, seeded[1].id, "unpaid?").await);
+    let why = refused(
+        operations::reject_withdrawal(&p.env.store, &down, seeded[1].id, "unpaid?", Duration::ZERO)
+            .await,
+    );
     assert!(why.contains("could not be asked"), "{why}");
     assert_eq!(p.env.balance("word-0", "USD").await.1, "50.00");
     p.env.assert_conserved().await;
@@ -209,9 +226,15 @@ async fn an_item_the_provider_reports_failed_is_rejected_as_that_failure() {
         ..PayoutEnv::config()
     })
     .await;
-    let w = operations::reject_withdrawal(&p.env.store, &p.provider(), seeded[0].id, "checked")
-        .await
-        .unwrap();
+    let w = operations::reject_withdrawal(
+        &p.env.store,
+        &p.provider(),
+        seeded[0].id,
+        "checked",
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
     assert_eq!(w.status, WithdrawalStatus::Rejected);
     assert!(w.failure_reason.unwrap().contains("account closed"));
     assert_eq!(p.env.balance("failed-0", "USD").await.0, "90.00");
@@ -219,7 +242,7 @@ async fn an_item_the_provider_reports_failed_is_rejected_as_that_failure() {
 }
 
 #[tokio::test]
-async fn an_accepted_batch_the_provider_no_longer_knows_goes_to_an_operator_who_can_end_it() {
+async fn an_accepted_batch_the_provider_no_longer_knows_is_escalated_never_returned_or_resent() {
     let p = PayoutEnv::new(|_| {}).await;
     let seeded = p.seed("lost", "EUR", "15.00", 2, ACCOUNTS[0]).await;
     p.run(PayoutEnv::config()).await;
@@ -228,15 +251,20 @@ async fn an_accepted_batch_the_provider_no_longer_knows_goes_to_an_operator_who_
 
     // The provider loses the batch (no callbacks came): the stale check escalates, audited.
     let forgetful = Arc::new(amnesiac().await);
-    let config = BatcherConfig {
+    let stale = BatcherConfig {
         stale_after: Duration::ZERO,
         ..PayoutEnv::config()
     };
-    let run = p
-        .batcher_with(forgetful.clone(), config.clone())
-        .run(std::time::Instant::now() + Duration::from_secs(60))
-        .await
-        .unwrap();
+    let run_with = |provider: Arc<HttpProvider>| {
+        let batcher = p.batcher_with(provider, stale.clone());
+        async move {
+            batcher
+                .run(std::time::Instant::now() + Duration::from_secs(60))
+                .await
+                .unwrap()
+        }
+    };
+    let run = run_with(forgetful.clone()).await;
     assert_eq!(run.currencies["EUR"].escalated, 1);
     let flagged = p.env.store.batch(batch.id).await.unwrap().unwrap();
     assert_eq!(flagged.status, BatchStatus::NeedsOperator);
@@ -247,25 +275,85 @@ async fn an_accepted_batch_the_provider_no_longer_knows_goes_to_an_operator_who_
     );
     assert!(note.reason.contains("404"), "{note:?}");
 
-    // With the provider's 404, the operator may reject each member; the batch then completes
-    // and can never be re-sent.
-    for w in &seeded {
-        let done = operations::reject_withdrawal(&p.env.store, forgetful.as_ref(), w.id, "lost")
-            .await
-            .unwrap();
-        assert_eq!(done.status, WithdrawalStatus::Rejected);
-    }
-    assert!(operations::retry_batch(&p.env.store, batch.id)
-        .await
-        .is_err());
-    p.batcher_with(forgetful, config)
-        .run(std::time::Instant::now() + Duration::from_secs(60))
+    // A 404 contradicting an acceptance returns nothing (the provider may well have paid)…
+    let why = refused(
+        operations::reject_withdrawal(
+            &p.env.store,
+            forgetful.as_ref(),
+            seeded[0].id,
+            "lost",
+            Duration::ZERO,
+        )
+        .await,
+    );
+    assert!(why.contains("contradicts"), "{why}");
+    // …and a retry puts it back to ACCEPTED, to be looked up again, never sent again.
+    operations::retry_batch(&p.env.store, batch.id)
         .await
         .unwrap();
-    let done = p.env.store.batch(batch.id).await.unwrap().unwrap();
-    assert_eq!(done.status, BatchStatus::Completed);
-    let (available, locked, _, _) = p.env.balance("lost-0", "EUR").await;
-    assert_eq!((available.as_str(), locked.as_str()), ("150.00", "0.00"));
+    assert_eq!(
+        p.env.store.batch(batch.id).await.unwrap().unwrap().status,
+        BatchStatus::Accepted
+    );
+    assert_eq!(
+        run_with(forgetful.clone()).await.currencies["EUR"].escalated,
+        1
+    );
+    assert_eq!(p.sandbox.submit_calls(), 1, "never re-sent");
+
+    // The way out: the provider's answer, applied even while the batch waits for an operator.
+    let run = run_with(Arc::new(p.provider())).await;
+    assert_eq!(run.currencies["EUR"].resolved_from_status, 2);
+    assert_eq!(
+        p.env.store.batch(batch.id).await.unwrap().unwrap().status,
+        BatchStatus::Completed
+    );
+    let (available, locked, paid_out, _) = p.env.balance("lost-0", "EUR").await;
+    assert_eq!(
+        (available.as_str(), locked.as_str(), paid_out.as_str()),
+        ("120.00", "0.00", "30.00")
+    );
+    p.env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn a_404_is_definite_only_from_the_provider_and_only_after_a_quiet_period() {
+    let p = PayoutEnv::new(|_| {}).await;
+    let (seeded, _) = flagged_unrecorded(&p, "quiet", "7.00", 1).await;
+    // Just sent: a queued request may still be recorded.
+    let why = refused(
+        operations::reject_withdrawal(
+            &p.env.store,
+            &p.provider(),
+            seeded[0].id,
+            "unpaid?",
+            operations::SEND_QUIET_PERIOD,
+        )
+        .await,
+    );
+    assert!(why.contains("queued request"), "{why}");
+    // A 404 that is not the provider's coded answer (a gateway, a wrong base URL) is no answer.
+    let wrong_path = HttpProvider::new(
+        &format!("{}/not-the-api", p.provider_url),
+        integration_tests::API_KEY,
+        Duration::from_millis(500),
+    )
+    .unwrap();
+    let why = refused(
+        operations::reject_withdrawal(
+            &p.env.store,
+            &wrong_path,
+            seeded[0].id,
+            "unpaid?",
+            Duration::ZERO,
+        )
+        .await,
+    );
+    assert!(why.contains("could not be asked"), "{why}");
+    assert_eq!(
+        p.reload(&seeded[0]).await.status,
+        WithdrawalStatus::Submitted
+    );
     p.env.assert_conserved().await;
 }
 
@@ -296,7 +384,14 @@ async fn items_that_stay_pending_past_the_limit_are_escalated_and_not_rejectable
     let batch = batch_of(&p.env.store, &seeded[0]).await;
     assert_eq!(batch.status, BatchStatus::NeedsOperator);
     let why = refused(
-        operations::reject_withdrawal(&p.env.store, &p.provider(), seeded[0].id, "stuck").await,
+        operations::reject_withdrawal(
+            &p.env.store,
+            &p.provider(),
+            seeded[0].id,
+            "stuck",
+            Duration::ZERO,
+        )
+        .await,
     );
     assert!(why.contains("Pending"), "{why}");
     // The batch stays reported every run until the provider answers.
@@ -453,7 +548,13 @@ async fn reconcile_reports_what_the_provider_says_differently() {
         ),
         (1, 0)
     );
-    assert!(p.env.store.unreconciled(10).await.unwrap().is_empty());
+    assert!(p
+        .env
+        .store
+        .unreconciled(chrono::Utc::now(), 10)
+        .await
+        .unwrap()
+        .is_empty());
     let again = p
         .run(BatcherConfig {
             reconcile_after: Duration::ZERO,

@@ -79,6 +79,12 @@ pub struct Batch {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub accepted_at: Option<DateTime<Utc>>,
+    /// When a send's outcome was last recorded: a provider may still be working through a
+    /// queued request for a while after, so its 404 is not yet definite.
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    /// When its status was last asked of the provider (stale and flagged batches are asked
+    /// once per `BATCH_STALE_AFTER_SECS`, not every run).
+    pub checked_at: Option<DateTime<Utc>>,
     /// An operator rejected one of its members: the batch must never be sent again (the same
     /// request would pay a withdrawal whose funds were returned).
     pub operator_rejected: bool,
@@ -116,6 +122,8 @@ impl Batch {
             created_at: now,
             updated_at: now,
             accepted_at: None,
+            last_attempt_at: None,
+            checked_at: None,
             operator_rejected: false,
             history: Vec::new(),
         }
@@ -123,6 +131,12 @@ impl Batch {
 
     pub fn member_count(&self) -> u32 {
         self.members.len() as u32
+    }
+
+    /// Whether the provider ever accepted it: once it has, a 404 contradicts the provider's own
+    /// word and never allows a re-send or a return of funds.
+    pub fn ever_accepted(&self) -> bool {
+        self.provider_batch_id.is_some()
     }
 
     pub fn lease_alive(&self, now_ms: i64) -> bool {

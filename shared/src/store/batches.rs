@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
     AttributeValue, ConditionCheck, KeysAndAttributes, ReturnValue, TransactWriteItem, Update,
 };
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, HashMap};
 
@@ -71,6 +71,14 @@ impl DynamoStore {
             accepted_at: r
                 .opt_s("accepted_at")
                 .map(|_| r.time("accepted_at"))
+                .transpose()?,
+            last_attempt_at: r
+                .opt_s("last_attempt_at")
+                .map(|_| r.time("last_attempt_at"))
+                .transpose()?,
+            checked_at: r
+                .opt_s("checked_at")
+                .map(|_| r.time("checked_at"))
                 .transpose()?,
             operator_rejected: matches!(
                 item.get("operator_rejected"),
@@ -137,6 +145,11 @@ fn note_from_item(v: &AttributeValue) -> Result<BatchNote, StoreError> {
         by: r.s("by")?.to_string(),
         reason: r.s("reason")?.to_string(),
     })
+}
+
+/// A batch's place on the reconcile list: queued now, after everything queued before.
+fn reconcile_sk(id: BatchId) -> String {
+    format!("{}#{id}", timestamp(&Utc::now()))
 }
 
 /// A history line as the one-element list `list_append` takes.
@@ -446,14 +459,15 @@ impl BatchStore for DynamoStore {
                 values.push((":to", s(BatchStatus::Accepted.as_str())));
                 values.push((":pb", s(provider_batch_id)));
                 "SET #st = :to, provider_batch_id = :pb, accepted_at = :ts, updated_at = :ts, \
-                 lease_until = :zero, attempts = attempts + :one REMOVE last_error"
+                 last_attempt_at = :ts, lease_until = :zero, attempts = attempts + :one \
+                 REMOVE last_error"
                     .to_string()
             }
             AttemptResult::Rejected { reason } => {
                 values.push((":to", s(BatchStatus::Rejecting.as_str())));
                 values.push((":reason", s(reason)));
-                "SET #st = :to, reason = :reason, updated_at = :ts, lease_until = :zero, \
-                 attempts = attempts + :one"
+                "SET #st = :to, reason = :reason, updated_at = :ts, last_attempt_at = :ts, \
+                 lease_until = :zero, attempts = attempts + :one"
                     .to_string()
             }
             AttemptResult::Ambiguous {
@@ -472,8 +486,8 @@ impl BatchStore for DynamoStore {
                 };
                 values.push((":to", s(to.as_str())));
                 values.push((":err", s(error)));
-                "SET #st = :to, last_error = :err, updated_at = :ts, lease_until = :zero, \
-                 attempts = attempts + :one"
+                "SET #st = :to, last_error = :err, updated_at = :ts, last_attempt_at = :ts, \
+                 lease_until = :zero, attempts = attempts + :one"
                     .to_string()
             }
         };
@@ -486,8 +500,9 @@ impl BatchStore for DynamoStore {
         self.update_batch(
             id,
             &format!(
-                "SET #st = :to, updated_at = :ts, {} = :reconcile",
-                schema::PENDING_PK
+                "SET #st = :to, updated_at = :ts, {} = :reconcile, {} = :queued",
+                schema::PENDING_PK,
+                schema::PENDING_SK
             ),
             "#st = :rejecting",
             vec![
@@ -495,6 +510,7 @@ impl BatchStore for DynamoStore {
                 (":rejecting", s(BatchStatus::Rejecting.as_str())),
                 (":ts", s(timestamp(&Utc::now()))),
                 (":reconcile", s(TableSchema::RECONCILE_PK)),
+                (":queued", s(reconcile_sk(id))),
             ],
         )
         .await?;
@@ -525,11 +541,13 @@ impl BatchStore for DynamoStore {
             .set_key(Some(Self::batch_key(id)))
             // Final: off the open list, onto the reconcile list (same sort key, its id).
             .update_expression(format!(
-                "SET #st = :to, updated_at = :ts, {} = :reconcile",
-                schema::PENDING_PK
+                "SET #st = :to, updated_at = :ts, {} = :reconcile, {} = :queued",
+                schema::PENDING_PK,
+                schema::PENDING_SK
             ))
             .condition_expression("#st IN (:accepted, :flagged)")
             .expression_attribute_values(":reconcile", s(TableSchema::RECONCILE_PK))
+            .expression_attribute_values(":queued", s(reconcile_sk(id)))
             .expression_attribute_names("#st", "status")
             .expression_attribute_values(":to", s(BatchStatus::Completed.as_str()))
             .expression_attribute_values(":accepted", s(BatchStatus::Accepted.as_str()))
@@ -561,29 +579,45 @@ impl BatchStore for DynamoStore {
         }
     }
 
-    async fn reset_attempts(&self, id: BatchId, by: &str) -> Result<(), StoreError> {
+    async fn reset_attempts(&self, batch: &Batch, by: &str) -> Result<(), StoreError> {
+        // Once accepted, a batch is only ever looked up again (its key may be forgotten by
+        // now); never accepted, the next run asks the provider before any re-send.
+        let (to, update, accepted) = if batch.ever_accepted() {
+            (
+                BatchStatus::Accepted,
+                "SET #st = :to, updated_at = :ts, \
+                 history = list_append(if_not_exists(history, :empty), :note) REMOVE checked_at",
+                "attribute_exists(provider_batch_id)",
+            )
+        } else {
+            (
+                BatchStatus::Open,
+                "SET #st = :to, attempts = :zero, updated_at = :ts, lease_until = :zero, \
+                 history = list_append(if_not_exists(history, :empty), :note)",
+                "attribute_not_exists(provider_batch_id)",
+            )
+        };
+        let mut values = vec![
+            (":to", s(to.as_str())),
+            (":flagged", s(BatchStatus::NeedsOperator.as_str())),
+            (":ts", s(timestamp(&Utc::now()))),
+            (":empty", AttributeValue::L(vec![])),
+            (
+                ":note",
+                note(BatchStatus::NeedsOperator, to, by, "retry-batch"),
+            ),
+        ];
+        if to == BatchStatus::Open {
+            values.push((":zero", n(0)));
+        }
         let reset = self
             .update_batch(
-                id,
-                "SET #st = :open, attempts = :zero, updated_at = :ts, lease_until = :zero, \
-                 history = list_append(if_not_exists(history, :empty), :note)",
-                "#st = :flagged AND attribute_not_exists(operator_rejected)",
-                vec![
-                    (":open", s(BatchStatus::Open.as_str())),
-                    (":flagged", s(BatchStatus::NeedsOperator.as_str())),
-                    (":zero", n(0)),
-                    (":ts", s(timestamp(&Utc::now()))),
-                    (":empty", AttributeValue::L(vec![])),
-                    (
-                        ":note",
-                        note(
-                            BatchStatus::NeedsOperator,
-                            BatchStatus::Open,
-                            by,
-                            "retry-batch",
-                        ),
-                    ),
-                ],
+                batch.id,
+                update,
+                &format!(
+                    "#st = :flagged AND attribute_not_exists(operator_rejected) AND {accepted}"
+                ),
+                values,
             )
             .await?;
         match reset {
@@ -592,6 +626,21 @@ impl BatchStore for DynamoStore {
                 "not NEEDS_OPERATOR, or a member was rejected by an operator".into(),
             )),
         }
+    }
+
+    async fn mark_checked(&self, id: BatchId) -> Result<(), StoreError> {
+        self.update_batch(
+            id,
+            "SET checked_at = :ts",
+            "#st IN (:accepted, :flagged)",
+            vec![
+                (":ts", s(timestamp(&Utc::now()))),
+                (":accepted", s(BatchStatus::Accepted.as_str())),
+                (":flagged", s(BatchStatus::NeedsOperator.as_str())),
+            ],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn escalate(
@@ -630,6 +679,7 @@ impl BatchStore for DynamoStore {
         &self,
         w: &Withdrawal,
         details: TransitionDetails,
+        quiet_before: DateTime<Utc>,
     ) -> Result<Withdrawal, StoreError> {
         let Some(batch) = w.batch_id else {
             return Err(StoreError::BatchChanged(
@@ -648,8 +698,12 @@ impl BatchStore for DynamoStore {
                 "SET operator_rejected = :yes, updated_at = :ts, \
                  history = list_append(if_not_exists(history, :empty), :note)",
             )
-            .condition_expression("#st = :flagged")
+            .condition_expression(
+                "#st = :flagged AND attribute_not_exists(provider_batch_id) AND \
+                 (attribute_not_exists(last_attempt_at) OR last_attempt_at < :quiet)",
+            )
             .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":quiet", s(timestamp(&quiet_before)))
             .expression_attribute_values(":yes", AttributeValue::Bool(true))
             .expression_attribute_values(":flagged", s(BatchStatus::NeedsOperator.as_str()))
             .expression_attribute_values(":ts", s(timestamp(&Utc::now())))
@@ -694,7 +748,9 @@ impl BatchStore for DynamoStore {
                 };
                 if failed(RejectGuard::BatchFlagged) {
                     Err(StoreError::BatchChanged(
-                        "the batch is no longer NEEDS_OPERATOR".into(),
+                        "the batch is no longer NEEDS_OPERATOR, was accepted, or was sent again \
+                         too recently"
+                            .into(),
                     ))
                 } else if failed(RejectGuard::WithdrawalStatus) {
                     Err(StoreError::StateChanged { current: None })
@@ -708,12 +764,45 @@ impl BatchStore for DynamoStore {
         }
     }
 
-    async fn unreconciled(&self, limit: usize) -> Result<Vec<Batch>, StoreError> {
-        self.index_items(TableSchema::RECONCILE_PK, limit, None)
-            .await?
+    async fn unreconciled(
+        &self,
+        due_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Batch>, StoreError> {
+        // Queued under `<time>#<id>`: the due ones are one key range, oldest first.
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(schema::PENDING_INDEX)
+            .key_condition_expression("#pk = :pk AND #sk < :due")
+            .expression_attribute_names("#pk", schema::PENDING_PK)
+            .expression_attribute_names("#sk", schema::PENDING_SK)
+            .expression_attribute_values(":pk", s(TableSchema::RECONCILE_PK))
+            .expression_attribute_values(":due", s(timestamp(&due_before)))
+            .limit(limit as i32)
+            .send()
+            .await
+            .map_err(classify)?;
+        out.items()
             .iter()
             .map(|i| self.batch_from_item(i))
             .collect()
+    }
+
+    async fn requeue_reconcile(&self, id: BatchId) -> Result<(), StoreError> {
+        self.update_batch(
+            id,
+            &format!("SET {} = :sk", schema::PENDING_SK),
+            "#st IN (:completed, :rejected)",
+            vec![
+                (":sk", s(reconcile_sk(id))),
+                (":completed", s(BatchStatus::Completed.as_str())),
+                (":rejected", s(BatchStatus::Rejected.as_str())),
+            ],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn mark_reconciled(&self, id: BatchId, mismatches: u32) -> Result<(), StoreError> {

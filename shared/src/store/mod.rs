@@ -247,10 +247,15 @@ pub trait BatchStore: Send + Sync {
     /// Members that reached SETTLED or REJECTED.
     async fn final_count(&self, id: BatchId) -> Result<u32, StoreError>;
 
-    /// NEEDS_OPERATOR → OPEN with the attempt count reset (operator `retry-batch`), in one
-    /// conditional write that also requires no member to have been rejected by an operator.
-    /// `BatchChanged` otherwise.
-    async fn reset_attempts(&self, id: BatchId, by: &str) -> Result<(), StoreError>;
+    /// Hands a NEEDS_OPERATOR batch back to the batcher (operator `retry-batch`), in one
+    /// conditional write that also requires no member to have been rejected by an operator:
+    /// a batch the provider never accepted goes back to OPEN (attempts reset: the next run asks
+    /// the provider before any re-send); one it accepted goes back to ACCEPTED, to be looked up
+    /// again, never sent. `BatchChanged` when the batch moved on.
+    async fn reset_attempts(&self, batch: &Batch, by: &str) -> Result<(), StoreError>;
+
+    /// Records that the provider was just asked about this batch's status.
+    async fn mark_checked(&self, id: BatchId) -> Result<(), StoreError>;
 
     /// `from` → NEEDS_OPERATOR, with `reason` in the batch's history, so an operator can act on
     /// it (a batch with no other way out). With `owner`, only while that run holds the lease.
@@ -264,18 +269,28 @@ pub trait BatchStore: Send + Sync {
         reason: &str,
     ) -> Result<Option<Batch>, StoreError>;
 
-    /// An operator's reject of a SUBMITTED member of a NEEDS_OPERATOR batch: the withdrawal's
-    /// Reject and the batch's `operator_rejected` mark in one transaction, conditional on the
-    /// batch still being NEEDS_OPERATOR (`BatchChanged` otherwise), so it cannot interleave
-    /// with a `retry-batch` that puts the batch back in the batcher's hands.
+    /// An operator's reject of a SUBMITTED member of a NEEDS_OPERATOR batch the provider says
+    /// it never recorded: the withdrawal's Reject and the batch's `operator_rejected` mark in one
+    /// transaction, conditional on the batch still being NEEDS_OPERATOR, never accepted, and
+    /// without a send attempt after `quiet_before` (a queued request may still land). So it
+    /// cannot interleave with a `retry-batch` or a run. `BatchChanged` otherwise.
     async fn reject_flagged_member(
         &self,
         w: &Withdrawal,
         details: TransitionDetails,
+        quiet_before: DateTime<Utc>,
     ) -> Result<Withdrawal, StoreError>;
 
-    /// Final batches (COMPLETED, REJECTED) not yet reconciled with the provider, oldest first.
-    async fn unreconciled(&self, limit: usize) -> Result<Vec<Batch>, StoreError>;
+    /// Final batches (COMPLETED, REJECTED) due for reconciliation (queued before
+    /// `due_before`), longest waiting first.
+    async fn unreconciled(
+        &self,
+        due_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Batch>, StoreError>;
+
+    /// Puts a batch whose reconciliation could not be done now at the back of the list.
+    async fn requeue_reconcile(&self, id: BatchId) -> Result<(), StoreError>;
 
     /// Takes a batch off the reconcile list, recording how many mismatches were found.
     async fn mark_reconciled(&self, id: BatchId, mismatches: u32) -> Result<(), StoreError>;

@@ -221,6 +221,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 batcher.provider().as_ref(),
                 WithdrawalId::parse(&withdrawal)?,
                 &reason,
+                shared::operations::SEND_QUIET_PERIOD,
             )
             .await?;
             println!("{} {} {} {}", w.id, w.status, w.currency, w.amount);
