@@ -351,10 +351,19 @@ impl PayoutEnv {
     }
 
     pub fn batcher(&self, config: BatcherConfig) -> Batcher<DynamoStore, HttpProvider> {
+        self.batcher_on(self.env.store_for(BATCHER_FN), config)
+    }
+
+    /// A batcher over `store` (configured otherwise than the test's own, say).
+    pub fn batcher_on(
+        &self,
+        store: Arc<DynamoStore>,
+        config: BatcherConfig,
+    ) -> Batcher<DynamoStore, HttpProvider> {
         let provider =
             HttpProvider::new(&self.provider_url, API_KEY, config.provider_timeout).unwrap();
         Batcher::new(
-            self.env.store_for(BATCHER_FN),
+            store,
             Arc::new(provider),
             self.env.currencies.clone(),
             config,
@@ -372,6 +381,20 @@ impl PayoutEnv {
     /// `n` pending withdrawals of `amount`, spread over users of 10 each, all funded.
     pub async fn seed(
         &self,
+        prefix: &str,
+        currency: &str,
+        amount: &str,
+        n: usize,
+        account: &str,
+    ) -> Vec<Withdrawal> {
+        self.seed_through(&self.env.store, prefix, currency, amount, n, account)
+            .await
+    }
+
+    /// [`Self::seed`], the requests written through `store` (another shard count, say).
+    pub async fn seed_through(
+        &self,
+        store: &Arc<DynamoStore>,
         prefix: &str,
         currency: &str,
         amount: &str,
@@ -397,7 +420,7 @@ impl PayoutEnv {
                 .unwrap();
         }
         let account = BankAccount::parse(account).unwrap();
-        let store = self.env.store.clone();
+        let store = store.clone();
         stream::iter(0..n)
             .map(|i| {
                 let w = Withdrawal::new(

@@ -597,3 +597,55 @@ async fn a_batch_of_the_largest_size_with_the_longest_user_ids_is_claimed_and_re
     );
     p.env.assert_conserved().await;
 }
+
+#[tokio::test]
+async fn lowering_pending_shards_strands_no_withdrawal() {
+    use integration_tests::{function_client, BATCHER_FN, REQUEST_FN};
+    use shared::store::DynamoStore;
+    use std::sync::Arc;
+    let p = PayoutEnv::new(|_| {}).await;
+    let store_with = |function: &str, shards: u32| {
+        Arc::new(
+            DynamoStore::new(
+                function_client(function),
+                p.env.store.table_name(),
+                p.env.currencies.clone(),
+            )
+            .with_pending_shards(shards),
+        )
+    };
+    // The request function ran with 8 shards: its cold start recorded them, its requests spread.
+    let eight = store_with(REQUEST_FN, 8);
+    eight.record_pending_shards().await.unwrap();
+    let mut seeded = p
+        .seed_through(&eight, "sh8", "USD", "1.00", 60, ACCOUNTS[0])
+        .await;
+    assert!(
+        seeded.iter().filter(|w| w.id.shard(8) >= 2).count() > 30,
+        "most of them live in shards a 2-shard batcher would not read by itself"
+    );
+    // Then PENDING_SHARDS went down to 2: a new cold start records 2, which lowers nothing, while
+    // a warm instance still on the old setting keeps writing into 8 shards.
+    let two = store_with(REQUEST_FN, 2);
+    two.record_pending_shards().await.unwrap();
+    seeded.extend(
+        p.seed_through(&eight, "sh8b", "USD", "1.00", 40, ACCOUNTS[0])
+            .await,
+    );
+    seeded.extend(
+        p.seed_through(&two, "sh2", "USD", "1.00", 20, ACCOUNTS[0])
+            .await,
+    );
+
+    let batcher = p.batcher_on(store_with(BATCHER_FN, 2), PayoutEnv::config());
+    let summary = batcher
+        .run(std::time::Instant::now() + Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(summary.currencies["USD"].claimed, 120);
+    for w in &seeded {
+        assert_eq!(p.reload(w).await.status, WithdrawalStatus::Submitted);
+    }
+    assert_eq!(p.sandbox.payouts_by_reference().len(), 120);
+    p.env.assert_conserved().await;
+}

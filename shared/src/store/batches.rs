@@ -105,6 +105,25 @@ impl DynamoStore {
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 
 impl DynamoStore {
+    /// Our own shard count, or more if request functions ever wrote into more shards (their
+    /// count is recorded at their cold start): one small read per page of pending withdrawals.
+    async fn pending_shards_to_read(&self) -> Result<u32, StoreError> {
+        let recorded = match self
+            .get(
+                TableSchema::META_PK.to_string(),
+                TableSchema::PENDING_SHARDS_SK,
+            )
+            .await?
+        {
+            Some(item) => Reader(&item)
+                .n(super::dynamo::MAX_SHARDS_ATTRIBUTE)?
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("max_shards".into()))?,
+            None => 0,
+        };
+        Ok(self.pending_shards.max(recorded))
+    }
+
     async fn pending_in_shard(
         &self,
         pk: &str,
@@ -165,7 +184,7 @@ impl BatchStore for DynamoStore {
         // Each shard returns its oldest `limit`; the oldest `limit` of their union are exactly
         // the oldest `limit` overall, since sort keys are time-sortable ids.
         let mut out = Vec::new();
-        for shard in 0..self.pending_shards {
+        for shard in 0..self.pending_shards_to_read().await? {
             let pk = TableSchema::pending_pk(currency.code(), shard);
             out.extend(self.pending_in_shard(&pk, limit, after).await?);
         }

@@ -64,4 +64,10 @@ impl TableSchema {
     pub fn pending_pk(currency: CurrencyCode, shard: u32) -> String {
         format!("PENDING#{currency}#{shard}")
     }
+    /// Table-wide settings that must outlive any one function's configuration.
+    pub const META_PK: &'static str = "META";
+    /// The most pending-index shards any request function was ever configured with
+    /// (`max_shards`): the batcher reads at least that many, so lowering `PENDING_SHARDS` strands
+    /// nothing written under the higher count.
+    pub const PENDING_SHARDS_SK: &'static str = "PENDING_SHARDS";
 }
