@@ -3,6 +3,7 @@
 //!
 //! DynamoDB Local is started by `scripts/test.sh`, which exports `DYNAMODB_ENDPOINT`.
 
+pub mod conflicts;
 pub mod faults;
 
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
