@@ -470,8 +470,8 @@ impl DynamoStore {
 
     /// The conditional writes of one state-machine edge: the withdrawal's status change
     /// (conditioned on the exact status it was read in, with an audit entry appended to the
-    /// same item), the balance movement, and the batch's final counter when a member settles or
-    /// is rejected. Returns them with the withdrawal as it will be.
+    /// same item), the balance movement, and the member's shard of the batch's final counter
+    /// when a member settles or is rejected. Returns them with the withdrawal as it will be.
     pub(super) fn transition_items(
         &self,
         w: &Withdrawal,
@@ -570,9 +570,11 @@ impl DynamoStore {
                         Update::builder()
                             .table_name(&self.table)
                             .key(schema::PK, s(TableSchema::batch_pk(batch)))
-                            .key(schema::SK, s(TableSchema::BATCH_COUNTER_SK))
+                            .key(schema::SK, s(TableSchema::batch_counter_sk(w.id)))
+                            // No existence condition: a shard is created by its first
+                            // settlement. The withdrawal's conditional status change in the same
+                            // transaction is what makes each member count once.
                             .update_expression("ADD final_count :one SET updated_at = :now")
-                            .condition_expression("attribute_exists(PK)")
                             .expression_attribute_values(":one", n(1))
                             .expression_attribute_values(":now", s(&now))
                             .build()

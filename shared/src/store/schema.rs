@@ -47,9 +47,24 @@ impl TableSchema {
         format!("IDEM#{}#{}", user.as_str(), key.as_str())
     }
     pub const SINGLETON_SK: &'static str = "-";
-    /// A batch's small counter item beside its record: settlements bump it without rewriting
-    /// the (up to ~35 KB) member list, which would cost ~70 WCU per callback on one partition.
+    /// A batch's small counter items beside its record: settlements count its final members
+    /// there without rewriting the (up to ~300 KB) member list. This base counter is created
+    /// with the batch (at 0; settlements before the counter was sharded bumped it), the shards
+    /// ([`Self::batch_counter_sk`]) by their first settlement; the final count is the sum of
+    /// every item whose sort key starts with this.
     pub const BATCH_COUNTER_SK: &'static str = "COUNTER";
+    /// Counter shards per batch: a batch's callbacks arrive in one burst, and transactions that
+    /// all wrote one counter item would cancel each other (TransactionConflict) — a
+    /// 500-member burst against one item ended with callbacks refused five times in a row
+    /// (tests/tests/hot_batch.rs). Each settlement bumps the shard its withdrawal id picks.
+    pub const BATCH_COUNTER_SHARDS: u32 = 32;
+    pub fn batch_counter_sk(member: WithdrawalId) -> String {
+        format!(
+            "{}#{}",
+            Self::BATCH_COUNTER_SK,
+            member.shard(Self::BATCH_COUNTER_SHARDS)
+        )
+    }
     pub fn event_pk(event_id: &str) -> String {
         format!("EVT#{event_id}")
     }
