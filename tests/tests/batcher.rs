@@ -649,3 +649,57 @@ async fn lowering_pending_shards_strands_no_withdrawal() {
     assert_eq!(p.sandbox.payouts_by_reference().len(), 120);
     p.env.assert_conserved().await;
 }
+
+#[tokio::test]
+async fn a_batch_the_provider_lost_is_never_rejected_and_keeps_its_funds_locked() {
+    let p = PayoutEnv::new(|c| c.memory.lose_next_batches = 1).await;
+    let ws = p.seed("lost", "USD", "10.00", 3, ACCOUNTS[0]).await;
+    p.run(PayoutEnv::config()).await;
+    // Accepted and paid, but the status endpoint answers 404 for it now.
+    assert_eq!(p.sandbox.payouts_by_reference().len(), 3);
+    let stale = BatcherConfig {
+        stale_after: Duration::ZERO,
+        ..PayoutEnv::config()
+    };
+    let summary = p.run(stale).await;
+    let usd = &summary.currencies["USD"];
+    assert_eq!(
+        (usd.stale_unknown, usd.rejected, usd.resolved_from_status),
+        (1, 0, 0)
+    );
+    for w in &ws {
+        assert_eq!(p.reload(w).await.status, WithdrawalStatus::Submitted);
+    }
+    assert_eq!(
+        p.env.balance("lost-0", "USD").await,
+        (
+            "70.00".into(),
+            "30.00".into(),
+            "0.00".into(),
+            "100.00".into()
+        )
+    );
+    assert_eq!(
+        p.env.store.all_batches().await.unwrap()[0].status,
+        BatchStatus::Accepted
+    );
+    p.env.assert_conserved().await;
+}
+
+/// The danger the sandbox's key lifetime exposes: a batch whose first send was recorded (and
+/// paid) but answered ambiguously is re-sent by the next run with the same key — after the
+/// provider forgot the key, that re-send is a new batch and pays everyone again. Fails today
+/// (each member paid twice); the batcher must stop re-sending before the key's lifetime ends.
+#[tokio::test]
+#[ignore = "issue #13: re-sends after the provider's idempotency-key lifetime pay twice"]
+async fn a_re_send_after_the_provider_forgot_the_key_does_not_pay_twice() {
+    let p = PayoutEnv::new(|c| c.memory.idempotency_key_ttl = Some(Duration::ZERO)).await;
+    let ws = p.seed("forgot", "USD", "10.00", 3, ACCOUNTS[0]).await;
+    p.sandbox.inject(&[Fault::ErrorAfterRecord]);
+    p.run(PayoutEnv::config()).await;
+    p.run(PayoutEnv::config()).await;
+    let paid = p.sandbox.payouts_by_reference();
+    for w in &ws {
+        assert_eq!(paid.get(&w.id.to_string()), Some(&1), "{paid:?}");
+    }
+}
