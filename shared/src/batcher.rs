@@ -75,6 +75,13 @@ impl BatcherConfig {
     /// Checks the settings against each other and, when known, the function's timeout
     /// (`FUNCTION_TIMEOUT_SECS`, set by the template from the same parameter as `Timeout`).
     pub fn validate(&self, function_timeout: Option<Duration>) -> Result<(), String> {
+        if self.max_batch_size > crate::store::MAX_BATCH_MEMBERS {
+            return Err(format!(
+                "BATCH_MAX_SIZE must be at most {} (a batch's record lists every member in one \
+                 DynamoDB item of at most 400 KB)",
+                crate::store::MAX_BATCH_MEMBERS
+            ));
+        }
         if self.provider_timeout > MAX_PROVIDER_TIMEOUT {
             return Err(format!(
                 "PROVIDER_TIMEOUT_MS must be at most {} ms",
@@ -931,6 +938,25 @@ mod tests {
             ..c
         };
         assert!(short.validate(None).is_err());
+    }
+
+    #[test]
+    fn a_batch_larger_than_one_record_can_hold_is_refused() {
+        assert_eq!(crate::store::MAX_BATCH_MEMBERS, 1866);
+        let at_bound = BatcherConfig {
+            max_batch_size: crate::store::MAX_BATCH_MEMBERS,
+            ..BatcherConfig::default()
+        };
+        assert!(at_bound.validate(None).is_ok());
+        let over = BatcherConfig {
+            max_batch_size: crate::store::MAX_BATCH_MEMBERS + 1,
+            ..at_bound
+        };
+        let err = over.validate(None).unwrap_err();
+        assert!(
+            err.contains("BATCH_MAX_SIZE") && err.contains("1866"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -8,7 +8,8 @@ pub struct Config {
     pub currencies: Currencies,
     /// Open (pending or submitted) withdrawals a user may have per currency.
     pub max_open_per_currency: u32,
-    /// Shards of each currency's pending index (`PENDING_SHARDS`); only ever increase it.
+    /// Shards of each currency's pending index (`PENDING_SHARDS`). Lowering it is safe: the
+    /// request function records the highest count at cold start and the batcher reads that many.
     pub pending_shards: u32,
 }
 

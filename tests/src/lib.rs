@@ -3,6 +3,7 @@
 //!
 //! DynamoDB Local is started by `scripts/test.sh`, which exports `DYNAMODB_ENDPOINT`.
 
+pub mod conflicts;
 pub mod faults;
 
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
@@ -351,7 +352,23 @@ impl PayoutEnv {
     }
 
     pub fn batcher(&self, config: BatcherConfig) -> Batcher<DynamoStore, HttpProvider> {
-        self.batcher_with(Arc::new(self.provider()), config)
+        self.batcher_on(self.env.store_for(BATCHER_FN), config)
+    }
+
+    /// A batcher over `store` (configured otherwise than the test's own, say).
+    pub fn batcher_on(
+        &self,
+        store: Arc<DynamoStore>,
+        config: BatcherConfig,
+    ) -> Batcher<DynamoStore, HttpProvider> {
+        let provider =
+            HttpProvider::new(&self.provider_url, API_KEY, config.provider_timeout).unwrap();
+        Batcher::new(
+            store,
+            Arc::new(provider),
+            self.env.currencies.clone(),
+            config,
+        )
     }
 
     /// A batcher speaking to another provider (a second sandbox that never saw our batches, a
@@ -391,6 +408,20 @@ impl PayoutEnv {
         n: usize,
         account: &str,
     ) -> Vec<Withdrawal> {
+        self.seed_through(&self.env.store, prefix, currency, amount, n, account)
+            .await
+    }
+
+    /// [`Self::seed`], the requests written through `store` (another shard count, say).
+    pub async fn seed_through(
+        &self,
+        store: &Arc<DynamoStore>,
+        prefix: &str,
+        currency: &str,
+        amount: &str,
+        n: usize,
+        account: &str,
+    ) -> Vec<Withdrawal> {
         use futures::stream::{self, StreamExt};
         let c = self.env.currencies.get(currency).unwrap().clone();
         let amt = Amount::parse(amount, &c).unwrap();
@@ -410,7 +441,7 @@ impl PayoutEnv {
                 .unwrap();
         }
         let account = BankAccount::parse(account).unwrap();
-        let store = self.env.store.clone();
+        let store = store.clone();
         stream::iter(0..n)
             .map(|i| {
                 let w = Withdrawal::new(

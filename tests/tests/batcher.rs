@@ -1,6 +1,7 @@
 //! The payout batcher against DynamoDB Local and the sandbox provider over HTTP.
 
 use futures::future::join_all;
+use futures::StreamExt;
 use integration_tests::{claiming_batch, PayoutEnv, ACCOUNTS};
 use rust_decimal::Decimal;
 use sandbox_provider::Fault;
@@ -501,5 +502,245 @@ async fn a_run_out_of_time_stops_cleanly_and_the_next_run_finishes() {
     assert_eq!(summary.currencies["USD"].claimed, 0);
     let next = p.run(PayoutEnv::config()).await;
     assert_eq!(next.currencies["USD"].claimed, 20);
+    p.env.assert_conserved().await;
+}
+
+/// DynamoDB's size of one attribute value, by its documented rules (strings and names by
+/// their UTF-8 length, numbers about one byte per two digits plus one, a map or list 3 bytes
+/// plus one per element).
+fn attribute_size(v: &aws_sdk_dynamodb::types::AttributeValue) -> usize {
+    use aws_sdk_dynamodb::types::AttributeValue as A;
+    match v {
+        A::S(s) => s.len(),
+        A::N(n) => n.trim_start_matches('-').replace('.', "").len().div_ceil(2) + 1,
+        A::M(m) => {
+            3 + m
+                .iter()
+                .map(|(k, v)| k.len() + attribute_size(v) + 1)
+                .sum::<usize>()
+        }
+        A::L(l) => 3 + l.iter().map(|v| attribute_size(v) + 1).sum::<usize>(),
+        _ => 1,
+    }
+}
+
+#[tokio::test]
+async fn a_batch_of_the_largest_size_with_the_longest_user_ids_is_claimed_and_read_back() {
+    use shared::domain::{Amount, BankAccount, UserId, Withdrawal};
+    use shared::store::{TableSchema, MAX_BATCH_MEMBERS};
+    let started = std::time::Instant::now();
+    let p = PayoutEnv::new(|_| {}).await;
+    let usd = p.env.currencies.get("USD").unwrap().clone();
+    let amount = Amount::parse("1.00", &usd).unwrap();
+    // 10 withdrawals per user, every user id as long as a user id can be.
+    let users: Vec<UserId> = (0..MAX_BATCH_MEMBERS.div_ceil(10))
+        .map(|i| {
+            let id = format!("{i:05}-{}", "u".repeat(UserId::MAX_LEN - 6));
+            UserId::parse(&id).unwrap()
+        })
+        .collect();
+    assert!(users.iter().all(|u| u.as_str().len() == UserId::MAX_LEN));
+    for u in &users {
+        p.env
+            .store
+            .credit(u, &usd, Amount::parse("10.00", &usd).unwrap())
+            .await
+            .unwrap();
+    }
+    let account = BankAccount::parse(ACCOUNTS[0]).unwrap();
+    let seeded: Vec<Withdrawal> = futures::stream::iter(0..MAX_BATCH_MEMBERS)
+        .map(|i| {
+            let w = Withdrawal::new(
+                users[i / 10].clone(),
+                usd.clone(),
+                amount,
+                account.clone(),
+                chrono::Utc::now(),
+            );
+            let store = p.env.store.clone();
+            async move {
+                store.request_withdrawal(&w, None, u32::MAX).await.unwrap();
+                w
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let seeding = started.elapsed();
+
+    let claim_started = std::time::Instant::now();
+    let summary = p
+        .run(BatcherConfig {
+            max_batch_size: MAX_BATCH_MEMBERS,
+            ..PayoutEnv::config()
+        })
+        .await;
+    let claiming = claim_started.elapsed();
+    let usd_summary = &summary.currencies["USD"];
+    assert_eq!(
+        (usd_summary.claimed, usd_summary.batches),
+        (MAX_BATCH_MEMBERS as u32, 1)
+    );
+    let batches = p.env.store.all_batches().await.unwrap();
+    assert_eq!(batches.len(), 1);
+    let batch = p.env.store.batch(batches[0].id).await.unwrap().unwrap();
+    assert_eq!(batch.status, BatchStatus::Accepted);
+    assert_eq!(batch.member_count() as usize, MAX_BATCH_MEMBERS);
+    for w in &seeded {
+        assert_eq!(batch.members.get(&w.id), Some(&w.user_id));
+    }
+    assert_eq!(batch.total, d("1866.00"));
+    assert_eq!(p.sandbox.payouts_by_reference().len(), MAX_BATCH_MEMBERS);
+
+    // How close to the 400 KB item limit the record really came.
+    let raw = p
+        .env
+        .store
+        .client()
+        .get_item()
+        .table_name(p.env.store.table_name())
+        .key(
+            "PK",
+            aws_sdk_dynamodb::types::AttributeValue::S(TableSchema::batch_pk(batch.id)),
+        )
+        .key("SK", aws_sdk_dynamodb::types::AttributeValue::S("-".into()))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    let size: usize = raw.iter().map(|(k, v)| k.len() + attribute_size(v)).sum();
+    assert!(size < 400 * 1024 * 4 / 5, "batch record is {size} bytes");
+    println!(
+        "largest batch: {MAX_BATCH_MEMBERS} members, record {size} bytes ({:.0} % of 400 KB); \
+         seeding {:.1} s, claim + send {:.1} s",
+        size as f64 * 100.0 / 409_600.0,
+        seeding.as_secs_f64(),
+        claiming.as_secs_f64()
+    );
+    p.env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn lowering_pending_shards_strands_no_withdrawal() {
+    use integration_tests::{function_client, BATCHER_FN, REQUEST_FN};
+    use shared::store::DynamoStore;
+    use std::sync::Arc;
+    let p = PayoutEnv::new(|_| {}).await;
+    let store_with = |function: &str, shards: u32| {
+        Arc::new(
+            DynamoStore::new(
+                function_client(function),
+                p.env.store.table_name(),
+                p.env.currencies.clone(),
+            )
+            .with_pending_shards(shards),
+        )
+    };
+    // The request function ran with 8 shards: its cold start recorded them, its requests spread.
+    let eight = store_with(REQUEST_FN, 8);
+    eight.record_pending_shards().await.unwrap();
+    let mut seeded = p
+        .seed_through(&eight, "sh8", "USD", "1.00", 60, ACCOUNTS[0])
+        .await;
+    assert!(
+        seeded.iter().filter(|w| w.id.shard(8) >= 2).count() > 30,
+        "most of them live in shards a 2-shard batcher would not read by itself"
+    );
+    // Then PENDING_SHARDS went down to 2: a new cold start records 2, which lowers nothing, while
+    // a warm instance still on the old setting keeps writing into 8 shards.
+    let two = store_with(REQUEST_FN, 2);
+    two.record_pending_shards().await.unwrap();
+    seeded.extend(
+        p.seed_through(&eight, "sh8b", "USD", "1.00", 40, ACCOUNTS[0])
+            .await,
+    );
+    seeded.extend(
+        p.seed_through(&two, "sh2", "USD", "1.00", 20, ACCOUNTS[0])
+            .await,
+    );
+
+    let batcher = p.batcher_on(store_with(BATCHER_FN, 2), PayoutEnv::config());
+    let summary = batcher
+        .run(std::time::Instant::now() + Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(summary.currencies["USD"].claimed, 120);
+    for w in &seeded {
+        assert_eq!(p.reload(w).await.status, WithdrawalStatus::Submitted);
+    }
+    assert_eq!(p.sandbox.payouts_by_reference().len(), 120);
+    p.env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn a_batch_the_provider_lost_is_never_rejected_and_goes_to_an_operator() {
+    let p = PayoutEnv::new(|c| c.memory.lose_next_batches = 1).await;
+    let ws = p.seed("lost", "USD", "10.00", 3, ACCOUNTS[0]).await;
+    p.run(PayoutEnv::config()).await;
+    // Accepted and paid, but the status endpoint answers 404 for it now.
+    assert_eq!(p.sandbox.payouts_by_reference().len(), 3);
+    let stale = BatcherConfig {
+        stale_after: Duration::ZERO,
+        ..PayoutEnv::config()
+    };
+    let summary = p.run(stale).await;
+    let usd = &summary.currencies["USD"];
+    assert_eq!(
+        (
+            usd.stale_unknown,
+            usd.rejected,
+            usd.resolved_from_status,
+            usd.escalated
+        ),
+        (1, 0, 0, 1)
+    );
+    for w in &ws {
+        assert_eq!(p.reload(w).await.status, WithdrawalStatus::Submitted);
+    }
+    assert_eq!(
+        p.env.balance("lost-0", "USD").await,
+        (
+            "70.00".into(),
+            "30.00".into(),
+            "0.00".into(),
+            "100.00".into()
+        )
+    );
+    assert_eq!(
+        p.env.store.all_batches().await.unwrap()[0].status,
+        BatchStatus::NeedsOperator
+    );
+    // An operator cannot return what the provider accepted and paid, on its 404.
+    let refused = shared::operations::reject_withdrawal(
+        &p.env.store,
+        &p.provider(),
+        ws[0].id,
+        "lost?",
+        Duration::ZERO,
+    )
+    .await;
+    assert!(refused.is_err(), "{refused:?}");
+    p.env.assert_conserved().await;
+}
+
+/// The danger the sandbox's key lifetime exposes: a batch whose first send was recorded (and
+/// paid) but answered ambiguously was re-sent by the next run with the same key — after the
+/// provider forgot the key, that re-send was a new batch and paid everyone again (each member
+/// paid twice before the batcher asked the provider first).
+#[tokio::test]
+async fn a_re_send_after_the_provider_forgot_the_key_does_not_pay_twice() {
+    let p = PayoutEnv::new(|c| c.memory.idempotency_key_ttl = Some(Duration::ZERO)).await;
+    let ws = p.seed("forgot", "USD", "10.00", 3, ACCOUNTS[0]).await;
+    p.sandbox.inject(&[Fault::ErrorAfterRecord]);
+    p.run(PayoutEnv::config()).await;
+    let second = p.run(PayoutEnv::config()).await;
+    assert_eq!(second.currencies["USD"].found_at_provider, 1);
+    let paid = p.sandbox.payouts_by_reference();
+    for w in &ws {
+        assert_eq!(paid.get(&w.id.to_string()), Some(&1), "{paid:?}");
+        assert_eq!(p.reload(w).await.status, WithdrawalStatus::Settled);
+    }
+    assert_eq!(p.sandbox.expired_keys(), 0, "never sent again");
     p.env.assert_conserved().await;
 }

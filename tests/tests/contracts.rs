@@ -244,3 +244,15 @@ fn openapi_yaml_is_valid_yaml_with_every_route_and_template_yaml_parses() {
     let _: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(&repo_file("template.yaml")).expect("template.yaml is valid YAML");
 }
+
+#[test]
+fn the_templates_largest_batch_is_the_one_a_batch_record_can_hold() {
+    let t: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&repo_file("template.yaml")).expect("template.yaml parses");
+    let max = t["Parameters"]["BatchMaxSize"]["MaxValue"]
+        .as_u64()
+        .expect("BatchMaxSize has a MaxValue");
+    assert_eq!(max as usize, shared::store::MAX_BATCH_MEMBERS);
+    let default = t["Parameters"]["BatchMaxSize"]["Default"].as_u64().unwrap();
+    assert!(default as usize <= shared::store::MAX_BATCH_MEMBERS);
+}

@@ -24,6 +24,10 @@ impl App {
     pub async fn from_env() -> Result<Self, lambda_http::Error> {
         let config = Config::from_env()?;
         let store = config.store().await;
+        // Before the first request writes into shard `n - 1` of the pending index: a batcher
+        // configured with fewer shards then still reads it. Once per cold start, not per request
+        // (a request stays one round trip); the cold start fails if it cannot be recorded.
+        store.record_pending_shards().await?;
         Ok(Self {
             service: WithdrawalService::new(
                 Arc::new(store),

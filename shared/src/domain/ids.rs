@@ -9,9 +9,12 @@ use ulid::Ulid;
 pub struct UserId(String);
 
 impl UserId {
+    /// The longest user id, in bytes (they are ASCII): it bounds the batch record's size.
+    pub const MAX_LEN: usize = 128;
+
     pub fn parse(s: &str) -> Result<Self, DomainError> {
-        let ok =
-            (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic() && b != b'#');
+        let ok = (1..=Self::MAX_LEN).contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_graphic() && b != b'#');
         if ok {
             Ok(Self(s.to_string()))
         } else {
@@ -45,6 +48,9 @@ macro_rules! ulid_id {
         pub struct $name(Ulid);
 
         impl $name {
+            /// The length of every id's text: the prefix and 26 ULID characters.
+            pub const TEXT_LEN: usize = $prefix.len() + 26;
+
             pub fn new() -> Self {
                 Self(Ulid::new())
             }

@@ -11,7 +11,7 @@ use crate::domain::{
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ConditionCheck, KeysAndAttributes, ReturnValue, TransactWriteItem, Update,
+    AttributeValue, KeysAndAttributes, ReturnValue, TransactWriteItem, Update,
 };
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -173,6 +173,25 @@ enum RejectGuard {
 }
 
 impl DynamoStore {
+    /// Our own shard count, or more if request functions ever wrote into more shards (their
+    /// count is recorded at their cold start): one small read per page of pending withdrawals.
+    async fn pending_shards_to_read(&self) -> Result<u32, StoreError> {
+        let recorded = match self
+            .get(
+                TableSchema::META_PK.to_string(),
+                TableSchema::PENDING_SHARDS_SK,
+            )
+            .await?
+        {
+            Some(item) => Reader(&item)
+                .n(super::dynamo::MAX_SHARDS_ATTRIBUTE)?
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("max_shards".into()))?,
+            None => 0,
+        };
+        Ok(self.pending_shards.max(recorded))
+    }
+
     async fn pending_in_shard(
         &self,
         pk: &str,
@@ -233,7 +252,7 @@ impl BatchStore for DynamoStore {
         // Each shard returns its oldest `limit`; the oldest `limit` of their union are exactly
         // the oldest `limit` overall, since sort keys are time-sortable ids.
         let mut out = Vec::new();
-        for shard in 0..self.pending_shards {
+        for shard in 0..self.pending_shards_to_read().await? {
             let pk = TableSchema::pending_pk(currency.code(), shard);
             out.extend(self.pending_in_shard(&pk, limit, after).await?);
         }
@@ -527,56 +546,66 @@ impl BatchStore for DynamoStore {
         ) {
             return Ok(false);
         }
-        // The counter is checked and the record closed in one transaction.
-        let check = ConditionCheck::builder()
-            .table_name(&self.table)
-            .key(schema::PK, s(TableSchema::batch_pk(id)))
-            .key(schema::SK, s(TableSchema::BATCH_COUNTER_SK))
-            .condition_expression("final_count >= :members")
-            .expression_attribute_values(":members", n(batch.member_count()))
-            .build()
-            .map_err(backend)?;
-        let close = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(Self::batch_key(id)))
-            // Final: off the open list, onto the reconcile list (same sort key, its id).
-            .update_expression(format!(
-                "SET #st = :to, updated_at = :ts, {} = :reconcile, {} = :queued",
-                schema::PENDING_PK,
-                schema::PENDING_SK
-            ))
-            .condition_expression("#st IN (:accepted, :flagged)")
-            .expression_attribute_values(":reconcile", s(TableSchema::RECONCILE_PK))
-            .expression_attribute_values(":queued", s(reconcile_sk(id)))
-            .expression_attribute_names("#st", "status")
-            .expression_attribute_values(":to", s(BatchStatus::Completed.as_str()))
-            .expression_attribute_values(":accepted", s(BatchStatus::Accepted.as_str()))
-            .expression_attribute_values(":flagged", s(BatchStatus::NeedsOperator.as_str()))
-            .expression_attribute_values(":ts", s(timestamp(&Utc::now())))
-            .build()
-            .map_err(backend)?;
-        let items = vec![
-            TransactWriteItem::builder().condition_check(check).build(),
-            TransactWriteItem::builder().update(close).build(),
-        ];
-        match self.transact(items, &ulid::Ulid::new().to_string()).await {
-            Ok(()) => Ok(true),
-            Err(TxError::Cancelled(_)) => Ok(false),
-            Err(TxError::Store(e)) => Err(e),
+        // A consistent read of the counters is enough to close: they only grow, each member
+        // counts once (with its conditional status change), so reaching the member count means
+        // every member is final for good.
+        if self.final_count(id).await? < batch.member_count() {
+            return Ok(false);
         }
+        // Final: off the open list, onto the reconcile list.
+        let closed = self
+            .update_batch(
+                id,
+                &format!(
+                    "SET #st = :to, updated_at = :ts, {} = :reconcile, {} = :queued",
+                    schema::PENDING_PK,
+                    schema::PENDING_SK
+                ),
+                "#st IN (:accepted, :flagged)",
+                vec![
+                    (":to", s(BatchStatus::Completed.as_str())),
+                    (":accepted", s(BatchStatus::Accepted.as_str())),
+                    (":flagged", s(BatchStatus::NeedsOperator.as_str())),
+                    (":ts", s(timestamp(&Utc::now()))),
+                    (":reconcile", s(TableSchema::RECONCILE_PK)),
+                    (":queued", s(reconcile_sk(id))),
+                ],
+            )
+            .await?;
+        Ok(closed.is_some())
     }
 
+    /// The sum of the batch's counter items (the base counter and its shards), read
+    /// consistently in one query.
     async fn final_count(&self, id: BatchId) -> Result<u32, StoreError> {
-        let counter = self
-            .get(TableSchema::batch_pk(id), TableSchema::BATCH_COUNTER_SK)
-            .await?;
-        match counter {
-            Some(item) => Reader(&item)
-                .n("final_count")?
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("final_count".into())),
-            None => Ok(0),
+        let mut total = Decimal::ZERO;
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#pk = :pk AND begins_with(#sk, :counter)")
+                .expression_attribute_names("#pk", schema::PK)
+                .expression_attribute_names("#sk", schema::SK)
+                .expression_attribute_values(":pk", s(TableSchema::batch_pk(id)))
+                .expression_attribute_values(":counter", s(TableSchema::BATCH_COUNTER_SK))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(classify)?;
+            for item in page.items() {
+                total += Reader(item).n("final_count")?;
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
         }
+        total
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("final_count".into()))
     }
 
     async fn reset_attempts(&self, batch: &Batch, by: &str) -> Result<(), StoreError> {

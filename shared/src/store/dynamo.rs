@@ -28,6 +28,8 @@ const EVENT_TTL_SECS: i64 = 30 * 24 * 3600;
 const IDEMPOTENCY_TTL_SECS: i64 = 24 * 3600;
 /// Attempts for a transaction that loses a race (TransactionConflict) or is throttled.
 const TX_ATTEMPTS: u32 = 8;
+/// On the `META`/`PENDING_SHARDS` item: the most pending-index shards ever written.
+pub(super) const MAX_SHARDS_ATTRIBUTE: &str = "max_shards";
 
 /// The DynamoDB single-table adapter. Build one per process (at cold start) and share it.
 #[derive(Clone)]
@@ -69,8 +71,9 @@ impl DynamoStore {
         }
     }
 
-    /// Shards of each currency's pending index (see docs/scaling.md). Only ever increase it:
-    /// the batcher reads shards `0..n`.
+    /// Shards of each currency's pending index (see docs/scaling.md). Requests write into
+    /// shards `0..n`; the batcher reads up to the highest `n` ever recorded
+    /// ([`Self::record_pending_shards`]), so the setting may go down as well as up.
     pub const DEFAULT_PENDING_SHARDS: u32 = 4;
 
     pub fn with_pending_shards(mut self, shards: u32) -> Self {
@@ -80,6 +83,33 @@ impl DynamoStore {
 
     pub fn pending_shards(&self) -> u32 {
         self.pending_shards
+    }
+
+    /// Raises the table's record of the most shards ever written to this store's count (never
+    /// lowers it). Whatever writes into the pending index calls it before its first write — the
+    /// request function once per cold start — so no batcher configured with fewer shards can
+    /// miss a withdrawal: the batcher reads every shard up to the recorded count.
+    pub async fn record_pending_shards(&self) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(schema::PK, s(TableSchema::META_PK))
+            .key(schema::SK, s(TableSchema::PENDING_SHARDS_SK))
+            .update_expression("SET #max = :n, #ty = :ty")
+            .condition_expression("attribute_not_exists(#max) OR #max < :n")
+            .expression_attribute_names("#max", MAX_SHARDS_ATTRIBUTE)
+            .expression_attribute_names("#ty", "type")
+            .expression_attribute_values(":n", n(self.pending_shards))
+            .expression_attribute_values(":ty", s("META"))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // Already as high or higher.
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(()),
+            Err(e) => Err(classify(e)),
+        }
     }
 
     pub fn client(&self) -> &Client {
@@ -440,8 +470,8 @@ impl DynamoStore {
 
     /// The conditional writes of one state-machine edge: the withdrawal's status change
     /// (conditioned on the exact status it was read in, with an audit entry appended to the
-    /// same item), the balance movement, and the batch's final counter when a member settles or
-    /// is rejected. Returns them with the withdrawal as it will be.
+    /// same item), the balance movement, and the member's shard of the batch's final counter
+    /// when a member settles or is rejected. Returns them with the withdrawal as it will be.
     pub(super) fn transition_items(
         &self,
         w: &Withdrawal,
@@ -540,9 +570,11 @@ impl DynamoStore {
                         Update::builder()
                             .table_name(&self.table)
                             .key(schema::PK, s(TableSchema::batch_pk(batch)))
-                            .key(schema::SK, s(TableSchema::BATCH_COUNTER_SK))
+                            .key(schema::SK, s(TableSchema::batch_counter_sk(w.id)))
+                            // No existence condition: a shard is created by its first
+                            // settlement. The withdrawal's conditional status change in the same
+                            // transaction is what makes each member count once.
                             .update_expression("ADD final_count :one SET updated_at = :now")
-                            .condition_expression("attribute_exists(PK)")
                             .expression_attribute_values(":one", n(1))
                             .expression_attribute_values(":now", s(&now))
                             .build()

@@ -6,7 +6,7 @@ mod schema;
 
 pub use batches::CLAIM_CHUNK;
 pub use dynamo::{timestamp, DynamoStore, ScanReport};
-pub use schema::TableSchema;
+pub use schema::{TableSchema, MAX_BATCH_MEMBERS};
 
 use crate::domain::{
     Amount, Balance, Batch, BatchId, BatchStatus, Currency, IdempotencyKey, Transition, UserId,

@@ -2,6 +2,23 @@
 
 use crate::domain::{BatchId, CurrencyCode, IdempotencyKey, UserId, WithdrawalId};
 
+/// DynamoDB's limit for one item: 400 KB, attribute names and values together.
+const ITEM_LIMIT_BYTES: usize = 400 * 1024;
+/// One entry of a batch record's `members` map at its largest: the withdrawal id as the map key,
+/// the longest user id as its string value, and the byte DynamoDB counts per map element.
+const MEMBER_ENTRY_BYTES: usize = WithdrawalId::TEXT_LEN + UserId::MAX_LEN + 1;
+/// Everything else on the batch record, generously: keys, status, counts, timestamps, lease,
+/// index keys (under 1 KB together) and what the provider hands us (`reason`, at most 200
+/// characters, `provider_batch_id`, `last_error`), plus the `members` attribute's own overhead.
+const BATCH_OTHER_ATTRIBUTES_BYTES: usize = 16 * 1024;
+
+/// The most members one batch may have (`BATCH_MAX_SIZE`, template.yaml's `BatchMaxSize`): the
+/// batch record holds every member (withdrawal id → user id) in one item, so a larger batch could
+/// not be claimed once its record outgrew 400 KB. Three quarters of the room left by the other
+/// attributes, divided by the largest entry: (409,600 − 16,384) × 3/4 / 158 = 1,866.
+pub const MAX_BATCH_MEMBERS: usize =
+    (ITEM_LIMIT_BYTES - BATCH_OTHER_ATTRIBUTES_BYTES) * 3 / 4 / MEMBER_ENTRY_BYTES;
+
 pub const PK: &str = "PK";
 pub const SK: &str = "SK";
 pub const PENDING_INDEX: &str = "pending-index";
@@ -30,9 +47,24 @@ impl TableSchema {
         format!("IDEM#{}#{}", user.as_str(), key.as_str())
     }
     pub const SINGLETON_SK: &'static str = "-";
-    /// A batch's small counter item beside its record: settlements bump it without rewriting
-    /// the (up to ~35 KB) member list, which would cost ~70 WCU per callback on one partition.
+    /// A batch's small counter items beside its record: settlements count its final members
+    /// there without rewriting the (up to ~300 KB) member list. This base counter is created
+    /// with the batch (at 0; settlements before the counter was sharded bumped it), the shards
+    /// ([`Self::batch_counter_sk`]) by their first settlement; the final count is the sum of
+    /// every item whose sort key starts with this.
     pub const BATCH_COUNTER_SK: &'static str = "COUNTER";
+    /// Counter shards per batch: a batch's callbacks arrive in one burst, and transactions that
+    /// all wrote one counter item would cancel each other (TransactionConflict) — a
+    /// 500-member burst against one item ended with callbacks refused five times in a row
+    /// (tests/tests/hot_batch.rs). Each settlement bumps the shard its withdrawal id picks.
+    pub const BATCH_COUNTER_SHARDS: u32 = 32;
+    pub fn batch_counter_sk(member: WithdrawalId) -> String {
+        format!(
+            "{}#{}",
+            Self::BATCH_COUNTER_SK,
+            member.shard(Self::BATCH_COUNTER_SHARDS)
+        )
+    }
     pub fn event_pk(event_id: &str) -> String {
         format!("EVT#{event_id}")
     }
@@ -50,4 +82,10 @@ impl TableSchema {
     pub fn pending_pk(currency: CurrencyCode, shard: u32) -> String {
         format!("PENDING#{currency}#{shard}")
     }
+    /// Table-wide settings that must outlive any one function's configuration.
+    pub const META_PK: &'static str = "META";
+    /// The most pending-index shards any request function was ever configured with
+    /// (`max_shards`): the batcher reads at least that many, so lowering `PENDING_SHARDS` strands
+    /// nothing written under the higher count.
+    pub const PENDING_SHARDS_SK: &'static str = "PENDING_SHARDS";
 }

@@ -1,6 +1,8 @@
 //! A sandbox payment provider that runs on this machine: it implements the payout API of
 //! docs/provider-api.md, deduplicates batches by idempotency key, keeps a ledger of what it paid,
-//! and calls the webhook back with correctly signed events. Faults can be injected per call.
+//! and calls the webhook back with correctly signed events. Faults can be injected per call, and
+//! it can forget like a real provider (see [`Memory`]): idempotency keys that expire, batches
+//! whose status it no longer knows, items that never reach a final state.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -12,7 +14,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use shared::provider::{BatchState, ItemState, ItemStatus, PayoutBatchRequest};
 use shared::signature::WebhookSecret;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,6 +34,9 @@ pub struct SandboxConfig {
     pub return_delay: Duration,
     /// Never reach a final state (for stale-batch handling).
     pub pending_accounts: HashSet<String>,
+    /// What the sandbox forgets or never finishes (initial values; changeable at runtime with
+    /// `POST /sandbox/memory`). The default forgets nothing.
+    pub memory: Memory,
     /// How long an injected timeout hangs (longer than the client's timeout).
     pub hang: Duration,
     /// Callback retries: the first waits `retry_base`, each next one twice as long up to
@@ -54,6 +59,7 @@ impl SandboxConfig {
             return_accounts: HashSet::new(),
             return_delay: Duration::from_millis(500),
             pending_accounts: HashSet::new(),
+            memory: Memory::default(),
             hang: Duration::from_secs(30),
             retry_base: Duration::from_millis(200),
             retry_max_delay: Duration::from_secs(60),
@@ -85,9 +91,79 @@ pub enum Fault {
     Reject,
 }
 
+/// How a real provider forgets. Its idempotency keys live for a limited time (commonly about
+/// 24 hours): after that the same key and body are a new batch and are paid again. It may
+/// answer 404 for a batch it accepted (a lost record, a migration), and it may leave items
+/// `pending` for ever without a callback.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Memory {
+    /// How long an `Idempotency-Key` is remembered after the batch was recorded; `None` for
+    /// ever (the default). After it the same key with the same body records a NEW batch and
+    /// pays every item again: the ledger shows the second payment.
+    #[serde(
+        default,
+        rename = "idempotency_key_ttl_ms",
+        with = "ttl_ms",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idempotency_key_ttl: Option<Duration>,
+    /// The next this many newly accepted batches are lost: their status answers 404. The key
+    /// is still remembered (a re-send within its lifetime is not paid again).
+    #[serde(default)]
+    pub lose_next_batches: u32,
+    /// Batch ids whose status answers 404 once accepted (or already, if they were).
+    #[serde(default)]
+    pub lost_batches: BTreeSet<String>,
+    /// Every item of the next this many newly accepted batches stays `pending` for ever: no
+    /// callback, and the status endpoint keeps reporting `pending`.
+    #[serde(default)]
+    pub pending_next_batches: u32,
+}
+
+/// `idempotency_key_ttl_ms` as milliseconds; absent means "remember for ever".
+mod ttl_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(d) => s.serialize_u64(d.as_millis() as u64),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    }
+}
+
+/// A change to [`Memory`] (`POST /sandbox/memory`): only the fields given change.
+/// `"idempotency_key_ttl_ms": null` remembers keys for ever again.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryChange {
+    #[serde(default, deserialize_with = "present")]
+    pub idempotency_key_ttl_ms: Option<Option<u64>>,
+    pub lose_next_batches: Option<u32>,
+    #[serde(default)]
+    pub lose_batches: Vec<String>,
+    pub pending_next_batches: Option<u32>,
+    /// Accounts whose items stay pending from now on.
+    #[serde(default)]
+    pub pending_accounts: Vec<String>,
+}
+
+/// Tells a field given as `null` (`Some(None)`) from one left out (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
+    Ok(Some(Option::<u64>::deserialize(d)?))
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct LedgerEntry {
     pub batch_id: String,
+    /// Which recording of the batch paid it: two ids for one `batch_id` mean the provider
+    /// forgot the key and paid the batch again.
+    pub provider_batch_id: String,
     pub reference: String,
     pub amount: String,
     pub currency: String,
@@ -122,6 +198,8 @@ pub enum DeliveryState {
 struct StoredBatch {
     fingerprint: String,
     provider_batch_id: String,
+    /// When the key was recorded: it is forgotten `idempotency_key_ttl` after.
+    recorded_at: tokio::time::Instant,
     request: PayoutBatchRequest,
     items: BTreeMap<String, ItemState>,
 }
@@ -135,6 +213,10 @@ struct Inner {
     webhook_url: Option<String>,
     submit_calls: u64,
     events: Vec<SentEvent>,
+    memory: Memory,
+    pending_accounts: HashSet<String>,
+    /// Submissions whose key had expired and were recorded (and paid) as new batches.
+    expired_keys: u64,
 }
 
 #[derive(Clone)]
@@ -148,6 +230,8 @@ impl Sandbox {
     pub fn new(config: SandboxConfig) -> Self {
         let inner = Inner {
             webhook_url: config.webhook_url.clone(),
+            memory: config.memory.clone(),
+            pending_accounts: config.pending_accounts.clone(),
             ..Inner::default()
         };
         Self {
@@ -166,6 +250,7 @@ impl Sandbox {
             .route("/v1/payout-batches/{id}", get(status))
             .route("/sandbox/ledger", get(ledger))
             .route("/sandbox/faults", post(add_faults))
+            .route("/sandbox/memory", get(memory).post(change_memory))
             .route("/sandbox/events", get(events))
             .route("/health", get(|| async { "ok" }))
             .with_state(self.clone())
@@ -193,6 +278,32 @@ impl Sandbox {
             .unwrap()
             .faults
             .extend(faults.iter().copied());
+    }
+
+    /// Applies a change to what the sandbox forgets; returns the resulting settings.
+    pub fn change_memory(&self, change: MemoryChange) -> Memory {
+        let mut inner = self.inner.lock().unwrap();
+        if let Some(ttl) = change.idempotency_key_ttl_ms {
+            inner.memory.idempotency_key_ttl = ttl.map(Duration::from_millis);
+        }
+        if let Some(n) = change.lose_next_batches {
+            inner.memory.lose_next_batches = n;
+        }
+        inner.memory.lost_batches.extend(change.lose_batches);
+        if let Some(n) = change.pending_next_batches {
+            inner.memory.pending_next_batches = n;
+        }
+        inner.pending_accounts.extend(change.pending_accounts);
+        inner.memory.clone()
+    }
+
+    pub fn memory(&self) -> Memory {
+        self.inner.lock().unwrap().memory.clone()
+    }
+
+    /// How many submissions came after their key was forgotten and were paid as new batches.
+    pub fn expired_keys(&self) -> u64 {
+        self.inner.lock().unwrap().expired_keys
     }
 
     pub fn ledger(&self) -> Vec<LedgerEntry> {
@@ -227,8 +338,8 @@ impl Sandbox {
             .is_some_and(|v| v == format!("Bearer {}", self.config.api_key))
     }
 
-    fn decide(&self, reference: &str, account: &str) -> ItemStatus {
-        if self.config.pending_accounts.contains(account) {
+    fn decide(&self, reference: &str, account: &str, pending: &HashSet<String>) -> ItemStatus {
+        if pending.contains(account) {
             return ItemStatus::Pending;
         }
         if self.config.fail_accounts.contains(account) {
@@ -244,25 +355,45 @@ impl Sandbox {
     }
 
     /// Records a new batch: pays what is paid, remembers the rest. Returns false if the same
-    /// key came with another body.
+    /// key came with another body. A key older than the configured lifetime is forgotten: the
+    /// request is a new batch and is paid again, as a real provider would.
     fn record(&self, req: &PayoutBatchRequest, fingerprint: &str) -> Result<String, ()> {
         let mut inner = self.inner.lock().unwrap();
+        let ttl = inner.memory.idempotency_key_ttl;
         if let Some(b) = inner.batches.get(&req.batch_id) {
-            return if b.fingerprint == fingerprint {
-                Ok(b.provider_batch_id.clone())
-            } else {
-                Err(())
-            };
+            let forgotten = ttl.is_some_and(|ttl| b.recorded_at.elapsed() >= ttl);
+            if !forgotten {
+                return if b.fingerprint == fingerprint {
+                    Ok(b.provider_batch_id.clone())
+                } else {
+                    Err(())
+                };
+            }
+            tracing::warn!(batch_id = %req.batch_id, "idempotency key expired: recording the batch again and paying it again");
+            inner.expired_keys += 1;
         }
         let provider_batch_id = format!("pb_{}", ulid::Ulid::new());
+        let stalled = inner.memory.pending_next_batches > 0;
+        if stalled {
+            inner.memory.pending_next_batches -= 1;
+        }
+        if inner.memory.lose_next_batches > 0 {
+            inner.memory.lose_next_batches -= 1;
+            inner.memory.lost_batches.insert(req.batch_id.clone());
+        }
         let mut items = BTreeMap::new();
         let mut paid = Vec::new();
         for item in &req.items {
-            let status = self.decide(&item.reference, &item.bank_account);
+            let status = if stalled {
+                ItemStatus::Pending
+            } else {
+                self.decide(&item.reference, &item.bank_account, &inner.pending_accounts)
+            };
             let provider_reference = format!("po_{}", ulid::Ulid::new());
             if status == ItemStatus::Paid {
                 paid.push(LedgerEntry {
                     batch_id: req.batch_id.clone(),
+                    provider_batch_id: provider_batch_id.clone(),
                     reference: item.reference.clone(),
                     amount: item.amount.clone(),
                     currency: req.currency.clone(),
@@ -287,6 +418,7 @@ impl Sandbox {
             StoredBatch {
                 fingerprint: fingerprint.to_string(),
                 provider_batch_id: provider_batch_id.clone(),
+                recorded_at: tokio::time::Instant::now(),
                 request: req.clone(),
                 items,
             },
@@ -534,7 +666,12 @@ async fn status(State(sb): State<Sandbox>, Path(id): Path<String>, headers: Head
         return error(StatusCode::UNAUTHORIZED, "unauthorized", "bad api key");
     }
     let inner = sb.inner.lock().unwrap();
-    match inner.batches.get(&id) {
+    // A lost batch is unknown to the status endpoint even though it was accepted and paid.
+    let known = inner
+        .batches
+        .get(&id)
+        .filter(|_| !inner.memory.lost_batches.contains(&id));
+    match known {
         Some(b) => Json(BatchState {
             batch_id: id.clone(),
             provider_batch_id: b.provider_batch_id.clone(),
@@ -547,8 +684,20 @@ async fn status(State(sb): State<Sandbox>, Path(id): Path<String>, headers: Head
 }
 
 async fn ledger(State(sb): State<Sandbox>) -> Response {
-    Json(json!({"entries": sb.ledger(), "payouts_by_reference": sb.payouts_by_reference()}))
-        .into_response()
+    Json(json!({
+        "entries": sb.ledger(),
+        "payouts_by_reference": sb.payouts_by_reference(),
+        "expired_keys": sb.expired_keys(),
+    }))
+    .into_response()
+}
+
+async fn memory(State(sb): State<Sandbox>) -> Response {
+    Json(sb.memory()).into_response()
+}
+
+async fn change_memory(State(sb): State<Sandbox>, Json(change): Json<MemoryChange>) -> Response {
+    Json(sb.change_memory(change)).into_response()
 }
 
 #[derive(Deserialize)]

@@ -35,6 +35,17 @@ struct Args {
     /// Accounts that never get a final answer.
     #[arg(long)]
     pending_account: Vec<String>,
+    /// Forget an Idempotency-Key this long after its batch was recorded: the same key and body
+    /// are then a new batch and are PAID AGAIN (real providers keep keys about 24 h). Unset:
+    /// keys are kept for ever. Also `POST /sandbox/memory {"idempotency_key_ttl_ms": …}`.
+    #[arg(long)]
+    idempotency_key_ttl_secs: Option<u64>,
+    /// Lose the next N accepted batches: their status endpoint answers 404.
+    #[arg(long, default_value_t = 0)]
+    lose_next_batches: u32,
+    /// Leave every item of the next N accepted batches pending for ever (no callback).
+    #[arg(long, default_value_t = 0)]
+    pending_next_batches: u32,
     /// Longest wait between two delivery attempts of one callback.
     #[arg(long, default_value_t = 60_000)]
     retry_max_delay_ms: u64,
@@ -57,6 +68,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.return_accounts = args.return_account.into_iter().collect();
     config.return_delay = Duration::from_millis(args.return_delay_ms);
     config.pending_accounts = args.pending_account.into_iter().collect();
+    config.memory.idempotency_key_ttl = args.idempotency_key_ttl_secs.map(Duration::from_secs);
+    config.memory.lose_next_batches = args.lose_next_batches;
+    config.memory.pending_next_batches = args.pending_next_batches;
     config.retry_max_delay = Duration::from_millis(args.retry_max_delay_ms);
     config.retry_for = Duration::from_secs(args.retry_for_secs);
     let sandbox = Sandbox::new(config);
