@@ -172,6 +172,7 @@ impl From<StoreError> for ApiError {
                 Self::TryAgain
             }
             StoreError::IdempotencyKeyTaken
+            | StoreError::ReferenceReused(_)
             | StoreError::DuplicateEvent
             | StoreError::LeaseLost
             | StoreError::Corrupt(_)

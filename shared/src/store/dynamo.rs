@@ -1,8 +1,11 @@
 use super::schema::{self, TableSchema};
-use super::{IdempotencyRecord, ListQuery, Page, Store, StoreError, TransitionDetails};
+use super::{
+    CreditOutcome, CreditRecord, IdempotencyRecord, ListQuery, Page, Store, StoreError,
+    TransitionDetails,
+};
 use crate::domain::{
-    Amount, AuditEntry, Balance, BalanceEffect, BankAccount, BatchId, Currencies, Currency,
-    IdempotencyKey, Transition, UserId, Withdrawal, WithdrawalId, WithdrawalStatus,
+    Amount, AuditEntry, Balance, BalanceEffect, BankAccount, BatchId, CreditReference, Currencies,
+    Currency, IdempotencyKey, Transition, UserId, Withdrawal, WithdrawalId, WithdrawalStatus,
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
@@ -55,6 +58,7 @@ impl ScanFilter {
 pub struct ScanReport {
     pub balances: Vec<(UserId, Balance)>,
     pub withdrawals: Vec<Withdrawal>,
+    pub credits: Vec<CreditRecord>,
     /// Items that could not be read back as domain values.
     pub unreadable: Vec<String>,
 }
@@ -174,6 +178,12 @@ impl DynamoStore {
                 Some(sk) if sk.starts_with(TableSchema::WITHDRAWAL_SK_PREFIX) => {
                     match self.withdrawal_from_item(&item) {
                         Ok(w) => report.withdrawals.push(w),
+                        Err(e) => report.unreadable.push(format!("{label}: {e}")),
+                    }
+                }
+                _ if pk.is_some_and(|pk| pk.starts_with(TableSchema::CREDIT_PK_PREFIX)) => {
+                    match self.credit_from_item(&item) {
+                        Ok(c) => report.credits.push(c),
                         Err(e) => report.unreadable.push(format!("{label}: {e}")),
                     }
                 }
@@ -695,6 +705,19 @@ impl DynamoStore {
         Ok((user, balance))
     }
 
+    fn credit_from_item(&self, item: &Item) -> Result<CreditRecord, StoreError> {
+        let r = Reader(item);
+        let currency = self.currency(r.s("currency")?)?;
+        Ok(CreditRecord {
+            reference: CreditReference::parse(r.s("reference")?).map_err(corrupt)?,
+            user_id: UserId::parse(r.s("user_id")?).map_err(corrupt)?,
+            amount: Amount::new(r.n("amount")?, &currency).map_err(corrupt)?,
+            currency,
+            actor: r.s("actor")?.to_string(),
+            created_at: r.time("created_at")?,
+        })
+    }
+
     pub(super) fn currency(&self, code: &str) -> Result<Currency, StoreError> {
         self.currencies
             .get(code)
@@ -705,35 +728,48 @@ impl DynamoStore {
 
 #[async_trait]
 impl Store for DynamoStore {
-    async fn credit(
-        &self,
-        user: &UserId,
-        currency: &Currency,
-        amount: Amount,
-    ) -> Result<Balance, StoreError> {
-        let now = timestamp(&Utc::now());
-        let credit = self.balance_update(
-            user,
-            currency,
+    async fn credit(&self, credit: &CreditRecord) -> Result<CreditOutcome, StoreError> {
+        let balance = self.balance_update(
+            &credit.user_id,
+            &credit.currency,
             BalanceEffect::Credit,
-            amount.value(),
-            &now,
+            credit.amount.value(),
+            &timestamp(&credit.created_at),
             None,
         )?;
-        // A fresh token per call: two identical credits are two credits.
+        // The record's put is the only conditional item: it exists already exactly when the
+        // reference was used, and then the cancellation reason carries that first record.
+        let guarded = [
+            (CreditGuard::Balance, balance),
+            (CreditGuard::Record, self.put_new(credit_item(credit))?),
+        ];
+        let (guards, items): (Vec<_>, Vec<_>) = guarded.into_iter().unzip();
+        // A fresh token per call: the record's condition, not the token, makes a repeat a no-op.
         let token = ulid::Ulid::new().to_string();
-        match self.transact(vec![credit], &token).await {
-            Ok(()) => {}
+        let reasons = match self.transact(items, &token).await {
+            Ok(()) => return Ok(CreditOutcome::Recorded(credit.clone())),
             Err(TxError::Store(e)) => return Err(e),
-            Err(TxError::Cancelled(r)) => {
-                return Err(StoreError::Backend(format!("credit cancelled: {r:?}")))
-            }
+            Err(TxError::Cancelled(reasons)) => reasons,
+        };
+        let first = guards
+            .iter()
+            .zip(&reasons)
+            .find(|(g, r)| **g == CreditGuard::Record && failed(r))
+            .and_then(|(_, r)| r.item())
+            .ok_or_else(|| StoreError::Backend(format!("credit cancelled: {reasons:?}")))?;
+        let first = self.credit_from_item(first)?;
+        if first.same_credit(credit) {
+            Ok(CreditOutcome::Replayed(first))
+        } else {
+            Err(StoreError::ReferenceReused(format!(
+                "{} was credited {} {} to {} at {}",
+                first.reference,
+                first.currency.format(first.amount.value()),
+                first.currency,
+                first.user_id,
+                timestamp(&first.created_at)
+            )))
         }
-        self.balances(user)
-            .await?
-            .into_iter()
-            .find(|b| b.currency == *currency)
-            .ok_or_else(|| StoreError::Backend("credited balance not found".into()))
     }
 
     async fn request_withdrawal(
@@ -933,6 +969,35 @@ impl Store for DynamoStore {
             .map(|i| self.balance_from_item(i).map(|(_, b)| b))
             .collect()
     }
+}
+
+/// The items of a credit's transaction, to read its cancellation reasons by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CreditGuard {
+    Balance,
+    Record,
+}
+
+/// Whether this item's condition is what cancelled the transaction.
+pub(super) fn failed(reason: &CancellationReason) -> bool {
+    reason.code() == Some("ConditionalCheckFailed")
+}
+
+fn credit_item(c: &CreditRecord) -> Item {
+    HashMap::from([
+        (
+            schema::PK.to_string(),
+            s(TableSchema::credit_pk(&c.reference)),
+        ),
+        (schema::SK.to_string(), s(TableSchema::SINGLETON_SK)),
+        ("type".into(), s("CREDIT")),
+        ("reference".into(), s(c.reference.as_str())),
+        ("user_id".into(), s(c.user_id.as_str())),
+        ("currency".into(), s(c.currency.code().as_str())),
+        ("amount".into(), n(c.amount.value())),
+        ("actor".into(), s(&c.actor)),
+        ("created_at".into(), s(timestamp(&c.created_at))),
+    ])
 }
 
 pub(super) enum TxError {

@@ -1,6 +1,6 @@
 //! The single table's key layout. Every key string is built here and nowhere else.
 
-use crate::domain::{BatchId, CurrencyCode, IdempotencyKey, UserId, WithdrawalId};
+use crate::domain::{BatchId, CreditReference, CurrencyCode, IdempotencyKey, UserId, WithdrawalId};
 
 pub const PK: &str = "PK";
 pub const SK: &str = "SK";
@@ -33,6 +33,11 @@ impl TableSchema {
     /// A batch's small counter item beside its record: settlements bump it without rewriting
     /// the (up to ~35 KB) member list, which would cost ~70 WCU per callback on one partition.
     pub const BATCH_COUNTER_SK: &'static str = "COUNTER";
+    /// A credit's record: one item per reference, so a reference can credit only once.
+    pub fn credit_pk(reference: &CreditReference) -> String {
+        format!("CREDIT#{}", reference.as_str())
+    }
+    pub const CREDIT_PK_PREFIX: &'static str = "CREDIT#";
     pub fn event_pk(event_id: &str) -> String {
         format!("EVT#{event_id}")
     }

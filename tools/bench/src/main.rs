@@ -11,10 +11,12 @@ use rust_decimal::Decimal;
 use sandbox_provider::{Sandbox, SandboxConfig};
 use shared::auth::Authenticator;
 use shared::batcher::{Batcher, BatcherConfig};
-use shared::domain::{Amount, BankAccount, Currencies, UserId, Withdrawal};
+use shared::domain::{
+    Amount, BankAccount, CreditReference, Currencies, Currency, UserId, Withdrawal,
+};
 use shared::provider::HttpProvider;
 use shared::signature::WebhookSecret;
-use shared::store::{BatchStore, DynamoStore, Store};
+use shared::store::{BatchStore, CreditRecord, DynamoStore, Store};
 use shared::webhook::WebhookProcessor;
 use shared::withdrawals::WithdrawalService;
 use std::collections::BTreeMap;
@@ -80,6 +82,17 @@ fn event(method: &str, path: &str, user: &str, body: Option<String>) -> lambda_h
     lambda_http::request::from_str(&v.to_string()).expect("event")
 }
 
+/// A credit under a reference of its own (each call funds anew).
+fn credit(user: &str, currency: &Currency, amount: Amount) -> CreditRecord {
+    CreditRecord::new(
+        CreditReference::parse(&format!("bench-{}", ulid::Ulid::new())).unwrap(),
+        UserId::parse(user).unwrap(),
+        currency.clone(),
+        amount,
+        "operator",
+    )
+}
+
 fn body(currency: &str, amount: &str) -> String {
     serde_json::json!({"currency": currency, "amount": amount, "bank_account": IBAN}).to_string()
 }
@@ -136,11 +149,7 @@ async fn main() {
     };
     let usd = e.currencies.get("USD").unwrap().clone();
     e.store
-        .credit(
-            &UserId::parse("rt").unwrap(),
-            &usd,
-            Amount::parse("100000", &usd).unwrap(),
-        )
+        .credit(&credit("rt", &usd, Amount::parse("100000", &usd).unwrap()))
         .await
         .unwrap();
     e.counter.take_counts();
@@ -254,11 +263,7 @@ async fn main() {
     let usd = e2.currencies.get("USD").unwrap().clone();
     for u in ["h", "r"] {
         e2.store
-            .credit(
-                &UserId::parse(u).unwrap(),
-                &usd,
-                Amount::parse("1000000", &usd).unwrap(),
-            )
+            .credit(&credit(u, &usd, Amount::parse("1000000", &usd).unwrap()))
             .await
             .unwrap();
     }
@@ -391,7 +396,7 @@ async fn seed(
     for u in 0..users {
         let total = Amount::new(c.min_withdrawal() * Decimal::from(100), &c).unwrap();
         store
-            .credit(&UserId::parse(&format!("{prefix}-{u}")).unwrap(), &c, total)
+            .credit(&credit(&format!("{prefix}-{u}"), &c, total))
             .await
             .unwrap();
     }
