@@ -24,6 +24,10 @@ pub enum ApiError {
     InvalidParameter(String),
     #[error("{0}")]
     InvalidIdempotencyKey(String),
+    #[error(
+        "an Idempotency-Key header is required: without one a retried request could withdraw twice"
+    )]
+    MissingIdempotencyKey,
     #[error("a valid bearer token is required")]
     Unauthorized,
     #[error("the webhook signature is missing, invalid or outside the time tolerance")]
@@ -53,7 +57,7 @@ pub enum ApiError {
 
 impl ApiError {
     /// Every code the API can return, for documentation and tests.
-    pub const CODES: [&'static str; 20] = [
+    pub const CODES: [&'static str; 21] = [
         "invalid_json",
         "invalid_currency",
         "invalid_amount",
@@ -62,6 +66,7 @@ impl ApiError {
         "invalid_bank_account",
         "invalid_parameter",
         "invalid_idempotency_key",
+        "missing_idempotency_key",
         "unauthorized",
         "invalid_signature",
         "unknown_event_type",
@@ -86,6 +91,7 @@ impl ApiError {
             Self::InvalidBankAccount(_) => "invalid_bank_account",
             Self::InvalidParameter(_) => "invalid_parameter",
             Self::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
+            Self::MissingIdempotencyKey => "missing_idempotency_key",
             Self::Unauthorized => "unauthorized",
             Self::InvalidSignature => "invalid_signature",
             Self::UnknownEventType(_) => "unknown_event_type",
@@ -111,6 +117,7 @@ impl ApiError {
             | Self::InvalidBankAccount(_)
             | Self::InvalidParameter(_)
             | Self::InvalidIdempotencyKey(_)
+            | Self::MissingIdempotencyKey
             | Self::UnknownEventType(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized | Self::InvalidSignature => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,

@@ -276,6 +276,11 @@ impl Event {
         self
     }
 
+    /// A new `Idempotency-Key`, as a client sends with each new request (every POST needs one).
+    pub fn fresh_key(self) -> Self {
+        self.header("idempotency-key", &format!("key-{}", ulid::Ulid::new()))
+    }
+
     pub fn body(mut self, body: impl Into<String>) -> Self {
         self.value["body"] = Value::String(body.into());
         self

@@ -207,6 +207,7 @@ async fn every_documented_user_route_answers() {
         .call(
             Event::new("POST", "/withdrawals")
                 .user("route")
+                .fresh_key()
                 .body(withdrawal_body("USD", "10"))
                 .build(),
         )

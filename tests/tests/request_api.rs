@@ -10,8 +10,12 @@ use shared::store::DynamoStore;
 use shared::withdrawals::WithdrawalService;
 use std::sync::Arc;
 
+/// A new request, with a key of its own (a test that reuses a key sets it again).
 fn create(user: &str, body: impl Into<String>) -> Event {
-    Event::new("POST", "/withdrawals").user(user).body(body)
+    Event::new("POST", "/withdrawals")
+        .user(user)
+        .fresh_key()
+        .body(body)
 }
 
 #[tokio::test]
@@ -551,6 +555,7 @@ async fn local_runs_verify_a_minted_token_instead_of_trusting_claims() {
         .call(
             Event::new("POST", "/withdrawals")
                 .header("authorization", &format!("Bearer {token}"))
+                .fresh_key()
                 .body(withdrawal_body("USD", "10"))
                 .build(),
         )
@@ -612,6 +617,7 @@ async fn bodies_api_gateway_hands_over_base64_are_read_and_bytes_that_are_not_js
         .call(
             Event::new("POST", "/withdrawals")
                 .user("alice")
+                .fresh_key()
                 .base64_body(&[0xff, 0xfe, 0x00, 0x81, b'{'])
                 .build(),
         )
@@ -722,5 +728,98 @@ async fn idempotency_keys_that_are_not_ascii_are_400_and_create_nothing() {
             "100.00".into()
         )
     );
+    env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn a_create_without_an_idempotency_key_is_400_and_writes_nothing() {
+    let env = TestEnv::new().await;
+    env.credit("olga", "USD", "100").await;
+    let r = env
+        .call(
+            Event::new("POST", "/withdrawals")
+                .user("olga")
+                .body(withdrawal_body("USD", "10"))
+                .build(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "missing_idempotency_key"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        env.balance("olga", "USD").await,
+        (
+            "100.00".into(),
+            "0.00".into(),
+            "0.00".into(),
+            "100.00".into()
+        )
+    );
+    let list = env
+        .call(Event::new("GET", "/withdrawals").user("olga").build())
+        .await;
+    assert_eq!(list.json()["items"], json!([]));
+    env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn a_retry_after_a_lost_answer_with_the_same_key_creates_one_withdrawal() {
+    use integration_tests::faults::{Fault, FaultyStore, When};
+    let env = TestEnv::new().await;
+    env.credit("pete", "USD", "100").await;
+    // The first request is written, then its answer is lost (the client sees a 503).
+    let faulty = Arc::new(FaultyStore::new(
+        env.store_for(integration_tests::REQUEST_FN),
+        vec![Fault::new("request_withdrawal", 1, When::After)],
+    ));
+    let app = withdrawal_request::App {
+        service: WithdrawalService::new(faulty.clone(), env.currencies.clone(), 5),
+        auth: Authenticator::ApiGatewayJwt,
+    };
+    let send = || async {
+        integration_tests::TestResponse::from(
+            withdrawal_request::handle(
+                &app,
+                create("pete", withdrawal_body("USD", "30"))
+                    .header("idempotency-key", "pay-rent-november")
+                    .build(),
+            )
+            .await,
+        )
+    };
+    let lost = send().await;
+    assert_eq!(
+        (lost.status, lost.error_code().as_str()),
+        (503, "try_again")
+    );
+    let retry = send().await;
+    assert_eq!(
+        (retry.status, retry.replayed),
+        (201, true),
+        "{}",
+        retry.body
+    );
+    assert_eq!(
+        faulty.fired(),
+        vec!["request_withdrawal#1:After".to_string()]
+    );
+    assert_eq!(
+        env.balance("pete", "USD").await,
+        (
+            "70.00".into(),
+            "30.00".into(),
+            "0.00".into(),
+            "100.00".into()
+        )
+    );
+    let list = env
+        .call(Event::new("GET", "/withdrawals").user("pete").build())
+        .await;
+    let items = list.json()["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0]["id"], retry.json()["id"]);
     env.assert_conserved().await;
 }

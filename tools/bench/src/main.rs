@@ -12,13 +12,13 @@ use sandbox_provider::{Sandbox, SandboxConfig};
 use shared::auth::Authenticator;
 use shared::batcher::{Batcher, BatcherConfig};
 use shared::domain::{
-    Amount, BankAccount, CreditReference, Currencies, Currency, UserId, Withdrawal,
+    Amount, BankAccount, CreditReference, Currencies, Currency, IdempotencyKey, UserId, Withdrawal,
 };
 use shared::provider::HttpProvider;
 use shared::signature::WebhookSecret;
-use shared::store::{BatchStore, CreditRecord, DynamoStore, Store};
+use shared::store::{BatchStore, CreditRecord, DynamoStore, IdempotencyRecord, Store};
 use shared::webhook::WebhookProcessor;
-use shared::withdrawals::WithdrawalService;
+use shared::withdrawals::{WithdrawalService, WithdrawalView};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,6 +78,11 @@ fn event(method: &str, path: &str, user: &str, body: Option<String>) -> lambda_h
     });
     if let Some(b) = body {
         v["body"] = serde_json::Value::String(b);
+    }
+    if method == "POST" {
+        // Every create carries its own key (required), so each one is a new withdrawal.
+        v["headers"]["idempotency-key"] =
+            serde_json::Value::String(format!("bench-{}", ulid::Ulid::new()));
     }
     lambda_http::request::from_str(&v.to_string()).expect("event")
 }
@@ -284,7 +289,17 @@ async fn main() {
             BankAccount::parse(IBAN).unwrap(),
             chrono::Utc::now(),
         );
-        let items = e2.store.request_items(&w, None, u32::MAX).unwrap();
+        // The handler's items exactly: the keyed path records the key and the first response.
+        let record = IdempotencyRecord {
+            user_id: w.user_id.clone(),
+            key: IdempotencyKey::parse(&format!("bench-{}", ulid::Ulid::new())).unwrap(),
+            fingerprint: "0".repeat(64),
+            withdrawal_id: w.id,
+            status_code: 201,
+            response_body: serde_json::to_string(&WithdrawalView::from(&w)).unwrap(),
+            created_at: w.created_at,
+        };
+        let items = e2.store.request_items(&w, Some(&record), u32::MAX).unwrap();
         let t = Instant::now();
         e2.store
             .client()
