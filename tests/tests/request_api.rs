@@ -676,9 +676,21 @@ async fn only_plain_decimals_are_amounts_whatever_the_json_type() {
         r#""1e2""#,
         "1e2",
         r#""9.99999999999999999999999999999e0""#,
+        "9.99999999999999999999999999999e0",
         r#""+5""#,
         r#"" 5""#,
         "-5",
+        "-1",
+        r#""-1""#,
+        "1.0E2",
+        r#""1.0E2""#,
+        "1E2",
+        "-0",
+        r#""NaN""#,
+        r#""nan""#,
+        r#""Infinity""#,
+        r#""-Infinity""#,
+        r#""0x10""#,
         r#""5.""#,
     ] {
         let body = format!(r#"{{"currency":"USD","amount":{amount},"bank_account":"{IBAN}"}}"#);
@@ -686,6 +698,21 @@ async fn only_plain_decimals_are_amounts_whatever_the_json_type() {
         assert_eq!(r.status, 400, "{amount}: {}", r.body);
         assert_eq!(r.error_code(), "invalid_amount", "{amount}");
     }
+    // A bare NaN or Infinity is not JSON at all: refused before any amount is read.
+    for amount in ["NaN", "Infinity", "-Infinity"] {
+        let body = format!(r#"{{"currency":"USD","amount":{amount},"bank_account":"{IBAN}"}}"#);
+        let r = env.call(create("alice", body).build()).await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (400, "invalid_json"),
+            "{amount}"
+        );
+    }
+    assert_eq!(
+        env.balance("alice", "USD").await.0,
+        "1000.00",
+        "refused amounts changed nothing"
+    );
     let r = env
         .call(
             create(
