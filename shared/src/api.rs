@@ -43,6 +43,8 @@ pub enum ApiError {
     InsufficientFunds,
     #[error("too many open withdrawals in this currency; wait for one to complete or cancel one")]
     TooManyPending,
+    #[error("{0}")]
+    DailyLimitExceeded(String),
     #[error("only a PENDING withdrawal can be cancelled; this one is {0}")]
     NotCancellable(String),
     #[error("request body is larger than {0} bytes")]
@@ -57,7 +59,7 @@ pub enum ApiError {
 
 impl ApiError {
     /// Every code the API can return, for documentation and tests.
-    pub const CODES: [&'static str; 21] = [
+    pub const CODES: [&'static str; 22] = [
         "invalid_json",
         "invalid_currency",
         "invalid_amount",
@@ -74,6 +76,7 @@ impl ApiError {
         "method_not_allowed",
         "insufficient_funds",
         "too_many_pending",
+        "daily_limit_exceeded",
         "not_cancellable",
         "payload_too_large",
         "idempotency_key_reused",
@@ -99,6 +102,7 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::InsufficientFunds => "insufficient_funds",
             Self::TooManyPending => "too_many_pending",
+            Self::DailyLimitExceeded(_) => "daily_limit_exceeded",
             Self::NotCancellable(_) => "not_cancellable",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
@@ -122,9 +126,10 @@ impl ApiError {
             Self::Unauthorized | Self::InvalidSignature => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::InsufficientFunds | Self::TooManyPending | Self::NotCancellable(_) => {
-                StatusCode::CONFLICT
-            }
+            Self::InsufficientFunds
+            | Self::TooManyPending
+            | Self::DailyLimitExceeded(_)
+            | Self::NotCancellable(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TryAgain => StatusCode::SERVICE_UNAVAILABLE,
@@ -170,6 +175,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::InsufficientFunds => Self::InsufficientFunds,
             StoreError::TooManyOpen => Self::TooManyPending,
+            StoreError::DailyLimitExceeded(message) => Self::DailyLimitExceeded(message),
             StoreError::NotFound => Self::NotFound,
             StoreError::StateChanged { current } => {
                 Self::NotCancellable(current.map_or("gone".into(), |s| s.to_string()))

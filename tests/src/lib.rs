@@ -131,8 +131,12 @@ impl TestEnv {
     }
 
     pub async fn with_max_open(max_open: u32) -> Self {
+        Self::with_config(max_open, Currencies::default()).await
+    }
+
+    /// With `currencies` configured as `CURRENCIES` would (daily limits, other bounds).
+    pub async fn with_config(max_open: u32, currencies: Currencies) -> Self {
         let table = format!("t_{}", ulid::Ulid::new());
-        let currencies = Currencies::default();
         let store = Arc::new(DynamoStore::new(
             client_for(&endpoint()),
             table,

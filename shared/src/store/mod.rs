@@ -21,6 +21,10 @@ pub enum StoreError {
     InsufficientFunds,
     #[error("too many open withdrawals in this currency")]
     TooManyOpen,
+    /// The request would take the day's total over the currency's daily limit. The message
+    /// says the limit and what is left of it today.
+    #[error("{0}")]
+    DailyLimitExceeded(String),
     #[error("the idempotency key is already used")]
     IdempotencyKeyTaken,
     /// The credit reference was already used for another user, currency or amount.

@@ -23,6 +23,10 @@ impl TableSchema {
     pub fn withdrawal_sk(id: WithdrawalId) -> String {
         format!("WD#{id}")
     }
+    /// One user's daily-limit counter for one currency and UTC day, beside the balance.
+    pub fn day_counter_sk(currency: CurrencyCode, day: chrono::NaiveDate) -> String {
+        format!("DAY#{currency}#{}", day.format("%Y-%m-%d"))
+    }
     pub const WITHDRAWAL_SK_PREFIX: &'static str = "WD#";
     pub const BALANCE_SK_PREFIX: &'static str = "BAL#";
     /// User ids cannot contain `#`, so the key after the second `#` is unambiguous.
