@@ -249,9 +249,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             }
             let problems = shared::check::violations(&report);
             println!(
-                "checked {} balances and {} withdrawals: {} violation(s)",
+                "checked {} balances, {} withdrawals and {} credits: {} violation(s)",
                 report.balances.len(),
                 report.withdrawals.len(),
+                report.credits.len(),
                 problems.len()
             );
             for p in &problems {
