@@ -764,7 +764,7 @@ impl DynamoStore {
             put("failure_reason", s(r));
         }
         if let Some(day) = w.limit_day {
-            put("limit_day", s(day.format(DAY_FORMAT).to_string()));
+            put("limit_day", s(day.format(schema::DAY_FORMAT).to_string()));
         }
         put(
             "audit",
@@ -808,7 +808,7 @@ impl DynamoStore {
             failure_reason: r.opt_s("failure_reason").map(str::to_string),
             limit_day: r
                 .opt_s("limit_day")
-                .map(|d| NaiveDate::parse_from_str(d, DAY_FORMAT))
+                .map(|d| NaiveDate::parse_from_str(d, schema::DAY_FORMAT))
                 .transpose()
                 .map_err(corrupt)?,
             audit: match item.get("audit") {
@@ -1118,9 +1118,6 @@ enum RequestGuard {
     IdempotencyKey,
     DayCounter,
 }
-
-/// How a UTC day is written in keys and on the withdrawal (`limit_day`).
-const DAY_FORMAT: &str = "%Y-%m-%d";
 
 /// When DynamoDB may delete a day's counter: [`DAY_COUNTER_KEEP_DAYS`] after the day ends.
 fn day_counter_expiry(day: NaiveDate) -> i64 {

@@ -7,6 +7,8 @@ pub const SK: &str = "SK";
 pub const PENDING_INDEX: &str = "pending-index";
 pub const PENDING_PK: &str = "pending_pk";
 pub const PENDING_SK: &str = "pending_sk";
+/// How a UTC day is written in keys and on the withdrawal (`limit_day`).
+pub const DAY_FORMAT: &str = "%Y-%m-%d";
 /// Epoch seconds; DynamoDB's TTL deletes the item some time after.
 pub const TTL_ATTRIBUTE: &str = "expires_at";
 
@@ -25,7 +27,7 @@ impl TableSchema {
     }
     /// One user's daily-limit counter for one currency and UTC day, beside the balance.
     pub fn day_counter_sk(currency: CurrencyCode, day: chrono::NaiveDate) -> String {
-        format!("DAY#{currency}#{}", day.format("%Y-%m-%d"))
+        format!("DAY#{currency}#{}", day.format(DAY_FORMAT))
     }
     pub const WITHDRAWAL_SK_PREFIX: &'static str = "WD#";
     pub const BALANCE_SK_PREFIX: &'static str = "BAL#";
