@@ -18,9 +18,9 @@ start_stack "$LOCAL_DIR/contract-$$.log"
 trap 'stop_group --grace 15 "$DEV_PGID"' EXIT
 OP="$ROOT/target/debug/operator"
 # A funded user, so that valid requests reach the accepting path.
-"$OP" credit --user contract --currency USD --amount 50000.00 >/dev/null
-"$OP" credit --user contract --currency EUR --amount 50000.00 >/dev/null
-"$OP" credit --user contract --currency JPY --amount 5000000 >/dev/null
+"$OP" credit --user contract --currency USD --amount 50000.00 --reference contract-USD >/dev/null
+"$OP" credit --user contract --currency EUR --amount 50000.00 --reference contract-EUR >/dev/null
+"$OP" credit --user contract --currency JPY --amount 5000000 --reference contract-JPY >/dev/null
 TOKEN=$("$OP" token --user contract --ttl 7200)
 
 seeds="${CONTRACT_SEEDS:-20261130 $RANDOM$RANDOM}"

@@ -125,10 +125,11 @@ if [ "$FUNCTIONS" = arm64 ]; then
 fi
 OP="$ROOT/target/debug/operator"
 "$OP" create-table
+# Each credit has its reference: running these lines again credits nothing twice.
 for user in alice bob; do
-  "$OP" credit --user "$user" --currency USD --amount 1000.00 >/dev/null
-  "$OP" credit --user "$user" --currency EUR --amount 500.00 >/dev/null
-  "$OP" credit --user "$user" --currency JPY --amount 150000 >/dev/null
+  "$OP" credit --user "$user" --currency USD --amount 1000.00 --reference "demo-$user-USD" >/dev/null
+  "$OP" credit --user "$user" --currency EUR --amount 500.00 --reference "demo-$user-EUR" >/dev/null
+  "$OP" credit --user "$user" --currency JPY --amount 150000 --reference "demo-$user-JPY" >/dev/null
 done
 log "Credited demo users alice and bob (USD 1000.00, EUR 500.00, JPY 150000)"
 

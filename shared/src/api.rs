@@ -24,6 +24,10 @@ pub enum ApiError {
     InvalidParameter(String),
     #[error("{0}")]
     InvalidIdempotencyKey(String),
+    #[error(
+        "an Idempotency-Key header is required: without one a retried request could withdraw twice"
+    )]
+    MissingIdempotencyKey,
     #[error("a valid bearer token is required")]
     Unauthorized,
     #[error("the webhook signature is missing, invalid or outside the time tolerance")]
@@ -39,6 +43,8 @@ pub enum ApiError {
     InsufficientFunds,
     #[error("too many open withdrawals in this currency; wait for one to complete or cancel one")]
     TooManyPending,
+    #[error("{0}")]
+    DailyLimitExceeded(String),
     #[error("only a PENDING withdrawal can be cancelled; this one is {0}")]
     NotCancellable(String),
     #[error("request body is larger than {0} bytes")]
@@ -53,7 +59,7 @@ pub enum ApiError {
 
 impl ApiError {
     /// Every code the API can return, for documentation and tests.
-    pub const CODES: [&'static str; 20] = [
+    pub const CODES: [&'static str; 22] = [
         "invalid_json",
         "invalid_currency",
         "invalid_amount",
@@ -62,6 +68,7 @@ impl ApiError {
         "invalid_bank_account",
         "invalid_parameter",
         "invalid_idempotency_key",
+        "missing_idempotency_key",
         "unauthorized",
         "invalid_signature",
         "unknown_event_type",
@@ -69,6 +76,7 @@ impl ApiError {
         "method_not_allowed",
         "insufficient_funds",
         "too_many_pending",
+        "daily_limit_exceeded",
         "not_cancellable",
         "payload_too_large",
         "idempotency_key_reused",
@@ -86,6 +94,7 @@ impl ApiError {
             Self::InvalidBankAccount(_) => "invalid_bank_account",
             Self::InvalidParameter(_) => "invalid_parameter",
             Self::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
+            Self::MissingIdempotencyKey => "missing_idempotency_key",
             Self::Unauthorized => "unauthorized",
             Self::InvalidSignature => "invalid_signature",
             Self::UnknownEventType(_) => "unknown_event_type",
@@ -93,6 +102,7 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::InsufficientFunds => "insufficient_funds",
             Self::TooManyPending => "too_many_pending",
+            Self::DailyLimitExceeded(_) => "daily_limit_exceeded",
             Self::NotCancellable(_) => "not_cancellable",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
@@ -111,13 +121,15 @@ impl ApiError {
             | Self::InvalidBankAccount(_)
             | Self::InvalidParameter(_)
             | Self::InvalidIdempotencyKey(_)
+            | Self::MissingIdempotencyKey
             | Self::UnknownEventType(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized | Self::InvalidSignature => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::InsufficientFunds | Self::TooManyPending | Self::NotCancellable(_) => {
-                StatusCode::CONFLICT
-            }
+            Self::InsufficientFunds
+            | Self::TooManyPending
+            | Self::DailyLimitExceeded(_)
+            | Self::NotCancellable(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TryAgain => StatusCode::SERVICE_UNAVAILABLE,
@@ -163,6 +175,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::InsufficientFunds => Self::InsufficientFunds,
             StoreError::TooManyOpen => Self::TooManyPending,
+            StoreError::DailyLimitExceeded(message) => Self::DailyLimitExceeded(message),
             StoreError::NotFound => Self::NotFound,
             StoreError::StateChanged { current } => {
                 Self::NotCancellable(current.map_or("gone".into(), |s| s.to_string()))
@@ -172,6 +185,7 @@ impl From<StoreError> for ApiError {
                 Self::TryAgain
             }
             StoreError::IdempotencyKeyTaken
+            | StoreError::ReferenceReused(_)
             | StoreError::DuplicateEvent
             | StoreError::LeaseLost
             | StoreError::BatchChanged(_)

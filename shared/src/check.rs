@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 /// Every violation found; empty means the books balance.
 ///
 /// Per user and currency: `available + locked + paid_out == credited`, no bucket negative,
-/// `locked` equals the sum of open withdrawals and `open_count` their number.
+/// `locked` equals the sum of open withdrawals and `open_count` their number, and `credited`
+/// equals the sum of the credit records (every credit is recorded in the same write).
 pub fn violations(report: &ScanReport) -> Vec<String> {
     let mut problems: Vec<String> = report
         .unreadable
@@ -27,6 +28,12 @@ pub fn violations(report: &ScanReport) -> Vec<String> {
             entry.0 += w.amount.value();
             entry.1 += 1;
         }
+    }
+    let mut credits: BTreeMap<(UserId, CurrencyCode), Decimal> = BTreeMap::new();
+    for c in &report.credits {
+        *credits
+            .entry((c.user_id.clone(), c.currency.code()))
+            .or_insert(Decimal::ZERO) += c.amount.value();
     }
     let mut balances: BTreeMap<(UserId, CurrencyCode), &Balance> = BTreeMap::new();
     for (user, b) in &report.balances {
@@ -49,6 +56,16 @@ pub fn violations(report: &ScanReport) -> Vec<String> {
                 b.locked
             ));
         }
+        let recorded = credits
+            .get(&(user.clone(), *ccy))
+            .copied()
+            .unwrap_or(Decimal::ZERO);
+        if b.credited != recorded {
+            problems.push(format!(
+                "{user} {ccy}: credited {} != credit records {recorded}",
+                b.credited
+            ));
+        }
         if b.open_count != count {
             problems.push(format!(
                 "{user} {ccy}: open_count {} != {count} open withdrawals",
@@ -59,6 +76,11 @@ pub fn violations(report: &ScanReport) -> Vec<String> {
     for (user, ccy) in open.keys() {
         if !balances.contains_key(&(user.clone(), *ccy)) {
             problems.push(format!("{user} {ccy}: withdrawals without a balance"));
+        }
+    }
+    for (user, ccy) in credits.keys() {
+        if !balances.contains_key(&(user.clone(), *ccy)) {
+            problems.push(format!("{user} {ccy}: credit records without a balance"));
         }
     }
     problems
@@ -116,8 +138,21 @@ pub fn open_total(withdrawals: &[Withdrawal], user: &UserId, ccy: CurrencyCode) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Amount, BalanceEffect, BankAccount, Currencies};
+    use crate::domain::{Amount, BalanceEffect, BankAccount, CreditReference, Currencies};
+    use crate::store::CreditRecord;
     use chrono::Utc;
+
+    fn credit_of(user: &UserId, amount: &str, reference: &str) -> CreditRecord {
+        let usd = Currencies::default().get("USD").unwrap().clone();
+        CreditRecord {
+            reference: CreditReference::parse(reference).unwrap(),
+            user_id: user.clone(),
+            amount: Amount::parse(amount, &usd).unwrap(),
+            currency: usd,
+            actor: "operator".into(),
+            created_at: Utc::now(),
+        }
+    }
 
     #[test]
     fn detects_a_lock_without_a_withdrawal_and_broken_conservation() {
@@ -145,6 +180,7 @@ mod tests {
         let good = ScanReport {
             balances: vec![(user.clone(), locked.clone())],
             withdrawals: vec![w],
+            credits: vec![credit_of(&user, "100", "c-1")],
             unreadable: vec![],
         };
         assert!(violations(&good).is_empty(), "{:?}", violations(&good));
@@ -152,6 +188,7 @@ mod tests {
         let orphan_lock = ScanReport {
             balances: vec![(user.clone(), locked.clone())],
             withdrawals: vec![],
+            credits: good.credits.clone(),
             unreadable: vec![],
         };
         assert_eq!(violations(&orphan_lock).len(), 2);
@@ -161,8 +198,41 @@ mod tests {
         let report = ScanReport {
             balances: vec![(user, broken)],
             withdrawals: good.withdrawals.clone(),
+            credits: good.credits.clone(),
             unreadable: vec![],
         };
         assert_eq!(violations(&report).len(), 1);
+    }
+
+    #[test]
+    fn credited_must_equal_the_credit_records() {
+        let usd = Currencies::default().get("USD").unwrap().clone();
+        let user = UserId::parse("u1").unwrap();
+        let balance = Balance::empty(usd)
+            .apply(BalanceEffect::Credit, Decimal::from(100))
+            .unwrap();
+        let report = |credits: Vec<CreditRecord>| ScanReport {
+            balances: vec![(user.clone(), balance.clone())],
+            credits,
+            ..ScanReport::default()
+        };
+        let split = report(vec![
+            credit_of(&user, "60", "c-1"),
+            credit_of(&user, "40.00", "c-2"),
+        ]);
+        assert!(violations(&split).is_empty(), "{:?}", violations(&split));
+        // Funds that entered without a record (or a record whose funds never arrived).
+        let missing = violations(&report(vec![credit_of(&user, "60", "c-1")]));
+        assert_eq!(missing.len(), 1, "{missing:?}");
+        assert!(missing[0].contains("credited 100"), "{missing:?}");
+        let unrecorded = violations(&report(vec![]));
+        assert_eq!(unrecorded.len(), 1, "{unrecorded:?}");
+        // A record for a balance that does not exist.
+        let other = UserId::parse("u2").unwrap();
+        let orphan = violations(&report(vec![
+            credit_of(&user, "100", "c-1"),
+            credit_of(&other, "5", "c-3"),
+        ]));
+        assert_eq!(orphan.len(), 1, "{orphan:?}");
     }
 }

@@ -173,11 +173,13 @@ impl WithdrawalService {
         &self.currencies
     }
 
+    /// Creates a withdrawal, or replays the first answer for `key`. The key is required: it is
+    /// what makes a client's retry after a lost answer safe.
     pub async fn request(
         &self,
         user: &UserId,
         body: &[u8],
-        key: Option<IdempotencyKey>,
+        key: IdempotencyKey,
     ) -> Result<Created, ApiError> {
         let req = WithdrawalRequest::parse(body, &self.currencies)?;
         let withdrawal = Withdrawal::new(
@@ -189,18 +191,18 @@ impl WithdrawalService {
         );
         let body = serde_json::to_string(&WithdrawalView::from(&withdrawal))
             .map_err(|_| ApiError::Internal)?;
-        let record = key.as_ref().map(|k| IdempotencyRecord {
+        let record = IdempotencyRecord {
             user_id: user.clone(),
-            key: k.clone(),
+            key: key.clone(),
             fingerprint: req.fingerprint(),
             withdrawal_id: withdrawal.id,
             status_code: 201,
             response_body: body.clone(),
             created_at: withdrawal.created_at,
-        });
+        };
         match self
             .store
-            .request_withdrawal(&withdrawal, record.as_ref(), self.max_open)
+            .request_withdrawal(&withdrawal, Some(&record), self.max_open)
             .await
         {
             Ok(()) => {
@@ -213,7 +215,6 @@ impl WithdrawalService {
                 })
             }
             Err(StoreError::IdempotencyKeyTaken) => {
-                let key = key.expect("only keyed requests can collide on a key");
                 let first = self
                     .store
                     .idempotency_record(user, &key)

@@ -4,12 +4,12 @@
 
 use async_trait::async_trait;
 use shared::domain::{
-    Amount, Balance, Batch, BatchId, BatchStatus, Currency, IdempotencyKey, Transition, UserId,
-    Withdrawal, WithdrawalId,
+    Balance, Batch, BatchId, BatchStatus, Currency, IdempotencyKey, Transition, UserId, Withdrawal,
+    WithdrawalId,
 };
 use shared::store::{
-    AttemptResult, BatchStore, ClaimResult, DynamoStore, EventRecord, IdempotencyRecord, ListQuery,
-    Page, Store, StoreError, TransitionDetails,
+    AttemptResult, BatchStore, ClaimResult, CreditOutcome, CreditRecord, DynamoStore, EventRecord,
+    IdempotencyRecord, ListQuery, Page, Store, StoreError, TransitionDetails,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -106,8 +106,8 @@ macro_rules! faulty {
 
 #[async_trait]
 impl Store for FaultyStore {
-    async fn credit(&self, u: &UserId, c: &Currency, a: Amount) -> Result<Balance, StoreError> {
-        faulty!(self, "credit", self.inner.credit(u, c, a))
+    async fn credit(&self, c: &CreditRecord) -> Result<CreditOutcome, StoreError> {
+        faulty!(self, "credit", self.inner.credit(c))
     }
     async fn request_withdrawal(
         &self,

@@ -10,8 +10,8 @@ use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use lambda_http::{Body, Request, Response};
 use serde_json::{json, Value};
 use shared::auth::Authenticator;
-use shared::domain::{Amount, Currencies, UserId};
-use shared::store::{DynamoStore, Store};
+use shared::domain::{Amount, CreditReference, Currencies, UserId};
+use shared::store::{CreditOutcome, CreditRecord, DynamoStore, Store, StoreError};
 use shared::withdrawals::WithdrawalService;
 use std::sync::Arc;
 use withdrawal_request::App;
@@ -103,6 +103,22 @@ pub fn endpoint() -> String {
     )
 }
 
+/// A credit made now by the tests, as an operator would make it.
+pub fn credit_record(
+    currency: &shared::domain::Currency,
+    user: &str,
+    amount: &str,
+    reference: &str,
+) -> CreditRecord {
+    CreditRecord::new(
+        CreditReference::parse(reference).unwrap(),
+        UserId::parse(user).unwrap(),
+        currency.clone(),
+        Amount::parse(amount, currency).unwrap(),
+        "operator",
+    )
+}
+
 pub struct TestEnv {
     pub store: Arc<DynamoStore>,
     pub app: App,
@@ -116,8 +132,12 @@ impl TestEnv {
     }
 
     pub async fn with_max_open(max_open: u32) -> Self {
+        Self::with_config(max_open, Currencies::default()).await
+    }
+
+    /// With `currencies` configured as `CURRENCIES` would (daily limits, other bounds).
+    pub async fn with_config(max_open: u32, currencies: Currencies) -> Self {
         let table = format!("t_{}", ulid::Ulid::new());
-        let currencies = Currencies::default();
         let store = Arc::new(DynamoStore::new(
             client_for(&endpoint()),
             table,
@@ -149,16 +169,32 @@ impl TestEnv {
         )
     }
 
+    /// Credits under a reference of its own (every call is a new credit).
     pub async fn credit(&self, user: &str, currency: &str, amount: &str) {
-        let c = self.currencies.get(currency).unwrap().clone();
-        self.store
-            .credit(
-                &UserId::parse(user).unwrap(),
-                &c,
-                Amount::parse(amount, &c).unwrap(),
-            )
+        let reference = format!("test-{}", ulid::Ulid::new());
+        let outcome = self
+            .credit_ref(user, currency, amount, &reference)
             .await
             .expect("credit");
+        assert!(matches!(outcome, CreditOutcome::Recorded(_)), "{outcome:?}");
+    }
+
+    /// Credits under `reference`, as `operator credit --reference` does.
+    pub async fn credit_ref(
+        &self,
+        user: &str,
+        currency: &str,
+        amount: &str,
+        reference: &str,
+    ) -> Result<CreditOutcome, StoreError> {
+        self.store
+            .credit(&credit_record(
+                self.currencies.get(currency).unwrap(),
+                user,
+                amount,
+                reference,
+            ))
+            .await
     }
 
     /// `(available, locked, paid_out, credited)` as strings in the currency's scale.
@@ -243,6 +279,11 @@ impl Event {
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.value["headers"][name] = Value::String(value.to_string());
         self
+    }
+
+    /// A new `Idempotency-Key`, as a client sends with each new request (every POST needs one).
+    pub fn fresh_key(self) -> Self {
+        self.header("idempotency-key", &format!("key-{}", ulid::Ulid::new()))
     }
 
     pub fn body(mut self, body: impl Into<String>) -> Self {
@@ -430,15 +471,7 @@ impl PayoutEnv {
             .collect();
         for u in &users {
             let total = amt.value() * rust_decimal::Decimal::from(10);
-            self.env
-                .store
-                .credit(
-                    &UserId::parse(u).unwrap(),
-                    &c,
-                    Amount::new(total, &c).unwrap(),
-                )
-                .await
-                .unwrap();
+            self.env.credit(u, currency, &total.to_string()).await;
         }
         let account = BankAccount::parse(account).unwrap();
         let store = store.clone();

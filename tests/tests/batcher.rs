@@ -541,11 +541,7 @@ async fn a_batch_of_the_largest_size_with_the_longest_user_ids_is_claimed_and_re
         .collect();
     assert!(users.iter().all(|u| u.as_str().len() == UserId::MAX_LEN));
     for u in &users {
-        p.env
-            .store
-            .credit(u, &usd, Amount::parse("10.00", &usd).unwrap())
-            .await
-            .unwrap();
+        p.env.credit(u.as_str(), "USD", "10.00").await;
     }
     let account = BankAccount::parse(ACCOUNTS[0]).unwrap();
     let seeded: Vec<Withdrawal> = futures::stream::iter(0..MAX_BATCH_MEMBERS)

@@ -207,6 +207,7 @@ async fn every_documented_user_route_answers() {
         .call(
             Event::new("POST", "/withdrawals")
                 .user("route")
+                .fresh_key()
                 .body(withdrawal_body("USD", "10"))
                 .build(),
         )
@@ -219,7 +220,7 @@ async fn every_documented_user_route_answers() {
         let concrete = path.replace("{id}", &id);
         let mut event = Event::new(&method, &concrete).user("route");
         if method == "POST" {
-            event = event.body(withdrawal_body("USD", "1"));
+            event = event.fresh_key().body(withdrawal_body("USD", "1"));
         }
         let r = env.call(event.build()).await;
         assert!(r.status < 300, "{method} {path} -> {} {}", r.status, r.body);

@@ -41,6 +41,7 @@ async fn logs_carry_ids_and_never_secrets_or_account_numbers() {
             .call(
                 Event::new("POST", "/withdrawals")
                     .header("authorization", &format!("Bearer {token}"))
+                    .fresh_key()
                     .body(body)
                     .build(),
             )
@@ -56,6 +57,7 @@ async fn logs_carry_ids_and_never_secrets_or_account_numbers() {
         .call(
             Event::new("POST", "/withdrawals")
                 .header("authorization", &format!("Bearer {token}"))
+                .fresh_key()
                 .body(bad)
                 .build(),
         )

@@ -481,9 +481,14 @@ async fn one_unreadable_batch_does_not_stop_the_other_currencies() {
         shared::domain::BankAccount::parse(ACCOUNTS[0]).unwrap(),
         chrono::Utc::now(),
     );
-    wide.credit(&w.user_id, &w.currency, w.amount)
-        .await
-        .unwrap();
+    wide.credit(&integration_tests::credit_record(
+        &w.currency,
+        w.user_id.as_str(),
+        "5.00",
+        "gbp-credit",
+    ))
+    .await
+    .unwrap();
     wide.request_withdrawal(&w, None, 10).await.unwrap();
     wide.claim(&orphan, "dead-run", &[w], true).await.unwrap();
 

@@ -788,7 +788,12 @@ fn fuzzed_input(rt: &tokio::runtime::Runtime) -> Row {
             m.to_string()
         });
     let body = prop_oneof![3 => structured, 1 => any::<String>(), 1 => proptest::collection::vec(any::<u8>(), 0..64).prop_map(|b| String::from_utf8_lossy(&b).into_owned())];
-    let key = proptest::option::of("[ -~]{0,300}");
+    // Mostly valid keys (a create needs one), so the accepting path is fuzzed too; the rest
+    // are missing or arbitrary.
+    let key = prop_oneof![
+        2 => "[!-~]{1,64}".prop_map(Some),
+        1 => proptest::option::of("[ -~]{0,300}"),
+    ];
 
     let mut runner = TestRunner::new(Config {
         cases: scale(5000) as u32,

@@ -1,6 +1,7 @@
 //! The withdrawal-request API end to end: real HTTP API v2 events through the handler, against
 //! DynamoDB Local.
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use futures::future::join_all;
 use integration_tests::{withdrawal_body, Event, TestEnv, IBAN};
 use serde_json::json;
@@ -10,8 +11,12 @@ use shared::store::DynamoStore;
 use shared::withdrawals::WithdrawalService;
 use std::sync::Arc;
 
+/// A new request, with a key of its own (a test that reuses a key sets it again).
 fn create(user: &str, body: impl Into<String>) -> Event {
-    Event::new("POST", "/withdrawals").user(user).body(body)
+    Event::new("POST", "/withdrawals")
+        .user(user)
+        .fresh_key()
+        .body(body)
 }
 
 #[tokio::test]
@@ -551,6 +556,7 @@ async fn local_runs_verify_a_minted_token_instead_of_trusting_claims() {
         .call(
             Event::new("POST", "/withdrawals")
                 .header("authorization", &format!("Bearer {token}"))
+                .fresh_key()
                 .body(withdrawal_body("USD", "10"))
                 .build(),
         )
@@ -612,6 +618,7 @@ async fn bodies_api_gateway_hands_over_base64_are_read_and_bytes_that_are_not_js
         .call(
             Event::new("POST", "/withdrawals")
                 .user("alice")
+                .fresh_key()
                 .base64_body(&[0xff, 0xfe, 0x00, 0x81, b'{'])
                 .build(),
         )
@@ -670,9 +677,21 @@ async fn only_plain_decimals_are_amounts_whatever_the_json_type() {
         r#""1e2""#,
         "1e2",
         r#""9.99999999999999999999999999999e0""#,
+        "9.99999999999999999999999999999e0",
         r#""+5""#,
         r#"" 5""#,
         "-5",
+        "-1",
+        r#""-1""#,
+        "1.0E2",
+        r#""1.0E2""#,
+        "1E2",
+        "-0",
+        r#""NaN""#,
+        r#""nan""#,
+        r#""Infinity""#,
+        r#""-Infinity""#,
+        r#""0x10""#,
         r#""5.""#,
     ] {
         let body = format!(r#"{{"currency":"USD","amount":{amount},"bank_account":"{IBAN}"}}"#);
@@ -680,6 +699,21 @@ async fn only_plain_decimals_are_amounts_whatever_the_json_type() {
         assert_eq!(r.status, 400, "{amount}: {}", r.body);
         assert_eq!(r.error_code(), "invalid_amount", "{amount}");
     }
+    // A bare NaN or Infinity is not JSON at all: refused before any amount is read.
+    for amount in ["NaN", "Infinity", "-Infinity"] {
+        let body = format!(r#"{{"currency":"USD","amount":{amount},"bank_account":"{IBAN}"}}"#);
+        let r = env.call(create("alice", body).build()).await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (400, "invalid_json"),
+            "{amount}"
+        );
+    }
+    assert_eq!(
+        env.balance("alice", "USD").await.0,
+        "1000.00",
+        "refused amounts changed nothing"
+    );
     let r = env
         .call(
             create(
@@ -722,5 +756,342 @@ async fn idempotency_keys_that_are_not_ascii_are_400_and_create_nothing() {
             "100.00".into()
         )
     );
+    env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn a_create_without_an_idempotency_key_is_400_and_writes_nothing() {
+    let env = TestEnv::new().await;
+    env.credit("olga", "USD", "100").await;
+    let r = env
+        .call(
+            Event::new("POST", "/withdrawals")
+                .user("olga")
+                .body(withdrawal_body("USD", "10"))
+                .build(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "missing_idempotency_key"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        env.balance("olga", "USD").await,
+        (
+            "100.00".into(),
+            "0.00".into(),
+            "0.00".into(),
+            "100.00".into()
+        )
+    );
+    let list = env
+        .call(Event::new("GET", "/withdrawals").user("olga").build())
+        .await;
+    assert_eq!(list.json()["items"], json!([]));
+    env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn a_retry_after_a_lost_answer_with_the_same_key_creates_one_withdrawal() {
+    use integration_tests::faults::{Fault, FaultyStore, When};
+    let env = TestEnv::new().await;
+    env.credit("pete", "USD", "100").await;
+    // The first request is written, then its answer is lost (the client sees a 503).
+    let faulty = Arc::new(FaultyStore::new(
+        env.store_for(integration_tests::REQUEST_FN),
+        vec![Fault::new("request_withdrawal", 1, When::After)],
+    ));
+    let app = withdrawal_request::App {
+        service: WithdrawalService::new(faulty.clone(), env.currencies.clone(), 5),
+        auth: Authenticator::ApiGatewayJwt,
+    };
+    let send = || async {
+        integration_tests::TestResponse::from(
+            withdrawal_request::handle(
+                &app,
+                create("pete", withdrawal_body("USD", "30"))
+                    .header("idempotency-key", "pay-rent-november")
+                    .build(),
+            )
+            .await,
+        )
+    };
+    let lost = send().await;
+    assert_eq!(
+        (lost.status, lost.error_code().as_str()),
+        (503, "try_again")
+    );
+    let retry = send().await;
+    assert_eq!(
+        (retry.status, retry.replayed),
+        (201, true),
+        "{}",
+        retry.body
+    );
+    assert_eq!(
+        faulty.fired(),
+        vec!["request_withdrawal#1:After".to_string()]
+    );
+    assert_eq!(
+        env.balance("pete", "USD").await,
+        (
+            "70.00".into(),
+            "30.00".into(),
+            "0.00".into(),
+            "100.00".into()
+        )
+    );
+    let list = env
+        .call(Event::new("GET", "/withdrawals").user("pete").build())
+        .await;
+    let items = list.json()["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0]["id"], retry.json()["id"]);
+    env.assert_conserved().await;
+}
+
+/// USD limited to 100.00 per user and UTC day; EUR and JPY as by default (no limit).
+async fn limited_env() -> TestEnv {
+    let currencies = shared::domain::Currencies::parse_config(
+        "USD:2:1:50000:100,EUR:2:1:50000,JPY:0:100:5000000",
+    )
+    .unwrap();
+    TestEnv::with_config(u32::MAX, currencies).await
+}
+
+/// The counter's `used` for today, as stored.
+async fn used_today(env: &TestEnv, user: &str) -> Option<rust_decimal::Decimal> {
+    let day = chrono::Utc::now().format("%Y-%m-%d");
+    env.store
+        .client()
+        .get_item()
+        .table_name(env.store.table_name())
+        .key("PK", AttributeValue::S(format!("USER#{user}")))
+        .key("SK", AttributeValue::S(format!("DAY#USD#{day}")))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .and_then(|i| i.get("used").cloned())
+        .map(|v| v.as_n().unwrap().parse().unwrap())
+}
+
+#[tokio::test]
+async fn the_daily_limit_refuses_what_would_pass_it_and_says_what_is_left() {
+    let env = limited_env().await;
+    env.credit("quin", "USD", "1000").await;
+    env.credit("quin", "EUR", "1000").await;
+    let ok = env
+        .call(create("quin", withdrawal_body("USD", "70")).build())
+        .await;
+    assert_eq!(ok.status, 201, "{}", ok.body);
+    let over = env
+        .call(create("quin", withdrawal_body("USD", "30.01")).build())
+        .await;
+    assert_eq!(
+        (over.status, over.error_code().as_str()),
+        (409, "daily_limit_exceeded"),
+        "{}",
+        over.body
+    );
+    assert!(
+        over.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("30.00 USD left today"),
+        "{}",
+        over.body
+    );
+    // More than the whole limit is refused before any write.
+    let huge = env
+        .call(create("quin", withdrawal_body("USD", "100.01")).build())
+        .await;
+    assert_eq!(huge.error_code(), "daily_limit_exceeded", "{}", huge.body);
+    // Exactly what is left fits; then nothing does.
+    let rest = env
+        .call(create("quin", withdrawal_body("USD", "30")).build())
+        .await;
+    assert_eq!(rest.status, 201, "{}", rest.body);
+    let none = env
+        .call(create("quin", withdrawal_body("USD", "1")).build())
+        .await;
+    assert_eq!(none.error_code(), "daily_limit_exceeded");
+    assert!(none.body.contains("0.00 USD left today"), "{}", none.body);
+    // Refusals changed nothing; a currency without a limit is not limited.
+    assert_eq!(
+        env.balance("quin", "USD").await,
+        (
+            "900.00".into(),
+            "100.00".into(),
+            "0.00".into(),
+            "1000.00".into()
+        )
+    );
+    assert_eq!(used_today(&env, "quin").await, Some(100.into()));
+    let eur = env
+        .call(create("quin", withdrawal_body("EUR", "500")).build())
+        .await;
+    assert_eq!(eur.status, 201, "{}", eur.body);
+    // Another user has their own allowance; on a fresh day (no counter yet) an amount above
+    // the whole limit is still refused.
+    env.credit("rita", "USD", "1000").await;
+    let above = env
+        .call(create("rita", withdrawal_body("USD", "100.01")).build())
+        .await;
+    assert_eq!(
+        (above.status, above.error_code().as_str()),
+        (409, "daily_limit_exceeded"),
+        "{}",
+        above.body
+    );
+    assert_eq!(used_today(&env, "rita").await, None);
+    assert_eq!(env.balance("rita", "USD").await.0, "1000.00");
+    let other = env
+        .call(create("rita", withdrawal_body("USD", "100")).build())
+        .await;
+    assert_eq!(other.status, 201, "{}", other.body);
+    env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn thirty_parallel_requests_against_the_daily_limit_accept_exactly_ten() {
+    let env = limited_env().await;
+    env.credit("sam", "USD", "10000").await;
+    let calls = (0..30).map(|i| {
+        let env = &env;
+        async move {
+            let key = format!("limit-{i}");
+            // A request that lost its transaction race after our retries is a 503: the
+            // client retries with its key, as documented.
+            loop {
+                let r = env
+                    .call(
+                        create("sam", withdrawal_body("USD", "10.00"))
+                            .header("idempotency-key", &key)
+                            .build(),
+                    )
+                    .await;
+                if r.status != 503 {
+                    return r;
+                }
+            }
+        }
+    });
+    let responses = join_all(calls).await;
+    let accepted = responses.iter().filter(|r| r.status == 201).count();
+    let limited = responses
+        .iter()
+        .filter(|r| r.error_code() == "daily_limit_exceeded")
+        .count();
+    assert_eq!((accepted, limited), (10, 20), "{responses:?}");
+    assert_eq!(
+        env.balance("sam", "USD").await,
+        (
+            "9900.00".into(),
+            "100.00".into(),
+            "0.00".into(),
+            "10000.00".into()
+        )
+    );
+    assert_eq!(used_today(&env, "sam").await, Some(100.into()));
+    env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn a_cancel_or_a_rejection_gives_the_allowance_back() {
+    use shared::domain::{Transition, WithdrawalId};
+    use shared::store::{Store, TransitionDetails};
+    let env = limited_env().await;
+    env.credit("tina", "USD", "1000").await;
+    let first = env
+        .call(create("tina", withdrawal_body("USD", "60")).build())
+        .await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let id = first.json()["id"].as_str().unwrap().to_string();
+    let refused = env
+        .call(create("tina", withdrawal_body("USD", "50")).build())
+        .await;
+    assert_eq!(refused.error_code(), "daily_limit_exceeded");
+
+    let cancelled = env
+        .call(
+            Event::new("DELETE", &format!("/withdrawals/{id}"))
+                .user("tina")
+                .build(),
+        )
+        .await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
+    assert_eq!(used_today(&env, "tina").await, Some(0.into()));
+    let fits = env
+        .call(create("tina", withdrawal_body("USD", "50")).build())
+        .await;
+    assert_eq!(fits.status, 201, "{}", fits.body);
+
+    // An operator's rejection gives it back too.
+    let user = UserId::parse("tina").unwrap();
+    let w = env
+        .store
+        .withdrawal(
+            &user,
+            WithdrawalId::parse(fits.json()["id"].as_str().unwrap()).unwrap(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    env.store
+        .transition(&w, Transition::Reject, TransitionDetails::by("operator"))
+        .await
+        .unwrap();
+    assert_eq!(used_today(&env, "tina").await, Some(0.into()));
+    let full = env
+        .call(create("tina", withdrawal_body("USD", "100")).build())
+        .await;
+    assert_eq!(full.status, 201, "{}", full.body);
+    assert_eq!(
+        env.balance("tina", "USD").await,
+        (
+            "900.00".into(),
+            "100.00".into(),
+            "0.00".into(),
+            "1000.00".into()
+        )
+    );
+    env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn an_expired_day_counter_never_blocks_a_cancel() {
+    let env = limited_env().await;
+    env.credit("uma", "USD", "1000").await;
+    let r = env
+        .call(create("uma", withdrawal_body("USD", "40")).build())
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    // DynamoDB's TTL removed the counter (its day is long past).
+    let day = chrono::Utc::now().format("%Y-%m-%d");
+    env.store
+        .client()
+        .delete_item()
+        .table_name(env.store.table_name())
+        .key("PK", AttributeValue::S("USER#uma".into()))
+        .key("SK", AttributeValue::S(format!("DAY#USD#{day}")))
+        .send()
+        .await
+        .unwrap();
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let cancelled = env
+        .call(
+            Event::new("DELETE", &format!("/withdrawals/{id}"))
+                .user("uma")
+                .build(),
+        )
+        .await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
+    assert_eq!(env.balance("uma", "USD").await.0, "1000.00");
+    // Recreated at zero, never negative: the day's allowance is not inflated.
+    assert_eq!(used_today(&env, "uma").await, Some(0.into()));
     env.assert_conserved().await;
 }

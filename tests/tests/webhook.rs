@@ -407,6 +407,7 @@ async fn the_full_loop_settles_rejects_and_returns_with_real_sandbox_callbacks()
             .call(
                 Event::new("POST", "/withdrawals")
                     .user(user)
+                    .fresh_key()
                     .body(body)
                     .build(),
             )

@@ -91,8 +91,8 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     match (method, segments.as_slice()) {
         ("POST", ["withdrawals"]) => {
             span.record("route", "create");
-            let body = body_bytes(req)?;
             let key = idempotency_key(req)?;
+            let body = body_bytes(req)?;
             let created = service.request(&user, body, key).await?;
             span.record("withdrawal_id", created.withdrawal_id.to_string());
             let mut resp = json_response(created.status_code, created.body);
@@ -165,18 +165,16 @@ fn body_bytes(req: &Request) -> Result<&[u8], ApiError> {
     Ok(bytes)
 }
 
-fn idempotency_key(req: &Request) -> Result<Option<IdempotencyKey>, ApiError> {
-    match req.headers().get("idempotency-key") {
-        None => Ok(None),
-        Some(v) => {
-            let s = v.to_str().map_err(|_| {
-                ApiError::InvalidIdempotencyKey("Idempotency-Key must be printable ASCII".into())
-            })?;
-            IdempotencyKey::parse(s)
-                .map(Some)
-                .map_err(|e| ApiError::InvalidIdempotencyKey(e.to_string()))
-        }
-    }
+/// Required on every create: a client whose answer was lost can only retry safely with one.
+fn idempotency_key(req: &Request) -> Result<IdempotencyKey, ApiError> {
+    let v = req
+        .headers()
+        .get("idempotency-key")
+        .ok_or(ApiError::MissingIdempotencyKey)?;
+    let s = v.to_str().map_err(|_| {
+        ApiError::InvalidIdempotencyKey("Idempotency-Key must be printable ASCII".into())
+    })?;
+    IdempotencyKey::parse(s).map_err(|e| ApiError::InvalidIdempotencyKey(e.to_string()))
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String, ApiError> {

@@ -43,6 +43,8 @@ pub struct Currency {
     scale: u32,
     min_withdrawal: Decimal,
     max_withdrawal: Decimal,
+    /// Most a user may request per UTC day in this currency; `None`: no daily limit.
+    daily_limit: Option<Decimal>,
 }
 
 impl Currency {
@@ -58,6 +60,11 @@ impl Currency {
     }
     pub fn max_withdrawal(&self) -> Decimal {
         self.max_withdrawal
+    }
+    /// The most one user may request per UTC day (cancelled and rejected requests give theirs
+    /// back); `None` when the currency has no daily limit.
+    pub fn daily_limit(&self) -> Option<Decimal> {
+        self.daily_limit
     }
 
     /// Formats a quantity of this currency with exactly its scale ("125.50", "1000").
@@ -87,17 +94,23 @@ impl Default for Currencies {
 }
 
 impl Currencies {
-    /// `CODE:scale:min:max` entries, comma separated. This is also the format of `CURRENCIES`.
+    /// `CODE:scale:min:max[:daily_limit]` entries, comma separated. This is also the format of
+    /// `CURRENCIES`. A missing or `0` daily limit means none, so entries written before the
+    /// limit existed keep their meaning.
     pub const DEFAULT_CONFIG: &'static str = "USD:2:1:50000,EUR:2:1:50000,JPY:0:100:5000000";
 
     pub fn parse_config(config: &str) -> Result<Self, String> {
         let mut list: Vec<Currency> = Vec::new();
         for entry in config.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             let parts: Vec<&str> = entry.split(':').collect();
-            let [code, scale, min, max] = parts[..] else {
-                return Err(format!(
-                    "currency entry {entry:?} is not CODE:scale:min:max"
-                ));
+            let (code, scale, min, max, daily) = match parts[..] {
+                [code, scale, min, max] => (code, scale, min, max, "0"),
+                [code, scale, min, max, daily] => (code, scale, min, max, daily),
+                _ => {
+                    return Err(format!(
+                        "currency entry {entry:?} is not CODE:scale:min:max[:daily_limit]"
+                    ))
+                }
             };
             let code = CurrencyCode::parse(code).map_err(|e| e.to_string())?;
             let scale: u32 = scale
@@ -107,10 +120,21 @@ impl Currencies {
                 .ok_or_else(|| format!("{code}: scale must be 0..=8"))?;
             let min = Decimal::from_str(min).map_err(|e| format!("{code}: min: {e}"))?;
             let max = Decimal::from_str(max).map_err(|e| format!("{code}: max: {e}"))?;
+            let daily =
+                Decimal::from_str(daily).map_err(|e| format!("{code}: daily_limit: {e}"))?;
             if min <= Decimal::ZERO || max < min {
                 return Err(format!("{code}: need 0 < min <= max"));
             }
-            if min.normalize().scale() > scale || max.normalize().scale() > scale {
+            // A limit below the minimum would refuse every withdrawal: surely a typo.
+            if daily < Decimal::ZERO || (daily > Decimal::ZERO && daily < min) {
+                return Err(format!(
+                    "{code}: daily_limit must be 0 (none) or at least min"
+                ));
+            }
+            if [min, max, daily]
+                .iter()
+                .any(|v| v.normalize().scale() > scale)
+            {
                 return Err(format!("{code}: limits have more decimals than the scale"));
             }
             if list.iter().any(|c| c.code == code) {
@@ -121,6 +145,7 @@ impl Currencies {
                 scale,
                 min_withdrawal: min,
                 max_withdrawal: max,
+                daily_limit: (daily > Decimal::ZERO).then_some(daily),
             });
         }
         if list.is_empty() {
@@ -180,5 +205,30 @@ mod tests {
         assert!(Currencies::parse_config("JPY:0:0.5:10").is_err());
         let c = Currencies::parse_config("GBP:2:0.01:100").unwrap();
         assert_eq!(c.get("GBP").unwrap().format(Decimal::new(5, 1)), "0.50");
+    }
+
+    #[test]
+    fn a_daily_limit_is_optional_and_zero_means_none() {
+        let c = Currencies::parse_config("USD:2:1:50000:1000.50,EUR:2:1:50000:0,JPY:0:100:5000000")
+            .unwrap();
+        assert_eq!(
+            c.get("USD").unwrap().daily_limit(),
+            Some(Decimal::new(100050, 2))
+        );
+        assert_eq!(c.get("EUR").unwrap().daily_limit(), None);
+        assert_eq!(c.get("JPY").unwrap().daily_limit(), None);
+        assert!(Currencies::default()
+            .iter()
+            .all(|c| c.daily_limit().is_none()));
+        for bad in [
+            "USD:2:1:100:-1",
+            "USD:2:1:100:0.5",
+            "USD:2:1:100:10.001",
+            "JPY:0:100:1000:150.5",
+            "USD:2:1:100:x",
+            "USD:2:1:100:10:1",
+        ] {
+            assert!(Currencies::parse_config(bad).is_err(), "{bad}");
+        }
     }
 }

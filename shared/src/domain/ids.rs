@@ -129,6 +129,39 @@ impl fmt::Debug for IdempotencyKey {
     }
 }
 
+/// An operator's reference for one credit (the bank transfer's id, a ticket number): 1 to 128
+/// printable ASCII characters. A reference credits at most once, so a repeated or retried
+/// `operator credit` cannot add the same funds twice.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct CreditReference(String);
+
+impl CreditReference {
+    pub fn parse(s: &str) -> Result<Self, DomainError> {
+        if (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic()) {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(DomainError::InvalidId(
+                "credit reference must be 1-128 printable ASCII characters".into(),
+            ))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CreditReference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for CreditReference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CreditReference({})", self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,5 +195,11 @@ mod tests {
         assert!(IdempotencyKey::parse(&"k".repeat(255)).is_ok());
         assert!(IdempotencyKey::parse(&"k".repeat(256)).is_err());
         assert!(IdempotencyKey::parse("has space").is_err());
+        assert!(CreditReference::parse("wire-2026-11-30#17").is_ok());
+        assert!(CreditReference::parse(&"r".repeat(128)).is_ok());
+        assert!(CreditReference::parse(&"r".repeat(129)).is_err());
+        assert!(CreditReference::parse("").is_err());
+        assert!(CreditReference::parse("two words").is_err());
+        assert!(CreditReference::parse("caf\u{e9}").is_err());
     }
 }

@@ -13,7 +13,7 @@ pub use balance::{Balance, BalanceEffect};
 pub use bank_account::BankAccount;
 pub use batch::{Batch, BatchNote, BatchStatus};
 pub use currency::{Currencies, Currency, CurrencyCode};
-pub use ids::{BatchId, IdempotencyKey, UserId, WithdrawalId};
+pub use ids::{BatchId, CreditReference, IdempotencyKey, UserId, WithdrawalId};
 pub use withdrawal::{AuditEntry, InvalidTransition, Transition, Withdrawal, WithdrawalStatus};
 
 /// Why a value offered to the domain was refused. Each variant maps to one stable API error code.

@@ -1,5 +1,5 @@
 use super::{Amount, BalanceEffect, BankAccount, BatchId, Currency, UserId, WithdrawalId};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use std::fmt;
 
 /// Life of a withdrawal (a "burn"). Funds are locked while it is `Pending` or `Submitted`.
@@ -149,6 +149,10 @@ pub struct Withdrawal {
     pub failure_reason: Option<String>,
     /// Every state change, oldest first, written in the same conditional write as the change.
     pub audit: Vec<AuditEntry>,
+    /// The UTC day whose daily-limit counter holds this amount: its creation day, when its
+    /// currency had a daily limit then. A cancel or rejection gives the amount back to that
+    /// day; `None` (no limit when created) gives nothing back, whatever the limit is now.
+    pub limit_day: Option<NaiveDate>,
 }
 
 /// One line of a withdrawal's history.
@@ -184,6 +188,7 @@ impl Withdrawal {
         Self {
             id: WithdrawalId::new(),
             user_id,
+            limit_day: currency.daily_limit().map(|_| now.date_naive()),
             currency,
             amount,
             bank_account,

@@ -1,8 +1,11 @@
 use super::schema::{self, TableSchema};
-use super::{IdempotencyRecord, ListQuery, Page, Store, StoreError, TransitionDetails};
+use super::{
+    CreditOutcome, CreditRecord, IdempotencyRecord, ListQuery, Page, Store, StoreError,
+    TransitionDetails,
+};
 use crate::domain::{
-    Amount, AuditEntry, Balance, BalanceEffect, BankAccount, BatchId, Currencies, Currency,
-    IdempotencyKey, Transition, UserId, Withdrawal, WithdrawalId, WithdrawalStatus,
+    Amount, AuditEntry, Balance, BalanceEffect, BankAccount, BatchId, CreditReference, Currencies,
+    Currency, IdempotencyKey, Transition, UserId, Withdrawal, WithdrawalId, WithdrawalStatus,
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
@@ -14,7 +17,7 @@ use aws_sdk_dynamodb::types::{
     TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use rust_decimal::Decimal;
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -26,6 +29,9 @@ pub(super) type Item = HashMap<String, AttributeValue>;
 const EVENT_TTL_SECS: i64 = 30 * 24 * 3600;
 /// How long an idempotency record is honoured (DynamoDB's TTL removes it some time after).
 const IDEMPOTENCY_TTL_SECS: i64 = 24 * 3600;
+/// Days a daily-limit counter is kept after its own day (only its own day reads it; a cancel
+/// or rejection after it expired finds nothing to give back to and recreates it at zero).
+const DAY_COUNTER_KEEP_DAYS: u64 = 3;
 /// Attempts for a transaction that loses a race (TransactionConflict) or is throttled.
 const TX_ATTEMPTS: u32 = 8;
 /// On the `META`/`PENDING_SHARDS` item: the most pending-index shards ever written.
@@ -57,6 +63,7 @@ impl ScanFilter {
 pub struct ScanReport {
     pub balances: Vec<(UserId, Balance)>,
     pub withdrawals: Vec<Withdrawal>,
+    pub credits: Vec<CreditRecord>,
     /// Items that could not be read back as domain values.
     pub unreadable: Vec<String>,
 }
@@ -204,6 +211,12 @@ impl DynamoStore {
                 Some(sk) if sk.starts_with(TableSchema::WITHDRAWAL_SK_PREFIX) => {
                     match self.withdrawal_from_item(&item) {
                         Ok(w) => report.withdrawals.push(w),
+                        Err(e) => report.unreadable.push(format!("{label}: {e}")),
+                    }
+                }
+                _ if pk.is_some_and(|pk| pk.starts_with(TableSchema::CREDIT_PK_PREFIX)) => {
+                    match self.credit_from_item(&item) {
+                        Ok(c) => report.credits.push(c),
                         Err(e) => report.unreadable.push(format!("{label}: {e}")),
                     }
                 }
@@ -561,6 +574,11 @@ impl DynamoStore {
                 None,
             )?);
         }
+        if matches!(transition, Transition::Cancel | Transition::Reject) {
+            if let Some(day) = w.limit_day {
+                items.push(self.day_counter_give_back(w, day)?);
+            }
+        }
         let member_finishes = matches!(transition, Transition::Settle | Transition::Reject)
             && w.status == WithdrawalStatus::Submitted;
         if let (true, Some(batch)) = (member_finishes, w.batch_id) {
@@ -613,15 +631,30 @@ impl DynamoStore {
         self.put_new(item)
     }
 
-    /// The items of a withdrawal request's single transaction: the balance lock, the withdrawal
-    /// and, with a key, the idempotency record. Public so the benchmark can send exactly these
-    /// items through the bare SDK.
+    /// The items of a withdrawal request's single transaction: the balance lock, the withdrawal,
+    /// with a key the idempotency record and, when the currency has a daily limit, the day's
+    /// counter. Public so the benchmark can send exactly these items through the bare SDK.
     pub fn request_items(
         &self,
         w: &Withdrawal,
         idempotency: Option<&IdempotencyRecord>,
         max_open: u32,
     ) -> Result<Vec<TransactWriteItem>, StoreError> {
+        Ok(self
+            .request_guarded(w, idempotency, max_open)?
+            .into_iter()
+            .map(|(_, item)| item)
+            .collect())
+    }
+
+    /// [`Self::request_items`], each named by the condition it guards, so a cancellation reason
+    /// is read by name, never by position.
+    fn request_guarded(
+        &self,
+        w: &Withdrawal,
+        idempotency: Option<&IdempotencyRecord>,
+        max_open: u32,
+    ) -> Result<Vec<(RequestGuard, TransactWriteItem)>, StoreError> {
         let now = timestamp(&w.created_at);
         let lock = self.balance_update(
             &w.user_id,
@@ -631,11 +664,112 @@ impl DynamoStore {
             &now,
             Some(max_open),
         )?;
-        let mut items = vec![lock, self.put_new(self.withdrawal_item(w))?];
+        let mut items = vec![
+            (RequestGuard::Balance, lock),
+            (
+                RequestGuard::Withdrawal,
+                self.put_new(self.withdrawal_item(w))?,
+            ),
+        ];
         if let Some(rec) = idempotency {
-            items.push(self.put_new(idempotency_item(rec))?);
+            items.push((
+                RequestGuard::IdempotencyKey,
+                self.put_new(idempotency_item(rec))?,
+            ));
+        }
+        if let (Some(day), Some(limit)) = (w.limit_day, w.currency.daily_limit()) {
+            items.push((
+                RequestGuard::DayCounter,
+                self.day_counter_take(w, day, limit)?,
+            ));
         }
         Ok(items)
+    }
+
+    fn day_counter_key(user: &UserId, currency: &Currency, day: NaiveDate) -> Item {
+        HashMap::from([
+            (schema::PK.to_string(), s(TableSchema::user_pk(user))),
+            (
+                schema::SK.to_string(),
+                s(TableSchema::day_counter_sk(currency.code(), day)),
+            ),
+        ])
+    }
+
+    /// Adds the amount to the day's counter unless that would pass the limit. The condition
+    /// compares with `limit - amount` because a condition cannot add; an amount above the
+    /// whole limit is refused here, as `attribute_not_exists` would otherwise let it through
+    /// on a fresh day.
+    fn day_counter_take(
+        &self,
+        w: &Withdrawal,
+        day: NaiveDate,
+        limit: Decimal,
+    ) -> Result<TransactWriteItem, StoreError> {
+        let room = limit - w.amount.value();
+        if room < Decimal::ZERO {
+            return Err(StoreError::DailyLimitExceeded(format!(
+                "{} {ccy} is above the daily withdrawal limit of {} {ccy}",
+                w.amount,
+                w.currency.format(limit),
+                ccy = w.currency.code()
+            )));
+        }
+        let update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(Self::day_counter_key(&w.user_id, &w.currency, day)))
+            .update_expression("ADD #used :amt SET #ttl = if_not_exists(#ttl, :ttl)")
+            .condition_expression("attribute_not_exists(#used) OR #used <= :room")
+            .expression_attribute_names("#used", "used")
+            .expression_attribute_names("#ttl", schema::TTL_ATTRIBUTE)
+            .expression_attribute_values(":amt", n(w.amount.value()))
+            .expression_attribute_values(":room", n(room))
+            .expression_attribute_values(":ttl", n(day_counter_expiry(day)))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .build()
+            .map_err(backend)?;
+        Ok(TransactWriteItem::builder().update(update).build())
+    }
+
+    /// Gives a cancelled or rejected withdrawal's amount back to its creation day. No
+    /// condition, so the counter can never block a cancel: a counter that expired is recreated
+    /// at zero (`if_not_exists(used, :amt) - :amt`) rather than negative.
+    fn day_counter_give_back(
+        &self,
+        w: &Withdrawal,
+        day: NaiveDate,
+    ) -> Result<TransactWriteItem, StoreError> {
+        let update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(Self::day_counter_key(&w.user_id, &w.currency, day)))
+            .update_expression(
+                "SET #used = if_not_exists(#used, :amt) - :amt, #ttl = if_not_exists(#ttl, :ttl)",
+            )
+            .expression_attribute_names("#used", "used")
+            .expression_attribute_names("#ttl", schema::TTL_ATTRIBUTE)
+            .expression_attribute_values(":amt", n(w.amount.value()))
+            .expression_attribute_values(":ttl", n(day_counter_expiry(day)))
+            .build()
+            .map_err(backend)?;
+        Ok(TransactWriteItem::builder().update(update).build())
+    }
+
+    /// The refusal for a day counter whose condition failed, with what is left of the limit
+    /// today, read from the counter as the cancellation reason returned it.
+    fn daily_limit_exceeded(&self, w: &Withdrawal, counter: Option<&Item>) -> StoreError {
+        let limit = w.currency.daily_limit().unwrap_or(Decimal::ZERO);
+        let used = counter
+            .and_then(|i| i.get("used"))
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| Decimal::from_str(v).ok())
+            .unwrap_or(Decimal::ZERO);
+        let remaining = (limit - used).max(Decimal::ZERO);
+        StoreError::DailyLimitExceeded(format!(
+            "daily withdrawal limit of {} {ccy} reached: {} {ccy} left today (UTC)",
+            w.currency.format(limit),
+            w.currency.format(remaining),
+            ccy = w.currency.code()
+        ))
     }
 
     fn withdrawal_item(&self, w: &Withdrawal) -> Item {
@@ -660,6 +794,9 @@ impl DynamoStore {
         }
         if let Some(r) = &w.failure_reason {
             put("failure_reason", s(r));
+        }
+        if let Some(day) = w.limit_day {
+            put("limit_day", s(day.format(schema::DAY_FORMAT).to_string()));
         }
         put(
             "audit",
@@ -701,6 +838,11 @@ impl DynamoStore {
                 .map_err(corrupt)?,
             provider_reference: r.opt_s("provider_reference").map(str::to_string),
             failure_reason: r.opt_s("failure_reason").map(str::to_string),
+            limit_day: r
+                .opt_s("limit_day")
+                .map(|d| NaiveDate::parse_from_str(d, schema::DAY_FORMAT))
+                .transpose()
+                .map_err(corrupt)?,
             audit: match item.get("audit") {
                 Some(AttributeValue::L(l)) => {
                     l.iter().map(audit_from_item).collect::<Result<_, _>>()?
@@ -727,6 +869,19 @@ impl DynamoStore {
         Ok((user, balance))
     }
 
+    fn credit_from_item(&self, item: &Item) -> Result<CreditRecord, StoreError> {
+        let r = Reader(item);
+        let currency = self.currency(r.s("currency")?)?;
+        Ok(CreditRecord {
+            reference: CreditReference::parse(r.s("reference")?).map_err(corrupt)?,
+            user_id: UserId::parse(r.s("user_id")?).map_err(corrupt)?,
+            amount: Amount::new(r.n("amount")?, &currency).map_err(corrupt)?,
+            currency,
+            actor: r.s("actor")?.to_string(),
+            created_at: r.time("created_at")?,
+        })
+    }
+
     pub(super) fn currency(&self, code: &str) -> Result<Currency, StoreError> {
         self.currencies
             .get(code)
@@ -737,35 +892,48 @@ impl DynamoStore {
 
 #[async_trait]
 impl Store for DynamoStore {
-    async fn credit(
-        &self,
-        user: &UserId,
-        currency: &Currency,
-        amount: Amount,
-    ) -> Result<Balance, StoreError> {
-        let now = timestamp(&Utc::now());
-        let credit = self.balance_update(
-            user,
-            currency,
+    async fn credit(&self, credit: &CreditRecord) -> Result<CreditOutcome, StoreError> {
+        let balance = self.balance_update(
+            &credit.user_id,
+            &credit.currency,
             BalanceEffect::Credit,
-            amount.value(),
-            &now,
+            credit.amount.value(),
+            &timestamp(&credit.created_at),
             None,
         )?;
-        // A fresh token per call: two identical credits are two credits.
+        // The record's put is the only conditional item: it exists already exactly when the
+        // reference was used, and then the cancellation reason carries that first record.
+        let guarded = [
+            (CreditGuard::Balance, balance),
+            (CreditGuard::Record, self.put_new(credit_item(credit))?),
+        ];
+        let (guards, items): (Vec<_>, Vec<_>) = guarded.into_iter().unzip();
+        // A fresh token per call: the record's condition, not the token, makes a repeat a no-op.
         let token = ulid::Ulid::new().to_string();
-        match self.transact(vec![credit], &token).await {
-            Ok(()) => {}
+        let reasons = match self.transact(items, &token).await {
+            Ok(()) => return Ok(CreditOutcome::Recorded(credit.clone())),
             Err(TxError::Store(e)) => return Err(e),
-            Err(TxError::Cancelled(r)) => {
-                return Err(StoreError::Backend(format!("credit cancelled: {r:?}")))
-            }
+            Err(TxError::Cancelled(reasons)) => reasons,
+        };
+        let first = guards
+            .iter()
+            .zip(&reasons)
+            .find(|(g, r)| **g == CreditGuard::Record && failed(r))
+            .and_then(|(_, r)| r.item())
+            .ok_or_else(|| StoreError::Backend(format!("credit cancelled: {reasons:?}")))?;
+        let first = self.credit_from_item(first)?;
+        if first.same_credit(credit) {
+            Ok(CreditOutcome::Replayed(first))
+        } else {
+            Err(StoreError::ReferenceReused(format!(
+                "{} was credited {} {} to {} at {}",
+                first.reference,
+                first.currency.format(first.amount.value()),
+                first.currency,
+                first.user_id,
+                timestamp(&first.created_at)
+            )))
         }
-        self.balances(user)
-            .await?
-            .into_iter()
-            .find(|b| b.currency == *currency)
-            .ok_or_else(|| StoreError::Backend("credited balance not found".into()))
     }
 
     async fn request_withdrawal(
@@ -774,43 +942,50 @@ impl Store for DynamoStore {
         idempotency: Option<&IdempotencyRecord>,
         max_open: u32,
     ) -> Result<(), StoreError> {
-        let items = self.request_items(w, idempotency, max_open)?;
-        match self.transact(items, &w.id.to_string()).await {
-            Ok(()) => Ok(()),
-            Err(TxError::Store(e)) => Err(e),
-            Err(TxError::Cancelled(reasons)) => {
-                let failed = |i: usize| {
-                    reasons
-                        .get(i)
-                        .is_some_and(|r| r.code() == Some("ConditionalCheckFailed"))
-                };
-                // The key wins over the balance: a replayed request must replay, not report
-                // that the (already locked) funds are now short.
-                if failed(2) {
-                    return Err(StoreError::IdempotencyKeyTaken);
-                }
-                if failed(0) {
-                    let old = reasons[0].item();
-                    let open = old
-                        .and_then(|i| i.get("open_count"))
-                        .and_then(|v| v.as_n().ok())
-                        .and_then(|v| v.parse::<u32>().ok());
-                    let available = old
-                        .and_then(|i| i.get("available"))
-                        .and_then(|v| v.as_n().ok())
-                        .and_then(|v| Decimal::from_str(v).ok())
-                        .unwrap_or(Decimal::ZERO);
-                    if available >= w.amount.value() && open.is_some_and(|o| o >= max_open) {
-                        return Err(StoreError::TooManyOpen);
-                    }
-                    return Err(StoreError::InsufficientFunds);
-                }
-                Err(StoreError::Backend(format!(
-                    "withdrawal id collision: {:?}",
-                    reasons.iter().map(|r| r.code()).collect::<Vec<_>>()
-                )))
-            }
+        let (guards, items): (Vec<_>, Vec<_>) = self
+            .request_guarded(w, idempotency, max_open)?
+            .into_iter()
+            .unzip();
+        let reasons = match self.transact(items, &w.id.to_string()).await {
+            Ok(()) => return Ok(()),
+            Err(TxError::Store(e)) => return Err(e),
+            Err(TxError::Cancelled(reasons)) => reasons,
+        };
+        let refused = |guard: RequestGuard| {
+            guards
+                .iter()
+                .zip(&reasons)
+                .find(|(g, r)| **g == guard && failed(r))
+                .map(|(_, r)| r)
+        };
+        // The key wins: a replayed request must replay, not report that the (already locked)
+        // funds or the day's allowance it used itself are now short.
+        if refused(RequestGuard::IdempotencyKey).is_some() {
+            return Err(StoreError::IdempotencyKeyTaken);
         }
+        if let Some(r) = refused(RequestGuard::DayCounter) {
+            return Err(self.daily_limit_exceeded(w, r.item()));
+        }
+        if let Some(r) = refused(RequestGuard::Balance) {
+            let old = r.item();
+            let open = old
+                .and_then(|i| i.get("open_count"))
+                .and_then(|v| v.as_n().ok())
+                .and_then(|v| v.parse::<u32>().ok());
+            let available = old
+                .and_then(|i| i.get("available"))
+                .and_then(|v| v.as_n().ok())
+                .and_then(|v| Decimal::from_str(v).ok())
+                .unwrap_or(Decimal::ZERO);
+            if available >= w.amount.value() && open.is_some_and(|o| o >= max_open) {
+                return Err(StoreError::TooManyOpen);
+            }
+            return Err(StoreError::InsufficientFunds);
+        }
+        Err(StoreError::Backend(format!(
+            "withdrawal id collision: {:?}",
+            reasons.iter().map(|r| r.code()).collect::<Vec<_>>()
+        )))
     }
 
     async fn idempotency_record(
@@ -965,6 +1140,51 @@ impl Store for DynamoStore {
             .map(|i| self.balance_from_item(i).map(|(_, b)| b))
             .collect()
     }
+}
+
+/// The items of a withdrawal request's transaction, to read its cancellation reasons by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RequestGuard {
+    Balance,
+    Withdrawal,
+    IdempotencyKey,
+    DayCounter,
+}
+
+/// When DynamoDB may delete a day's counter: [`DAY_COUNTER_KEEP_DAYS`] after the day ends.
+fn day_counter_expiry(day: NaiveDate) -> i64 {
+    (day + chrono::Days::new(DAY_COUNTER_KEEP_DAYS + 1))
+        .and_hms_opt(0, 0, 0)
+        .map_or(0, |t| t.and_utc().timestamp())
+}
+
+/// The items of a credit's transaction, to read its cancellation reasons by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CreditGuard {
+    Balance,
+    Record,
+}
+
+/// Whether this item's condition is what cancelled the transaction.
+pub(super) fn failed(reason: &CancellationReason) -> bool {
+    reason.code() == Some("ConditionalCheckFailed")
+}
+
+fn credit_item(c: &CreditRecord) -> Item {
+    HashMap::from([
+        (
+            schema::PK.to_string(),
+            s(TableSchema::credit_pk(&c.reference)),
+        ),
+        (schema::SK.to_string(), s(TableSchema::SINGLETON_SK)),
+        ("type".into(), s("CREDIT")),
+        ("reference".into(), s(c.reference.as_str())),
+        ("user_id".into(), s(c.user_id.as_str())),
+        ("currency".into(), s(c.currency.code().as_str())),
+        ("amount".into(), n(c.amount.value())),
+        ("actor".into(), s(&c.actor)),
+        ("created_at".into(), s(timestamp(&c.created_at))),
+    ])
 }
 
 pub(super) enum TxError {

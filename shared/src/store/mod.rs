@@ -9,8 +9,8 @@ pub use dynamo::{timestamp, DynamoStore, ScanReport};
 pub use schema::{TableSchema, MAX_BATCH_MEMBERS};
 
 use crate::domain::{
-    Amount, Balance, Batch, BatchId, BatchStatus, Currency, IdempotencyKey, Transition, UserId,
-    Withdrawal, WithdrawalId, WithdrawalStatus,
+    Amount, Balance, Batch, BatchId, BatchStatus, CreditReference, Currency, IdempotencyKey,
+    Transition, UserId, Withdrawal, WithdrawalId, WithdrawalStatus,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -21,8 +21,15 @@ pub enum StoreError {
     InsufficientFunds,
     #[error("too many open withdrawals in this currency")]
     TooManyOpen,
+    /// The request would take the day's total over the currency's daily limit. The message
+    /// says the limit and what is left of it today.
+    #[error("{0}")]
+    DailyLimitExceeded(String),
     #[error("the idempotency key is already used")]
     IdempotencyKeyTaken,
+    /// The credit reference was already used for another user, currency or amount.
+    #[error("credit reference already used: {0}")]
+    ReferenceReused(String),
     #[error("withdrawal not found")]
     NotFound,
     /// The provider event was already recorded: this delivery is a repeat.
@@ -58,6 +65,56 @@ pub struct IdempotencyRecord {
     pub status_code: u16,
     pub response_body: String,
     pub created_at: DateTime<Utc>,
+}
+
+/// One credit, as recorded under its reference. The record is the credit's audit entry: who
+/// credited what to whom, when, under which reference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreditRecord {
+    pub reference: CreditReference,
+    pub user_id: UserId,
+    pub currency: Currency,
+    pub amount: Amount,
+    /// `operator`, …
+    pub actor: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl CreditRecord {
+    /// A credit made now (to the millisecond, as it is stored, so the record returned by a
+    /// replay equals the one recorded).
+    pub fn new(
+        reference: CreditReference,
+        user_id: UserId,
+        currency: Currency,
+        amount: Amount,
+        actor: impl Into<String>,
+    ) -> Self {
+        Self {
+            reference,
+            user_id,
+            currency,
+            amount,
+            actor: actor.into(),
+            created_at: chrono::SubsecRound::trunc_subsecs(Utc::now(), 3),
+        }
+    }
+
+    /// Whether `other` credits the same funds: same user, currency and amount (`100` = `100.00`).
+    /// Who sent it and when do not matter: a retry by anyone is the same credit.
+    pub fn same_credit(&self, other: &CreditRecord) -> bool {
+        self.user_id == other.user_id
+            && self.currency == other.currency
+            && self.amount.value() == other.amount.value()
+    }
+}
+
+/// What a credit did. A replay returns the record of the credit that was applied.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CreditOutcome {
+    Recorded(CreditRecord),
+    /// The reference was already recorded for the same credit: nothing changed.
+    Replayed(CreditRecord),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,13 +168,10 @@ impl TransitionDetails {
 
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// Funds enter only here: available and credited grow together.
-    async fn credit(
-        &self,
-        user: &UserId,
-        currency: &Currency,
-        amount: Amount,
-    ) -> Result<Balance, StoreError>;
+    /// Funds enter only here: available and credited grow together, in the same write as the
+    /// credit's record under its reference. A reference credits once: the same credit again is
+    /// `Replayed` and changes nothing; another credit under it is `ReferenceReused`.
+    async fn credit(&self, credit: &CreditRecord) -> Result<CreditOutcome, StoreError>;
 
     /// One atomic write: lock the funds, record the pending withdrawal and, when given, the
     /// idempotency record. Nothing is written when any condition fails.

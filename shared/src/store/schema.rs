@@ -1,6 +1,6 @@
 //! The single table's key layout. Every key string is built here and nowhere else.
 
-use crate::domain::{BatchId, CurrencyCode, IdempotencyKey, UserId, WithdrawalId};
+use crate::domain::{BatchId, CreditReference, CurrencyCode, IdempotencyKey, UserId, WithdrawalId};
 
 /// DynamoDB's limit for one item: 400 KB, attribute names and values together.
 const ITEM_LIMIT_BYTES: usize = 400 * 1024;
@@ -24,6 +24,8 @@ pub const SK: &str = "SK";
 pub const PENDING_INDEX: &str = "pending-index";
 pub const PENDING_PK: &str = "pending_pk";
 pub const PENDING_SK: &str = "pending_sk";
+/// How a UTC day is written in keys and on the withdrawal (`limit_day`).
+pub const DAY_FORMAT: &str = "%Y-%m-%d";
 /// Epoch seconds; DynamoDB's TTL deletes the item some time after.
 pub const TTL_ATTRIBUTE: &str = "expires_at";
 
@@ -39,6 +41,10 @@ impl TableSchema {
     }
     pub fn withdrawal_sk(id: WithdrawalId) -> String {
         format!("WD#{id}")
+    }
+    /// One user's daily-limit counter for one currency and UTC day, beside the balance.
+    pub fn day_counter_sk(currency: CurrencyCode, day: chrono::NaiveDate) -> String {
+        format!("DAY#{currency}#{}", day.format(DAY_FORMAT))
     }
     pub const WITHDRAWAL_SK_PREFIX: &'static str = "WD#";
     pub const BALANCE_SK_PREFIX: &'static str = "BAL#";
@@ -65,6 +71,11 @@ impl TableSchema {
             member.shard(Self::BATCH_COUNTER_SHARDS)
         )
     }
+    /// A credit's record: one item per reference, so a reference can credit only once.
+    pub fn credit_pk(reference: &CreditReference) -> String {
+        format!("CREDIT#{}", reference.as_str())
+    }
+    pub const CREDIT_PK_PREFIX: &'static str = "CREDIT#";
     pub fn event_pk(event_id: &str) -> String {
         format!("EVT#{event_id}")
     }

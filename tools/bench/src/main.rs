@@ -11,12 +11,14 @@ use rust_decimal::Decimal;
 use sandbox_provider::{Sandbox, SandboxConfig};
 use shared::auth::Authenticator;
 use shared::batcher::{Batcher, BatcherConfig};
-use shared::domain::{Amount, BankAccount, Currencies, UserId, Withdrawal};
+use shared::domain::{
+    Amount, BankAccount, CreditReference, Currencies, Currency, IdempotencyKey, UserId, Withdrawal,
+};
 use shared::provider::HttpProvider;
 use shared::signature::WebhookSecret;
-use shared::store::{BatchStore, DynamoStore, Store};
+use shared::store::{BatchStore, CreditRecord, DynamoStore, IdempotencyRecord, Store};
 use shared::webhook::WebhookProcessor;
-use shared::withdrawals::WithdrawalService;
+use shared::withdrawals::{WithdrawalService, WithdrawalView};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,7 +79,23 @@ fn event(method: &str, path: &str, user: &str, body: Option<String>) -> lambda_h
     if let Some(b) = body {
         v["body"] = serde_json::Value::String(b);
     }
+    if method == "POST" {
+        // Every create carries its own key (required), so each one is a new withdrawal.
+        v["headers"]["idempotency-key"] =
+            serde_json::Value::String(format!("bench-{}", ulid::Ulid::new()));
+    }
     lambda_http::request::from_str(&v.to_string()).expect("event")
+}
+
+/// A credit under a reference of its own (each call funds anew).
+fn credit(user: &str, currency: &Currency, amount: Amount) -> CreditRecord {
+    CreditRecord::new(
+        CreditReference::parse(&format!("bench-{}", ulid::Ulid::new())).unwrap(),
+        UserId::parse(user).unwrap(),
+        currency.clone(),
+        amount,
+        "operator",
+    )
 }
 
 fn body(currency: &str, amount: &str) -> String {
@@ -136,11 +154,7 @@ async fn main() {
     };
     let usd = e.currencies.get("USD").unwrap().clone();
     e.store
-        .credit(
-            &UserId::parse("rt").unwrap(),
-            &usd,
-            Amount::parse("100000", &usd).unwrap(),
-        )
+        .credit(&credit("rt", &usd, Amount::parse("100000", &usd).unwrap()))
         .await
         .unwrap();
     e.counter.take_counts();
@@ -254,11 +268,7 @@ async fn main() {
     let usd = e2.currencies.get("USD").unwrap().clone();
     for u in ["h", "r"] {
         e2.store
-            .credit(
-                &UserId::parse(u).unwrap(),
-                &usd,
-                Amount::parse("1000000", &usd).unwrap(),
-            )
+            .credit(&credit(u, &usd, Amount::parse("1000000", &usd).unwrap()))
             .await
             .unwrap();
     }
@@ -279,7 +289,17 @@ async fn main() {
             BankAccount::parse(IBAN).unwrap(),
             chrono::Utc::now(),
         );
-        let items = e2.store.request_items(&w, None, u32::MAX).unwrap();
+        // The handler's items exactly: the keyed path records the key and the first response.
+        let record = IdempotencyRecord {
+            user_id: w.user_id.clone(),
+            key: IdempotencyKey::parse(&format!("bench-{}", ulid::Ulid::new())).unwrap(),
+            fingerprint: "0".repeat(64),
+            withdrawal_id: w.id,
+            status_code: 201,
+            response_body: serde_json::to_string(&WithdrawalView::from(&w)).unwrap(),
+            created_at: w.created_at,
+        };
+        let items = e2.store.request_items(&w, Some(&record), u32::MAX).unwrap();
         let t = Instant::now();
         e2.store
             .client()
@@ -391,7 +411,7 @@ async fn seed(
     for u in 0..users {
         let total = Amount::new(c.min_withdrawal() * Decimal::from(100), &c).unwrap();
         store
-            .credit(&UserId::parse(&format!("{prefix}-{u}")).unwrap(), &c, total)
+            .credit(&credit(&format!("{prefix}-{u}"), &c, total))
             .await
             .unwrap();
     }

@@ -4,8 +4,8 @@
 use clap::{Parser, Subcommand};
 use shared::auth::{LocalTokenKey, LOCAL_AUTH_SECRET_ENV};
 use shared::config::Config;
-use shared::domain::{Amount, BatchId, UserId, WithdrawalId};
-use shared::store::{BatchStore, Store};
+use shared::domain::{Amount, BatchId, CreditReference, UserId, WithdrawalId};
+use shared::store::{BatchStore, CreditOutcome, CreditRecord, Store};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,8 @@ struct Cli {
 enum Command {
     /// Create the table (with its pending index and TTL); does nothing if it exists.
     CreateTable,
-    /// Credit a user's balance: the only way funds enter.
+    /// Credit a user's balance: the only way funds enter. A reference credits once: running
+    /// the same credit again changes nothing, another credit under it is refused.
     Credit {
         #[arg(long)]
         user: String,
@@ -28,6 +29,9 @@ enum Command {
         currency: String,
         #[arg(long)]
         amount: String,
+        /// What this credit is (the incoming transfer's id, a ticket): 1-128 printable ASCII.
+        #[arg(long)]
+        reference: String,
     },
     /// Show a user's balances.
     Balances {
@@ -150,11 +154,30 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             user,
             currency,
             amount,
+            reference,
         } => {
             let user = UserId::parse(&user)?;
             let currency = config.currencies.get(&currency)?.clone();
-            let amount = Amount::parse(&amount, &currency)?;
-            let b = store.credit(&user, &currency, amount).await?;
+            let credit = CreditRecord::new(
+                CreditReference::parse(&reference)?,
+                user.clone(),
+                currency.clone(),
+                Amount::parse(&amount, &currency)?,
+                "operator",
+            );
+            match store.credit(&credit).await? {
+                CreditOutcome::Recorded(_) => println!("credit {reference} recorded"),
+                CreditOutcome::Replayed(first) => println!(
+                    "credit {reference} was already recorded at {}: nothing changed",
+                    shared::store::timestamp(&first.created_at)
+                ),
+            }
+            let b = store
+                .balances(&user)
+                .await?
+                .into_iter()
+                .find(|b| b.currency == currency)
+                .ok_or("credited balance not found")?;
             println!(
                 "{user} {currency}: available {} locked {} credited {}",
                 currency.format(b.available),
@@ -269,9 +292,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             }
             let problems = shared::check::violations(&report);
             println!(
-                "checked {} balances and {} withdrawals: {} violation(s)",
+                "checked {} balances, {} withdrawals and {} credits: {} violation(s)",
                 report.balances.len(),
                 report.withdrawals.len(),
+                report.credits.len(),
                 problems.len()
             );
             for p in &problems {
