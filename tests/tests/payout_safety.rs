@@ -144,7 +144,11 @@ async fn racing_reject_and_retry_never_pay_a_rejected_withdrawal() {
                 "A",
                 Duration::ZERO
             ),
-            operations::retry_batch(&p.env.store, batch),
+            async {
+                // Spread the start so either side can win: the reject asks the provider first.
+                tokio::time::sleep(Duration::from_millis((round % 6) as u64 * 8)).await;
+                operations::retry_batch(&p.env.store, batch).await
+            },
         );
         assert!(
             !(rejected.is_ok() && retried.is_ok()),

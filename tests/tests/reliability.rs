@@ -84,6 +84,9 @@ fn reliability_suite() {
     rows.push(rt.block_on(store_faults()));
     rows.push(rt.block_on(webhook_attacks()));
     rows.push(fuzzed_input(&rt));
+    rows.push(rt.block_on(racing_operators()));
+    rows.push(rt.block_on(forgetful_provider()));
+    rows.push(rt.block_on(provider_loses_batches()));
 
     let mut table = String::from(
         "| scenario | operations | failures found | money lost | notes |\n|---|---:|---:|---:|---|\n",
@@ -922,6 +925,209 @@ fn fuzzed_input(rt: &tokio::runtime::Runtime) -> Row {
         note: format!(
             "request bodies and keys, query strings, webhook bodies and signatures: 0 panics, 0 5xx; {} accepted, everything else changed nothing",
             created.get()
+        ),
+    }
+}
+
+/// Flags a fresh batch of `n` × `amount` USD for an operator after one unrecorded attempt.
+async fn flagged_batch(
+    p: &PayoutEnv,
+    prefix: &str,
+    amount: &str,
+    n: usize,
+) -> (Vec<Withdrawal>, shared::domain::BatchId) {
+    let seeded = p.seed(prefix, "USD", amount, n, ACCOUNTS[0]).await;
+    p.sandbox.inject(&[ProviderFault::ErrorBeforeRecord]);
+    p.run(BatcherConfig {
+        max_attempts: 1,
+        ..PayoutEnv::config()
+    })
+    .await;
+    let w = p.reload(&seeded[0]).await;
+    (seeded, w.batch_id.expect("claimed"))
+}
+
+/// Runs that ask the provider about every accepted batch stand in for its callbacks.
+async fn settle_from_status(p: &PayoutEnv) {
+    for _ in 0..3 {
+        p.run(BatcherConfig {
+            stale_after: Duration::ZERO,
+            ..PayoutEnv::config()
+        })
+        .await;
+    }
+}
+
+/// Withdrawals the provider paid that are REJECTED or CANCELLED here (paid and returned), and
+/// their value.
+async fn paid_and_returned(p: &PayoutEnv) -> (usize, Decimal) {
+    let paid = p.sandbox.payouts_by_reference();
+    let mut n = 0;
+    let mut value = Decimal::new(0, 2);
+    for w in p.env.store.scan_all().await.unwrap().withdrawals {
+        if paid.contains_key(&w.id.to_string())
+            && matches!(
+                w.status,
+                WithdrawalStatus::Rejected | WithdrawalStatus::Cancelled
+            )
+        {
+            n += 1;
+            value += w.amount.value();
+        }
+    }
+    (n, value)
+}
+
+async fn racing_operators() -> Row {
+    let p = PayoutEnv::new(|_| {}).await;
+    let provider = p.provider();
+    let rounds = scale(20);
+    let (mut rejects, mut retries, mut both) = (0, 0, 0);
+    for round in 0..rounds {
+        let (seeded, batch) = flagged_batch(&p, &format!("race{round}"), "40.00", 2).await;
+        let (rejected, retried) = tokio::join!(
+            shared::operations::reject_withdrawal(
+                &p.env.store,
+                &provider,
+                seeded[0].id,
+                "operator A",
+                Duration::ZERO
+            ),
+            async {
+                // Spread the start so either side can win: the reject asks the provider first.
+                tokio::time::sleep(Duration::from_millis((round % 6) as u64 * 8)).await;
+                shared::operations::retry_batch(&p.env.store, batch).await
+            },
+        );
+        rejects += rejected.is_ok() as usize;
+        retries += retried.is_ok() as usize;
+        both += (rejected.is_ok() && retried.is_ok()) as usize;
+        p.run(PayoutEnv::config()).await;
+    }
+    settle_from_status(&p).await;
+    let (returned, value) = paid_and_returned(&p).await;
+    let (violations, lost) = audit(&p.env, Some(&p.sandbox)).await;
+    Row {
+        scenario: "8. racing operators (reject vs retry-batch)",
+        operations: rounds * 2,
+        failures: both + returned + violations,
+        money_lost: lost + value,
+        note: format!(
+            "{rounds} flagged batches, a reject and a retry-batch at once on each: {rejects} rejects and {retries} retries won, {both} both; {returned} withdrawals paid and returned"
+        ),
+    }
+}
+
+async fn forgetful_provider() -> Row {
+    // Keys forgotten at once: any re-send of a recorded batch would be paid again.
+    let p = PayoutEnv::new(|c| c.memory.idempotency_key_ttl = Some(Duration::ZERO)).await;
+    let mut seeded = Vec::new();
+    let faults = [
+        ProviderFault::ErrorAfterRecord,
+        ProviderFault::TimeoutAfterRecord,
+        ProviderFault::ErrorBeforeRecord,
+        ProviderFault::TimeoutBeforeRecord,
+    ];
+    for (i, fault) in faults.iter().enumerate() {
+        seeded.extend(
+            p.seed(&format!("forget{i}"), "USD", "3.00", scale(25), ACCOUNTS[0])
+                .await,
+        );
+        p.sandbox.inject(&[*fault]);
+        p.run(PayoutEnv::config()).await;
+    }
+    // Every open batch resolved first, so the next fault hits the next batch.
+    for _ in 0..2 {
+        p.run(PayoutEnv::config()).await;
+    }
+    // A flagged batch the provider recorded, retried by an operator long after.
+    let flagged = p
+        .seed("forget-op", "USD", "3.00", scale(25), ACCOUNTS[0])
+        .await;
+    p.sandbox.inject(&[ProviderFault::ErrorAfterRecord]);
+    p.run(BatcherConfig {
+        max_attempts: 1,
+        ..PayoutEnv::config()
+    })
+    .await;
+    let batch = p.reload(&flagged[0]).await.batch_id.unwrap();
+    shared::operations::retry_batch(&p.env.store, batch)
+        .await
+        .unwrap();
+    seeded.extend(flagged);
+    for _ in 0..2 {
+        p.run(PayoutEnv::config()).await;
+    }
+    settle_from_status(&p).await;
+    let paid = p.sandbox.payouts_by_reference();
+    let mut failures = 0;
+    for w in &seeded {
+        let w = p.reload(w).await;
+        if paid.get(&w.id.to_string()) != Some(&1) || w.status != WithdrawalStatus::Settled {
+            failures += 1;
+        }
+    }
+    let (violations, lost) = audit(&p.env, Some(&p.sandbox)).await;
+    Row {
+        scenario: "9. provider forgets its idempotency keys",
+        operations: seeded.len(),
+        failures: failures + violations,
+        money_lost: lost,
+        note: format!(
+            "keys kept 0 s; timeouts and 5xx before and after recording, and an operator retry of a recorded batch: each paid exactly once and settled, {} re-sends under an expired key",
+            p.sandbox.expired_keys()
+        ),
+    }
+}
+
+async fn provider_loses_batches() -> Row {
+    let p = PayoutEnv::new(|c| c.memory.lose_next_batches = 1).await;
+    let seeded = p.seed("lost", "USD", "5.00", scale(50), ACCOUNTS[0]).await;
+    p.run(PayoutEnv::config()).await;
+    let stale = BatcherConfig {
+        stale_after: Duration::ZERO,
+        ..PayoutEnv::config()
+    };
+    let escalated = p.run(stale.clone()).await.currencies["USD"].escalated;
+    let provider = p.provider();
+    let mut refused = 0;
+    for w in &seeded {
+        let r = shared::operations::reject_withdrawal(
+            &p.env.store,
+            &provider,
+            w.id,
+            "lost?",
+            Duration::ZERO,
+        )
+        .await;
+        refused += r.is_err() as usize;
+    }
+    let batch = p.reload(&seeded[0]).await.batch_id.unwrap();
+    shared::operations::retry_batch(&p.env.store, batch)
+        .await
+        .unwrap();
+    p.run(stale).await;
+    let (returned, value) = paid_and_returned(&p).await;
+    let still_locked = p
+        .env
+        .store
+        .scan_all()
+        .await
+        .unwrap()
+        .withdrawals
+        .iter()
+        .filter(|w| w.status == WithdrawalStatus::Submitted)
+        .count();
+    let resent = p.sandbox.submit_calls() - 1;
+    let (violations, lost) = audit(&p.env, Some(&p.sandbox)).await;
+    Row {
+        scenario: "10. provider loses an accepted batch",
+        operations: seeded.len(),
+        failures: returned + resent as usize + violations + (escalated != 1) as usize,
+        money_lost: lost + value,
+        note: format!(
+            "paid, then its status answers 404: escalated to an operator ({escalated}), {refused} of {} operator rejects refused, retry-batch looked it up again and sent nothing ({resent} re-sends); {still_locked} stay locked until the provider answers",
+            seeded.len()
         ),
     }
 }
