@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 ///
 /// Per user and currency: `available + locked + paid_out == credited`, no bucket negative,
 /// `locked` equals the sum of open withdrawals and `open_count` their number, and `credited`
-/// equals the sum of the credit records (every credit is recorded in the same write).
+/// equals the sum of the credit records (every credit is recorded in the same write); and every
+/// open withdrawal has a way out (`batch_gaps`).
 pub fn violations(report: &ScanReport) -> Vec<String> {
     let mut problems: Vec<String> = report
         .unreadable
@@ -81,6 +82,69 @@ pub fn violations(report: &ScanReport) -> Vec<String> {
     for (user, ccy) in credits.keys() {
         if !balances.contains_key(&(user.clone(), *ccy)) {
             problems.push(format!("{user} {ccy}: credit records without a balance"));
+        }
+    }
+    problems.extend(batch_gaps(report));
+    problems
+}
+
+/// Every state has a way out: a SUBMITTED withdrawal belongs to a batch record that lists it
+/// and is still open (a final batch is never looked at again, so its SUBMITTED member would be
+/// locked for ever); a batch an operator rejected a member of is never back in the batcher's
+/// hands (it would be sent again); a completed batch has no open member.
+fn batch_gaps(report: &ScanReport) -> Vec<String> {
+    use crate::domain::{BatchStatus, WithdrawalStatus};
+    let batches: BTreeMap<_, _> = report.batches.iter().map(|b| (b.id, b)).collect();
+    let mut problems = Vec::new();
+    for w in &report.withdrawals {
+        if w.status != WithdrawalStatus::Submitted {
+            continue;
+        }
+        match w.batch_id.and_then(|id| batches.get(&id)) {
+            None => problems.push(format!(
+                "{} {}: SUBMITTED without its batch record",
+                w.user_id, w.id
+            )),
+            Some(b) if !b.members.contains_key(&w.id) => problems.push(format!(
+                "{} {}: SUBMITTED but batch {} does not list it",
+                w.user_id, w.id, b.id
+            )),
+            Some(b) if b.status.is_terminal() => problems.push(format!(
+                "{} {}: SUBMITTED in {} batch {}: no way out",
+                w.user_id, w.id, b.status, b.id
+            )),
+            Some(_) => {}
+        }
+    }
+    for b in &report.batches {
+        if b.operator_rejected
+            && matches!(
+                b.status,
+                BatchStatus::Claiming | BatchStatus::Open | BatchStatus::Accepted
+            )
+        {
+            problems.push(format!(
+                "batch {}: a member was rejected by an operator, yet it is {}",
+                b.id, b.status
+            ));
+        }
+    }
+    let withdrawals: BTreeMap<_, _> = report.withdrawals.iter().map(|w| (w.id, w)).collect();
+    for b in report
+        .batches
+        .iter()
+        .filter(|b| b.status == BatchStatus::Completed)
+    {
+        let open = b
+            .members
+            .keys()
+            .filter(|id| withdrawals.get(id).is_none_or(|w| w.status.is_open()))
+            .count();
+        if open > 0 {
+            problems.push(format!(
+                "batch {}: COMPLETED with {open} open member(s)",
+                b.id
+            ));
         }
     }
     problems
@@ -181,6 +245,7 @@ mod tests {
             balances: vec![(user.clone(), locked.clone())],
             withdrawals: vec![w],
             credits: vec![credit_of(&user, "100", "c-1")],
+            batches: vec![],
             unreadable: vec![],
         };
         assert!(violations(&good).is_empty(), "{:?}", violations(&good));
@@ -189,6 +254,7 @@ mod tests {
             balances: vec![(user.clone(), locked.clone())],
             withdrawals: vec![],
             credits: good.credits.clone(),
+            batches: vec![],
             unreadable: vec![],
         };
         assert_eq!(violations(&orphan_lock).len(), 2);
@@ -199,6 +265,7 @@ mod tests {
             balances: vec![(user, broken)],
             withdrawals: good.withdrawals.clone(),
             credits: good.credits.clone(),
+            batches: vec![],
             unreadable: vec![],
         };
         assert_eq!(violations(&report).len(), 1);
@@ -234,5 +301,43 @@ mod tests {
             credit_of(&other, "5", "c-3"),
         ]));
         assert_eq!(orphan.len(), 1, "{orphan:?}");
+    }
+
+    #[test]
+    fn an_open_withdrawal_must_have_a_way_out() {
+        use crate::domain::{BankAccount, Batch, BatchStatus, Withdrawal, WithdrawalStatus};
+        let usd = Currencies::default().get("USD").unwrap().clone();
+        let user = UserId::parse("u1").unwrap();
+        let mut w = Withdrawal::new(
+            user.clone(),
+            usd.clone(),
+            crate::domain::Amount::parse("10.00", &usd).unwrap(),
+            BankAccount::parse("DE89370400440532013000").unwrap(),
+            chrono::Utc::now(),
+        );
+        let mut batch = Batch::claiming(usd, "run", 0);
+        batch.members.insert(w.id, user);
+        batch.status = BatchStatus::Accepted;
+        w.status = WithdrawalStatus::Submitted;
+        w.batch_id = Some(batch.id);
+        let report = |b: &Batch| ScanReport {
+            withdrawals: vec![w.clone()],
+            batches: vec![b.clone()],
+            ..ScanReport::default()
+        };
+        assert!(batch_gaps(&report(&batch)).is_empty());
+        let mut done = batch.clone();
+        done.status = BatchStatus::Completed;
+        let gaps = batch_gaps(&report(&done));
+        assert_eq!(gaps.len(), 2, "{gaps:?}"); // no way out, and completed with an open member
+        let mut resendable = batch.clone();
+        resendable.status = BatchStatus::Open;
+        resendable.operator_rejected = true;
+        assert_eq!(batch_gaps(&report(&resendable)).len(), 1);
+        let orphan = ScanReport {
+            withdrawals: vec![w.clone()],
+            ..ScanReport::default()
+        };
+        assert_eq!(batch_gaps(&orphan).len(), 1);
     }
 }

@@ -31,7 +31,7 @@ impl DynamoStore {
         ])
     }
 
-    fn batch_from_item(&self, item: &Item) -> Result<Batch, StoreError> {
+    pub(super) fn batch_from_item(&self, item: &Item) -> Result<Batch, StoreError> {
         let r = Reader(item);
         let mut members = BTreeMap::new();
         if let Some(AttributeValue::M(m)) = item.get("members") {

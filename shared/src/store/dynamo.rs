@@ -64,6 +64,7 @@ pub struct ScanReport {
     pub balances: Vec<(UserId, Balance)>,
     pub withdrawals: Vec<Withdrawal>,
     pub credits: Vec<CreditRecord>,
+    pub batches: Vec<crate::domain::Batch>,
     /// Items that could not be read back as domain values.
     pub unreadable: Vec<String>,
 }
@@ -211,6 +212,15 @@ impl DynamoStore {
                 Some(sk) if sk.starts_with(TableSchema::WITHDRAWAL_SK_PREFIX) => {
                     match self.withdrawal_from_item(&item) {
                         Ok(w) => report.withdrawals.push(w),
+                        Err(e) => report.unreadable.push(format!("{label}: {e}")),
+                    }
+                }
+                Some(sk)
+                    if sk == TableSchema::SINGLETON_SK
+                        && pk.is_some_and(|pk| pk.starts_with(TableSchema::BATCH_PK_PREFIX)) =>
+                {
+                    match self.batch_from_item(&item) {
+                        Ok(b) => report.batches.push(b),
                         Err(e) => report.unreadable.push(format!("{label}: {e}")),
                     }
                 }

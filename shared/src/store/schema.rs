@@ -80,8 +80,9 @@ impl TableSchema {
         format!("EVT#{event_id}")
     }
     pub fn batch_pk(batch: BatchId) -> String {
-        format!("BATCH#{batch}")
+        format!("{}{batch}", Self::BATCH_PK_PREFIX)
     }
+    pub const BATCH_PK_PREFIX: &'static str = "BATCH#";
     /// Open (non-terminal) batches share this key in the sparse index, so a run finds
     /// unfinished work without a scan.
     pub const OPEN_BATCHES_PK: &'static str = "BATCHES#OPEN";
