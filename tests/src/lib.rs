@@ -432,6 +432,38 @@ impl PayoutEnv {
         HttpProvider::new(&self.provider_url, API_KEY, Duration::from_millis(500)).unwrap()
     }
 
+    /// A fresh batch of `n` × `amount` USD flagged for an operator after one attempt the
+    /// provider never recorded (it answers 404 for it). Returns the members and the batch id.
+    pub async fn flagged_unrecorded(
+        &self,
+        prefix: &str,
+        amount: &str,
+        n: usize,
+    ) -> (Vec<Withdrawal>, shared::domain::BatchId) {
+        let seeded = self.seed(prefix, "USD", amount, n, ACCOUNTS[0]).await;
+        self.sandbox
+            .inject(&[sandbox_provider::Fault::ErrorBeforeRecord]);
+        self.run(BatcherConfig {
+            max_attempts: 1,
+            ..Self::config()
+        })
+        .await;
+        let batch = self.reload(&seeded[0]).await.batch_id.expect("claimed");
+        (seeded, batch)
+    }
+
+    /// The tests' sandbox sends no callbacks: runs that ask the provider about every accepted
+    /// batch (at most 10 per run) stand in for them.
+    pub async fn settle_from_status(&self) {
+        for _ in 0..3 {
+            self.run(BatcherConfig {
+                stale_after: Duration::ZERO,
+                ..Self::config()
+            })
+            .await;
+        }
+    }
+
     /// Runs the batcher once with a generous time budget.
     pub async fn run(&self, config: BatcherConfig) -> shared::batcher::RunSummary {
         self.batcher(config)

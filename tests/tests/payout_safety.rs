@@ -18,24 +18,17 @@ use shared::store::{BatchStore, DynamoStore, Store};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A batch of `n` × `amount` flagged for an operator after an unrecorded attempt (the provider
-/// answers 404 for it).
+/// A batch flagged for an operator after an unrecorded attempt (the provider answers 404).
 async fn flagged_unrecorded(
     p: &PayoutEnv,
     prefix: &str,
     amount: &str,
     n: usize,
 ) -> (Vec<shared::domain::Withdrawal>, BatchId) {
-    let seeded = p.seed(prefix, "USD", amount, n, ACCOUNTS[0]).await;
-    p.sandbox.inject(&[Fault::ErrorBeforeRecord]);
-    p.run(BatcherConfig {
-        max_attempts: 1,
-        ..PayoutEnv::config()
-    })
-    .await;
-    let batch = batch_of(&p.env.store, &seeded[0]).await;
-    assert_eq!(batch.status, BatchStatus::NeedsOperator);
-    (seeded, batch.id)
+    let (seeded, batch) = p.flagged_unrecorded(prefix, amount, n).await;
+    let b = p.env.store.batch(batch).await.unwrap().unwrap();
+    assert_eq!(b.status, BatchStatus::NeedsOperator);
+    (seeded, batch)
 }
 
 async fn batch_of(store: &DynamoStore, w: &shared::domain::Withdrawal) -> shared::domain::Batch {
@@ -80,16 +73,16 @@ impl PayoutProvider for MisreportedAmounts {
     }
 }
 
-/// The tests' sandbox sends no callbacks: runs that ask the provider about every accepted
-/// batch (at most 10 per run) stand in for them.
-async fn settle_from_status(p: &PayoutEnv) {
-    for _ in 0..3 {
-        p.run(BatcherConfig {
-            stale_after: Duration::ZERO,
-            ..PayoutEnv::config()
-        })
-        .await;
-    }
+/// An operator reject (no quiet period) that must be refused; returns why.
+async fn reject_refused<P: PayoutProvider + ?Sized>(
+    p: &PayoutEnv,
+    provider: &P,
+    w: &shared::domain::Withdrawal,
+) -> String {
+    refused(
+        operations::reject_withdrawal(&p.env.store, provider, w.id, "operator", Duration::ZERO)
+            .await,
+    )
 }
 
 fn refused(r: Result<impl std::fmt::Debug, OperationError>) -> String {
@@ -119,7 +112,7 @@ async fn a_reject_planned_before_a_retry_cannot_commit_after_it() {
         WithdrawalStatus::Submitted
     );
     p.run(PayoutEnv::config()).await;
-    settle_from_status(&p).await;
+    p.settle_from_status().await;
     let paid = p.sandbox.payouts_by_reference();
     assert_eq!(paid.len(), 2);
     assert!(paid.values().all(|n| *n == 1));
@@ -159,7 +152,7 @@ async fn racing_reject_and_retry_never_pay_a_rejected_withdrawal() {
         p.run(PayoutEnv::config()).await;
     }
     // Whatever won, nothing the provider paid is rejected here, and nothing is paid twice.
-    settle_from_status(&p).await;
+    p.settle_from_status().await;
     let paid = p.sandbox.payouts_by_reference();
     assert!(paid.values().all(|n| *n == 1), "paid twice: {paid:?}");
     for w in p.env.store.scan_all().await.unwrap().withdrawals {
@@ -190,16 +183,7 @@ async fn a_submitted_withdrawal_is_rejected_only_on_the_providers_word() {
     .await;
     let batch = batch_of(&p.env.store, &seeded[0]).await;
     assert_eq!(batch.status, BatchStatus::NeedsOperator);
-    let why = refused(
-        operations::reject_withdrawal(
-            &p.env.store,
-            &p.provider(),
-            seeded[0].id,
-            "unpaid?",
-            Duration::ZERO,
-        )
-        .await,
-    );
+    let why = reject_refused(&p, &p.provider(), &seeded[0]).await;
     assert!(why.contains("Paid"), "{why}");
     assert_eq!(
         p.reload(&seeded[0]).await.status,
@@ -208,10 +192,7 @@ async fn a_submitted_withdrawal_is_rejected_only_on_the_providers_word() {
 
     // An unreachable provider refuses too: nothing is concluded from silence.
     let down = HttpProvider::new("http://127.0.0.1:9", "k", Duration::from_millis(300)).unwrap();
-    let why = refused(
-        operations::reject_withdrawal(&p.env.store, &down, seeded[1].id, "unpaid?", Duration::ZERO)
-            .await,
-    );
+    let why = reject_refused(&p, &down, &seeded[1]).await;
     assert!(why.contains("could not be asked"), "{why}");
     assert_eq!(p.env.balance("word-0", "USD").await.1, "50.00");
     p.env.assert_conserved().await;
@@ -280,16 +261,7 @@ async fn an_accepted_batch_the_provider_no_longer_knows_is_escalated_never_retur
     assert!(note.reason.contains("404"), "{note:?}");
 
     // A 404 contradicting an acceptance returns nothing (the provider may well have paid)…
-    let why = refused(
-        operations::reject_withdrawal(
-            &p.env.store,
-            forgetful.as_ref(),
-            seeded[0].id,
-            "lost",
-            Duration::ZERO,
-        )
-        .await,
-    );
+    let why = reject_refused(&p, forgetful.as_ref(), &seeded[0]).await;
     assert!(why.contains("contradicts"), "{why}");
     // …and a retry puts it back to ACCEPTED, to be looked up again, never sent again.
     operations::retry_batch(&p.env.store, batch.id)
@@ -343,16 +315,7 @@ async fn a_404_is_definite_only_from_the_provider_and_only_after_a_quiet_period(
         Duration::from_millis(500),
     )
     .unwrap();
-    let why = refused(
-        operations::reject_withdrawal(
-            &p.env.store,
-            &wrong_path,
-            seeded[0].id,
-            "unpaid?",
-            Duration::ZERO,
-        )
-        .await,
-    );
+    let why = reject_refused(&p, &wrong_path, &seeded[0]).await;
     assert!(why.contains("could not be asked"), "{why}");
     assert_eq!(
         p.reload(&seeded[0]).await.status,
@@ -387,16 +350,7 @@ async fn items_that_stay_pending_past_the_limit_are_escalated_and_not_rejectable
     assert_eq!(run.currencies["USD"].escalated, 1);
     let batch = batch_of(&p.env.store, &seeded[0]).await;
     assert_eq!(batch.status, BatchStatus::NeedsOperator);
-    let why = refused(
-        operations::reject_withdrawal(
-            &p.env.store,
-            &p.provider(),
-            seeded[0].id,
-            "stuck",
-            Duration::ZERO,
-        )
-        .await,
-    );
+    let why = reject_refused(&p, &p.provider(), &seeded[0]).await;
     assert!(why.contains("Pending"), "{why}");
     // The batch stays reported every run until the provider answers.
     assert_eq!(

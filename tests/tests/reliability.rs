@@ -929,35 +929,6 @@ fn fuzzed_input(rt: &tokio::runtime::Runtime) -> Row {
     }
 }
 
-/// Flags a fresh batch of `n` × `amount` USD for an operator after one unrecorded attempt.
-async fn flagged_batch(
-    p: &PayoutEnv,
-    prefix: &str,
-    amount: &str,
-    n: usize,
-) -> (Vec<Withdrawal>, shared::domain::BatchId) {
-    let seeded = p.seed(prefix, "USD", amount, n, ACCOUNTS[0]).await;
-    p.sandbox.inject(&[ProviderFault::ErrorBeforeRecord]);
-    p.run(BatcherConfig {
-        max_attempts: 1,
-        ..PayoutEnv::config()
-    })
-    .await;
-    let w = p.reload(&seeded[0]).await;
-    (seeded, w.batch_id.expect("claimed"))
-}
-
-/// Runs that ask the provider about every accepted batch stand in for its callbacks.
-async fn settle_from_status(p: &PayoutEnv) {
-    for _ in 0..3 {
-        p.run(BatcherConfig {
-            stale_after: Duration::ZERO,
-            ..PayoutEnv::config()
-        })
-        .await;
-    }
-}
-
 /// Withdrawals the provider paid that are REJECTED or CANCELLED here (paid and returned), and
 /// their value.
 async fn paid_and_returned(p: &PayoutEnv) -> (usize, Decimal) {
@@ -984,7 +955,9 @@ async fn racing_operators() -> Row {
     let rounds = scale(20);
     let (mut rejects, mut retries, mut both) = (0, 0, 0);
     for round in 0..rounds {
-        let (seeded, batch) = flagged_batch(&p, &format!("race{round}"), "40.00", 2).await;
+        let (seeded, batch) = p
+            .flagged_unrecorded(&format!("race{round}"), "40.00", 2)
+            .await;
         let (rejected, retried) = tokio::join!(
             shared::operations::reject_withdrawal(
                 &p.env.store,
@@ -1004,7 +977,7 @@ async fn racing_operators() -> Row {
         both += (rejected.is_ok() && retried.is_ok()) as usize;
         p.run(PayoutEnv::config()).await;
     }
-    settle_from_status(&p).await;
+    p.settle_from_status().await;
     let (returned, value) = paid_and_returned(&p).await;
     let (violations, lost) = audit(&p.env, Some(&p.sandbox)).await;
     Row {
@@ -1058,7 +1031,7 @@ async fn forgetful_provider() -> Row {
     for _ in 0..2 {
         p.run(PayoutEnv::config()).await;
     }
-    settle_from_status(&p).await;
+    p.settle_from_status().await;
     let paid = p.sandbox.payouts_by_reference();
     let mut failures = 0;
     for w in &seeded {

@@ -3,42 +3,73 @@ use std::fmt;
 use std::str::FromStr;
 use ulid::Ulid;
 
-/// The authenticated user: the `sub` claim of a verified token. `#` is refused because it
-/// separates the parts of the table's keys.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct UserId(String);
+/// A text identifier of printable ASCII: `len` bytes at most, none of `forbidden`. One rule for
+/// user ids, idempotency keys and credit references, each its own type.
+macro_rules! text_id {
+    ($(#[$doc:meta])* $name:ident, $max:expr, $forbidden:expr, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
 
-impl UserId {
-    /// The longest user id, in bytes (they are ASCII): it bounds the batch record's size.
-    pub const MAX_LEN: usize = 128;
+        impl $name {
+            /// The longest accepted, in bytes (they are ASCII).
+            pub const MAX_LEN: usize = $max;
 
-    pub fn parse(s: &str) -> Result<Self, DomainError> {
-        let ok = (1..=Self::MAX_LEN).contains(&s.len())
-            && s.bytes().all(|b| b.is_ascii_graphic() && b != b'#');
-        if ok {
-            Ok(Self(s.to_string()))
-        } else {
-            Err(DomainError::InvalidId(
-                "user id must be 1-128 printable characters without '#'".into(),
-            ))
+            pub fn parse(s: &str) -> Result<Self, DomainError> {
+                let forbidden: &[u8] = $forbidden;
+                let ok = (1..=Self::MAX_LEN).contains(&s.len())
+                    && s.bytes().all(|b| b.is_ascii_graphic() && !forbidden.contains(&b));
+                if ok {
+                    Ok(Self(s.to_string()))
+                } else {
+                    Err(DomainError::InvalidId($what.into()))
+                }
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
         }
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.0)
+            }
+        }
+    };
 }
 
-impl fmt::Display for UserId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+text_id!(
+    /// The authenticated user: the `sub` claim of a verified token. `#` is refused because it
+    /// separates the parts of the table's keys; the length bounds the batch record's size.
+    UserId,
+    128,
+    b"#",
+    "user id must be 1-128 printable characters without '#'"
+);
 
-impl fmt::Debug for UserId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "UserId({})", self.0)
-    }
-}
+text_id!(
+    /// A client-chosen `Idempotency-Key`.
+    IdempotencyKey,
+    255,
+    b"",
+    "Idempotency-Key must be 1-255 printable ASCII characters"
+);
+
+text_id!(
+    /// An operator's reference for one credit (the bank transfer's id, a ticket number). A
+    /// reference credits at most once, so a repeated or retried `operator credit` cannot add
+    /// the same funds twice.
+    CreditReference,
+    128,
+    b"",
+    "credit reference must be 1-128 printable ASCII characters"
+);
 
 macro_rules! ulid_id {
     ($name:ident, $prefix:literal, $what:literal) => {
@@ -103,64 +134,6 @@ macro_rules! ulid_id {
 
 ulid_id!(WithdrawalId, "wd_", "withdrawal");
 ulid_id!(BatchId, "bt_", "batch");
-
-/// A client-chosen `Idempotency-Key`: 1 to 255 printable ASCII characters.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct IdempotencyKey(String);
-
-impl IdempotencyKey {
-    pub fn parse(s: &str) -> Result<Self, DomainError> {
-        if (1..=255).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic()) {
-            Ok(Self(s.to_string()))
-        } else {
-            Err(DomainError::InvalidId(
-                "Idempotency-Key must be 1-255 printable ASCII characters".into(),
-            ))
-        }
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for IdempotencyKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "IdempotencyKey({})", self.0)
-    }
-}
-
-/// An operator's reference for one credit (the bank transfer's id, a ticket number): 1 to 128
-/// printable ASCII characters. A reference credits at most once, so a repeated or retried
-/// `operator credit` cannot add the same funds twice.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct CreditReference(String);
-
-impl CreditReference {
-    pub fn parse(s: &str) -> Result<Self, DomainError> {
-        if (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic()) {
-            Ok(Self(s.to_string()))
-        } else {
-            Err(DomainError::InvalidId(
-                "credit reference must be 1-128 printable ASCII characters".into(),
-            ))
-        }
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for CreditReference {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for CreditReference {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CreditReference({})", self.0)
-    }
-}
 
 #[cfg(test)]
 mod tests {
