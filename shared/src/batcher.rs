@@ -33,6 +33,8 @@ pub struct BatcherConfig {
     /// A final batch is compared with the provider's status endpoint this long after it ended
     /// (late returns have had time to arrive).
     pub reconcile_after: Duration,
+    /// …and once more this long after the first comparison: bank returns arrive days later.
+    pub reconcile_again_after: Duration,
     /// Stop starting new work this long before the deadline.
     pub safety_margin: Duration,
     /// The provider client's timeout: a lease must outlive our last call.
@@ -51,6 +53,7 @@ impl Default for BatcherConfig {
             stale_after: Duration::from_secs(3600),
             escalate_after: Duration::from_secs(24 * 3600),
             reconcile_after: Duration::from_secs(3600),
+            reconcile_again_after: Duration::from_secs(7 * 24 * 3600),
             safety_margin: Self::stop_margin(provider_timeout, lease_margin),
             provider_timeout,
             lease_margin,
@@ -109,7 +112,8 @@ impl BatcherConfig {
     }
 
     /// `BATCH_MAX_SIZE`, `BATCH_MAX_ATTEMPTS`, `BATCH_STALE_AFTER_SECS`,
-    /// `BATCH_ESCALATE_AFTER_SECS`, `RECONCILE_AFTER_SECS`, `PROVIDER_TIMEOUT_MS`,
+    /// `BATCH_ESCALATE_AFTER_SECS`, `RECONCILE_AFTER_SECS`, `RECONCILE_AGAIN_AFTER_SECS`,
+    /// `PROVIDER_TIMEOUT_MS`,
     /// `FUNCTION_TIMEOUT_SECS`; the stop margin is derived, never set on its own.
     pub fn from_env() -> Result<Self, String> {
         let d = Self::default();
@@ -130,6 +134,10 @@ impl BatcherConfig {
             stale_after: Duration::from_secs(num("BATCH_STALE_AFTER_SECS", 3600)?),
             escalate_after: Duration::from_secs(num("BATCH_ESCALATE_AFTER_SECS", 24 * 3600)?),
             reconcile_after: Duration::from_secs(num("RECONCILE_AFTER_SECS", 3600)?),
+            reconcile_again_after: Duration::from_secs(num(
+                "RECONCILE_AGAIN_AFTER_SECS",
+                7 * 24 * 3600,
+            )?),
             provider_timeout,
             safety_margin: Self::stop_margin(provider_timeout, d.lease_margin),
             lease_margin: d.lease_margin,
@@ -855,9 +863,15 @@ where
             let c = run.counts(&ccy);
             c.reconciled += 1;
             c.reconcile_mismatches += found.len() as u32;
+            // First pass: listed again after the return window; second pass: done.
+            let again_at = batch.reconciled_at.is_none().then(|| {
+                Utc::now()
+                    + chrono::Duration::from_std(self.config.reconcile_again_after)
+                        .unwrap_or_default()
+            });
             if let Err(e) = self
                 .store
-                .mark_reconciled(batch.id, found.len() as u32)
+                .mark_reconciled(batch.id, found.len() as u32, again_at)
                 .await
             {
                 run.failed(Some(&ccy), Some(batch.id), &e);

@@ -266,8 +266,17 @@ impl BatchStore for FaultyStore {
     ) -> Result<Vec<Batch>, StoreError> {
         faulty!(self, "unreconciled", self.inner.unreconciled(due, limit))
     }
-    async fn mark_reconciled(&self, id: BatchId, m: u32) -> Result<(), StoreError> {
-        faulty!(self, "mark_reconciled", self.inner.mark_reconciled(id, m))
+    async fn mark_reconciled(
+        &self,
+        id: BatchId,
+        m: u32,
+        again_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<(), StoreError> {
+        faulty!(
+            self,
+            "mark_reconciled",
+            self.inner.mark_reconciled(id, m, again_at)
+        )
     }
     async fn members(&self, b: &Batch) -> Result<Vec<Withdrawal>, StoreError> {
         faulty!(self, "members", self.inner.members(b))

@@ -549,3 +549,52 @@ async fn reconcile_finds_a_payout_an_operator_forced_back() {
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].kind, MismatchKind::PaidButNotHere);
 }
+
+#[tokio::test]
+async fn a_return_whose_callback_was_lost_is_found_by_the_second_reconcile_pass() {
+    let p = PayoutEnv::new(|c| {
+        c.return_accounts.insert(ACCOUNTS[3].to_string());
+        c.return_delay = Duration::from_secs(4);
+        // Callbacks go nowhere and are given up at once: the return's callback is lost.
+        c.webhook_url = Some("http://127.0.0.1:9/webhooks/provider".into());
+        c.retry_for = Duration::ZERO;
+    })
+    .await;
+    let seeded = p.seed("ret", "USD", "20.00", 2, ACCOUNTS[3]).await;
+    p.run(PayoutEnv::config()).await;
+    p.settle_from_status().await;
+    assert_eq!(p.reload(&seeded[0]).await.status, WithdrawalStatus::Settled);
+    let reconcile = BatcherConfig {
+        reconcile_after: Duration::ZERO,
+        reconcile_again_after: Duration::ZERO,
+        ..PayoutEnv::config()
+    };
+    // First pass, right after the batch ended: paid there, settled here.
+    let first = p.run(reconcile.clone()).await;
+    assert_eq!(
+        (
+            first.currencies["USD"].reconciled,
+            first.currencies["USD"].reconcile_mismatches
+        ),
+        (1, 0)
+    );
+    // The bank sends the payouts back; nobody tells us. The second pass sees it.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let second = p.run(reconcile.clone()).await;
+    assert_eq!(
+        (
+            second.currencies["USD"].reconciled,
+            second.currencies["USD"].reconcile_mismatches
+        ),
+        (1, 2)
+    );
+    let batch = batch_of(&p.env.store, &seeded[0]).await;
+    let found = shared::reconcile::batch(p.env.store.as_ref(), &p.provider(), &batch)
+        .await
+        .unwrap();
+    assert!(found
+        .iter()
+        .all(|m| m.kind == MismatchKind::ReturnNotApplied));
+    // Two passes, then off the list.
+    assert_eq!(p.run(reconcile).await.currencies["USD"].reconciled, 0);
+}

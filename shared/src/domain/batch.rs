@@ -85,6 +85,9 @@ pub struct Batch {
     /// When its status was last asked of the provider (stale and flagged batches are asked
     /// once per `BATCH_STALE_AFTER_SECS`, not every run).
     pub checked_at: Option<DateTime<Utc>>,
+    /// When reconciliation first compared it with the provider (it is compared once more after
+    /// the return window).
+    pub reconciled_at: Option<DateTime<Utc>>,
     /// An operator rejected one of its members: the batch must never be sent again (the same
     /// request would pay a withdrawal whose funds were returned).
     pub operator_rejected: bool,
@@ -124,6 +127,7 @@ impl Batch {
             accepted_at: None,
             last_attempt_at: None,
             checked_at: None,
+            reconciled_at: None,
             operator_rejected: false,
             history: Vec::new(),
         }

@@ -80,6 +80,10 @@ impl DynamoStore {
                 .opt_s("checked_at")
                 .map(|_| r.time("checked_at"))
                 .transpose()?,
+            reconciled_at: r
+                .opt_s("reconciled_at")
+                .map(|_| r.time("reconciled_at"))
+                .transpose()?,
             operator_rejected: matches!(
                 item.get("operator_rejected"),
                 Some(AttributeValue::Bool(true))
@@ -834,23 +838,37 @@ impl BatchStore for DynamoStore {
         Ok(())
     }
 
-    async fn mark_reconciled(&self, id: BatchId, mismatches: u32) -> Result<(), StoreError> {
-        self.update_batch(
-            id,
-            &format!(
-                "SET reconciled_at = :ts, reconcile_mismatches = :m REMOVE {}, {}",
+    async fn mark_reconciled(
+        &self,
+        id: BatchId,
+        mismatches: u32,
+        again_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        let mut values = vec![
+            (":ts", s(timestamp(&Utc::now()))),
+            (":m", n(mismatches)),
+            (":completed", s(BatchStatus::Completed.as_str())),
+            (":rejected", s(BatchStatus::Rejected.as_str())),
+        ];
+        let update = match again_at {
+            // Stays listed, due again at `again_at`; the first pass's time is kept.
+            Some(at) => {
+                values.push((":again", s(format!("{}#{id}", timestamp(&at)))));
+                format!(
+                    "SET reconciled_at = if_not_exists(reconciled_at, :ts), \
+                     reconcile_mismatches = :m, {} = :again",
+                    schema::PENDING_SK
+                )
+            }
+            None => format!(
+                "SET reconciled_at = if_not_exists(reconciled_at, :ts), reconcile_mismatches = :m \
+                 REMOVE {}, {}",
                 schema::PENDING_PK,
                 schema::PENDING_SK
             ),
-            "#st IN (:completed, :rejected)",
-            vec![
-                (":ts", s(timestamp(&Utc::now()))),
-                (":m", n(mismatches)),
-                (":completed", s(BatchStatus::Completed.as_str())),
-                (":rejected", s(BatchStatus::Rejected.as_str())),
-            ],
-        )
-        .await?;
+        };
+        self.update_batch(id, &update, "#st IN (:completed, :rejected)", values)
+            .await?;
         Ok(())
     }
 

@@ -347,7 +347,14 @@ pub trait BatchStore: Send + Sync {
     async fn requeue_reconcile(&self, id: BatchId) -> Result<(), StoreError>;
 
     /// Takes a batch off the reconcile list, recording how many mismatches were found.
-    async fn mark_reconciled(&self, id: BatchId, mismatches: u32) -> Result<(), StoreError>;
+    /// With `again_at`, it stays listed and is compared once more then (a bank return can
+    /// come days after a payout).
+    async fn mark_reconciled(
+        &self,
+        id: BatchId,
+        mismatches: u32,
+        again_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError>;
 
     /// The member withdrawals, read consistently.
     async fn members(&self, batch: &Batch) -> Result<Vec<Withdrawal>, StoreError>;
