@@ -114,6 +114,7 @@ fn simulation() {
          | final: settled / returned / rejected / cancelled | {} / {} / {} / {} |\n\
          | documented waits at quiescence (lost batch / pending items) | {} / {} |\n\
          | returns reported by reconcile (callback never delivered) | {} |\n\
+         | paid there, rejected here on the provider's 404 for a batch it recorded and lost | {} |\n\
          | batcher runs' isolated errors | {} |\n\
          | violations | {} |\n\n\
          operations: {}\n\ntime per kind of step (ms, summed over seeds): {}\n",
@@ -146,6 +147,7 @@ fn simulation() {
         total.waiting_lost,
         total.waiting_pending,
         total.returns_flagged_by_reconcile,
+        total.provider_contract_broken,
         total.run_errors,
         failed.len(),
         ops.join(", "),

@@ -65,6 +65,8 @@ pub struct Stats {
     pub waiting_lost: u64,
     pub waiting_pending: u64,
     pub returns_flagged_by_reconcile: u64,
+    /// Paid there, rejected here: the provider's 404 for a batch it recorded and lost.
+    pub provider_contract_broken: u64,
     pub settled: u64,
     pub returned: u64,
     pub rejected: u64,
@@ -102,6 +104,7 @@ impl Stats {
             waiting_lost,
             waiting_pending,
             returns_flagged_by_reconcile,
+            provider_contract_broken,
             settled,
             returned,
             rejected,
@@ -364,6 +367,11 @@ impl World {
 
     pub fn ledger(&self) -> Vec<sandbox_provider::LedgerEntry> {
         self.p.sandbox.ledger()
+    }
+
+    /// Batches the provider answers 404 for although it recorded them.
+    pub fn lost_batches(&self) -> BTreeSet<String> {
+        self.p.sandbox.memory().lost_batches
     }
 
     fn request_app(
@@ -1331,7 +1339,7 @@ impl World {
             }
             log.extend(d.log.iter().map(|l| format!("  quiesce {round}: {l}")));
             let report = self.scan().await;
-            bad.extend(model.check(&report, &self.ledger()));
+            bad.extend(model.check(&report, &self.ledger(), &self.lost_batches()));
             let fp = Self::state_fingerprint(&report);
             let busy = report
                 .withdrawals
@@ -1458,6 +1466,10 @@ impl World {
                     self.stat(|s| s.returns_flagged_by_reconcile += 1);
                 }
                 (WithdrawalStatus::Submitted, _) if waiting.contains(&e.reference) => continue,
+                (WithdrawalStatus::Rejected, _) if model.contract_broken.contains(&e.reference) => {
+                    self.stat(|s| s.provider_contract_broken += 1);
+                    continue;
+                }
                 (st, returned) => bad.push(format!(
                     "{}: paid by the provider (returned: {returned}) but {st} here at quiescence",
                     e.reference

@@ -62,6 +62,10 @@ pub struct Model {
     /// Last status seen in the table, and batch.
     last: BTreeMap<String, (WithdrawalStatus, Option<String>)>,
     pub operator_rejected: BTreeSet<String>,
+    /// Paid by the provider, rejected here, because the provider answered 404 for a batch it
+    /// had recorded and lost before its acceptance reached us: outside its contract (404 =
+    /// never recorded), not a defect here; counted and excluded from the money equality.
+    pub contract_broken: BTreeSet<String>,
 }
 
 /// Whether `to` can follow `from` after any number of allowed transitions.
@@ -244,7 +248,20 @@ impl Model {
 
     /// Everything that must hold at any moment, over a full read of the table and the
     /// provider's ledger.
-    pub fn check(&mut self, report: &ScanReport, ledger: &[LedgerEntry]) -> Vec<String> {
+    pub fn check(
+        &mut self,
+        report: &ScanReport,
+        ledger: &[LedgerEntry],
+        lost_at_provider: &BTreeSet<String>,
+    ) -> Vec<String> {
+        let never_accepted_lost: BTreeSet<String> = report
+            .batches
+            .iter()
+            .filter(|b| {
+                b.provider_batch_id.is_none() && lost_at_provider.contains(&b.id.to_string())
+            })
+            .map(|b| b.id.to_string())
+            .collect();
         let mut bad = shared::check::violations(report);
         // Credits: every record is one we asked for; every certain one is there.
         let mut recorded = BTreeSet::new();
@@ -302,6 +319,12 @@ impl Model {
             self.last.insert(id.clone(), (w.status, batch));
             let at_provider = paid.get(id.as_str());
             match (w.status, at_provider) {
+                (S::Rejected, Some(_))
+                    if w.batch_id
+                        .is_some_and(|b| never_accepted_lost.contains(&b.to_string())) =>
+                {
+                    self.contract_broken.insert(id.clone());
+                }
                 (S::Rejected | S::Cancelled | S::Pending, Some(_)) => {
                     bad.push(format!("{id}: paid by the provider but {} here", w.status))
                 }

@@ -309,10 +309,13 @@ fn batcher_cfg(rng: &mut Rng) -> BatcherCfg {
     }
 }
 
-/// How the seed's provider forgets (one way per seed). A provider that both loses a batch it
-/// recorded (404) and forgets its key cannot be told from one that never received the batch:
-/// its 404 is the only answer a re-send can rely on (docs/provider-api.md), so no seed combines
-/// the two.
+/// How the seed's provider forgets (one way per seed). Its 404 is the only answer a re-send and
+/// an operator's reject can rely on for a batch whose acceptance never reached us
+/// (docs/provider-api.md: 404 = never recorded). A provider that loses such a batch after
+/// paying it breaks that contract and no client can tell it from one that never received the
+/// batch (seeds 56 and 165 showed the operator's reject returning funds it had paid), so a seed
+/// that loses batches never also loses the answer to a recorded send, and none combines lost
+/// batches with forgotten keys (a re-send would be paid again).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Forgetting {
     Nothing,
@@ -419,13 +422,23 @@ fn op(rng: &mut Rng, nested: bool, forgetting: Forgetting) -> Op {
             cfg: batcher_cfg(rng),
             fault: store_fault(rng, &BATCHER_METHODS),
         },
-        9 => Op::ProviderFault(*rng.pick(&[
-            ProviderFault::TimeoutBeforeRecord,
-            ProviderFault::TimeoutAfterRecord,
-            ProviderFault::ErrorBeforeRecord,
-            ProviderFault::ErrorAfterRecord,
-            ProviderFault::Reject,
-        ])),
+        9 => Op::ProviderFault(if forgetting == Forgetting::Batches {
+            // A batch it records while its answer is lost and then loses would answer 404 for a
+            // batch it paid: see `Forgetting`.
+            *rng.pick(&[
+                ProviderFault::TimeoutBeforeRecord,
+                ProviderFault::ErrorBeforeRecord,
+                ProviderFault::Reject,
+            ])
+        } else {
+            *rng.pick(&[
+                ProviderFault::TimeoutBeforeRecord,
+                ProviderFault::TimeoutAfterRecord,
+                ProviderFault::ErrorBeforeRecord,
+                ProviderFault::ErrorAfterRecord,
+                ProviderFault::Reject,
+            ])
+        }),
         10 => Op::ProviderMemory(match forgetting {
             Forgetting::Nothing => MemoryChange::PendingNext,
             Forgetting::Keys => *rng.pick(&[
