@@ -25,7 +25,7 @@ rm -rf "$CALL_LOG_DIR"
 
 log "cargo test --workspace"
 out="$LOCAL_DIR/test-output.log"
-rm -f target/reliability-report.md
+rm -f target/reliability-report.md target/simulation-report.md
 cargo test --workspace "$@" 2>&1 | tee "$out"
 
 log "IAM: the calls recorded per function vs template.yaml's policies (tests/tests/iam.rs)"
@@ -33,6 +33,10 @@ cargo test --workspace --test iam -- --ignored 2>&1 | tee -a "$out"
 if [ -f target/reliability-report.md ]; then
   printf '\nReliability suite (tests/tests/reliability.rs):\n'
   cat target/reliability-report.md
+fi
+if [ -f target/simulation-report.md ]; then
+  printf '\nSimulation (tests/tests/simulation.rs):\n'
+  cat target/simulation-report.md
 fi
 # One closing line for the whole run (cargo prints one per test binary, the last often a
 # doc-test binary with nothing in it).

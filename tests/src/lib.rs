@@ -5,6 +5,7 @@
 
 pub mod conflicts;
 pub mod faults;
+pub mod sim;
 
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use lambda_http::{Body, Request, Response};

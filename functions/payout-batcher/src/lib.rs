@@ -5,8 +5,8 @@ use lambda_runtime::{Error, LambdaEvent};
 use serde_json::Value;
 use shared::batcher::{run_budget, Batcher, BatcherConfig, RunSummary};
 use shared::config::Config;
-use shared::provider::HttpProvider;
-use shared::store::DynamoStore;
+use shared::provider::{HttpProvider, PayoutProvider};
+use shared::store::{BatchStore, DynamoStore, Store};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,8 +37,16 @@ pub async fn app_from_env() -> Result<App, Error> {
 
 /// The event's content is not used: the schedule's EventBridge event, an operator's hand-made
 /// `{}` invoke and a console test event all mean "run now". The run must end before Lambda's
-/// deadline; what does not fit waits for the next schedule.
-pub async fn handle(app: &App, event: LambdaEvent<Value>) -> Result<RunSummary, Error> {
+/// deadline; what does not fit waits for the next schedule. Generic over the store and the
+/// provider so tests can put a fault-injecting store behind the same handler.
+pub async fn handle<S, P>(
+    app: &Batcher<S, P>,
+    event: LambdaEvent<Value>,
+) -> Result<RunSummary, Error>
+where
+    S: Store + BatchStore + 'static,
+    P: PayoutProvider + ?Sized + 'static,
+{
     let deadline_ms = event.context.deadline as i64;
     let budget = run_budget(
         deadline_ms,

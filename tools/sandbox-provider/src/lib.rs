@@ -224,6 +224,24 @@ pub struct Sandbox {
     config: Arc<SandboxConfig>,
     inner: Arc<Mutex<Inner>>,
     http: reqwest::Client,
+    /// Callback tasks not finished yet (a test waits for 0 before it looks at what arrived).
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts a callback task as in flight until it ends (or is dropped).
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    fn new(counter: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Sandbox {
@@ -241,7 +259,13 @@ impl Sandbox {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .expect("http client"),
+            in_flight: Arc::default(),
         }
+    }
+
+    /// Callbacks being delivered (or waiting for a retry or a return) right now.
+    pub fn callbacks_in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn router(&self) -> Router {
@@ -452,7 +476,9 @@ impl Sandbox {
                 });
             let (sandbox, url, request, batch_id) =
                 (self.clone(), url.clone(), request.clone(), batch_id.clone());
+            let in_flight = InFlight::new(&self.in_flight);
             tokio::spawn(async move {
+                let _in_flight = in_flight;
                 tokio::time::sleep(sandbox.config.callback_delay).await;
                 sandbox.deliver(&url, event_type, &request, &state).await;
                 if !returns {
