@@ -116,6 +116,21 @@ for name, stage in of_type("AWS::ApiGatewayV2::Stage").items():
     if "POST /webhooks/provider" not in stage["Properties"].get("RouteSettings", {}):
         findings.append(f"{name}: the webhook shares the user routes' throttle")
 
+# Who may call each route, as API Gateway will enforce it: the internal API only with SigV4
+# (AWS_IAM), the webhook with no authorizer (its HMAC), every user route with the JWT authorizer.
+for name, api in of_type("AWS::ApiGatewayV2::Api").items():
+    for route, methods in api["Properties"].get("Body", {}).get("paths", {}).items():
+        for method, op in methods.items():
+            schemes = sorted(k for sec in op.get("security", []) for k in sec)
+            if route.startswith("/internal/"):
+                wanted = ["AWS_IAM"]
+            elif route == "/webhooks/provider":
+                wanted = ["NONE"]
+            else:
+                wanted = ["JwtAuthorizer"]
+            if schemes != wanted:
+                findings.append(f"{name}: {method.upper()} {route} is authorized by {schemes}, not {wanted}")
+
 # Every function's Errors, the API's 5xx and the money alarms exist.
 alarm_metrics = {(a["Properties"].get("MetricName"), refs(a["Properties"].get("Dimensions", []))) for a in of_type("AWS::CloudWatch::Alarm").values()}
 alarmed_functions = {d for m, d in alarm_metrics if m == "Errors"}

@@ -19,6 +19,10 @@ export AWS_DEFAULT_REGION="$AWS_REGION"
 export LOCAL_AUTH_SECRET="${LOCAL_AUTH_SECRET:-local-dev-only-token-secret-0123456789}"
 export PROVIDER_WEBHOOK_SECRET="${PROVIDER_WEBHOOK_SECRET:-whsec_local_dev_only_0123456789}"
 export PROVIDER_API_KEY="${PROVIDER_API_KEY:-sandbox-key}"
+# The internal credit API's one local caller: a stand-in for the deposit service's IAM role
+# (deployed, the template's InternalCallerArns), and the session ARN its local token carries.
+export INTERNAL_CALLERS="${INTERNAL_CALLERS:-arn:aws:iam::000000000000:role/local-deposit-service}"
+export LOCAL_DEPOSIT_CALLER="${LOCAL_DEPOSIT_CALLER:-arn:aws:sts::000000000000:assumed-role/local-deposit-service/dev}"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

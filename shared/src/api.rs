@@ -30,6 +30,8 @@ pub enum ApiError {
     MissingIdempotencyKey,
     #[error("a valid bearer token is required")]
     Unauthorized,
+    #[error("this caller may not use this resource")]
+    Forbidden,
     #[error("the webhook signature is missing, invalid or outside the time tolerance")]
     InvalidSignature,
     #[error("{0}")]
@@ -51,6 +53,8 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("this Idempotency-Key was used with a different request body")]
     IdempotencyKeyReused,
+    #[error("this reference was used for another credit")]
+    ReferenceReused,
     #[error("the service is busy; retry with the same Idempotency-Key")]
     TryAgain,
     #[error("internal error")]
@@ -59,7 +63,7 @@ pub enum ApiError {
 
 impl ApiError {
     /// Every code the API can return, for documentation and tests.
-    pub const CODES: [&'static str; 22] = [
+    pub const CODES: [&'static str; 24] = [
         "invalid_json",
         "invalid_currency",
         "invalid_amount",
@@ -70,6 +74,7 @@ impl ApiError {
         "invalid_idempotency_key",
         "missing_idempotency_key",
         "unauthorized",
+        "forbidden",
         "invalid_signature",
         "unknown_event_type",
         "not_found",
@@ -80,6 +85,7 @@ impl ApiError {
         "not_cancellable",
         "payload_too_large",
         "idempotency_key_reused",
+        "reference_reused",
         "try_again",
         "internal",
     ];
@@ -96,6 +102,7 @@ impl ApiError {
             Self::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
             Self::MissingIdempotencyKey => "missing_idempotency_key",
             Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
             Self::InvalidSignature => "invalid_signature",
             Self::UnknownEventType(_) => "unknown_event_type",
             Self::NotFound => "not_found",
@@ -106,6 +113,7 @@ impl ApiError {
             Self::NotCancellable(_) => "not_cancellable",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::ReferenceReused => "reference_reused",
             Self::TryAgain => "try_again",
             Self::Internal => "internal",
         }
@@ -124,6 +132,7 @@ impl ApiError {
             | Self::MissingIdempotencyKey
             | Self::UnknownEventType(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized | Self::InvalidSignature => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::InsufficientFunds
@@ -131,7 +140,7 @@ impl ApiError {
             | Self::DailyLimitExceeded(_)
             | Self::NotCancellable(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::IdempotencyKeyReused | Self::ReferenceReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TryAgain => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -177,6 +186,11 @@ impl From<StoreError> for ApiError {
             StoreError::TooManyOpen => Self::TooManyPending,
             StoreError::DailyLimitExceeded(message) => Self::DailyLimitExceeded(message),
             StoreError::NotFound => Self::NotFound,
+            // The first credit's details stay in the log, not in the answer.
+            StoreError::ReferenceReused(first) => {
+                tracing::info!(%first, "credit reference reused");
+                Self::ReferenceReused
+            }
             StoreError::StateChanged { current } => {
                 Self::NotCancellable(current.map_or("gone".into(), |s| s.to_string()))
             }
@@ -185,7 +199,6 @@ impl From<StoreError> for ApiError {
                 Self::TryAgain
             }
             StoreError::IdempotencyKeyTaken
-            | StoreError::ReferenceReused(_)
             | StoreError::DuplicateEvent
             | StoreError::LeaseLost
             | StoreError::BatchChanged(_)

@@ -214,6 +214,7 @@ mod tests {
             amount: Amount::parse(amount, &usd).unwrap(),
             currency: usd,
             actor: "operator".into(),
+            description: None,
             created_at: Utc::now(),
         }
     }

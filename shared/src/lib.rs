@@ -7,6 +7,7 @@ pub mod batcher;
 pub mod calls;
 pub mod check;
 pub mod config;
+pub mod credits;
 pub mod domain;
 pub mod metrics;
 pub mod operations;

@@ -36,32 +36,7 @@ impl WithdrawalRequest {
         let raw: Raw = serde_json::from_slice(body)
             .map_err(|e| ApiError::InvalidJson(format!("request body: {e}")))?;
         let currency = currencies.get(&raw.currency)?.clone();
-        let amount_text = raw.amount.get();
-        let amount = if amount_text.starts_with('"') {
-            let s: String = serde_json::from_str(amount_text)
-                .map_err(|_| ApiError::InvalidAmount("amount is not a valid string".into()))?;
-            Amount::parse(&s, &currency)?
-        } else if amount_text.starts_with(|c: char| c.is_ascii_digit() || c == '-') {
-            Amount::parse(amount_text, &currency)?
-        } else {
-            return Err(ApiError::InvalidAmount(
-                "amount must be a decimal string like \"125.50\"".into(),
-            ));
-        };
-        if amount.value() < currency.min_withdrawal() {
-            return Err(DomainError::AmountBelowMinimum {
-                min: currency.format(currency.min_withdrawal()),
-                currency: currency.code().to_string(),
-            }
-            .into());
-        }
-        if amount.value() > currency.max_withdrawal() {
-            return Err(DomainError::AmountAboveMaximum {
-                max: currency.format(currency.max_withdrawal()),
-                currency: currency.code().to_string(),
-            }
-            .into());
-        }
+        let amount = parse_bounded_amount(raw.amount, &currency)?;
         let bank_account = BankAccount::parse(&raw.bank_account)?;
         Ok(Self {
             currency,
@@ -81,6 +56,41 @@ impl WithdrawalRequest {
         h.update(self.bank_account.expose());
         hex::encode(h.finalize())
     }
+}
+
+/// A JSON `amount` (a string or a number; either way its digits are read exactly, never through a
+/// float) in `currency`'s scale and within its configured bounds. Requests and credits share it.
+pub(crate) fn parse_bounded_amount(
+    raw: &RawValue,
+    currency: &Currency,
+) -> Result<Amount, ApiError> {
+    let amount_text = raw.get();
+    let amount = if amount_text.starts_with('"') {
+        let s: String = serde_json::from_str(amount_text)
+            .map_err(|_| ApiError::InvalidAmount("amount is not a valid string".into()))?;
+        Amount::parse(&s, currency)?
+    } else if amount_text.starts_with(|c: char| c.is_ascii_digit() || c == '-') {
+        Amount::parse(amount_text, currency)?
+    } else {
+        return Err(ApiError::InvalidAmount(
+            "amount must be a decimal string like \"125.50\"".into(),
+        ));
+    };
+    if amount.value() < currency.min_withdrawal() {
+        return Err(DomainError::AmountBelowMinimum {
+            min: currency.format(currency.min_withdrawal()),
+            currency: currency.code().to_string(),
+        }
+        .into());
+    }
+    if amount.value() > currency.max_withdrawal() {
+        return Err(DomainError::AmountAboveMaximum {
+            max: currency.format(currency.max_withdrawal()),
+            currency: currency.code().to_string(),
+        }
+        .into());
+    }
+    Ok(amount)
 }
 
 /// The JSON shape of a withdrawal in every response. The bank account is always masked.
@@ -171,6 +181,10 @@ impl WithdrawalService {
 
     pub fn currencies(&self) -> &Currencies {
         &self.currencies
+    }
+
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
     }
 
     /// Creates a withdrawal, or replays the first answer for `key`. The key is required: it is

@@ -4,8 +4,8 @@
 
 use async_trait::async_trait;
 use shared::domain::{
-    Balance, Batch, BatchId, BatchStatus, Currency, IdempotencyKey, Transition, UserId, Withdrawal,
-    WithdrawalId,
+    Balance, Batch, BatchId, BatchStatus, CreditReference, Currency, IdempotencyKey, Transition,
+    UserId, Withdrawal, WithdrawalId,
 };
 use shared::store::{
     AttemptResult, BatchStore, ClaimResult, CreditOutcome, CreditRecord, DynamoStore, EventRecord,
@@ -108,6 +108,9 @@ macro_rules! faulty {
 impl Store for FaultyStore {
     async fn credit(&self, c: &CreditRecord) -> Result<CreditOutcome, StoreError> {
         faulty!(self, "credit", self.inner.credit(c))
+    }
+    async fn credit_record(&self, r: &CreditReference) -> Result<Option<CreditRecord>, StoreError> {
+        faulty!(self, "credit_record", self.inner.credit_record(r))
     }
     async fn request_withdrawal(
         &self,

@@ -10,7 +10,7 @@ pub mod sim;
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use lambda_http::{Body, Request, Response};
 use serde_json::{json, Value};
-use shared::auth::Authenticator;
+use shared::auth::{AllowedCallers, Authenticator, CallerSource, InternalAuth};
 use shared::domain::{Amount, CreditReference, Currencies, UserId};
 use shared::store::{CreditOutcome, CreditRecord, DynamoStore, Store, StoreError};
 use shared::withdrawals::WithdrawalService;
@@ -18,6 +18,11 @@ use std::sync::Arc;
 use withdrawal_request::App;
 
 pub const IBAN: &str = "DE89370400440532013000";
+/// The deposit service the tests' internal API admits, and one of its sessions as API Gateway's
+/// IAM authorizer names it.
+pub const DEPOSIT_ROLE: &str = "arn:aws:iam::123456789012:role/deposit-service";
+pub const DEPOSIT_CALLER: &str =
+    "arn:aws:sts::123456789012:assumed-role/deposit-service/deposits-1";
 
 /// The same dummy credentials and region everywhere: DynamoDB Local keeps tables per key+region.
 pub fn client_for(endpoint: &str) -> aws_sdk_dynamodb::Client {
@@ -146,15 +151,23 @@ impl TestEnv {
         ));
         assert!(store.create_table().await.expect("create table"));
         let mut env = Self {
-            app: App {
-                service: WithdrawalService::new(store.clone(), currencies.clone(), max_open),
-                auth: Authenticator::ApiGatewayJwt,
-            },
+            app: App::new(
+                WithdrawalService::new(store.clone(), currencies.clone(), max_open),
+                Authenticator::ApiGatewayJwt,
+            ),
             store,
             currencies,
         };
-        env.app.service =
-            WithdrawalService::new(env.store_for(REQUEST_FN), env.currencies.clone(), max_open);
+        // Through the request function's recorded client, so the IAM check sees its calls; the
+        // internal API admits the test deposit service's role.
+        env.app = App::new(
+            WithdrawalService::new(env.store_for(REQUEST_FN), env.currencies.clone(), max_open),
+            Authenticator::ApiGatewayJwt,
+        )
+        .with_internal(InternalAuth::new(
+            CallerSource::ApiGatewayIam,
+            AllowedCallers::parse(DEPOSIT_ROLE).expect("role ARN"),
+        ));
         env
     }
 
@@ -264,6 +277,14 @@ impl Event {
             "isBase64Encoded": false
         });
         Self { value }
+    }
+
+    /// What API Gateway's IAM authorizer puts on the request after verifying a SigV4 signature.
+    pub fn iam_caller(mut self, arn: &str) -> Self {
+        self.value["requestContext"]["authorizer"] = json!({"iam": {
+            "accessKey": "ASIAEXAMPLE", "accountId": "123456789012", "callerId": "AROAEXAMPLE:deposits-1",
+            "principalOrgId": null, "userArn": arn, "userId": "AROAEXAMPLE:deposits-1"}});
+        self
     }
 
     /// The claims API Gateway puts on the request after verifying the JWT.

@@ -2,7 +2,7 @@
 //! workspace's functions with nothing local in it, and openapi.yaml documents every route and
 //! every error code.
 
-use integration_tests::{withdrawal_body, Event, TestEnv};
+use integration_tests::{withdrawal_body, Event, TestEnv, DEPOSIT_CALLER};
 use shared::api::ApiError;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -89,6 +89,14 @@ fn the_template_has_no_local_only_settings_and_keeps_auth_on() {
         );
     }
     assert!(t.contains("DefaultAuthorizer: JwtAuthorizer"));
+    // The internal credit API's two routes, and nothing else, use IAM (SigV4); which principals
+    // pass is the function's check (scripts/check-template.py holds the transformed routes to it).
+    assert_eq!(t.matches("Authorizer: AWS_IAM").count(), 2);
+    for route in ["InternalCredit:", "InternalGetCredit:"] {
+        let section = &t[t.find(route).unwrap()..];
+        assert!(section[..260].contains("Path: ") && section[..260].contains("/internal/credits"));
+        assert!(section[..260].contains("Authorizer: AWS_IAM"), "{route}");
+    }
     // Exactly one route opts out of the JWT authorizer: the signed provider webhook.
     assert_eq!(t.matches("Authorizer: NONE").count(), 1);
     let webhook = &t[t.find("ProviderCallback:").unwrap()..];
@@ -213,15 +221,32 @@ async fn every_documented_user_route_answers() {
         )
         .await;
     let id = created.json()["id"].as_str().unwrap().to_string();
+    // The credit the internal routes post (a replay then) and read.
+    env.credit_ref("route", "USD", "5", "route-credit-1")
+        .await
+        .unwrap();
     for (method, path) in openapi_routes() {
         if path.starts_with("/webhooks") {
             continue; // the webhook handler's routes are exercised in webhook.rs
         }
-        let concrete = path.replace("{id}", &id);
-        let mut event = Event::new(&method, &concrete).user("route");
-        if method == "POST" {
-            event = event.fresh_key().body(withdrawal_body("USD", "1"));
-        }
+        let concrete = path
+            .replace("{id}", &id)
+            .replace("{reference}", "route-credit-1");
+        let mut event = Event::new(&method, &concrete);
+        event = if path.starts_with("/internal/") {
+            // The credit API: the deposit service's IAM identity, a credit whose reference the
+            // GET then finds (POST comes first in the document).
+            event.iam_caller(DEPOSIT_CALLER).body(
+                r#"{"user_id":"route","currency":"USD","amount":"5","reference":"route-credit-1"}"#,
+            )
+        } else if method == "POST" {
+            event
+                .user("route")
+                .fresh_key()
+                .body(withdrawal_body("USD", "1"))
+        } else {
+            event.user("route")
+        };
         let r = env.call(event.build()).await;
         assert!(r.status < 300, "{method} {path} -> {} {}", r.status, r.body);
     }
@@ -238,6 +263,8 @@ fn openapi_yaml_is_valid_yaml_with_every_route_and_template_yaml_parses() {
         "/withdrawals",
         "/withdrawals/{id}",
         "/balances",
+        "/internal/credits",
+        "/internal/credits/{reference}",
         "/webhooks/provider",
     ] {
         assert!(paths.contains_key(route), "openapi.yaml lacks {route}");

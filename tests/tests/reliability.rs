@@ -556,10 +556,10 @@ async fn store_faults() -> Row {
         ..StoreFault::new("balances", 1, When::Before)
     });
     let faulty = Arc::new(FaultyStore::new(env.store_for(REQUEST_FN), faults));
-    let app = App {
-        service: WithdrawalService::new(faulty.clone(), env.currencies.clone(), 100),
-        auth: shared::auth::Authenticator::ApiGatewayJwt,
-    };
+    let app = App::new(
+        WithdrawalService::new(faulty.clone(), env.currencies.clone(), 100),
+        shared::auth::Authenticator::ApiGatewayJwt,
+    );
     let n = scale(30).min(60);
     let mut ops = 0;
     let mut failures = 0;

@@ -803,10 +803,10 @@ async fn a_retry_after_a_lost_answer_with_the_same_key_creates_one_withdrawal() 
         env.store_for(integration_tests::REQUEST_FN),
         vec![Fault::new("request_withdrawal", 1, When::After)],
     ));
-    let app = withdrawal_request::App {
-        service: WithdrawalService::new(faulty.clone(), env.currencies.clone(), 5),
-        auth: Authenticator::ApiGatewayJwt,
-    };
+    let app = withdrawal_request::App::new(
+        WithdrawalService::new(faulty.clone(), env.currencies.clone(), 5),
+        Authenticator::ApiGatewayJwt,
+    );
     let send = || async {
         integration_tests::TestResponse::from(
             withdrawal_request::handle(

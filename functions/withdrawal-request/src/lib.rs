@@ -1,10 +1,13 @@
-//! `withdrawal-request`: the user API behind API Gateway's HTTP API (payload v2).
-//! Thin: authenticate, route, hand the parsed request to [`WithdrawalService`], map the result.
+//! `withdrawal-request`: the user API behind API Gateway's HTTP API (payload v2), and on the same
+//! API the internal credit API for the platform's own services (`/internal/credits`, IAM).
+//! Thin: authenticate, route, hand the parsed request to [`WithdrawalService`] or
+//! [`CreditService`], map the result.
 
 use lambda_http::{Body, Request, RequestExt, Response};
 use shared::api::{json_response, ApiError};
-use shared::auth::Authenticator;
+use shared::auth::{AuthError, Authenticator, InternalAuth};
 use shared::config::Config;
+use shared::credits::CreditService;
 use shared::domain::{IdempotencyKey, UserId};
 use shared::withdrawals::WithdrawalService;
 use std::sync::Arc;
@@ -18,9 +21,27 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 pub struct App {
     pub service: WithdrawalService,
     pub auth: Authenticator,
+    pub credits: CreditService,
+    pub internal: InternalAuth,
 }
 
 impl App {
+    /// The user API on `service`; the internal API on the same store and currencies, closed to
+    /// everyone until [`App::with_internal`] names its callers.
+    pub fn new(service: WithdrawalService, auth: Authenticator) -> Self {
+        Self {
+            credits: CreditService::new(service.store(), service.currencies().clone()),
+            service,
+            auth,
+            internal: InternalAuth::closed(),
+        }
+    }
+
+    pub fn with_internal(mut self, internal: InternalAuth) -> Self {
+        self.internal = internal;
+        self
+    }
+
     pub async fn from_env() -> Result<Self, lambda_http::Error> {
         let config = Config::from_env()?;
         let store = config.store().await;
@@ -28,14 +49,12 @@ impl App {
         // configured with fewer shards then still reads it. Once per cold start, not per request
         // (a request stays one round trip); the cold start fails if it cannot be recorded.
         store.record_pending_shards().await?;
-        Ok(Self {
-            service: WithdrawalService::new(
-                Arc::new(store),
-                config.currencies,
-                config.max_open_per_currency,
-            ),
-            auth: Authenticator::from_env()?,
-        })
+        let service = WithdrawalService::new(
+            Arc::new(store),
+            config.currencies,
+            config.max_open_per_currency,
+        );
+        Ok(Self::new(service, Authenticator::from_env()?).with_internal(InternalAuth::from_env()?))
     }
 }
 
@@ -77,6 +96,9 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let method = req.method().as_str();
     // Routing first so unknown paths are 404 for everyone; identity before any work.
+    if let ["internal", "credits", rest @ ..] = segments.as_slice() {
+        return internal_credits(app, req, method, rest).await;
+    }
     let known = matches!(
         segments.as_slice(),
         ["withdrawals"] | ["withdrawals", _] | ["balances"]
@@ -141,6 +163,61 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         (_, ["withdrawals", _]) => Err(ApiError::MethodNotAllowed {
             allow: "GET, DELETE",
         }),
+        _ => Err(ApiError::MethodNotAllowed { allow: "GET" }),
+    }
+}
+
+/// `/internal/credits[/{reference}]`: the platform's services fund balances. Never a user's.
+async fn internal_credits(
+    app: &App,
+    req: &Request,
+    method: &str,
+    rest: &[&str],
+) -> Result<Response<Body>, ApiError> {
+    if rest.len() > 1 {
+        return Err(ApiError::NotFound);
+    }
+    let caller = app.internal.authorize(req).map_err(|e| {
+        tracing::info!(reason = %e, "internal API caller refused");
+        match e {
+            AuthError::NotAllowed(_) => ApiError::Forbidden,
+            _ => ApiError::Unauthorized,
+        }
+    })?;
+    let span = tracing::Span::current();
+    match (method, rest) {
+        ("POST", []) => {
+            span.record("route", "credit");
+            let answer = app.credits.credit(&caller, body_bytes(req)?).await?;
+            tracing::info!(
+                reference = %answer.view.reference,
+                user_id = %answer.view.user_id,
+                %caller,
+                replayed = answer.replayed,
+                "credit"
+            );
+            let mut resp = json_response(answer.status_code, to_json(&answer.view)?);
+            if answer.replayed {
+                resp.headers_mut().insert(
+                    "idempotent-replayed",
+                    "true".parse().expect("static header"),
+                );
+            }
+            Ok(resp)
+        }
+        ("GET", [reference]) => {
+            span.record("route", "get_credit");
+            // A reference may hold any printable character; in a path it arrives
+            // percent-encoded (`/` as `%2F`).
+            let reference = percent_encoding::percent_decode_str(reference)
+                .decode_utf8()
+                .map_err(|_| ApiError::NotFound)?;
+            Ok(json_response(
+                200,
+                to_json(&app.credits.get(&reference).await?)?,
+            ))
+        }
+        (_, []) => Err(ApiError::MethodNotAllowed { allow: "POST" }),
         _ => Err(ApiError::MethodNotAllowed { allow: "GET" }),
     }
 }

@@ -888,6 +888,7 @@ impl DynamoStore {
             amount: Amount::new(r.n("amount")?, &currency).map_err(corrupt)?,
             currency,
             actor: r.s("actor")?.to_string(),
+            description: r.opt_s("description").map(str::to_string),
             created_at: r.time("created_at")?,
         })
     }
@@ -944,6 +945,16 @@ impl Store for DynamoStore {
                 timestamp(&first.created_at)
             )))
         }
+    }
+
+    async fn credit_record(
+        &self,
+        reference: &CreditReference,
+    ) -> Result<Option<CreditRecord>, StoreError> {
+        self.get(TableSchema::credit_pk(reference), TableSchema::SINGLETON_SK)
+            .await?
+            .map(|item| self.credit_from_item(&item))
+            .transpose()
     }
 
     async fn request_withdrawal(
@@ -1181,7 +1192,7 @@ pub(super) fn failed(reason: &CancellationReason) -> bool {
 }
 
 fn credit_item(c: &CreditRecord) -> Item {
-    HashMap::from([
+    let mut item = HashMap::from([
         (
             schema::PK.to_string(),
             s(TableSchema::credit_pk(&c.reference)),
@@ -1194,7 +1205,11 @@ fn credit_item(c: &CreditRecord) -> Item {
         ("amount".into(), n(c.amount.value())),
         ("actor".into(), s(&c.actor)),
         ("created_at".into(), s(timestamp(&c.created_at))),
-    ])
+    ]);
+    if let Some(d) = &c.description {
+        item.insert("description".into(), s(d));
+    }
+    item
 }
 
 pub(super) enum TxError {

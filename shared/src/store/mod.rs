@@ -75,8 +75,10 @@ pub struct CreditRecord {
     pub user_id: UserId,
     pub currency: Currency,
     pub amount: Amount,
-    /// `operator`, …
+    /// Who credited: `operator`, or the caller's ARN for the credit API.
     pub actor: String,
+    /// The caller's words for it (the credit API's optional `description`).
+    pub description: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -96,16 +98,23 @@ impl CreditRecord {
             currency,
             amount,
             actor: actor.into(),
+            description: None,
             created_at: chrono::SubsecRound::trunc_subsecs(Utc::now(), 3),
         }
     }
 
-    /// Whether `other` credits the same funds: same user, currency and amount (`100` = `100.00`).
-    /// Who sent it and when do not matter: a retry by anyone is the same credit.
+    pub fn with_description(mut self, description: Option<String>) -> Self {
+        self.description = description;
+        self
+    }
+
+    /// Whether `other` is the same credit: same user, currency, amount (`100` = `100.00`) and
+    /// description. Who sent it and when do not matter: a retry by anyone is the same credit.
     pub fn same_credit(&self, other: &CreditRecord) -> bool {
         self.user_id == other.user_id
             && self.currency == other.currency
             && self.amount.value() == other.amount.value()
+            && self.description == other.description
     }
 }
 
@@ -172,6 +181,11 @@ pub trait Store: Send + Sync {
     /// credit's record under its reference. A reference credits once: the same credit again is
     /// `Replayed` and changes nothing; another credit under it is `ReferenceReused`.
     async fn credit(&self, credit: &CreditRecord) -> Result<CreditOutcome, StoreError>;
+    /// The credit recorded under `reference`, if any (one strongly consistent read).
+    async fn credit_record(
+        &self,
+        reference: &CreditReference,
+    ) -> Result<Option<CreditRecord>, StoreError>;
 
     /// One atomic write: lock the funds, record the pending withdrawal and, when given, the
     /// idempotency record. Nothing is written when any condition fails.

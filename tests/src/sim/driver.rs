@@ -385,10 +385,10 @@ impl World {
         let currencies = self.p.env.currencies.clone();
         match fault {
             None => (
-                withdrawal_request::App {
-                    service: WithdrawalService::new(store, currencies, MAX_OPEN),
-                    auth: shared::auth::Authenticator::ApiGatewayJwt,
-                },
+                withdrawal_request::App::new(
+                    WithdrawalService::new(store, currencies, MAX_OPEN),
+                    shared::auth::Authenticator::ApiGatewayJwt,
+                ),
                 None,
             ),
             Some(f) => {
@@ -397,10 +397,10 @@ impl World {
                     vec![StoreFault::new(f.method, f.nth, f.when)],
                 ));
                 (
-                    withdrawal_request::App {
-                        service: WithdrawalService::new(faulty.clone(), currencies, MAX_OPEN),
-                        auth: shared::auth::Authenticator::ApiGatewayJwt,
-                    },
+                    withdrawal_request::App::new(
+                        WithdrawalService::new(faulty.clone(), currencies, MAX_OPEN),
+                        shared::auth::Authenticator::ApiGatewayJwt,
+                    ),
                     Some(faulty),
                 )
             }

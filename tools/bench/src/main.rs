@@ -148,10 +148,10 @@ async fn main() {
         )
         .unwrap(),
     );
-    let app = withdrawal_request::App {
-        service: WithdrawalService::new(e.store.clone(), e.currencies.clone(), u32::MAX),
-        auth: Authenticator::ApiGatewayJwt,
-    };
+    let app = withdrawal_request::App::new(
+        WithdrawalService::new(e.store.clone(), e.currencies.clone(), u32::MAX),
+        Authenticator::ApiGatewayJwt,
+    );
     let usd = e.currencies.get("USD").unwrap().clone();
     e.store
         .credit(&credit("rt", &usd, Amount::parse("100000", &usd).unwrap()))
@@ -261,10 +261,10 @@ async fn main() {
 
     // 2. Handler overhead vs the bare SDK call, interleaved ---------------------------------
     let e2 = env(&endpoint).await;
-    let app2 = withdrawal_request::App {
-        service: WithdrawalService::new(e2.store.clone(), e2.currencies.clone(), u32::MAX),
-        auth: Authenticator::ApiGatewayJwt,
-    };
+    let app2 = withdrawal_request::App::new(
+        WithdrawalService::new(e2.store.clone(), e2.currencies.clone(), u32::MAX),
+        Authenticator::ApiGatewayJwt,
+    );
     let usd = e2.currencies.get("USD").unwrap().clone();
     for u in ["h", "r"] {
         e2.store

@@ -4,8 +4,9 @@
 use clap::{Parser, Subcommand};
 use shared::auth::{LocalTokenKey, LOCAL_AUTH_SECRET_ENV};
 use shared::config::Config;
-use shared::domain::{Amount, BatchId, CreditReference, UserId, WithdrawalId};
-use shared::store::{BatchStore, CreditOutcome, CreditRecord, Store};
+use shared::credits::CreditService;
+use shared::domain::{BatchId, UserId, WithdrawalId};
+use shared::store::{BatchStore, Store};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -32,16 +33,21 @@ enum Command {
         /// What this credit is (the incoming transfer's id, a ticket): 1-128 printable ASCII.
         #[arg(long)]
         reference: String,
+        #[arg(long)]
+        description: Option<String>,
     },
     /// Show a user's balances.
     Balances {
         #[arg(long)]
         user: String,
     },
-    /// Mint a signed token for local runs (secret from LOCAL_AUTH_SECRET).
+    /// Mint a signed token for local runs (secret from LOCAL_AUTH_SECRET): a user's for the
+    /// user API, or with --service a calling service's (its ARN) for the internal API.
     Token {
+        #[arg(long, required_unless_present = "service", conflicts_with = "service")]
+        user: Option<String>,
         #[arg(long)]
-        user: String,
+        service: Option<String>,
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl: i64,
@@ -130,12 +136,16 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         println!("{}", serde_json::to_string_pretty(&event)?);
         return Ok(ExitCode::SUCCESS);
     }
-    if let Command::Token { user, ttl } = &cli.command {
+    if let Command::Token { user, service, ttl } = &cli.command {
         let secret = std::env::var(LOCAL_AUTH_SECRET_ENV)
             .map_err(|_| format!("{LOCAL_AUTH_SECRET_ENV} is not set"))?;
         let key = LocalTokenKey::new(secret.as_bytes())?;
-        let user = UserId::parse(user)?;
-        println!("{}", key.mint(&user, chrono_now(), *ttl));
+        let token = match (user, service) {
+            (Some(user), _) => key.mint(&UserId::parse(user)?, chrono_now(), *ttl),
+            (None, Some(caller)) => key.mint_service(caller, chrono_now(), *ttl),
+            (None, None) => unreachable!("clap requires one"),
+        };
+        println!("{token}");
         return Ok(ExitCode::SUCCESS);
     }
     let config = Config::from_env()?;
@@ -155,23 +165,29 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             currency,
             amount,
             reference,
+            description,
         } => {
+            // The credit API's core: the same validation, the same idempotency by reference.
+            let body = serde_json::json!({"user_id": user, "currency": currency,
+                "amount": amount, "reference": reference, "description": description});
+            let credits = CreditService::new(
+                std::sync::Arc::new(store.clone()),
+                config.currencies.clone(),
+            );
+            let answer = credits
+                .credit("operator", body.to_string().as_bytes())
+                .await
+                .map_err(|e| format!("{}: {e}", e.code()))?;
+            if answer.replayed {
+                println!(
+                    "credit {reference} was already recorded at {}: nothing changed",
+                    answer.view.created_at
+                );
+            } else {
+                println!("credit {reference} recorded");
+            }
             let user = UserId::parse(&user)?;
             let currency = config.currencies.get(&currency)?.clone();
-            let credit = CreditRecord::new(
-                CreditReference::parse(&reference)?,
-                user.clone(),
-                currency.clone(),
-                Amount::parse(&amount, &currency)?,
-                "operator",
-            );
-            match store.credit(&credit).await? {
-                CreditOutcome::Recorded(_) => println!("credit {reference} recorded"),
-                CreditOutcome::Replayed(first) => println!(
-                    "credit {reference} was already recorded at {}: nothing changed",
-                    shared::store::timestamp(&first.created_at)
-                ),
-            }
             let b = store
                 .balances(&user)
                 .await?
