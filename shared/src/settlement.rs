@@ -102,6 +102,9 @@ pub async fn apply(
                     .await?
                     .ok_or(StoreError::NotFound)?;
             }
+            // Another delivery of this event recorded it after our caller's duplicate check
+            // (the transaction changed nothing): the provider is answered `duplicate`, not 500.
+            Err(StoreError::DuplicateEvent) => return Ok(Applied::Duplicate),
             Err(e) => return Err(e),
         }
     }

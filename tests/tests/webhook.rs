@@ -510,3 +510,41 @@ async fn a_webhook_body_that_is_not_utf8_is_refused_before_anything_is_read() {
     assert_eq!(r.error_code(), "invalid_json");
     p.env.assert_conserved().await;
 }
+
+/// The race the duplicate check cannot close: another delivery of the same event records it
+/// after this delivery looked and before its transaction. That transaction is cancelled on the
+/// event's record and changes nothing; the answer is `duplicate` (it once surfaced as a store
+/// error, a 500 the provider would retry for a day).
+#[tokio::test]
+async fn an_event_recorded_after_the_duplicate_check_is_a_duplicate_not_an_error() {
+    use shared::settlement::{apply, Applied, EventRef, Outcome};
+    use shared::store::EventRecord;
+    let p = PayoutEnv::new(|_| {}).await;
+    let w = submitted(&p, "late", "10.00", 1).await.remove(0);
+    p.env
+        .store
+        .record_event(&EventRecord {
+            event_id: "evt_late".into(),
+            event_type: "payout.paid".into(),
+            reference: w.id.to_string(),
+            outcome: "applied".into(),
+        })
+        .await
+        .unwrap();
+    let applied = apply(
+        p.env.store.as_ref(),
+        &w,
+        &Outcome::Paid {
+            provider_reference: None,
+        },
+        "webhook",
+        Some(EventRef {
+            id: "evt_late",
+            event_type: "payout.paid",
+        }),
+    )
+    .await;
+    assert!(matches!(applied, Ok(Applied::Duplicate)), "{applied:?}");
+    assert_eq!(p.reload(&w).await.status, WithdrawalStatus::Submitted);
+    p.env.assert_conserved().await;
+}
