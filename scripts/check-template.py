@@ -131,6 +131,22 @@ for name, api in of_type("AWS::ApiGatewayV2::Api").items():
             if schemes != wanted:
                 findings.append(f"{name}: {method.upper()} {route} is authorized by {schemes}, not {wanted}")
 
+# InternalCallerArns: the parameter's AllowedPattern must refuse what the function's parser
+# (shared::auth::AllowedCallers) refuses, or a deploy succeeds and every cold start of the request
+# function fails; and accept what it accepts.
+import re
+pattern = re.compile(template["Parameters"]["InternalCallerArns"]["AllowedPattern"])
+for value, ok in [("", True), ("arn:aws:iam::123456789012:role/deposit-service", True),
+                  ("arn:aws:iam::123456789012:role/payments/deposit-service,arn:aws:iam::123456789012:user/ops", True),
+                  ("arn:aws-cn:iam::123456789012:role/x", True),
+                  ("arn:aws:iam::123456789012:role/deposit-service/", False),
+                  ("arn:aws:iam::123456789012:role//x", False), ("arn:aws:iam::123456789012:role/", False),
+                  ("arn:aws:iam::1234:role/x", False), ("arn:aws:sts::123456789012:assumed-role/x/s", False),
+                  ("arn:aws:iam::123456789012:group/x", False), ("deposit-service", False),
+                  ("arn:aws:iam::123456789012:role/a b", False)]:
+    if bool(pattern.fullmatch(value)) != ok:
+        findings.append(f"InternalCallerArns: AllowedPattern {'refuses' if ok else 'accepts'} {value!r}")
+
 # Every function's Errors, the API's 5xx and the money alarms exist.
 alarm_metrics = {(a["Properties"].get("MetricName"), refs(a["Properties"].get("Dimensions", []))) for a in of_type("AWS::CloudWatch::Alarm").values()}
 alarmed_functions = {d for m, d in alarm_metrics if m == "Errors"}

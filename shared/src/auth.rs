@@ -119,17 +119,21 @@ impl AllowedCallers {
             if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(bad());
             }
+            // `role/` or `user/`, then a path and a name: non-empty segments (the template's
+            // AllowedPattern accepts exactly these, so a deployed list never fails here).
+            let segments_ok =
+                |rest: &str| rest.split('/').all(|s| !s.is_empty() && !s.contains(' '));
             if let Some(path_and_name) = resource.strip_prefix("role/") {
-                let name = path_and_name.rsplit('/').next().unwrap_or_default();
-                if name.is_empty() {
+                if !segments_ok(path_and_name) {
                     return Err(bad());
                 }
+                let name = path_and_name.rsplit('/').next().unwrap_or_default();
                 out.push(Principal::Role {
                     partition: partition.to_string(),
                     account: account.to_string(),
                     name: name.to_string(),
                 });
-            } else if resource.starts_with("user/") {
+            } else if resource.strip_prefix("user/").is_some_and(segments_ok) {
                 out.push(Principal::Exact(arn.to_string()));
             } else {
                 return Err(bad());
@@ -450,6 +454,9 @@ mod tests {
             "arn:aws:iam::1234:role/x",
             "arn:aws:sts::123456789012:assumed-role/x/y",
             "arn:aws:iam::123456789012:role/",
+            "arn:aws:iam::123456789012:role/deposit-service/",
+            "arn:aws:iam::123456789012:role//deposit-service",
+            "arn:aws:iam::123456789012:user/",
             "arn:aws:iam::123456789012:group/x",
         ] {
             assert!(AllowedCallers::parse(bad).is_err(), "{bad}");

@@ -48,7 +48,14 @@ impl CreditRequest {
         let user_id = UserId::parse(&raw.user_id)
             .map_err(|e| ApiError::InvalidParameter(format!("user_id: {e}")))?;
         let reference = CreditReference::parse(&raw.reference)
-            .map_err(|e| ApiError::InvalidParameter(format!("reference: {e}")))?;
+            .ok()
+            .filter(|r| addressable(r.as_str()))
+            .ok_or_else(|| {
+                ApiError::InvalidParameter(format!(
+                    "reference: 1-{} of A-Z a-z 0-9 . _ ~ : @ -, not starting with '.'",
+                    CreditReference::MAX_LEN
+                ))
+            })?;
         let currency = currencies.get(&raw.currency)?.clone();
         let amount = parse_bounded_amount(raw.amount, &currency)?;
         if let Some(d) = &raw.description {
@@ -63,7 +70,9 @@ impl CreditRequest {
             reference,
             currency,
             amount,
-            description: raw.description,
+            // An empty description is no description: a retry that sends `""` instead of
+            // leaving it out is the same credit.
+            description: raw.description.filter(|d| !d.is_empty()),
         })
     }
 
@@ -78,6 +87,19 @@ impl CreditRequest {
         )
         .with_description(self.description)
     }
+}
+
+/// Whether `reference` reads back unchanged at `/internal/credits/{reference}` however the path
+/// is carried: API Gateway hands the function a decoded path, so `/`, `#`, `?` or `%` in a
+/// reference would address another resource (or another credit), and `.`/`..` are path steps.
+/// Unreserved URL characters, `:` and `@` only, not starting with `.`. Stricter than
+/// [`CreditReference`] on purpose: a reference that cannot be read back tempts a caller that lost
+/// an answer to credit again under a new one.
+fn addressable(reference: &str) -> bool {
+    !reference.starts_with('.')
+        && reference
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._~:@-".contains(&b))
 }
 
 /// The JSON shape of a credit in every response.
@@ -180,8 +202,20 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_description_is_none_and_references_are_url_safe() {
+        let mut body = valid();
+        body["description"] = "".into();
+        assert_eq!(parse(body).unwrap().description, None);
+        for ok in ["dep-1", "SEPA:2026-11-30:17", "a.b_c~d@e", "x.."] {
+            let mut body = valid();
+            body["reference"] = ok.into();
+            assert!(parse(body).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
     fn every_bad_field_has_its_own_code() {
-        let cases: [(&str, serde_json::Value, &str); 11] = [
+        let cases: [(&str, serde_json::Value, &str); 14] = [
             ("currency", "XXX".into(), "invalid_currency"),
             ("amount", "1e2".into(), "invalid_amount"),
             ("amount", "1.001".into(), "invalid_amount"),
@@ -190,6 +224,9 @@ mod tests {
             ("amount", "50000.01".into(), "amount_above_maximum"),
             ("amount", serde_json::json!(true), "invalid_amount"),
             ("reference", "two words".into(), "invalid_parameter"),
+            ("reference", "wire/2026/17".into(), "invalid_parameter"),
+            ("reference", "wire#17".into(), "invalid_parameter"),
+            ("reference", "..".into(), "invalid_parameter"),
             ("reference", "r".repeat(129).into(), "invalid_parameter"),
             ("user_id", "".into(), "invalid_parameter"),
             ("description", "a\nb".into(), "invalid_parameter"),

@@ -207,14 +207,11 @@ async fn internal_credits(
         }
         ("GET", [reference]) => {
             span.record("route", "get_credit");
-            // A reference may hold any printable character; in a path it arrives
-            // percent-encoded (`/` as `%2F`).
-            let reference = percent_encoding::percent_decode_str(reference)
-                .decode_utf8()
-                .map_err(|_| ApiError::NotFound)?;
+            // Credited references hold only characters a path carries unchanged
+            // (`shared::credits`), so the segment is the reference as it is.
             Ok(json_response(
                 200,
-                to_json(&app.credits.get(&reference).await?)?,
+                to_json(&app.credits.get(reference).await?)?,
             ))
         }
         (_, []) => Err(ApiError::MethodNotAllowed { allow: "POST" }),
