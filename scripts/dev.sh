@@ -316,6 +316,11 @@ The pipeline is running. In another shell, from $ROOT:
   curl -s localhost:$WATCH_PORT/withdrawals -H "Authorization: Bearer \$TOKEN"
   curl -s localhost:$WATCH_PORT/balances -H "Authorization: Bearer \$TOKEN"
 
+  # funds in, as the platform's deposit service would (IAM deployed; a local service token here)
+  DEPOSITS=\$(./target/debug/operator token --service "$LOCAL_DEPOSIT_CALLER")
+  curl -s -X POST localhost:$WATCH_PORT/internal/credits -H "Authorization: Bearer \$DEPOSITS" \\
+       -d '{"user_id":"alice","currency":"USD","amount":"50.00","reference":"deposit-1"}'
+
   ./target/debug/operator batches    # batches and their status
   ./target/debug/operator check      # conservation check over the whole table
 
