@@ -1457,7 +1457,17 @@ impl World {
             }
         }
         // Reconcile: a return the provider made that never reached us must be reported.
-        let (d, not_applied) = self.reconcile().await;
+        let (d, mut not_applied) = self.reconcile().await;
+        // A batch the provider accepted and then lost stays with an operator (above, a documented
+        // wait): a return for one of its settled members that the provider gave up on reaches no
+        // one but that operator, and reconcile looks only at final batches (seed 229).
+        let lost = self.p.sandbox.memory().lost_batches;
+        for b in batches
+            .values()
+            .filter(|b| !b.status.is_terminal() && lost.contains(&b.id.to_string()))
+        {
+            not_applied.extend(b.members.keys().map(|m| m.to_string()));
+        }
         for f in &d.facts {
             bad.extend(model.learn(f));
         }
