@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// The environment variable naming the folder the records go to.
 pub const CALL_LOG_DIR_ENV: &str = "CALL_LOG_DIR";
 
-/// One IAM action on one resource kind: `table`, `index/<name>` or `secret`.
+/// One IAM action on one resource kind: `table`, `index/<name>`, `secret` or `bus`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Call {
     pub action: String,
@@ -158,6 +158,8 @@ fn calls_of(service: &str, operation: &str, input: &Input) -> Vec<Call> {
             vec![Call::new(format!("dynamodb:{operation}"), resource)]
         }
         "secretsmanager" => vec![Call::new(format!("secretsmanager:{operation}"), "secret")],
+        // IAM names EventBridge's actions `events:`; the publisher puts on its bus only.
+        "eventbridge" => vec![Call::new(format!("events:{operation}"), "bus")],
         other => vec![Call::new(format!("{other}:{operation}"), "*")],
     }
 }

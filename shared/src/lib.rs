@@ -9,6 +9,7 @@ pub mod check;
 pub mod config;
 pub mod credits;
 pub mod domain;
+pub mod events;
 pub mod metrics;
 pub mod operations;
 pub mod provider;

@@ -4,6 +4,7 @@
 //! DynamoDB Local is started by `scripts/test.sh`, which exports `DYNAMODB_ENDPOINT`.
 
 pub mod conflicts;
+pub mod events;
 pub mod faults;
 pub mod sim;
 

@@ -13,7 +13,8 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, CancellationReason, GlobalSecondaryIndex,
     KeySchemaElement, KeyType, Projection, ProjectionType, Put,
-    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TimeToLiveSpecification,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, StreamSpecification, StreamViewType,
+    TimeToLiveSpecification,
     TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
@@ -132,7 +133,7 @@ impl DynamoStore {
         &self.currencies
     }
 
-    /// Creates the table with its sparse pending index and TTL. An existing table is left alone.
+    /// Creates the table with its sparse pending index, stream and TTL. An existing table is left alone.
     pub async fn create_table(&self) -> Result<bool, StoreError> {
         let key = |name: &str, kind| {
             KeySchemaElement::builder()
@@ -171,6 +172,14 @@ impl DynamoStore {
                     )
                     .build()
                     .expect("static index"),
+            )
+            // Every committed change, old and new image, for the event publisher (template.yaml).
+            .stream_specification(
+                StreamSpecification::builder()
+                    .stream_enabled(true)
+                    .stream_view_type(StreamViewType::NewAndOldImages)
+                    .build()
+                    .expect("static stream specification"),
             )
             .send()
             .await;
@@ -787,7 +796,7 @@ impl DynamoStore {
         let mut put = |k: &str, v: AttributeValue| {
             item.insert(k.to_string(), v);
         };
-        put("type", s("WITHDRAWAL"));
+        put(schema::TYPE_ATTRIBUTE, s(schema::WITHDRAWAL_TYPE));
         put("id", s(w.id.to_string()));
         put("user_id", s(w.user_id.as_str()));
         put("currency", s(w.currency.code().as_str()));
@@ -828,38 +837,7 @@ impl DynamoStore {
     }
 
     pub(super) fn withdrawal_from_item(&self, item: &Item) -> Result<Withdrawal, StoreError> {
-        let r = Reader(item);
-        let currency = self.currency(r.s("currency")?)?;
-        let amount = Amount::new(r.n("amount")?, &currency).map_err(corrupt)?;
-        Ok(Withdrawal {
-            id: WithdrawalId::parse(r.s("id")?).map_err(corrupt)?,
-            user_id: UserId::parse(r.s("user_id")?).map_err(corrupt)?,
-            amount,
-            currency,
-            bank_account: BankAccount::parse(r.s("bank_account")?).map_err(corrupt)?,
-            status: WithdrawalStatus::parse(r.s("status")?)
-                .ok_or_else(|| StoreError::Corrupt("unknown status".into()))?,
-            created_at: r.time("created_at")?,
-            updated_at: r.time("updated_at")?,
-            batch_id: r
-                .opt_s("batch_id")
-                .map(BatchId::parse)
-                .transpose()
-                .map_err(corrupt)?,
-            provider_reference: r.opt_s("provider_reference").map(str::to_string),
-            failure_reason: r.opt_s("failure_reason").map(str::to_string),
-            limit_day: r
-                .opt_s("limit_day")
-                .map(|d| NaiveDate::parse_from_str(d, schema::DAY_FORMAT))
-                .transpose()
-                .map_err(corrupt)?,
-            audit: match item.get("audit") {
-                Some(AttributeValue::L(l)) => {
-                    l.iter().map(audit_from_item).collect::<Result<_, _>>()?
-                }
-                _ => Vec::new(),
-            },
-        })
+        withdrawal_from_item(&self.currencies, item)
     }
 
     fn balance_from_item(&self, item: &Item) -> Result<(UserId, Balance), StoreError> {
@@ -880,24 +858,11 @@ impl DynamoStore {
     }
 
     fn credit_from_item(&self, item: &Item) -> Result<CreditRecord, StoreError> {
-        let r = Reader(item);
-        let currency = self.currency(r.s("currency")?)?;
-        Ok(CreditRecord {
-            reference: CreditReference::parse(r.s("reference")?).map_err(corrupt)?,
-            user_id: UserId::parse(r.s("user_id")?).map_err(corrupt)?,
-            amount: Amount::new(r.n("amount")?, &currency).map_err(corrupt)?,
-            currency,
-            actor: r.s("actor")?.to_string(),
-            description: r.opt_s("description").map(str::to_string),
-            created_at: r.time("created_at")?,
-        })
+        credit_from_item(&self.currencies, item)
     }
 
     pub(super) fn currency(&self, code: &str) -> Result<Currency, StoreError> {
-        self.currencies
-            .get(code)
-            .cloned()
-            .map_err(|_| StoreError::Corrupt(format!("currency {code} is not configured")))
+        currency(&self.currencies, code)
     }
 }
 
@@ -1191,6 +1156,82 @@ pub(super) fn failed(reason: &CancellationReason) -> bool {
     reason.code() == Some("ConditionalCheckFailed")
 }
 
+/// A table item as the table's stream shows it, decoded by the same codec as every read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoredItem {
+    Withdrawal(Box<Withdrawal>),
+    Credit(CreditRecord),
+    /// Balances, batches, idempotency keys, events, counters: no one outside hears of them.
+    Other,
+}
+
+/// Decodes a stream image (event-publisher); items are told apart by their `type` attribute.
+pub fn decode_stored_item(currencies: &Currencies, item: &Item) -> Result<StoredItem, StoreError> {
+    match Reader(item).opt_s(schema::TYPE_ATTRIBUTE) {
+        Some(schema::WITHDRAWAL_TYPE) => Ok(StoredItem::Withdrawal(Box::new(
+            withdrawal_from_item(currencies, item)?,
+        ))),
+        Some(schema::CREDIT_TYPE) => Ok(StoredItem::Credit(credit_from_item(currencies, item)?)),
+        _ => Ok(StoredItem::Other),
+    }
+}
+
+fn withdrawal_from_item(currencies: &Currencies, item: &Item) -> Result<Withdrawal, StoreError> {
+    let r = Reader(item);
+    let currency = currency(currencies, r.s("currency")?)?;
+    let amount = Amount::new(r.n("amount")?, &currency).map_err(corrupt)?;
+    Ok(Withdrawal {
+        id: WithdrawalId::parse(r.s("id")?).map_err(corrupt)?,
+        user_id: UserId::parse(r.s("user_id")?).map_err(corrupt)?,
+        amount,
+        currency,
+        bank_account: BankAccount::parse(r.s("bank_account")?).map_err(corrupt)?,
+        status: WithdrawalStatus::parse(r.s("status")?)
+            .ok_or_else(|| StoreError::Corrupt("unknown status".into()))?,
+        created_at: r.time("created_at")?,
+        updated_at: r.time("updated_at")?,
+        batch_id: r
+            .opt_s("batch_id")
+            .map(BatchId::parse)
+            .transpose()
+            .map_err(corrupt)?,
+        provider_reference: r.opt_s("provider_reference").map(str::to_string),
+        failure_reason: r.opt_s("failure_reason").map(str::to_string),
+        limit_day: r
+            .opt_s("limit_day")
+            .map(|d| NaiveDate::parse_from_str(d, schema::DAY_FORMAT))
+            .transpose()
+            .map_err(corrupt)?,
+        audit: match item.get("audit") {
+            Some(AttributeValue::L(l)) => {
+                l.iter().map(audit_from_item).collect::<Result<_, _>>()?
+            }
+            _ => Vec::new(),
+        },
+    })
+}
+
+fn credit_from_item(currencies: &Currencies, item: &Item) -> Result<CreditRecord, StoreError> {
+    let r = Reader(item);
+    let currency = currency(currencies, r.s("currency")?)?;
+    Ok(CreditRecord {
+        reference: CreditReference::parse(r.s("reference")?).map_err(corrupt)?,
+        user_id: UserId::parse(r.s("user_id")?).map_err(corrupt)?,
+        amount: Amount::new(r.n("amount")?, &currency).map_err(corrupt)?,
+        currency,
+        actor: r.s("actor")?.to_string(),
+        description: r.opt_s("description").map(str::to_string),
+        created_at: r.time("created_at")?,
+    })
+}
+
+fn currency(currencies: &Currencies, code: &str) -> Result<Currency, StoreError> {
+    currencies
+        .get(code)
+        .cloned()
+        .map_err(|_| StoreError::Corrupt(format!("currency {code} is not configured")))
+}
+
 fn credit_item(c: &CreditRecord) -> Item {
     let mut item = HashMap::from([
         (
@@ -1198,7 +1239,7 @@ fn credit_item(c: &CreditRecord) -> Item {
             s(TableSchema::credit_pk(&c.reference)),
         ),
         (schema::SK.to_string(), s(TableSchema::SINGLETON_SK)),
-        ("type".into(), s("CREDIT")),
+        (schema::TYPE_ATTRIBUTE.into(), s(schema::CREDIT_TYPE)),
         ("reference".into(), s(c.reference.as_str())),
         ("user_id".into(), s(c.user_id.as_str())),
         ("currency".into(), s(c.currency.code().as_str())),

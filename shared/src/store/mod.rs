@@ -5,8 +5,8 @@ mod dynamo;
 mod schema;
 
 pub use batches::CLAIM_CHUNK;
-pub use dynamo::{timestamp, DynamoStore, ScanReport};
-pub use schema::{TableSchema, MAX_BATCH_MEMBERS};
+pub use dynamo::{decode_stored_item, timestamp, DynamoStore, ScanReport, StoredItem};
+pub use schema::{TableSchema, CREDIT_TYPE, MAX_BATCH_MEMBERS, TYPE_ATTRIBUTE, WITHDRAWAL_TYPE};
 
 use crate::domain::{
     Amount, Balance, Batch, BatchId, BatchStatus, CreditReference, Currency, IdempotencyKey,

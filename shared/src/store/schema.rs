@@ -26,6 +26,10 @@ pub const PENDING_PK: &str = "pending_pk";
 pub const PENDING_SK: &str = "pending_sk";
 /// How a UTC day is written in keys and on the withdrawal (`limit_day`).
 pub const DAY_FORMAT: &str = "%Y-%m-%d";
+/// What kind of item this is. The event publisher's stream filter (template.yaml) selects on it.
+pub const TYPE_ATTRIBUTE: &str = "type";
+pub const WITHDRAWAL_TYPE: &str = "WITHDRAWAL";
+pub const CREDIT_TYPE: &str = "CREDIT";
 /// Epoch seconds; DynamoDB's TTL deletes the item some time after.
 pub const TTL_ATTRIBUTE: &str = "expires_at";
 

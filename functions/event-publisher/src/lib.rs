@@ -1,0 +1,148 @@
+//! `event-publisher`: the table's stream (through an event-source mapping that passes only
+//! withdrawal and credit items) → one EventBridge event per withdrawal status change and per
+//! credit, on the stack's own bus. Thin: convert the records, hand them to
+//! `shared::events::publish`, report the first change not published as the batch item failure.
+
+use async_trait::async_trait;
+use aws_lambda_events::event::dynamodb::{Event, EventRecord};
+use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
+use aws_sdk_eventbridge::types::PutEventsRequestEntry;
+use shared::config::{Config, ConfigError};
+use shared::domain::Currencies;
+use shared::events::{self, Change, EventBus, Image, PipelineEvent};
+
+/// The bus the events go to (template.yaml creates it; locally, moto's).
+pub const EVENT_BUS_ENV: &str = "EVENT_BUS_NAME";
+
+pub struct App {
+    bus: Box<dyn EventBus>,
+    currencies: Currencies,
+}
+
+impl App {
+    pub fn new(bus: Box<dyn EventBus>, currencies: Currencies) -> Self {
+        Self { bus, currencies }
+    }
+
+    /// `EVENT_BUS_NAME` and `CURRENCIES` (the codec needs each currency's precision).
+    pub async fn from_env() -> Result<Self, ConfigError> {
+        let config = Config::from_env()?;
+        let bus_name = std::env::var(EVENT_BUS_ENV)
+            .ok()
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| ConfigError(format!("{EVENT_BUS_ENV} is not set")))?;
+        let bus = EventBridgeBus::new(eventbridge_client().await, bus_name);
+        Ok(Self::new(Box::new(bus), config.currencies))
+    }
+
+    pub async fn handle(&self, event: Event) -> DynamoDbEventResponse {
+        let changes: Vec<Change> = event.records.into_iter().map(change_of).collect();
+        let published = events::publish(self.bus.as_ref(), &self.currencies, &changes).await;
+        tracing::info!(
+            records = changes.len(),
+            events = published.events,
+            skipped = published.skipped,
+            calls = published.calls,
+            retry_from = published.retry_from.as_deref().unwrap_or("-"),
+            "stream batch published"
+        );
+        shared::metrics::emit(
+            "EventsPublished",
+            published.events as f64,
+            shared::metrics::Unit::Count,
+            &[],
+        );
+        let mut response = DynamoDbEventResponse::default();
+        if let Some(sequence_number) = published.retry_from {
+            shared::metrics::emit(
+                "EventBatchesRetried",
+                1.0,
+                shared::metrics::Unit::Count,
+                &[],
+            );
+            let mut failure = DynamoDbBatchItemFailure::default();
+            failure.item_identifier = Some(sequence_number);
+            response.batch_item_failures.push(failure);
+        }
+        response
+    }
+}
+
+/// A stream record as the publisher reads it: its images in the SDK's type, so the store's own
+/// codec decodes them. An absent image arrives empty.
+pub fn change_of(record: EventRecord) -> Change {
+    let image = |item: serde_dynamo::Item| -> Option<Image> {
+        let map = item.into_inner();
+        (!map.is_empty()).then(|| map.into_iter().map(|(k, v)| (k, v.into())).collect())
+    };
+    Change {
+        sequence_number: record.change.sequence_number.unwrap_or_default(),
+        old: image(record.change.old_image),
+        new: image(record.change.new_image),
+    }
+}
+
+/// EventBridge's PutEvents on one bus.
+pub struct EventBridgeBus {
+    client: aws_sdk_eventbridge::Client,
+    bus_name: String,
+}
+
+impl EventBridgeBus {
+    pub fn new(client: aws_sdk_eventbridge::Client, bus_name: impl Into<String>) -> Self {
+        Self {
+            client,
+            bus_name: bus_name.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl EventBus for EventBridgeBus {
+    async fn put(&self, events: &[PipelineEvent]) -> Result<Vec<bool>, String> {
+        let entries = events
+            .iter()
+            .map(|e| {
+                let time = event_time(&e.occurred_at);
+                PutEventsRequestEntry::builder()
+                    .event_bus_name(&self.bus_name)
+                    .source(events::SOURCE)
+                    .detail_type(e.kind.detail_type())
+                    .detail(e.detail.to_string())
+                    .set_time(time)
+                    .build()
+            })
+            .collect::<Vec<_>>();
+        let out = self
+            .client
+            .put_events()
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| format!("{e:?}").chars().take(300).collect::<String>())?;
+        Ok(out
+            .entries()
+            .iter()
+            .map(|r| r.error_code().is_none() && r.event_id().is_some())
+            .collect())
+    }
+}
+
+fn event_time(rfc3339: &str) -> Option<aws_sdk_eventbridge::primitives::DateTime> {
+    aws_sdk_eventbridge::primitives::DateTime::from_str(
+        rfc3339,
+        aws_sdk_eventbridge::primitives::DateTimeFormat::DateTime,
+    )
+    .ok()
+}
+
+/// The client, built from the environment (`AWS_ENDPOINT_URL_EVENTBRIDGE` locally), with the
+/// call recorder where `CALL_LOG_DIR` is set (local runs only).
+pub async fn eventbridge_client() -> aws_sdk_eventbridge::Client {
+    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let mut builder = aws_sdk_eventbridge::config::Builder::from(&config);
+    if let Some(recorder) = shared::calls::CallRecorder::from_env() {
+        builder = builder.interceptor(recorder);
+    }
+    aws_sdk_eventbridge::Client::from_conf(builder.build())
+}

@@ -1,0 +1,220 @@
+//! Events out: what the rest of the platform hears. One event per withdrawal status change and
+//! one per credit, derived from the table's stream, which holds exactly what was committed, in
+//! commit order per item. Nothing on the money path publishes anything: a commit cannot be
+//! lost between the table and the bus, and a failed publish never undoes a commit.
+//!
+//! Delivery is at least once (the stream re-delivers after a failure); each event carries an
+//! `event_id` (the withdrawal id and its new status, or the credit's reference) for consumers to
+//! deduplicate, and a `sequence` that orders one withdrawal's events (EventBridge does not
+//! promise delivery order).
+
+use crate::credits::CreditView;
+use crate::domain::{Currencies, WithdrawalStatus};
+use crate::store::{decode_stored_item, StoreError, StoredItem};
+use crate::withdrawals::WithdrawalView;
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::AttributeValue;
+use serde_json::json;
+use std::collections::HashMap;
+
+/// The `source` of every event: consumers' rules match on it.
+pub const SOURCE: &str = "withdrawal-pipeline";
+/// PutEvents takes at most this many entries per call.
+pub const MAX_ENTRIES_PER_CALL: usize = 10;
+
+pub type Image = HashMap<String, AttributeValue>;
+
+/// Every `detail-type` the pipeline publishes (the README's catalogue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Withdrawal(WithdrawalStatus),
+    CreditRecorded,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 7] = [
+        EventKind::Withdrawal(WithdrawalStatus::Pending),
+        EventKind::Withdrawal(WithdrawalStatus::Submitted),
+        EventKind::Withdrawal(WithdrawalStatus::Settled),
+        EventKind::Withdrawal(WithdrawalStatus::Rejected),
+        EventKind::Withdrawal(WithdrawalStatus::Returned),
+        EventKind::Withdrawal(WithdrawalStatus::Cancelled),
+        EventKind::CreditRecorded,
+    ];
+
+    pub fn detail_type(&self) -> &'static str {
+        match self {
+            // A new withdrawal is pending: consumers hear that it was requested.
+            Self::Withdrawal(WithdrawalStatus::Pending) => "withdrawal.requested",
+            Self::Withdrawal(WithdrawalStatus::Submitted) => "withdrawal.submitted",
+            Self::Withdrawal(WithdrawalStatus::Settled) => "withdrawal.settled",
+            Self::Withdrawal(WithdrawalStatus::Rejected) => "withdrawal.rejected",
+            Self::Withdrawal(WithdrawalStatus::Returned) => "withdrawal.returned",
+            Self::Withdrawal(WithdrawalStatus::Cancelled) => "withdrawal.cancelled",
+            Self::CreditRecorded => "credit.recorded",
+        }
+    }
+}
+
+/// One event for the bus.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineEvent {
+    pub kind: EventKind,
+    /// The same for every delivery of the same change: what consumers deduplicate on.
+    pub event_id: String,
+    /// When the change was committed (RFC 3339), the event's `time`.
+    pub occurred_at: String,
+    pub detail: serde_json::Value,
+}
+
+/// One change from the table's stream, as the event-source mapping (or the local relay) hands
+/// it over: its sequence number (what a batch item failure names) and its two images.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub sequence_number: String,
+    pub old: Option<Image>,
+    pub new: Option<Image>,
+}
+
+/// The event one committed change makes, if any: a withdrawal created or moved to another
+/// status, or a credit recorded. Everything else (balances, batches, a withdrawal rewritten in
+/// the same status, items removed by TTL) makes none. An image the codec cannot read is an
+/// error: the record is retried and, failing that, lands in the on-failure queue — never skipped.
+pub fn event_of(currencies: &Currencies, change: &Change) -> Result<Option<PipelineEvent>, StoreError> {
+    let Some(new) = &change.new else {
+        return Ok(None);
+    };
+    let old = match &change.old {
+        Some(old) => Some(decode_stored_item(currencies, old)?),
+        None => None,
+    };
+    match decode_stored_item(currencies, new)? {
+        StoredItem::Withdrawal(w) => {
+            let previous = match old {
+                Some(StoredItem::Withdrawal(o)) => Some(o.status),
+                _ => None,
+            };
+            if previous == Some(w.status) {
+                return Ok(None);
+            }
+            // The audit entry written by the same write as this status: who and when.
+            let entry = w.audit.iter().rev().find(|e| e.to == w.status);
+            let occurred_at = entry.map_or_else(
+                || crate::store::timestamp(&w.updated_at),
+                |e| e.at.clone(),
+            );
+            let event_id = format!("{}.{}", w.id, w.status);
+            let detail = json!({
+                "event_id": event_id,
+                "user_id": w.user_id.as_str(),
+                "withdrawal": WithdrawalView::from(&*w),
+                "previous_status": previous.map(|p| p.as_str()),
+                "actor": entry.map(|e| e.by.as_str()),
+                "reason": entry.and_then(|e| e.reason.as_deref()),
+                "occurred_at": occurred_at,
+                // Orders one withdrawal's events: its number of status changes so far.
+                "sequence": w.audit.len(),
+            });
+            Ok(Some(PipelineEvent {
+                kind: EventKind::Withdrawal(w.status),
+                event_id,
+                occurred_at,
+                detail,
+            }))
+        }
+        StoredItem::Credit(c) if old.is_none() => {
+            let event_id = format!("credit.{}", c.reference);
+            let view = CreditView::from(&c);
+            let occurred_at = view.created_at.clone();
+            Ok(Some(PipelineEvent {
+                kind: EventKind::CreditRecorded,
+                detail: json!({"event_id": event_id, "credit": view, "occurred_at": occurred_at}),
+                event_id,
+                occurred_at,
+            }))
+        }
+        StoredItem::Credit(_) | StoredItem::Other => Ok(None),
+    }
+}
+
+/// The bus: one PutEvents call.
+#[async_trait]
+pub trait EventBus: Send + Sync {
+    /// Puts up to [`MAX_ENTRIES_PER_CALL`] events; per entry, in order, whether the bus took it.
+    /// `Err` when the call as a whole failed (nothing may be assumed taken).
+    async fn put(&self, events: &[PipelineEvent]) -> Result<Vec<bool>, String>;
+}
+
+/// What one stream batch came to.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Published {
+    /// Events the bus took.
+    pub events: usize,
+    /// Changes that make no event.
+    pub skipped: usize,
+    /// PutEvents calls made.
+    pub calls: usize,
+    /// The first change not (certainly) published: the batch item failure. The stream hands
+    /// it and everything after it over again, so nothing is lost and one item's events keep
+    /// their order; the events after it that did go out are sent again (same `event_id`).
+    pub retry_from: Option<String>,
+}
+
+/// Publishes a stream batch in order, at most [`MAX_ENTRIES_PER_CALL`] events per call. Stops
+/// at the first change that cannot be read or published and names it in `retry_from`.
+pub async fn publish(bus: &dyn EventBus, currencies: &Currencies, changes: &[Change]) -> Published {
+    let mut out = Published::default();
+    let mut ready: Vec<(&str, PipelineEvent)> = Vec::new();
+    let mut unreadable = None;
+    for change in changes {
+        match event_of(currencies, change) {
+            Ok(Some(event)) => ready.push((&change.sequence_number, event)),
+            Ok(None) => out.skipped += 1,
+            Err(e) => {
+                tracing::error!(sequence_number = %change.sequence_number, error = %e,
+                    "a stream record cannot be read; it is retried, then sent to the on-failure queue");
+                unreadable = Some(change.sequence_number.clone());
+                break;
+            }
+        }
+    }
+    for chunk in ready.chunks(MAX_ENTRIES_PER_CALL) {
+        let events: Vec<PipelineEvent> = chunk.iter().map(|(_, e)| e.clone()).collect();
+        out.calls += 1;
+        let first_failed = match bus.put(&events).await {
+            Ok(taken) if taken.len() == events.len() => {
+                out.events += taken.iter().filter(|t| **t).count();
+                taken.iter().position(|t| !*t)
+            }
+            Ok(taken) => {
+                tracing::error!(sent = events.len(), answered = taken.len(), "PutEvents answered another number of entries");
+                Some(0)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "PutEvents failed; the stream retries from this batch");
+                Some(0)
+            }
+        };
+        if let Some(i) = first_failed {
+            out.retry_from = Some(chunk[i].0.to_string());
+            return out;
+        }
+    }
+    out.retry_from = unreadable;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_its_own_detail_type() {
+        let types: std::collections::BTreeSet<_> =
+            EventKind::ALL.iter().map(EventKind::detail_type).collect();
+        assert_eq!(types.len(), EventKind::ALL.len());
+        for status in WithdrawalStatus::ALL {
+            assert!(EventKind::ALL.contains(&EventKind::Withdrawal(status)), "{status}");
+        }
+    }
+}

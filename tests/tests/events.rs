@@ -1,0 +1,257 @@
+//! Events out: the table's stream (DynamoDB Local) → the local relay → event-publisher →
+//! EventBridge (moto) → a rule → an SQS queue the test reads. Asserts what a subscriber really
+//! receives.
+
+use integration_tests::events::{EventsEnv, FlakyBus, Received};
+use integration_tests::{
+    spawn_webhook_server, Event, PayoutEnv, TestEnv, ACCOUNTS, DEPOSIT_CALLER, WEBHOOK_SECRET,
+};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `(detail-type, subject)` pairs: the subject is the withdrawal id or the credit's reference.
+fn pairs(received: &[Received]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = received
+        .iter()
+        .map(|r| {
+            let subject = r.detail["withdrawal"]["id"]
+                .as_str()
+                .or(r.detail["credit"]["reference"].as_str())
+                .unwrap_or("?")
+                .to_string();
+            (r.detail_type.clone(), subject)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+async fn request(env: &TestEnv, user: &str, account: &str) -> String {
+    let body = json!({"currency": "EUR", "amount": "60.00", "bank_account": account}).to_string();
+    let r = env
+        .call(
+            Event::new("POST", "/withdrawals")
+                .user(user)
+                .fresh_key()
+                .body(body)
+                .build(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.json()["id"].as_str().unwrap().to_string()
+}
+
+async fn deposit(env: &TestEnv, user: &str, reference: &str) {
+    let body = json!({"user_id": user, "currency": "EUR", "amount": "100.00",
+                      "reference": reference, "description": "SEPA in"});
+    let r = env
+        .call(
+            Event::new("POST", "/internal/credits")
+                .iam_caller(DEPOSIT_CALLER)
+                .body(body.to_string())
+                .build(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+}
+
+#[tokio::test]
+async fn a_whole_loop_publishes_exactly_one_event_per_state_change() {
+    let p = PayoutEnv::new(|c| {
+        c.callback_delay = Duration::from_millis(50);
+        c.return_delay = Duration::from_millis(100);
+        c.fail_accounts.insert(ACCOUNTS[1].to_string());
+        c.return_accounts.insert(ACCOUNTS[2].to_string());
+    })
+    .await;
+    let events = EventsEnv::new(&p.env).await;
+    let app = Arc::new(p.webhook_app(&[WEBHOOK_SECRET]));
+    p.sandbox.set_webhook_url(&spawn_webhook_server(app).await);
+    let env = &p.env;
+
+    let users = ["paid", "failed", "returned", "cancelled"];
+    for user in users {
+        deposit(env, user, &format!("dep-{user}")).await;
+    }
+    let paid = request(env, "paid", ACCOUNTS[0]).await;
+    let failed = request(env, "failed", ACCOUNTS[1]).await;
+    let returned = request(env, "returned", ACCOUNTS[2]).await;
+    let cancelled = request(env, "cancelled", ACCOUNTS[0]).await;
+    let r = env
+        .call(
+            Event::new("DELETE", &format!("/withdrawals/{cancelled}"))
+                .user("cancelled")
+                .build(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // An idempotent replay changes nothing, so it tells nobody anything.
+    let replay = env
+        .call(
+            Event::new("POST", "/withdrawals")
+                .user("paid")
+                .header("Idempotency-Key", "same")
+                .body(json!({"currency": "EUR", "amount": "1.00", "bank_account": ACCOUNTS[0]}).to_string())
+                .build(),
+        )
+        .await;
+    assert_eq!(replay.status, 201);
+    let replayed = env
+        .call(
+            Event::new("POST", "/withdrawals")
+                .user("paid")
+                .header("Idempotency-Key", "same")
+                .body(json!({"currency": "EUR", "amount": "1.00", "bank_account": ACCOUNTS[0]}).to_string())
+                .build(),
+        )
+        .await;
+    assert_eq!(replayed.status, 201);
+    let small = replay.json()["id"].as_str().unwrap().to_string();
+
+    p.run(PayoutEnv::config()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while p.sandbox.sent_events().len() < 5
+        || !p.sandbox.sent_events().iter().all(|e| e.delivered_status == 200)
+    {
+        assert!(std::time::Instant::now() < deadline, "callbacks did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let delivered = events.pump().await;
+    assert_eq!(delivered.retried, 0, "{delivered:?}");
+
+    let received = events.received().await;
+    let expected = |kinds: &[&str], id: &str| -> Vec<(String, String)> {
+        kinds
+            .iter()
+            .map(|k| (k.to_string(), id.to_string()))
+            .collect()
+    };
+    let mut want = vec![];
+    want.extend(expected(&["withdrawal.requested", "withdrawal.submitted", "withdrawal.settled"], &paid));
+    want.extend(expected(&["withdrawal.requested", "withdrawal.submitted", "withdrawal.settled"], &small));
+    want.extend(expected(&["withdrawal.requested", "withdrawal.submitted", "withdrawal.rejected"], &failed));
+    want.extend(expected(
+        &["withdrawal.requested", "withdrawal.submitted", "withdrawal.settled", "withdrawal.returned"],
+        &returned,
+    ));
+    want.extend(expected(&["withdrawal.requested", "withdrawal.cancelled"], &cancelled));
+    for user in users {
+        want.push(("credit.recorded".into(), format!("dep-{user}")));
+    }
+    want.sort();
+    assert_eq!(pairs(&received), want, "exactly one event per state change");
+
+    // What a consumer reads in them.
+    for r in &received {
+        assert_eq!(r.source, shared::events::SOURCE);
+        let text = r.detail.to_string();
+        for account in ACCOUNTS {
+            assert!(!text.contains(account), "a full bank account in {text}");
+        }
+    }
+    let of = |id: &str| -> Vec<&Received> {
+        let mut v: Vec<&Received> = received
+            .iter()
+            .filter(|r| r.detail["withdrawal"]["id"] == id)
+            .collect();
+        v.sort_by_key(|r| r.detail["sequence"].as_u64());
+        v
+    };
+    let trail: Vec<(String, String, u64)> = of(&returned)
+        .iter()
+        .map(|r| {
+            (
+                r.detail["previous_status"].as_str().unwrap_or("-").to_string(),
+                r.detail["withdrawal"]["status"].as_str().unwrap().to_string(),
+                r.detail["sequence"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        trail,
+        vec![
+            ("-".into(), "PENDING".into(), 1),
+            ("PENDING".into(), "SUBMITTED".into(), 2),
+            ("SUBMITTED".into(), "SETTLED".into(), 3),
+            ("SETTLED".into(), "RETURNED".into(), 4),
+        ]
+    );
+    let rejected = of(&failed).pop().unwrap().clone();
+    assert_eq!(rejected.event_id(), format!("{failed}.REJECTED"));
+    assert_eq!(rejected.detail["user_id"], "failed");
+    assert_eq!(rejected.detail["actor"], "webhook");
+    assert!(rejected.detail["withdrawal"]["failure_reason"].is_string());
+    assert!(rejected.detail["withdrawal"]["batch_id"].is_string());
+    let settled = of(&paid).pop().unwrap().clone();
+    assert!(settled.detail["withdrawal"]["provider_reference"].is_string());
+    let credit = received
+        .iter()
+        .find(|r| r.detail_type == "credit.recorded" && r.detail["credit"]["user_id"] == "paid")
+        .unwrap();
+    assert_eq!(credit.detail["credit"]["amount"], "100.00");
+    assert_eq!(credit.detail["credit"]["actor"], DEPOSIT_CALLER);
+    assert_eq!(credit.event_id(), "credit.dep-paid");
+
+    // The stream holds nothing more: a second pass publishes nothing.
+    assert_eq!(events.pump().await.invocations, 0);
+    assert_eq!(events.received().await.len(), received.len());
+    env.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn refused_entries_and_failed_calls_are_sent_again_and_no_event_is_lost() {
+    let env = TestEnv::with_max_open(u32::MAX).await;
+    // Call 1: the fourth entry refused (PutEvents' partial failure). Call 3 (the first retry's
+    // second call) fails as a whole.
+    let events = EventsEnv::with_bus(&env, |bus| {
+        let mut flaky = FlakyBus::new(bus);
+        flaky.refuse_entries = vec![(1, 3)];
+        flaky.fail_calls = vec![3];
+        Box::new(flaky)
+    })
+    .await;
+    env.credit("fay", "USD", "1000").await;
+    let mut ids = vec![];
+    for _ in 0..24 {
+        let r = env
+            .call(
+                Event::new("POST", "/withdrawals")
+                    .user("fay")
+                    .fresh_key()
+                    .body(integration_tests::withdrawal_body("USD", "10.00"))
+                    .build(),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        ids.push(r.json()["id"].as_str().unwrap().to_string());
+    }
+    let delivered = events.pump().await;
+    assert!(delivered.retried >= 2, "{delivered:?}");
+    assert_eq!(delivered.given_up, 0);
+
+    let received = events.received().await;
+    let distinct: BTreeSet<&str> = received.iter().map(Received::event_id).collect();
+    let mut want: BTreeSet<String> = ids.iter().map(|id| format!("{id}.PENDING")).collect();
+    want.insert(
+        received
+            .iter()
+            .find(|r| r.detail_type == "credit.recorded")
+            .map(|r| r.event_id().to_string())
+            .expect("the credit's event"),
+    );
+    assert_eq!(
+        distinct,
+        want.iter().map(String::as_str).collect(),
+        "every change published"
+    );
+    // At least once: what went out after the refused entry went out again, with the same
+    // event_id (consumers deduplicate on it); nothing else repeats.
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in &received {
+        *counts.entry(r.event_id()).or_default() += 1;
+    }
+    assert!(counts.values().any(|n| *n > 1), "{counts:?}");
+    assert!(received.len() < 2 * want.len(), "{}", received.len());
+}

@@ -1,0 +1,324 @@
+//! The event-source mapping, locally: reads the table's stream from DynamoDB Local (its
+//! `dynamodbstreams` API, the real thing), keeps what the template's filter keeps, and hands
+//! each shard's records to `event-publisher` in order, in batches, the way Lambda's mapping does
+//! with `ReportBatchItemFailures`: a reported sequence number and everything after it come again;
+//! after `max_attempts` the record is given up (deployed: the on-failure queue and its alarm).
+//! No bisecting: a batch that keeps failing is retried whole.
+
+use aws_lambda_events::event::dynamodb::{Event, EventRecord};
+use aws_lambda_events::event::streams::DynamoDbEventResponse;
+use aws_sdk_dynamodbstreams::types::{Record, ShardIteratorType};
+use aws_sdk_dynamodbstreams::Client;
+use serde_json::{json, Value};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+
+/// The mapping's filter (template.yaml's `FilterCriteria`, held against this by a test): only
+/// withdrawal and credit items, as written (a removed item has no new image and is dropped).
+pub fn filter_pattern() -> Value {
+    json!({"dynamodb": {"NewImage": {shared::store::TYPE_ATTRIBUTE: {"S": [
+        shared::store::WITHDRAWAL_TYPE,
+        shared::store::CREDIT_TYPE,
+    ]}}}})
+}
+
+fn passes_filter(record: &EventRecord) -> bool {
+    let kept = [shared::store::WITHDRAWAL_TYPE, shared::store::CREDIT_TYPE];
+    match record.change.new_image.get(shared::store::TYPE_ATTRIBUTE) {
+        Some(serde_dynamo::AttributeValue::S(t)) => kept.contains(&t.as_str()),
+        _ => false,
+    }
+}
+
+/// The function the records go to.
+pub type Invoke<'a> = &'a (dyn Fn(Event) -> Pin<Box<dyn Future<Output = Result<DynamoDbEventResponse, String>> + Send>>
+         + Sync);
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Delivered {
+    pub invocations: usize,
+    /// Records handed over, retries included.
+    pub records: usize,
+    /// Invocations that reported a failure (or failed).
+    pub retried: usize,
+    /// Records given up after `max_attempts`.
+    pub given_up: usize,
+}
+
+struct Shard {
+    id: String,
+    parent: Option<String>,
+    /// `None` once the shard is closed and read to its end.
+    iterator: Option<String>,
+    buffer: VecDeque<EventRecord>,
+    attempts: u32,
+}
+
+pub struct Relay {
+    client: Client,
+    stream_arn: String,
+    region: String,
+    shards: Vec<Shard>,
+    pub batch_size: usize,
+    pub max_attempts: u32,
+}
+
+impl Relay {
+    /// Follows the table's (latest) stream from its oldest record.
+    pub async fn for_table(client: Client, table: &str) -> Result<Self, String> {
+        let streams = client
+            .list_streams()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(|e| format!("ListStreams: {e:?}"))?;
+        let stream_arn = streams
+            .streams()
+            .last()
+            .and_then(|s| s.stream_arn())
+            .ok_or_else(|| format!("table {table} has no stream"))?
+            .to_string();
+        let region = client
+            .config()
+            .region()
+            .map_or("us-east-1".to_string(), |r| r.to_string());
+        Ok(Self {
+            client,
+            stream_arn,
+            region,
+            shards: Vec::new(),
+            batch_size: 100,
+            max_attempts: 10,
+        })
+    }
+
+    /// Learns shards that appeared since (a shard closes and children follow it).
+    async fn discover(&mut self) -> Result<(), String> {
+        let mut start: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .describe_stream()
+                .stream_arn(&self.stream_arn)
+                .set_exclusive_start_shard_id(start.clone())
+                .send()
+                .await
+                .map_err(|e| format!("DescribeStream: {e:?}"))?;
+            let Some(desc) = out.stream_description() else {
+                return Ok(());
+            };
+            for s in desc.shards() {
+                let Some(id) = s.shard_id() else { continue };
+                if self.shards.iter().any(|k| k.id == id) {
+                    continue;
+                }
+                let iterator = self
+                    .client
+                    .get_shard_iterator()
+                    .stream_arn(&self.stream_arn)
+                    .shard_id(id)
+                    .shard_iterator_type(ShardIteratorType::TrimHorizon)
+                    .send()
+                    .await
+                    .map_err(|e| format!("GetShardIterator: {e:?}"))?
+                    .shard_iterator()
+                    .map(str::to_string);
+                self.shards.push(Shard {
+                    id: id.to_string(),
+                    parent: s.parent_shard_id().map(str::to_string),
+                    iterator,
+                    buffer: VecDeque::new(),
+                    attempts: 0,
+                });
+            }
+            match desc.last_evaluated_shard_id() {
+                Some(last) => start = Some(last.to_string()),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Reads what is new on every shard whose parent is read to its end. Returns how many
+    /// records (after the filter) were added.
+    async fn fill(&mut self) -> Result<usize, String> {
+        self.discover().await?;
+        let done: Vec<String> = self
+            .shards
+            .iter()
+            .filter(|s| s.iterator.is_none() && s.buffer.is_empty())
+            .map(|s| s.id.clone())
+            .collect();
+        let known: Vec<String> = self.shards.iter().map(|s| s.id.clone()).collect();
+        let mut added = 0;
+        for shard in &mut self.shards {
+            let parent_pending = shard
+                .parent
+                .as_ref()
+                .is_some_and(|p| known.contains(p) && !done.contains(p));
+            if parent_pending {
+                continue;
+            }
+            let Some(iterator) = shard.iterator.clone() else { continue };
+            let out = self
+                .client
+                .get_records()
+                .shard_iterator(iterator)
+                .limit(1000)
+                .send()
+                .await
+                .map_err(|e| format!("GetRecords: {e:?}"))?;
+            shard.iterator = out.next_shard_iterator().map(str::to_string);
+            for r in out.records() {
+                let record = lambda_record(r, &self.stream_arn, &self.region)?;
+                if passes_filter(&record) {
+                    shard.buffer.push_back(record);
+                    added += 1;
+                }
+            }
+        }
+        Ok(added)
+    }
+
+    /// One pass: reads what is new, then hands each shard's next batch to `invoke`.
+    pub async fn step(&mut self, invoke: Invoke<'_>) -> Result<Delivered, String> {
+        self.fill().await?;
+        let mut out = Delivered::default();
+        for shard in &mut self.shards {
+            if shard.buffer.is_empty() {
+                continue;
+            }
+            let n = shard.buffer.len().min(self.batch_size);
+            let records: Vec<EventRecord> = shard.buffer.iter().take(n).cloned().collect();
+            out.invocations += 1;
+            out.records += n;
+            let answer = invoke(event_of(records.clone())).await;
+            let failed_at = match answer {
+                Ok(response) => response
+                    .batch_item_failures
+                    .iter()
+                    .filter_map(|f| f.item_identifier.clone())
+                    .filter_map(|id| {
+                        records
+                            .iter()
+                            .position(|r| r.change.sequence_number.as_deref() == Some(&id))
+                    })
+                    .min(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "event-publisher failed; the batch comes again");
+                    Some(0)
+                }
+            };
+            match failed_at {
+                None => {
+                    shard.buffer.drain(..n);
+                    shard.attempts = 0;
+                }
+                Some(i) => {
+                    out.retried += 1;
+                    shard.buffer.drain(..i);
+                    shard.attempts = if i > 0 { 1 } else { shard.attempts + 1 };
+                    if shard.attempts >= self.max_attempts {
+                        let lost = shard.buffer.pop_front();
+                        tracing::error!(
+                            sequence_number = lost.and_then(|r| r.change.sequence_number).unwrap_or_default(),
+                            "record given up after {} attempts (deployed: the on-failure queue)",
+                            self.max_attempts
+                        );
+                        out.given_up += 1;
+                        shard.attempts = 0;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Steps until the stream has nothing new and every record is delivered or given up.
+    pub async fn drain(&mut self, invoke: Invoke<'_>) -> Result<Delivered, String> {
+        let mut total = Delivered::default();
+        loop {
+            let d = self.step(invoke).await?;
+            let idle = d.invocations == 0;
+            total.invocations += d.invocations;
+            total.records += d.records;
+            total.retried += d.retried;
+            total.given_up += d.given_up;
+            if idle {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+fn event_of(records: Vec<EventRecord>) -> Event {
+    let mut event = Event::default();
+    event.records = records;
+    event
+}
+
+/// A record in the shape Lambda hands the function (its JSON, parsed by the same type).
+fn lambda_record(r: &Record, stream_arn: &str, region: &str) -> Result<EventRecord, String> {
+    let image = |m: Option<&HashMap<String, aws_sdk_dynamodbstreams::types::AttributeValue>>| -> Value {
+        let item: HashMap<String, serde_dynamo::AttributeValue> = m
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.into()))
+            .collect();
+        serde_json::to_value(serde_dynamo::Item::from(item)).unwrap_or(Value::Null)
+    };
+    let d = r.dynamodb().ok_or("a stream record without its change")?;
+    let created = d
+        .approximate_creation_date_time()
+        .map_or(0.0, |t| t.as_secs_f64());
+    let mut change = json!({
+        "ApproximateCreationDateTime": created,
+        "Keys": image(d.keys()),
+        "SequenceNumber": d.sequence_number(),
+        "SizeBytes": d.size_bytes().unwrap_or(0),
+        "StreamViewType": "NEW_AND_OLD_IMAGES",
+    });
+    if d.new_image().is_some() {
+        change["NewImage"] = image(d.new_image());
+    }
+    if d.old_image().is_some() {
+        change["OldImage"] = image(d.old_image());
+    }
+    let record = json!({
+        "eventID": r.event_id(),
+        "eventName": r.event_name().map(|n| n.as_str()),
+        "eventVersion": "1.1",
+        "eventSource": "aws:dynamodb",
+        "awsRegion": region,
+        "dynamodb": change,
+        "eventSourceARN": stream_arn,
+    });
+    serde_json::from_value(record).map_err(|e| format!("stream record: {e}"))
+}
+
+/// `cargo lambda watch`'s invoke endpoint for one function (what `cargo lambda invoke` calls).
+pub fn http_invoke(
+    url: String,
+) -> impl Fn(Event) -> Pin<Box<dyn Future<Output = Result<DynamoDbEventResponse, String>> + Send>> + Sync
+{
+    let http = reqwest::Client::new();
+    move |event: Event| {
+        let http = http.clone();
+        let url = url.clone();
+        Box::pin(async move {
+            let response = http
+                .post(&url)
+                .json(&event)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = response.status();
+            let text = response.text().await.map_err(|e| e.to_string())?;
+            if !status.is_success() {
+                return Err(format!("HTTP {status}: {}", text.chars().take(300).collect::<String>()));
+            }
+            serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))
+        })
+    }
+}
