@@ -147,19 +147,59 @@ for value, ok in [("", True), ("arn:aws:iam::123456789012:role/deposit-service",
     if bool(pattern.fullmatch(value)) != ok:
         findings.append(f"InternalCallerArns: AllowedPattern {'refuses' if ok else 'accepts'} {value!r}")
 
+# Events out: the stream mapping reports per-record failures (else one bad record blocks or
+# loses a batch), bisects, ends in an on-failure queue that is alarmed, and filters to the items
+# that make events; the publisher's role reads this stream and puts on this bus, nothing wider.
+mappings = of_type("AWS::Lambda::EventSourceMapping")
+publisher = [k for k, v in of_type("AWS::Lambda::Function").items() if "event-publisher" in refs(v["Properties"].get("FunctionName"))]
+if len(publisher) != 1 or len(mappings) != 1:
+    findings.append(f"expected one event-publisher and one stream mapping, found {publisher} / {list(mappings)}")
+else:
+    fn = publisher[0]
+    m = next(iter(mappings.values()))["Properties"]
+    if m.get("FunctionResponseTypes") != ["ReportBatchItemFailures"]:
+        findings.append("stream mapping: without ReportBatchItemFailures a partial failure re-sends or loses the batch")
+    if m.get("BisectBatchOnFunctionError") is not True:
+        findings.append("stream mapping: no bisect on error")
+    if "StreamArn" not in refs(m.get("EventSourceArn")):
+        findings.append("stream mapping: not on the table's stream")
+    dest = m.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination", {})
+    dlq = dest.get("Fn::GetAtt", [""])[0] if isinstance(dest, dict) else ""
+    if resources.get(dlq, {}).get("Type") != "AWS::SQS::Queue":
+        findings.append("stream mapping: no SQS on-failure destination")
+    elif not any(f'"{dlq}"' in refs(a["Properties"].get("Dimensions", [])) for a in of_type("AWS::CloudWatch::Alarm").values()):
+        findings.append(f"{dlq}: the on-failure queue has no alarm")
+    patterns = [json.loads(f["Pattern"]) for f in m.get("FilterCriteria", {}).get("Filters", [])]
+    if patterns != [{"dynamodb": {"NewImage": {"type": {"S": ["WITHDRAWAL", "CREDIT"]}}}}]:
+        findings.append(f"stream mapping: filter {patterns} is not withdrawal and credit items")
+    role = resources[resources[fn]["Properties"]["Role"]["Fn::GetAtt"][0]]["Properties"]
+    managed = refs(role.get("ManagedPolicyArns", []))
+    if "DynamoDBExecutionRole" in managed or "AWSLambdaInvocation" in managed:
+        findings.append(f"{fn}: a managed stream policy grants reads on every stream")
+    for policy in role.get("Policies", []):
+        for st in policy["PolicyDocument"]["Statement"]:
+            actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+            where = refs(st["Resource"])
+            for a in actions:
+                if a.startswith("events:") and "EventBus" not in where:
+                    findings.append(f"{fn}: {a} on {where}, not the stack's bus")
+                if a.startswith("dynamodb:") and "StreamArn" not in where:
+                    findings.append(f"{fn}: {a} on {where}, not the table's stream")
+
 # Every function's Errors, the API's 5xx and the money alarms exist.
 alarm_metrics = {(a["Properties"].get("MetricName"), refs(a["Properties"].get("Dimensions", []))) for a in of_type("AWS::CloudWatch::Alarm").values()}
 alarmed_functions = {d for m, d in alarm_metrics if m == "Errors"}
 for fn in of_type("AWS::Lambda::Function"):
     if not any(f'"Ref": "{fn}"' in d for d in alarmed_functions):
         findings.append(f"{fn}: no alarm on its AWS/Lambda Errors")
-for metric in ("5xx", "WebhookConflicts", "WebhookUnknownWithdrawal", "BatchesFlagged", "BatchesNeedingOperator"):
+for metric in ("5xx", "WebhookConflicts", "WebhookUnknownWithdrawal", "BatchesFlagged", "BatchesNeedingOperator", "IteratorAge"):
     if not any(m == metric for m, _ in alarm_metrics):
         findings.append(f"no alarm on {metric}")
 
 outputs = set(out.get("Outputs", {}))
 for wanted in ("ApiUrl", "WebhookUrl", "TableName", "AlarmTopicArn", "ScheduleDeadLetterQueueUrl",
-               "WithdrawalRequestFunctionName", "PayoutBatcherFunctionName", "ProviderWebhookFunctionName"):
+               "WithdrawalRequestFunctionName", "PayoutBatcherFunctionName", "ProviderWebhookFunctionName",
+               "EventPublisherFunctionName", "EventBusName", "EventDeadLetterQueueUrl"):
     if wanted not in outputs:
         findings.append(f"output {wanted} missing")
 
