@@ -255,3 +255,19 @@ async fn refused_entries_and_failed_calls_are_sent_again_and_no_event_is_lost() 
     assert!(counts.values().any(|n| *n > 1), "{counts:?}");
     assert!(received.len() < 2 * want.len(), "{}", received.len());
 }
+
+#[test]
+fn the_template_filters_the_stream_as_the_local_relay_does() {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../template.yaml");
+    let t: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let filters = &t["Resources"]["EventPublisherStreamMapping"]["Properties"]["FilterCriteria"]
+        ["Filters"];
+    let patterns: Vec<serde_json::Value> = filters
+        .as_sequence()
+        .expect("the mapping has filters")
+        .iter()
+        .map(|f| serde_json::from_str(f["Pattern"].as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(patterns, vec![stream_relay::filter_pattern()]);
+}

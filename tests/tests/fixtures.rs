@@ -90,3 +90,71 @@ fn the_schedule_and_webhook_fixtures_parse() {
         shared::webhook::ProviderEvent::parse(read("webhook-paid.body.json").as_bytes()).unwrap();
     assert_eq!(event.kind, shared::webhook::EventKind::Paid);
 }
+
+mod stream {
+    use super::read;
+    use shared::domain::Currencies;
+    use shared::events::{publish, Change, EventBus, PipelineEvent};
+    use std::sync::Mutex;
+
+    /// Takes every entry and keeps it.
+    #[derive(Default)]
+    struct Recording(Mutex<Vec<PipelineEvent>>);
+
+    #[async_trait::async_trait]
+    impl EventBus for Recording {
+        async fn put(&self, events: &[PipelineEvent]) -> Result<Vec<bool>, String> {
+            self.0.lock().unwrap().extend_from_slice(events);
+            Ok(vec![true; events.len()])
+        }
+    }
+
+    fn changes() -> Vec<Change> {
+        let event: aws_lambda_events::event::dynamodb::Event =
+            serde_json::from_str(&read("stream-event.json")).unwrap();
+        event
+            .records
+            .into_iter()
+            .map(event_publisher::change_of)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_stream_fixture_publishes_a_settlement_and_a_credit() {
+        for c in changes() {
+            shared::events::event_of(&Currencies::default(), &c).expect("the fixture decodes");
+        }
+        let bus = Recording::default();
+        let out = publish(&bus, &Currencies::default(), &changes()).await;
+        assert_eq!((out.events, out.calls, out.retry_from), (2, 1, None));
+        let events = bus.0.into_inner().unwrap();
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.detail_type()).collect();
+        assert_eq!(kinds, ["withdrawal.settled", "credit.recorded"]);
+        let settled = &events[0].detail;
+        assert_eq!(settled["previous_status"], "SUBMITTED");
+        assert_eq!(settled["actor"], "webhook");
+        assert_eq!(settled["sequence"], 3);
+        assert_eq!(settled["withdrawal"]["amount"], "125.50");
+        assert_eq!(
+            events[0].event_id,
+            "wd_01JDQ7Z8X9K2M3N4P5Q6R7S8T9.SETTLED"
+        );
+        assert!(!settled.to_string().contains("DE89370400440532013000"));
+        assert_eq!(events[1].detail["credit"]["amount"], "50.00");
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_record_stops_the_batch_there_and_is_named_for_a_retry() {
+        let mut changes = changes();
+        // The credit's image with an amount the codec refuses.
+        changes[1]
+            .new
+            .as_mut()
+            .unwrap()
+            .insert("amount".into(), aws_sdk_dynamodb::types::AttributeValue::N("x".into()));
+        let bus = Recording::default();
+        let out = publish(&bus, &Currencies::default(), &changes).await;
+        assert_eq!(out.events, 1, "what came before it is published");
+        assert_eq!(out.retry_from.as_deref(), Some("000000000000000000102"));
+    }
+}

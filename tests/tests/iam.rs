@@ -17,7 +17,15 @@ use std::path::PathBuf;
 /// Grants the suite cannot exercise, each with its reason. Keep it short.
 const EXCEPTIONS: &[(&str, &str, &str, &str)] = &[
     // (function, action, resource, why)
+    // Lambda's event-source mapping polls the stream and writes to the on-failure queue with the
+    // publisher's role; the function's own code never makes these calls.
+    ("event-publisher", "dynamodb:DescribeStream", "stream", MAPPING),
+    ("event-publisher", "dynamodb:GetRecords", "stream", MAPPING),
+    ("event-publisher", "dynamodb:GetShardIterator", "stream", MAPPING),
+    ("event-publisher", "dynamodb:ListStreams", "stream", MAPPING),
+    ("event-publisher", "sqs:SendMessage", "queue", MAPPING),
 ];
+const MAPPING: &str = "used by the stream's event-source mapping, with the function's role";
 
 fn template() -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../template.yaml");
@@ -42,6 +50,9 @@ fn resource_kind(v: &Value, resources: &serde_yaml_ng::Mapping) -> String {
     if let Some((_, index)) = text.split_once("/index/") {
         return format!("index/{index}");
     }
+    if text.ends_with(".StreamArn") {
+        return "stream".into();
+    }
     let logical = text
         .trim_start_matches("${")
         .split(['.', '}'])
@@ -55,6 +66,8 @@ fn resource_kind(v: &Value, resources: &serde_yaml_ng::Mapping) -> String {
     match kind {
         "AWS::DynamoDB::Table" => "table".into(),
         "AWS::SecretsManager::Secret" => "secret".into(),
+        "AWS::Events::EventBus" => "bus".into(),
+        "AWS::SQS::Queue" => "queue".into(),
         "" => text,
         other => other.to_string(),
     }
@@ -190,11 +203,22 @@ fn the_template_grants_are_read_per_function_and_resource_kind() {
     let g = granted();
     assert_eq!(
         g.keys().map(String::as_str).collect::<Vec<_>>(),
-        vec!["payout-batcher", "provider-webhook", "withdrawal-request"]
+        vec![
+            "event-publisher",
+            "payout-batcher",
+            "provider-webhook",
+            "withdrawal-request"
+        ]
     );
     assert!(g["payout-batcher"]
         .iter()
         .any(|c| c.action == "dynamodb:Query" && c.resource == "index/pending-index"));
+    assert!(g["event-publisher"]
+        .iter()
+        .any(|c| c.action == "events:PutEvents" && c.resource == "bus"));
+    assert!(g["event-publisher"]
+        .iter()
+        .any(|c| c.action == "dynamodb:GetRecords" && c.resource == "stream"));
 }
 
 #[tokio::test]
