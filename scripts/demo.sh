@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full loop against a running local stack (started by `./scripts/dev.sh demo`): requests over
-# HTTP, one batcher run, the sandbox's signed callbacks, final balances and the conservation
-# check. Exits non-zero if any withdrawal does not reach its expected state.
+# HTTP, one batcher run, the sandbox's signed callbacks, final balances, the conservation check
+# and the events a subscriber of the bus received. Exits non-zero if any withdrawal does not reach its expected state.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -93,6 +93,40 @@ cargo lambda invoke payout-batcher --invoke-port "$WATCH_PORT" --data-file tests
   fixtures_failed=1
 [ -z "$fixtures_failed" ] || { echo "DEMO FAILED: a fixture did not answer as expected" >&2; exit 1; }
 "$OP" check >/dev/null
+
+step "7. Events out: what a subscriber of the bus received (the table's stream -> event-publisher -> EventBridge -> a rule -> SQS)"
+# Each withdrawal's state changes exactly once, in order, and the deposit's credit.
+expected="$W1 withdrawal.requested withdrawal.submitted withdrawal.settled
+$W2 withdrawal.requested withdrawal.submitted withdrawal.rejected
+$W3 withdrawal.requested withdrawal.submitted withdrawal.settled withdrawal.returned
+$W5 withdrawal.requested withdrawal.cancelled
+demo-deposit-1 credit.recorded"
+events_file="$STACK_DIR/events.jsonl"
+: >"$events_file"
+events_ok=""
+for _ in $(seq 1 60); do
+  read_events "$AWS_ENDPOINT_URL_EVENTBRIDGE" "$EVENTS_QUEUE_URL" >>"$events_file"
+  got=$(python3 - "$events_file" "$W1" "$W2" "$W3" "$W5" demo-deposit-1 <<'PY'
+import json, sys
+events = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+for subject in sys.argv[2:]:
+    mine = [e for e in events if subject in (e["detail"].get("withdrawal", {}).get("id"), e["detail"].get("credit", {}).get("reference"))]
+    mine.sort(key=lambda e: e["detail"].get("sequence", 0))
+    print(subject, " ".join(e["detail-type"] for e in mine))
+PY
+)
+  if [ "$got" = "$expected" ]; then events_ok=1; break; fi
+  sleep 1
+done
+python3 - "$events_file" <<'PY'
+import json, sys
+for l in open(sys.argv[1]):
+    e = json.loads(l); d = e["detail"]; w = d.get("withdrawal") or {}; c = d.get("credit") or {}
+    print("   %-21s %-31s %-9s %s %s %s" % (e["detail-type"], w.get("id") or c.get("reference"),
+          d.get("previous_status") or "-", w.get("currency") or c.get("currency"),
+          w.get("amount") or c.get("amount"), w.get("bank_account", "")))
+PY
+[ -n "$events_ok" ] || { printf 'DEMO FAILED: the subscriber did not receive exactly the expected events:\n%s\nwanted:\n%s\n' "$got" "$expected" >&2; exit 1; }
 
 [ -n "$ok" ] || { echo "DEMO FAILED: withdrawals did not reach SETTLED / REJECTED / RETURNED" >&2; exit 1; }
 echo

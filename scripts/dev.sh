@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs the whole pipeline locally: DynamoDB Local, the table, demo balances, the three functions
-# under `cargo lambda watch` (hot reload) on :9000, and the sandbox provider on :9100 calling the
-# webhook back. While it runs it watches the functions' health and the sandbox's callbacks; a
+# Runs the whole pipeline locally: DynamoDB Local, the table, demo balances, the four functions
+# under `cargo lambda watch` (hot reload) on :9000, the sandbox provider on :9100 calling the
+# webhook back, and the stream relay handing the table's stream to event-publisher, which puts
+# every state change on an EventBridge bus (moto's server, with Secrets Manager) that a demo
+# subscriber's SQS queue receives. While it runs it watches the functions' health and the sandbox's callbacks; a
 # function that dies is reported with its log tail and the functions are restarted. Ctrl-C stops
 # everything it started, and nothing else.
 #
@@ -21,7 +23,7 @@ cd "$ROOT"
 
 MODE="${1:-run}"
 FUNCTIONS="${FUNCTIONS:-watch}"
-ARM64_FUNCTIONS=(withdrawal-request payout-batcher provider-webhook)
+ARM64_FUNCTIONS=(withdrawal-request payout-batcher provider-webhook event-publisher)
 DDB_PORT="${DDB_PORT:-8000}"
 SECRETS_PORT="${SECRETS_PORT:-$((DDB_PORT + 10))}"
 WATCH_PORT="${WATCH_PORT:-9000}"
@@ -80,6 +82,9 @@ groups+=("$MOTO_PID")
 SECRETS_ENDPOINT="http://127.0.0.1:$SECRETS_PORT"
 API_KEY_ARN=$(put_secret "$SECRETS_ENDPOINT" provider-api-key "$PROVIDER_API_KEY")
 WEBHOOK_SECRETS_ARN=$(put_secret "$SECRETS_ENDPOINT" provider-webhook-secrets "$PROVIDER_WEBHOOK_SECRET")
+# Events out: the stack's bus in the same emulator, and a subscriber's queue the demo reads.
+EVENT_BUS="withdrawal-events"
+EVENTS_QUEUE_URL=$(setup_event_bus "$SECRETS_ENDPOINT" "$EVENT_BUS" demo-subscriber)
 
 cat >"$ENV_FILE" <<ENV
 TABLE_NAME=$TABLE_NAME
@@ -93,6 +98,9 @@ AWS_ENDPOINT_URL_SECRETS_MANAGER=$SECRETS_ENDPOINT
 PROVIDER_URL=http://127.0.0.1:$SANDBOX_PORT
 PROVIDER_API_KEY_SECRET_ARN=$API_KEY_ARN
 PROVIDER_WEBHOOK_SECRETS_ARN=$WEBHOOK_SECRETS_ARN
+EVENT_BUS_NAME=$EVENT_BUS
+AWS_ENDPOINT_URL_EVENTBRIDGE=$SECRETS_ENDPOINT
+EVENTS_QUEUE_URL=$EVENTS_QUEUE_URL
 RUST_LOG=info
 ENV
 if [ "$FUNCTIONS" = arm64 ]; then
@@ -106,7 +114,8 @@ start_dynamodb_local "$DDB_PORT" "$STACK_DIR/dynamodb.log"
 groups+=("$DDB_PID")
 
 log "Building"
-cargo build --quiet -p operator -p sandbox-provider -p withdrawal-request -p payout-batcher -p provider-webhook
+cargo build --quiet -p operator -p sandbox-provider -p stream-relay \
+  -p withdrawal-request -p payout-batcher -p provider-webhook -p event-publisher
 if [ "$FUNCTIONS" = arm64 ]; then
   ensure_arm64_tools
   bootstraps_present() {
@@ -175,6 +184,12 @@ start_watch() {
 
 log "Starting cargo lambda watch on port $WATCH_PORT"
 start_watch
+
+# The event-source mapping's stand-in: the table's stream (DynamoDB Local) to event-publisher.
+log "Starting the stream relay (the table's stream -> event-publisher -> bus $EVENT_BUS)"
+groups+=("$(start_group "$STACK_DIR/relay.log" "$ROOT/target/debug/stream-relay" \
+  --table "$TABLE_NAME" --endpoint "http://127.0.0.1:$DDB_PORT" \
+  --invoke-url "http://127.0.0.1:$WATCH_PORT/2015-03-31/functions/event-publisher/invocations")")
 
 # --- health ---------------------------------------------------------------------------------
 # Three signals, each cheap:
@@ -321,11 +336,14 @@ The pipeline is running. In another shell, from $ROOT:
   curl -s -X POST localhost:$WATCH_PORT/internal/credits -H "Authorization: Bearer \$DEPOSITS" \\
        -d '{"user_id":"alice","currency":"USD","amount":"50.00","reference":"deposit-1"}'
 
+  # every state change as the subscriber's queue received it from the bus
+  (source scripts/lib.sh; read_events "\$AWS_ENDPOINT_URL_EVENTBRIDGE" "\$EVENTS_QUEUE_URL")
+
   ./target/debug/operator batches    # batches and their status
   ./target/debug/operator check      # conservation check over the whole table
 
 Bank account $FAIL_ACCOUNT fails at the sandbox, $RETURN_ACCOUNT is paid then returned.
-Logs: .local/stack-$WATCH_PORT/{watch,sandbox,health}.log. This shell reports a function that
+Logs: .local/stack-$WATCH_PORT/{watch,sandbox,relay,health}.log. This shell reports a function that
 dies (and restarts them) and every callback the sandbox could not deliver. Ctrl-C stops everything.
 Run './scripts/dev.sh demo' to see the whole loop run by itself.
 HELP

@@ -136,6 +136,44 @@ print(arn)
 PY
 }
 
+# setup_event_bus ENDPOINT BUS QUEUE: the stack's EventBridge bus in the emulator and one
+# subscriber, as a consumer would subscribe (README "Events out"): a rule for every event of the
+# pipeline delivering to an SQS queue. Prints the queue's URL.
+setup_event_bus() {
+  python3 - "$1" "$2" "$3" <<'PY'
+import json, sys, boto3
+endpoint, bus, queue = sys.argv[1:]
+kw = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="local", aws_secret_access_key="local")
+events, sqs = boto3.client("events", **kw), boto3.client("sqs", **kw)
+try:
+    events.create_event_bus(Name=bus)
+except events.exceptions.ResourceAlreadyExistsException:
+    pass
+url = sqs.create_queue(QueueName=queue)["QueueUrl"]
+arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+events.put_rule(Name="all-pipeline-events", EventBusName=bus, EventPattern=json.dumps({"source": ["withdrawal-pipeline"]}))
+events.put_targets(Rule="all-pipeline-events", EventBusName=bus, Targets=[{"Id": "queue", "Arn": arn}])
+print(url)
+PY
+}
+
+# read_events ENDPOINT QUEUE_URL: prints (and removes) what the subscriber's queue holds, one
+# JSON event per line.
+read_events() {
+  python3 - "$1" "$2" <<'PY'
+import json, sys, boto3
+endpoint, url = sys.argv[1:]
+sqs = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="local", aws_secret_access_key="local")
+while True:
+    msgs = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+    if not msgs:
+        break
+    for m in msgs:
+        print(json.dumps(json.loads(m["Body"])))
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+PY
+}
+
 # The arm64 target and the emulator that runs arm64 Linux binaries here (Debian packages).
 ensure_arm64_tools() {
   rustup target list --installed 2>/dev/null | grep -q '^aarch64-unknown-linux-gnu$' ||

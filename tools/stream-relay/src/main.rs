@@ -18,6 +18,10 @@ struct Args {
     /// How often the stream is read when it had nothing new.
     #[arg(long, default_value_t = 200)]
     poll_ms: u64,
+    /// Invocations of one batch before its first record is given up (the mapping deployed: 10
+    /// retries, then the on-failure queue). Higher here: a second apart, they outlast a rebuild.
+    #[arg(long, default_value_t = 60)]
+    max_attempts: u32,
 }
 
 #[tokio::main]
@@ -29,14 +33,20 @@ async fn main() -> Result<(), String> {
         .build();
     let client = aws_sdk_dynamodbstreams::Client::from_conf(conf);
     let mut relay = stream_relay::Relay::for_table(client, &args.table).await?;
+    relay.max_attempts = args.max_attempts;
     let invoke = stream_relay::http_invoke(args.invoke_url);
     eprintln!("stream-relay: following the stream of {}", args.table);
     loop {
         match relay.step(&invoke).await {
-            Ok(d) if d.invocations > 0 => eprintln!(
-                "stream-relay: {} record(s) in {} invocation(s), {} retried, {} given up",
-                d.records, d.invocations, d.retried, d.given_up
-            ),
+            Ok(d) if d.invocations > 0 => {
+                eprintln!(
+                    "stream-relay: {} record(s) in {} invocation(s), {} retried, {} given up",
+                    d.records, d.invocations, d.retried, d.given_up
+                );
+                if d.retried > 0 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
             Ok(_) => tokio::time::sleep(Duration::from_millis(args.poll_ms)).await,
             Err(e) => {
                 eprintln!("stream-relay: {e}");
