@@ -87,6 +87,10 @@ invoke withdrawal-request tests/events/cancel-withdrawal.json 404
 invoke withdrawal-request tests/events/get-balances.json 200
 "$OP" sign-webhook --body-file tests/events/webhook-paid.body.json >"$STACK_DIR/webhook-paid.signed.json"
 invoke provider-webhook "$STACK_DIR/webhook-paid.signed.json" 200
+# The committed stream event: a settlement and a credit, put on the bus; no record fails.
+cargo lambda invoke event-publisher --invoke-port "$WATCH_PORT" --data-file tests/events/stream-event.json |
+  python3 -c 'import json,sys; r=json.load(sys.stdin); assert r.get("batchItemFailures") == [], r; print("   event-publisher tests/events/stream-event.json -> no batch item failures")' ||
+  fixtures_failed=1
 # A hand-made `{}` runs the batcher as the schedule's event does (it answers its run summary).
 cargo lambda invoke payout-batcher --invoke-port "$WATCH_PORT" --data-file tests/events/batcher-empty.json |
   python3 -c 'import json,sys; s=json.load(sys.stdin); assert "run_id" in s, s; print("   payout-batcher tests/events/batcher-empty.json -> run", s["run_id"])' ||

@@ -66,7 +66,8 @@ pub struct EventsEnv {
 }
 
 impl EventsEnv {
-    /// A bus of the test's own, a rule for the pipeline's events and the queue it feeds.
+    /// The test table's stream, a bus of the test's own, a rule for the pipeline's events and
+    /// the queue it feeds. Call it before the test writes anything.
     pub async fn new(env: &TestEnv) -> Self {
         Self::with_bus(env, |bus| Box::new(bus)).await
     }
@@ -76,6 +77,22 @@ impl EventsEnv {
         env: &TestEnv,
         wrap: impl FnOnce(EventBridgeBus) -> Box<dyn EventBus>,
     ) -> Self {
+        // The tests' tables have no stream (it slows DynamoDB Local down): this one gets the
+        // stream template.yaml gives the deployed table, before anything is written.
+        env.store
+            .client()
+            .update_table()
+            .table_name(env.store.table_name())
+            .stream_specification(
+                aws_sdk_dynamodb::types::StreamSpecification::builder()
+                    .stream_enabled(true)
+                    .stream_view_type(aws_sdk_dynamodb::types::StreamViewType::NewAndOldImages)
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .expect("enable the stream");
         let name = env.store.table_name().replace('_', "-");
         let admin = aws_sdk_eventbridge::Client::new(&sdk_config(&moto_endpoint()));
         let sqs = aws_sdk_sqs::Client::new(&sdk_config(&moto_endpoint()));

@@ -150,7 +150,11 @@ impl TestEnv {
             table,
             currencies.clone(),
         ));
-        assert!(store.create_table().await.expect("create table"));
+        // Without the stream: only the events tests read it ([`events::EventsEnv`] makes its own).
+        assert!(store
+            .create_table_without_stream()
+            .await
+            .expect("create table"));
         let mut env = Self {
             app: App::new(
                 WithdrawalService::new(store.clone(), currencies.clone(), max_open),

@@ -4,6 +4,8 @@
 //! one markdown report. Timings on a shared machine are noisy: ratios are measured side by side
 //! in one run, latencies are medians/percentiles over many samples.
 
+mod events;
+
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use futures::stream::{self, StreamExt};
 use lambda_http::Body;
@@ -48,6 +50,12 @@ struct Env {
 }
 
 async fn env(endpoint: &str) -> Env {
+    env_with(endpoint, false).await
+}
+
+/// A fresh table; `stream` as deployed (only the events section reads it: on DynamoDB Local a
+/// stream slows every write, which would skew the other sections against earlier runs).
+async fn env_with(endpoint: &str, stream: bool) -> Env {
     let counter = Counter::counting();
     let currencies = Currencies::default();
     let store = DynamoStore::new(
@@ -55,7 +63,14 @@ async fn env(endpoint: &str) -> Env {
         format!("bench_{}", ulid::Ulid::new()),
         currencies.clone(),
     );
-    store.create_table().await.expect("create table");
+    if stream {
+        store.create_table().await.expect("create table");
+    } else {
+        store
+            .create_table_without_stream()
+            .await
+            .expect("create table");
+    }
     counter.take_counts();
     Env {
         store: Arc::new(store),
@@ -384,7 +399,16 @@ async fn main() {
         if secs < 100.0 { "yes" } else { "no — continues in the next run" },
     ));
 
-    // 5. Binaries -------------------------------------------------------------------------
+    // 5. Events out --------------------------------------------------------------------------
+    match std::env::var("MOTO_ENDPOINT") {
+        Ok(moto) => {
+            let e5 = env_with(&endpoint, true).await;
+            out.push_str(&events::report(e5.store, e5.currencies, &endpoint, &moto, 200).await);
+        }
+        Err(_) => out.push_str("### Events out\n\nskipped: no `MOTO_ENDPOINT` (scripts/bench.sh starts moto's server)\n\n"),
+    }
+
+    // 6. Binaries -------------------------------------------------------------------------
     out.push_str(&binaries().await);
     println!("{out}");
     let _ = std::fs::write("target/bench-report.md", &out);
@@ -451,7 +475,12 @@ fn mem_gib() -> u64 {
 /// 20 starts of the host's release build of the same code.
 async fn binaries() -> String {
     let mut s = String::from("### Release binaries\n\n| function | arm64 bootstrap | start → ready for the first event (median of 20, host build) |\n|---|---:|---:|\n");
-    for f in ["withdrawal-request", "payout-batcher", "provider-webhook"] {
+    for f in [
+        "withdrawal-request",
+        "payout-batcher",
+        "provider-webhook",
+        "event-publisher",
+    ] {
         let size = std::fs::metadata(format!("target/lambda/{f}/bootstrap"))
             .map(|m| format!("{:.2} MB", m.len() as f64 / 1_000_000.0))
             .unwrap_or_else(|_| "not built (`cargo lambda build --release --arm64`)".into());
@@ -503,6 +532,7 @@ async fn startup_median(function: &str) -> Option<f64> {
             .env("PROVIDER_URL", "http://127.0.0.1:9")
             .env("PROVIDER_API_KEY", "bench-key")
             .env("PROVIDER_WEBHOOK_SECRET", SECRET)
+            .env("EVENT_BUS_NAME", "bench")
             .env("RUST_LOG", "error")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::time::{Duration, Instant};
 
 /// The mapping's filter (template.yaml's `FilterCriteria`, held against this by a test): only
 /// withdrawal and credit items, as written (a removed item has no new image and is dropped).
@@ -52,6 +53,8 @@ struct Shard {
     /// `None` once the shard is closed and read to its end.
     iterator: Option<String>,
     buffer: VecDeque<EventRecord>,
+    /// When the oldest record still buffered arrived (the batching window counts from it).
+    since: Option<Instant>,
     attempts: u32,
 }
 
@@ -62,6 +65,9 @@ pub struct Relay {
     shards: Vec<Shard>,
     pub batch_size: usize,
     pub max_attempts: u32,
+    /// The mapping's `MaximumBatchingWindowInSeconds`: a batch smaller than `batch_size` waits
+    /// this long for more records. Zero by default (tests); the template's is 1 s.
+    pub batching_window: Duration,
 }
 
 impl Relay {
@@ -90,6 +96,7 @@ impl Relay {
             shards: Vec::new(),
             batch_size: 100,
             max_attempts: 10,
+            batching_window: Duration::ZERO,
         })
     }
 
@@ -129,6 +136,7 @@ impl Relay {
                     parent: s.parent_shard_id().map(str::to_string),
                     iterator,
                     buffer: VecDeque::new(),
+                    since: None,
                     attempts: 0,
                 });
             }
@@ -172,6 +180,7 @@ impl Relay {
             for r in out.records() {
                 let record = lambda_record(r, &self.stream_arn, &self.region)?;
                 if passes_filter(&record) {
+                    shard.since.get_or_insert_with(Instant::now);
                     shard.buffer.push_back(record);
                     added += 1;
                 }
@@ -185,7 +194,8 @@ impl Relay {
         self.fill().await?;
         let mut out = Delivered::default();
         for shard in &mut self.shards {
-            if shard.buffer.is_empty() {
+            let waited = shard.since.is_some_and(|t| t.elapsed() >= self.batching_window);
+            if shard.buffer.is_empty() || (shard.buffer.len() < self.batch_size && !waited) {
                 continue;
             }
             let n = shard.buffer.len().min(self.batch_size);
@@ -213,6 +223,7 @@ impl Relay {
                 None => {
                     shard.buffer.drain(..n);
                     shard.attempts = 0;
+                    shard.since = (!shard.buffer.is_empty()).then(Instant::now);
                 }
                 Some(i) => {
                     out.retried += 1;

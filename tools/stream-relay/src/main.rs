@@ -22,6 +22,9 @@ struct Args {
     /// retries, then the on-failure queue). Higher here: a second apart, they outlast a rebuild.
     #[arg(long, default_value_t = 60)]
     max_attempts: u32,
+    /// The mapping's batching window (template.yaml: 1 s).
+    #[arg(long, default_value_t = 1000)]
+    batching_window_ms: u64,
 }
 
 #[tokio::main]
@@ -34,6 +37,7 @@ async fn main() -> Result<(), String> {
     let client = aws_sdk_dynamodbstreams::Client::from_conf(conf);
     let mut relay = stream_relay::Relay::for_table(client, &args.table).await?;
     relay.max_attempts = args.max_attempts;
+    relay.batching_window = Duration::from_millis(args.batching_window_ms);
     let invoke = stream_relay::http_invoke(args.invoke_url);
     eprintln!("stream-relay: following the stream of {}", args.table);
     loop {

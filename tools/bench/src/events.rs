@@ -1,0 +1,217 @@
+//! Events out on the local relay: events per state change, PutEvents calls per 100 changes, and
+//! the latency from a change's commit to the PutEvents that carried its event. The relay runs as
+//! the template's mapping is configured (batches of up to 100 records or 1 s of them) and reads
+//! DynamoDB Local's stream every 200 ms when idle; the batching window dominates the latency.
+
+use aws_lambda_events::event::dynamodb::Event as StreamEvent;
+use event_publisher::{App as Publisher, EventBridgeBus};
+use shared::domain::{Currencies, UserId};
+use shared::events::{EventBus, PipelineEvent};
+use shared::store::DynamoStore;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const POLL: Duration = Duration::from_millis(200);
+
+/// The real bus, timing and counting its calls.
+struct Timed {
+    inner: EventBridgeBus,
+    calls: Mutex<u64>,
+    put_at: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+#[async_trait::async_trait]
+impl EventBus for Timed {
+    async fn put(&self, events: &[PipelineEvent]) -> Result<Vec<bool>, String> {
+        *self.calls.lock().unwrap() += 1;
+        let taken = self.inner.put(events).await?;
+        let now = Instant::now();
+        let mut at = self.put_at.lock().unwrap();
+        for (e, ok) in events.iter().zip(&taken) {
+            if *ok {
+                at.entry(e.event_id.clone()).or_insert(now);
+            }
+        }
+        Ok(taken)
+    }
+}
+
+fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::SharedCredentialsProvider::new(
+            aws_sdk_sqs::config::Credentials::new("local", "local", None, None, "bench"),
+        ))
+        .endpoint_url(endpoint)
+        .build()
+}
+
+pub async fn report(
+    store: Arc<DynamoStore>,
+    currencies: Currencies,
+    ddb_endpoint: &str,
+    moto: &str,
+    users: usize,
+) -> String {
+    let name = store.table_name().replace('_', "-");
+    let events = aws_sdk_eventbridge::Client::new(&sdk_config(moto));
+    let sqs = aws_sdk_sqs::Client::new(&sdk_config(moto));
+    events.create_event_bus().name(&name).send().await.unwrap();
+    let queue = sqs.create_queue().queue_name(&name).send().await.unwrap();
+    let queue_url = queue.queue_url().unwrap().to_string();
+    let arn_attr = aws_sdk_sqs::types::QueueAttributeName::QueueArn;
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(arn_attr.clone())
+        .send()
+        .await
+        .unwrap();
+    let queue_arn = attrs.attributes().unwrap()[&arn_attr].clone();
+    events
+        .put_rule()
+        .name("all")
+        .event_bus_name(&name)
+        .event_pattern(serde_json::json!({"source": [shared::events::SOURCE]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    events
+        .put_targets()
+        .rule("all")
+        .event_bus_name(&name)
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("q")
+                .arn(queue_arn)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let put_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let bus = Arc::new(Timed {
+        inner: EventBridgeBus::new(events.clone(), &name),
+        calls: Mutex::new(0),
+        put_at: put_at.clone(),
+    });
+    struct Shared(Arc<Timed>);
+    #[async_trait::async_trait]
+    impl EventBus for Shared {
+        async fn put(&self, e: &[PipelineEvent]) -> Result<Vec<bool>, String> {
+            self.0.put(e).await
+        }
+    }
+    let publisher = Arc::new(Publisher::new(
+        Box::new(Shared(bus.clone())),
+        currencies.clone(),
+    ));
+    let streams = aws_sdk_dynamodbstreams::Client::new(&sdk_config(ddb_endpoint));
+    let mut relay = stream_relay::Relay::for_table(streams, store.table_name())
+        .await
+        .unwrap();
+    // As template.yaml's mapping: up to 100 records, or what came within a second.
+    relay.batching_window = Duration::from_secs(1);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let relay_task = tokio::spawn(async move {
+        let invoke = move |event: StreamEvent| {
+            let publisher = publisher.clone();
+            Box::pin(async move { Ok(publisher.handle(event).await) })
+                as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
+        };
+        let mut records = 0;
+        loop {
+            let d = relay.step(&invoke).await.unwrap();
+            records += d.records;
+            if d.invocations == 0 {
+                if stop2.load(std::sync::atomic::Ordering::SeqCst) {
+                    return records;
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    });
+
+    // The workload, at a steady pace: credit, request, and cancel every second request.
+    let service = shared::withdrawals::WithdrawalService::new(store.clone(), currencies.clone(), u32::MAX);
+    let usd = currencies.get("USD").unwrap().clone();
+    let mut committed: HashMap<String, Instant> = HashMap::new();
+    let mut changes = 0u64;
+    for i in 0..users {
+        let user = format!("ev-{i}");
+        store
+            .credit(&super::credit(&user, &usd, shared::domain::Amount::parse("100", &usd).unwrap()))
+            .await
+            .unwrap();
+        changes += 1;
+        let w = shared::domain::Withdrawal::new(
+            UserId::parse(&user).unwrap(),
+            usd.clone(),
+            shared::domain::Amount::parse("10", &usd).unwrap(),
+            shared::domain::BankAccount::parse(super::IBAN).unwrap(),
+            chrono::Utc::now(),
+        );
+        use shared::store::Store;
+        store.request_withdrawal(&w, None, u32::MAX).await.unwrap();
+        committed.insert(format!("{}.PENDING", w.id), Instant::now());
+        changes += 1;
+        if i % 2 == 0 {
+            service
+                .cancel(&w.user_id, &w.id.to_string())
+                .await
+                .unwrap();
+            committed.insert(format!("{}.CANCELLED", w.id), Instant::now());
+            changes += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Everything published, then the relay stops.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while put_at.lock().unwrap().len() < changes as usize && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let records = relay_task.await.unwrap();
+    let mut received = 0u64;
+    loop {
+        let out = sqs
+            .receive_message()
+            .queue_url(&queue_url)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .unwrap();
+        if out.messages().is_empty() {
+            break;
+        }
+        for m in out.messages() {
+            received += 1;
+            sqs.delete_message()
+                .queue_url(&queue_url)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    let calls = *bus.calls.lock().unwrap();
+    let at = put_at.lock().unwrap();
+    let mut latency: Vec<f64> = committed
+        .iter()
+        .filter_map(|(id, c)| at.get(id).map(|p| p.saturating_duration_since(*c).as_secs_f64() * 1000.0))
+        .collect();
+    latency.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    format!(
+        "### Events out: {changes} state changes ({users} credits, {users} requests, {} cancels) through the local relay\n\n| | value |\n|---|---:|\n| events a subscriber's queue received per state change | **{:.3}** (target 1.0) |\n| PutEvents calls per 100 state changes | **{:.1}** (target ≤ 10 + retries) |\n| stream records handed to the publisher (after the filter) | {records} |\n| commit → PutEvents, p50 / p99 (batching window 1 s; the relay polls every {} ms when idle) | {:.0} / {:.0} ms |\n\n",
+        users.div_ceil(2),
+        received as f64 / changes as f64,
+        calls as f64 * 100.0 / changes as f64,
+        POLL.as_millis(),
+        super::pct(&latency, 0.5),
+        super::pct(&latency, 0.99),
+    )
+}
