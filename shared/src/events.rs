@@ -80,7 +80,10 @@ pub struct Change {
 /// status, or a credit recorded. Everything else (balances, batches, a withdrawal rewritten in
 /// the same status, items removed by TTL) makes none. An image the codec cannot read is an
 /// error: the record is retried and, failing that, lands in the on-failure queue — never skipped.
-pub fn event_of(currencies: &Currencies, change: &Change) -> Result<Option<PipelineEvent>, StoreError> {
+pub fn event_of(
+    currencies: &Currencies,
+    change: &Change,
+) -> Result<Option<PipelineEvent>, StoreError> {
     let Some(new) = &change.new else {
         return Ok(None);
     };
@@ -99,10 +102,8 @@ pub fn event_of(currencies: &Currencies, change: &Change) -> Result<Option<Pipel
             }
             // The audit entry written by the same write as this status: who and when.
             let entry = w.audit.iter().rev().find(|e| e.to == w.status);
-            let occurred_at = entry.map_or_else(
-                || crate::store::timestamp(&w.updated_at),
-                |e| e.at.clone(),
-            );
+            let occurred_at =
+                entry.map_or_else(|| crate::store::timestamp(&w.updated_at), |e| e.at.clone());
             let event_id = format!("{}.{}", w.id, w.status);
             let detail = json!({
                 "event_id": event_id,
@@ -187,7 +188,11 @@ pub async fn publish(bus: &dyn EventBus, currencies: &Currencies, changes: &[Cha
                 taken.iter().position(|t| !*t)
             }
             Ok(taken) => {
-                tracing::error!(sent = events.len(), answered = taken.len(), "PutEvents answered another number of entries");
+                tracing::error!(
+                    sent = events.len(),
+                    answered = taken.len(),
+                    "PutEvents answered another number of entries"
+                );
                 Some(0)
             }
             Err(e) => {
@@ -214,7 +219,10 @@ mod tests {
             EventKind::ALL.iter().map(EventKind::detail_type).collect();
         assert_eq!(types.len(), EventKind::ALL.len());
         for status in WithdrawalStatus::ALL {
-            assert!(EventKind::ALL.contains(&EventKind::Withdrawal(status)), "{status}");
+            assert!(
+                EventKind::ALL.contains(&EventKind::Withdrawal(status)),
+                "{status}"
+            );
         }
     }
 }

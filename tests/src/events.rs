@@ -166,8 +166,9 @@ impl EventsEnv {
         let publisher = self.publisher.clone();
         let invoke = move |event: StreamEvent| {
             let publisher = publisher.clone();
-            Box::pin(async move { Ok::<DynamoDbEventResponse, String>(publisher.handle(event).await) })
-                as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
+            Box::pin(
+                async move { Ok::<DynamoDbEventResponse, String>(publisher.handle(event).await) },
+            ) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
         };
         self.relay
             .lock()

@@ -93,7 +93,10 @@ async fn a_whole_loop_publishes_exactly_one_event_per_state_change() {
             Event::new("POST", "/withdrawals")
                 .user("paid")
                 .header("Idempotency-Key", "same")
-                .body(json!({"currency": "EUR", "amount": "1.00", "bank_account": ACCOUNTS[0]}).to_string())
+                .body(
+                    json!({"currency": "EUR", "amount": "1.00", "bank_account": ACCOUNTS[0]})
+                        .to_string(),
+                )
                 .build(),
         )
         .await;
@@ -103,7 +106,10 @@ async fn a_whole_loop_publishes_exactly_one_event_per_state_change() {
             Event::new("POST", "/withdrawals")
                 .user("paid")
                 .header("Idempotency-Key", "same")
-                .body(json!({"currency": "EUR", "amount": "1.00", "bank_account": ACCOUNTS[0]}).to_string())
+                .body(
+                    json!({"currency": "EUR", "amount": "1.00", "bank_account": ACCOUNTS[0]})
+                        .to_string(),
+                )
                 .build(),
         )
         .await;
@@ -113,9 +119,16 @@ async fn a_whole_loop_publishes_exactly_one_event_per_state_change() {
     p.run(PayoutEnv::config()).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while p.sandbox.sent_events().len() < 5
-        || !p.sandbox.sent_events().iter().all(|e| e.delivered_status == 200)
+        || !p
+            .sandbox
+            .sent_events()
+            .iter()
+            .all(|e| e.delivered_status == 200)
     {
-        assert!(std::time::Instant::now() < deadline, "callbacks did not finish");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "callbacks did not finish"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let delivered = events.pump().await;
@@ -129,14 +142,43 @@ async fn a_whole_loop_publishes_exactly_one_event_per_state_change() {
             .collect()
     };
     let mut want = vec![];
-    want.extend(expected(&["withdrawal.requested", "withdrawal.submitted", "withdrawal.settled"], &paid));
-    want.extend(expected(&["withdrawal.requested", "withdrawal.submitted", "withdrawal.settled"], &small));
-    want.extend(expected(&["withdrawal.requested", "withdrawal.submitted", "withdrawal.rejected"], &failed));
     want.extend(expected(
-        &["withdrawal.requested", "withdrawal.submitted", "withdrawal.settled", "withdrawal.returned"],
+        &[
+            "withdrawal.requested",
+            "withdrawal.submitted",
+            "withdrawal.settled",
+        ],
+        &paid,
+    ));
+    want.extend(expected(
+        &[
+            "withdrawal.requested",
+            "withdrawal.submitted",
+            "withdrawal.settled",
+        ],
+        &small,
+    ));
+    want.extend(expected(
+        &[
+            "withdrawal.requested",
+            "withdrawal.submitted",
+            "withdrawal.rejected",
+        ],
+        &failed,
+    ));
+    want.extend(expected(
+        &[
+            "withdrawal.requested",
+            "withdrawal.submitted",
+            "withdrawal.settled",
+            "withdrawal.returned",
+        ],
         &returned,
     ));
-    want.extend(expected(&["withdrawal.requested", "withdrawal.cancelled"], &cancelled));
+    want.extend(expected(
+        &["withdrawal.requested", "withdrawal.cancelled"],
+        &cancelled,
+    ));
     for user in users {
         want.push(("credit.recorded".into(), format!("dep-{user}")));
     }
@@ -163,8 +205,14 @@ async fn a_whole_loop_publishes_exactly_one_event_per_state_change() {
         .iter()
         .map(|r| {
             (
-                r.detail["previous_status"].as_str().unwrap_or("-").to_string(),
-                r.detail["withdrawal"]["status"].as_str().unwrap().to_string(),
+                r.detail["previous_status"]
+                    .as_str()
+                    .unwrap_or("-")
+                    .to_string(),
+                r.detail["withdrawal"]["status"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
                 r.detail["sequence"].as_u64().unwrap(),
             )
         })
@@ -261,8 +309,8 @@ fn the_template_filters_the_stream_as_the_local_relay_does() {
     let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../template.yaml");
     let t: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let filters = &t["Resources"]["EventPublisherStreamMapping"]["Properties"]["FilterCriteria"]
-        ["Filters"];
+    let filters =
+        &t["Resources"]["EventPublisherStreamMapping"]["Properties"]["FilterCriteria"]["Filters"];
     let patterns: Vec<serde_json::Value> = filters
         .as_sequence()
         .expect("the mapping has filters")

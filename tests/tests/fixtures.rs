@@ -135,10 +135,7 @@ mod stream {
         assert_eq!(settled["actor"], "webhook");
         assert_eq!(settled["sequence"], 3);
         assert_eq!(settled["withdrawal"]["amount"], "125.50");
-        assert_eq!(
-            events[0].event_id,
-            "wd_01JDQ7Z8X9K2M3N4P5Q6R7S8T9.SETTLED"
-        );
+        assert_eq!(events[0].event_id, "wd_01JDQ7Z8X9K2M3N4P5Q6R7S8T9.SETTLED");
         assert!(!settled.to_string().contains("DE89370400440532013000"));
         assert_eq!(events[1].detail["credit"]["amount"], "50.00");
     }
@@ -147,11 +144,10 @@ mod stream {
     async fn an_unreadable_record_stops_the_batch_there_and_is_named_for_a_retry() {
         let mut changes = changes();
         // The credit's image with an amount the codec refuses.
-        changes[1]
-            .new
-            .as_mut()
-            .unwrap()
-            .insert("amount".into(), aws_sdk_dynamodb::types::AttributeValue::N("x".into()));
+        changes[1].new.as_mut().unwrap().insert(
+            "amount".into(),
+            aws_sdk_dynamodb::types::AttributeValue::N("x".into()),
+        );
         let bus = Recording::default();
         let out = publish(&bus, &Currencies::default(), &changes).await;
         assert_eq!(out.events, 1, "what came before it is published");

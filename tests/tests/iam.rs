@@ -19,9 +19,19 @@ const EXCEPTIONS: &[(&str, &str, &str, &str)] = &[
     // (function, action, resource, why)
     // Lambda's event-source mapping polls the stream and writes to the on-failure queue with the
     // publisher's role; the function's own code never makes these calls.
-    ("event-publisher", "dynamodb:DescribeStream", "stream", MAPPING),
+    (
+        "event-publisher",
+        "dynamodb:DescribeStream",
+        "stream",
+        MAPPING,
+    ),
     ("event-publisher", "dynamodb:GetRecords", "stream", MAPPING),
-    ("event-publisher", "dynamodb:GetShardIterator", "stream", MAPPING),
+    (
+        "event-publisher",
+        "dynamodb:GetShardIterator",
+        "stream",
+        MAPPING,
+    ),
     ("event-publisher", "dynamodb:ListStreams", "stream", MAPPING),
     ("event-publisher", "sqs:SendMessage", "queue", MAPPING),
 ];

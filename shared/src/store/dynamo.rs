@@ -14,8 +14,7 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, CancellationReason, GlobalSecondaryIndex,
     KeySchemaElement, KeyType, Projection, ProjectionType, Put,
     ReturnValuesOnConditionCheckFailure, ScalarAttributeType, StreamSpecification, StreamViewType,
-    TimeToLiveSpecification,
-    TransactWriteItem, Update,
+    TimeToLiveSpecification, TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};

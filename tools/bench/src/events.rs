@@ -137,14 +137,19 @@ pub async fn report(
     });
 
     // The workload, at a steady pace: credit, request, and cancel every second request.
-    let service = shared::withdrawals::WithdrawalService::new(store.clone(), currencies.clone(), u32::MAX);
+    let service =
+        shared::withdrawals::WithdrawalService::new(store.clone(), currencies.clone(), u32::MAX);
     let usd = currencies.get("USD").unwrap().clone();
     let mut committed: HashMap<String, Instant> = HashMap::new();
     let mut changes = 0u64;
     for i in 0..users {
         let user = format!("ev-{i}");
         store
-            .credit(&super::credit(&user, &usd, shared::domain::Amount::parse("100", &usd).unwrap()))
+            .credit(&super::credit(
+                &user,
+                &usd,
+                shared::domain::Amount::parse("100", &usd).unwrap(),
+            ))
             .await
             .unwrap();
         changes += 1;
@@ -160,10 +165,7 @@ pub async fn report(
         committed.insert(format!("{}.PENDING", w.id), Instant::now());
         changes += 1;
         if i % 2 == 0 {
-            service
-                .cancel(&w.user_id, &w.id.to_string())
-                .await
-                .unwrap();
+            service.cancel(&w.user_id, &w.id.to_string()).await.unwrap();
             committed.insert(format!("{}.CANCELLED", w.id), Instant::now());
             changes += 1;
         }
@@ -202,7 +204,10 @@ pub async fn report(
     let at = put_at.lock().unwrap();
     let mut latency: Vec<f64> = committed
         .iter()
-        .filter_map(|(id, c)| at.get(id).map(|p| p.saturating_duration_since(*c).as_secs_f64() * 1000.0))
+        .filter_map(|(id, c)| {
+            at.get(id)
+                .map(|p| p.saturating_duration_since(*c).as_secs_f64() * 1000.0)
+        })
         .collect();
     latency.sort_by(|a, b| a.partial_cmp(b).unwrap());
     format!(

@@ -167,7 +167,9 @@ impl Relay {
             if parent_pending {
                 continue;
             }
-            let Some(iterator) = shard.iterator.clone() else { continue };
+            let Some(iterator) = shard.iterator.clone() else {
+                continue;
+            };
             let out = self
                 .client
                 .get_records()
@@ -194,7 +196,9 @@ impl Relay {
         self.fill().await?;
         let mut out = Delivered::default();
         for shard in &mut self.shards {
-            let waited = shard.since.is_some_and(|t| t.elapsed() >= self.batching_window);
+            let waited = shard
+                .since
+                .is_some_and(|t| t.elapsed() >= self.batching_window);
             if shard.buffer.is_empty() || (shard.buffer.len() < self.batch_size && !waited) {
                 continue;
             }
@@ -232,7 +236,9 @@ impl Relay {
                     if shard.attempts >= self.max_attempts {
                         let lost = shard.buffer.pop_front();
                         tracing::error!(
-                            sequence_number = lost.and_then(|r| r.change.sequence_number).unwrap_or_default(),
+                            sequence_number = lost
+                                .and_then(|r| r.change.sequence_number)
+                                .unwrap_or_default(),
                             "record given up after {} attempts (deployed: the on-failure queue)",
                             self.max_attempts
                         );
@@ -270,15 +276,16 @@ fn event_of(records: Vec<EventRecord>) -> Event {
 
 /// A record in the shape Lambda hands the function (its JSON, parsed by the same type).
 fn lambda_record(r: &Record, stream_arn: &str, region: &str) -> Result<EventRecord, String> {
-    let image = |m: Option<&HashMap<String, aws_sdk_dynamodbstreams::types::AttributeValue>>| -> Value {
-        let item: HashMap<String, serde_dynamo::AttributeValue> = m
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.into()))
-            .collect();
-        serde_json::to_value(serde_dynamo::Item::from(item)).unwrap_or(Value::Null)
-    };
+    let image =
+        |m: Option<&HashMap<String, aws_sdk_dynamodbstreams::types::AttributeValue>>| -> Value {
+            let item: HashMap<String, serde_dynamo::AttributeValue> = m
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.into()))
+                .collect();
+            serde_json::to_value(serde_dynamo::Item::from(item)).unwrap_or(Value::Null)
+        };
     let d = r.dynamodb().ok_or("a stream record without its change")?;
     let created = d
         .approximate_creation_date_time()
@@ -327,7 +334,10 @@ pub fn http_invoke(
             let status = response.status();
             let text = response.text().await.map_err(|e| e.to_string())?;
             if !status.is_success() {
-                return Err(format!("HTTP {status}: {}", text.chars().take(300).collect::<String>()));
+                return Err(format!(
+                    "HTTP {status}: {}",
+                    text.chars().take(300).collect::<String>()
+                ));
             }
             serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))
         })
