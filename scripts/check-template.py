@@ -159,6 +159,8 @@ else:
     m = next(iter(mappings.values()))["Properties"]
     if m.get("FunctionResponseTypes") != ["ReportBatchItemFailures"]:
         findings.append("stream mapping: without ReportBatchItemFailures a partial failure re-sends or loses the batch")
+    if m.get("MaximumRetryAttempts") != -1 or not 60 <= m.get("MaximumRecordAgeInSeconds", 0) <= 86400:
+        findings.append("stream mapping: retries must be bounded by record age (an outage must not use them up)")
     if m.get("BisectBatchOnFunctionError") is not True:
         findings.append("stream mapping: no bisect on error")
     if "StreamArn" not in refs(m.get("EventSourceArn")):
@@ -183,6 +185,9 @@ else:
             for a in actions:
                 if a.startswith("events:") and "EventBus" not in where:
                     findings.append(f"{fn}: {a} on {where}, not the stack's bus")
+                # ListStreams has no resource-level permission: "*" is its only form.
+                if a == "dynamodb:ListStreams" and where == '"*"':
+                    continue
                 if a.startswith("dynamodb:") and "StreamArn" not in where:
                     findings.append(f"{fn}: {a} on {where}, not the table's stream")
 

@@ -10,7 +10,7 @@
 
 use crate::credits::CreditView;
 use crate::domain::{Currencies, WithdrawalStatus};
-use crate::store::{decode_stored_item, StoreError, StoredItem};
+use crate::store::{decode_stored_item, stored_status, StoreError, StoredItem};
 use crate::withdrawals::WithdrawalView;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -87,16 +87,9 @@ pub fn event_of(
     let Some(new) = &change.new else {
         return Ok(None);
     };
-    let old = match &change.old {
-        Some(old) => Some(decode_stored_item(currencies, old)?),
-        None => None,
-    };
     match decode_stored_item(currencies, new)? {
         StoredItem::Withdrawal(w) => {
-            let previous = match old {
-                Some(StoredItem::Withdrawal(o)) => Some(o.status),
-                _ => None,
-            };
+            let previous = change.old.as_ref().and_then(stored_status);
             if previous == Some(w.status) {
                 return Ok(None);
             }
@@ -123,7 +116,7 @@ pub fn event_of(
                 detail,
             }))
         }
-        StoredItem::Credit(c) if old.is_none() => {
+        StoredItem::Credit(c) if change.old.is_none() => {
             let event_id = format!("credit.{}", c.reference);
             let view = CreditView::from(&c);
             let occurred_at = view.created_at.clone();
@@ -172,7 +165,7 @@ pub async fn publish(bus: &dyn EventBus, currencies: &Currencies, changes: &[Cha
             Ok(Some(event)) => ready.push((&change.sequence_number, event)),
             Ok(None) => out.skipped += 1,
             Err(e) => {
-                tracing::error!(sequence_number = %change.sequence_number, error = %e,
+                tracing::error!(sequence_number = %change.sequence_number, item = %item_key(change), error = %e,
                     "a stream record cannot be read; it is retried, then sent to the on-failure queue");
                 unreadable = Some(change.sequence_number.clone());
                 break;
@@ -201,12 +194,33 @@ pub async fn publish(bus: &dyn EventBus, currencies: &Currencies, changes: &[Cha
             }
         };
         if let Some(i) = first_failed {
+            tracing::warn!(sequence_number = %chunk[i].0, event_id = %chunk[i].1.event_id,
+                "not published; the stream hands this change and the rest over again");
             out.retry_from = Some(chunk[i].0.to_string());
             return out;
         }
     }
     out.retry_from = unreadable;
     out
+}
+
+/// The item a change is about, for the logs: its sort key (`WD#<id>`, `-` for a credit) and the
+/// partition key of a credit (`CREDIT#<reference>`); never an attribute's value.
+fn item_key(change: &Change) -> String {
+    let image = change.new.as_ref().or(change.old.as_ref());
+    let key = |k: &str| {
+        image
+            .and_then(|i| i.get(k))
+            .and_then(|v| v.as_s().ok())
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (pk, sk) = (key("PK"), key("SK"));
+    if pk.starts_with("USER#") {
+        sk
+    } else {
+        pk
+    }
 }
 
 #[cfg(test)]

@@ -173,6 +173,17 @@ async fn a_whole_loop_publishes_exactly_one_event_per_state_change() {
     want.sort();
     assert_eq!(pairs(&received), want, "exactly one event per state change");
 
+    // Published in stream order: moto hands each PutEvents to the queue as it is made, so each
+    // withdrawal's events arrive in its sequence order.
+    let mut last: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &received {
+        if let Some(id) = r.detail["withdrawal"]["id"].as_str() {
+            let seq = r.detail["sequence"].as_u64().unwrap();
+            let before = last.insert(id.to_string(), seq).unwrap_or(0);
+            assert!(seq > before, "{id}: sequence {seq} arrived after {before}");
+        }
+    }
+
     // What a consumer reads in them.
     for r in &received {
         assert_eq!(r.source, shared::events::SOURCE);

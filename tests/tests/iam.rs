@@ -32,7 +32,7 @@ const EXCEPTIONS: &[(&str, &str, &str, &str)] = &[
         "stream",
         MAPPING,
     ),
-    ("event-publisher", "dynamodb:ListStreams", "stream", MAPPING),
+    ("event-publisher", "dynamodb:ListStreams", "*", MAPPING),
     ("event-publisher", "sqs:SendMessage", "queue", MAPPING),
 ];
 const MAPPING: &str = "used by the stream's event-source mapping, with the function's role";

@@ -1175,6 +1175,15 @@ pub enum StoredItem {
     Other,
 }
 
+/// The status a withdrawal image holds, read without decoding the rest (the publisher's old
+/// image: only whether the status changed matters there).
+pub fn stored_status(item: &Item) -> Option<WithdrawalStatus> {
+    let r = Reader(item);
+    (r.opt_s(schema::TYPE_ATTRIBUTE) == Some(schema::WITHDRAWAL_TYPE))
+        .then(|| r.opt_s("status").and_then(WithdrawalStatus::parse))
+        .flatten()
+}
+
 /// Decodes a stream image (event-publisher); items are told apart by their `type` attribute.
 pub fn decode_stored_item(currencies: &Currencies, item: &Item) -> Result<StoredItem, StoreError> {
     match Reader(item).opt_s(schema::TYPE_ATTRIBUTE) {

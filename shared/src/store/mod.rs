@@ -5,7 +5,9 @@ mod dynamo;
 mod schema;
 
 pub use batches::CLAIM_CHUNK;
-pub use dynamo::{decode_stored_item, timestamp, DynamoStore, ScanReport, StoredItem};
+pub use dynamo::{
+    decode_stored_item, stored_status, timestamp, DynamoStore, ScanReport, StoredItem,
+};
 pub use schema::{TableSchema, CREDIT_TYPE, MAX_BATCH_MEMBERS, TYPE_ATTRIBUTE, WITHDRAWAL_TYPE};
 
 use crate::domain::{

@@ -2,8 +2,8 @@
 //! `dynamodbstreams` API, the real thing), keeps what the template's filter keeps, and hands
 //! each shard's records to `event-publisher` in order, in batches, the way Lambda's mapping does
 //! with `ReportBatchItemFailures`: a reported sequence number and everything after it come again;
-//! after `max_attempts` the record is given up (deployed: the on-failure queue and its alarm).
-//! No bisecting: a batch that keeps failing is retried whole.
+//! after `max_attempts` the rest of that batch is given up (deployed: the on-failure queue and
+//! its alarm). No bisecting: a batch that keeps failing is retried whole.
 
 use aws_lambda_events::event::dynamodb::{Event, EventRecord};
 use aws_lambda_events::event::streams::DynamoDbEventResponse;
@@ -24,10 +24,14 @@ pub fn filter_pattern() -> Value {
     ]}}}})
 }
 
+/// [`filter_pattern`] applied: the new image's `type` is one of the pattern's strings.
 fn passes_filter(record: &EventRecord) -> bool {
-    let kept = [shared::store::WITHDRAWAL_TYPE, shared::store::CREDIT_TYPE];
+    let pattern = filter_pattern();
+    let kept = &pattern["dynamodb"]["NewImage"][shared::store::TYPE_ATTRIBUTE]["S"];
     match record.change.new_image.get(shared::store::TYPE_ATTRIBUTE) {
-        Some(serde_dynamo::AttributeValue::S(t)) => kept.contains(&t.as_str()),
+        Some(serde_dynamo::AttributeValue::S(t)) => kept
+            .as_array()
+            .is_some_and(|k| k.iter().any(|v| v.as_str() == Some(t))),
         _ => false,
     }
 }
@@ -208,14 +212,21 @@ impl Relay {
             out.records += n;
             let answer = invoke(event_of(records.clone())).await;
             let failed_at = match answer {
+                // As Lambda reads it: the lowest reported sequence number; an identifier that is
+                // empty or names no record of the batch fails the whole batch.
                 Ok(response) => response
                     .batch_item_failures
                     .iter()
-                    .filter_map(|f| f.item_identifier.clone())
-                    .filter_map(|id| {
-                        records
-                            .iter()
-                            .position(|r| r.change.sequence_number.as_deref() == Some(&id))
+                    .map(|f| {
+                        f.item_identifier
+                            .as_deref()
+                            .filter(|id| !id.is_empty())
+                            .and_then(|id| {
+                                records
+                                    .iter()
+                                    .position(|r| r.change.sequence_number.as_deref() == Some(id))
+                            })
+                            .unwrap_or(0)
                     })
                     .min(),
                 Err(e) => {
@@ -234,15 +245,19 @@ impl Relay {
                     shard.buffer.drain(..i);
                     shard.attempts = if i > 0 { 1 } else { shard.attempts + 1 };
                     if shard.attempts >= self.max_attempts {
-                        let lost = shard.buffer.pop_front();
+                        // What Lambda does past its retries: the rest of the batch goes to the
+                        // on-failure queue and the shard moves on.
+                        let lost: Vec<EventRecord> = shard.buffer.drain(..n - i).collect();
                         tracing::error!(
-                            sequence_number = lost
-                                .and_then(|r| r.change.sequence_number)
+                            first = lost
+                                .first()
+                                .and_then(|r| r.change.sequence_number.clone())
                                 .unwrap_or_default(),
-                            "record given up after {} attempts (deployed: the on-failure queue)",
+                            records = lost.len(),
+                            "records given up after {} attempts (deployed: the on-failure queue)",
                             self.max_attempts
                         );
-                        out.given_up += 1;
+                        out.given_up += lost.len();
                         shard.attempts = 0;
                     }
                 }
