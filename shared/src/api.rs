@@ -198,7 +198,7 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(%reason, "store unavailable");
                 Self::TryAgain
             }
-            StoreError::IdempotencyKeyTaken
+            StoreError::IdempotencyKeyTaken(_)
             | StoreError::DuplicateEvent
             | StoreError::LeaseLost
             | StoreError::BatchChanged(_)

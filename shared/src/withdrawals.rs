@@ -228,13 +228,18 @@ impl WithdrawalService {
                     withdrawal_id: withdrawal.id,
                 })
             }
-            Err(StoreError::IdempotencyKeyTaken) => {
-                let first = self
-                    .store
-                    .idempotency_record(user, &key)
-                    .await?
-                    // Expired between the write and this read: the client may simply retry.
-                    .ok_or(ApiError::TryAgain)?;
+            Err(StoreError::IdempotencyKeyTaken(stored)) => {
+                // The cancellation handed the first record back: one round trip. A read only
+                // when it did not (a store that does not return old items).
+                let first = match stored {
+                    Some(first) => *first,
+                    None => self
+                        .store
+                        .idempotency_record(user, &key)
+                        .await?
+                        // Expired between the write and this read: the client may retry.
+                        .ok_or(ApiError::TryAgain)?,
+                };
                 if first.fingerprint != req.fingerprint() {
                     return Err(ApiError::IdempotencyKeyReused);
                 }

@@ -1095,3 +1095,55 @@ async fn an_expired_day_counter_never_blocks_a_cancel() {
     assert_eq!(used_today(&env, "uma").await, Some(0.into()));
     env.assert_conserved().await;
 }
+
+#[tokio::test]
+async fn a_replayed_request_is_answered_in_one_round_trip() {
+    // The idempotency put's cancellation reason (ALL_OLD) carries the first answer: the replay
+    // needs no second read.
+    let env = TestEnv::new().await;
+    env.credit("rita", "USD", "100").await;
+    let counter = shared::calls::CallRecorder::counting();
+    let client = aws_sdk_dynamodb::Client::from_conf(
+        integration_tests::client_for(&integration_tests::endpoint())
+            .config()
+            .to_builder()
+            .interceptor(counter.clone())
+            .build(),
+    );
+    let store = DynamoStore::new(client, env.store.table_name(), env.currencies.clone())
+        .with_pending_shards(env.store.pending_shards());
+    let service = WithdrawalService::new(Arc::new(store), env.currencies.clone(), 5);
+    let user = UserId::parse("rita").unwrap();
+    let key = || shared::domain::IdempotencyKey::parse("once").unwrap();
+    let body = withdrawal_body("USD", "10.00");
+    let first = service
+        .request(&user, body.as_bytes(), key())
+        .await
+        .unwrap();
+    counter.take_counts();
+    let again = service
+        .request(&user, body.as_bytes(), key())
+        .await
+        .unwrap();
+    let counts = counter.take_counts();
+    assert!(again.replayed && !first.replayed);
+    assert_eq!(
+        (again.withdrawal_id, again.body),
+        (first.withdrawal_id, first.body)
+    );
+    assert_eq!(
+        counts.into_iter().collect::<Vec<_>>(),
+        vec![("TransactWriteItems".to_string(), 1)]
+    );
+    // Another body under the same key: refused from the same single answer.
+    counter.take_counts();
+    let other = withdrawal_body("USD", "11.00");
+    let reused = service.request(&user, other.as_bytes(), key()).await;
+    assert!(
+        matches!(reused, Err(shared::api::ApiError::IdempotencyKeyReused)),
+        "{reused:?}"
+    );
+    assert_eq!(counter.take_counts().values().sum::<u64>(), 1);
+    assert_eq!(env.balance("rita", "USD").await.1, "10.00");
+    env.assert_conserved().await;
+}

@@ -956,8 +956,16 @@ impl Store for DynamoStore {
         };
         // The key wins: a replayed request must replay, not report that the (already locked)
         // funds or the day's allowance it used itself are now short.
-        if refused(RequestGuard::IdempotencyKey).is_some() {
-            return Err(StoreError::IdempotencyKeyTaken);
+        if let Some(r) = refused(RequestGuard::IdempotencyKey) {
+            let first = match (idempotency, r.item()) {
+                (Some(mine), Some(item)) => Some(Box::new(idempotency_from_item(
+                    &mine.user_id,
+                    &mine.key,
+                    item,
+                )?)),
+                _ => None,
+            };
+            return Err(StoreError::IdempotencyKeyTaken(first));
         }
         if let Some(r) = refused(RequestGuard::DayCounter) {
             return Err(self.daily_limit_exceeded(w, r.item()));
@@ -995,22 +1003,8 @@ impl Store for DynamoStore {
                 TableSchema::SINGLETON_SK,
             )
             .await?;
-        let Some(item) = item else {
-            return Ok(None);
-        };
-        let r = Reader(&item);
-        Ok(Some(IdempotencyRecord {
-            user_id: user.clone(),
-            key: key.clone(),
-            fingerprint: r.s("fingerprint")?.to_string(),
-            withdrawal_id: WithdrawalId::parse(r.s("withdrawal_id")?).map_err(corrupt)?,
-            status_code: r
-                .n("status_code")?
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("status_code".into()))?,
-            response_body: r.s("response_body")?.to_string(),
-            created_at: r.time("created_at")?,
-        }))
+        item.map(|item| idempotency_from_item(user, key, &item))
+            .transpose()
     }
 
     async fn withdrawal(
@@ -1275,6 +1269,26 @@ fn credit_item(c: &CreditRecord) -> Item {
 pub(super) enum TxError {
     Cancelled(Vec<CancellationReason>),
     Store(StoreError),
+}
+
+fn idempotency_from_item(
+    user: &UserId,
+    key: &IdempotencyKey,
+    item: &Item,
+) -> Result<IdempotencyRecord, StoreError> {
+    let r = Reader(item);
+    Ok(IdempotencyRecord {
+        user_id: user.clone(),
+        key: key.clone(),
+        fingerprint: r.s("fingerprint")?.to_string(),
+        withdrawal_id: WithdrawalId::parse(r.s("withdrawal_id")?).map_err(corrupt)?,
+        status_code: r
+            .n("status_code")?
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("status_code".into()))?,
+        response_body: r.s("response_body")?.to_string(),
+        created_at: r.time("created_at")?,
+    })
 }
 
 fn idempotency_item(rec: &IdempotencyRecord) -> Item {

@@ -27,8 +27,10 @@ pub enum StoreError {
     /// says the limit and what is left of it today.
     #[error("{0}")]
     DailyLimitExceeded(String),
+    /// With the first request's record when DynamoDB handed it back with the cancellation
+    /// (`ALL_OLD`): a replay then costs one round trip.
     #[error("the idempotency key is already used")]
-    IdempotencyKeyTaken,
+    IdempotencyKeyTaken(Option<Box<IdempotencyRecord>>),
     /// The credit reference was already used for another user, currency or amount.
     #[error("credit reference already used: {0}")]
     ReferenceReused(String),
@@ -57,7 +59,7 @@ pub enum StoreError {
 }
 
 /// What a replayed request with the same `Idempotency-Key` gets back.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyRecord {
     pub user_id: UserId,
     pub key: IdempotencyKey,
