@@ -188,6 +188,27 @@ async fn main() {
         tx,
         "1 round trip".into(),
     ));
+    // A client's retry with its Idempotency-Key: answered from the cancellation reason.
+    let keyed = || {
+        let mut req = event("POST", "/withdrawals", "rt", Some(body("USD", "10")));
+        req.headers_mut().insert(
+            "idempotency-key",
+            lambda_http::http::HeaderValue::from_static("bench-replay"),
+        );
+        req
+    };
+    assert_eq!(withdrawal_request::handle(&app, keyed()).await.status(), 201);
+    e.counter.take_counts();
+    let replay = withdrawal_request::handle(&app, keyed()).await;
+    assert_eq!(replay.status(), 201);
+    assert!(replay.headers().contains_key("idempotent-replayed"));
+    let (req_replay, tx_replay) = ops(&e.counter.take_counts());
+    rows.push((
+        "replay (the same Idempotency-Key again)".into(),
+        req_replay,
+        tx_replay,
+        "1 round trip".into(),
+    ));
     let id = match r.body() {
         Body::Text(t) => serde_json::from_str::<serde_json::Value>(t).unwrap()["id"]
             .as_str()
