@@ -10,13 +10,11 @@
 //! API and a service token never acts as a user.
 
 use crate::domain::UserId;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use hmac::{Hmac, Mac};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use lambda_http::request::RequestContext;
 use lambda_http::{Request, RequestExt};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 
 /// Issuer and audience of locally minted tokens.
 pub const LOCAL_ISSUER: &str = "withdrawal-pipeline-local";
@@ -269,9 +267,12 @@ pub struct Claims {
     pub exp: i64,
 }
 
-/// An HS256 signing key for local tokens.
+/// An HS256 signing key for local tokens (minted and verified by `jsonwebtoken`).
 #[derive(Clone)]
-pub struct LocalTokenKey(Vec<u8>);
+pub struct LocalTokenKey {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
 
 impl LocalTokenKey {
     pub fn new(secret: &[u8]) -> Result<Self, AuthError> {
@@ -280,7 +281,11 @@ impl LocalTokenKey {
                 "local auth secret must be at least 32 bytes",
             ));
         }
-        Ok(Self(secret.to_vec()))
+        let refused = |_| AuthError::Invalid("local auth secret is not a usable HS256 key");
+        Ok(Self {
+            encoding: EncodingKey::from_secret(secret).map_err(refused)?,
+            decoding: DecodingKey::from_secret(secret).map_err(refused)?,
+        })
     }
 
     /// A user's token for the user API.
@@ -294,7 +299,6 @@ impl LocalTokenKey {
     }
 
     fn mint_for(&self, sub: &str, audience: &str, now: i64, ttl_secs: i64) -> String {
-        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
         let claims = Claims {
             sub: sub.to_string(),
             iss: LOCAL_ISSUER.into(),
@@ -302,12 +306,8 @@ impl LocalTokenKey {
             iat: now,
             exp: now + ttl_secs,
         };
-        let payload =
-            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("claims serialize"));
-        let signing_input = format!("{header}.{payload}");
-        let sig =
-            URL_SAFE_NO_PAD.encode(self.mac(signing_input.as_bytes()).finalize().into_bytes());
-        format!("{signing_input}.{sig}")
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 signs any claims")
     }
 
     /// A user's token (the user API's audience).
@@ -316,55 +316,37 @@ impl LocalTokenKey {
     }
 
     pub fn verify_for(&self, token: &str, audience: &str, now: i64) -> Result<Claims, AuthError> {
-        let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(sig), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(AuthError::Invalid("malformed token"));
-        };
-        #[derive(Deserialize)]
-        struct Header {
-            alg: String,
-        }
-        let header: Header = decode_json(h)?;
-        // Only HS256: refusing everything else closes the "alg: none" and algorithm-confusion
-        // holes.
-        if header.alg != "HS256" {
-            return Err(AuthError::Invalid("unsupported algorithm"));
-        }
-        let sig = URL_SAFE_NO_PAD
-            .decode(sig)
-            .map_err(|_| AuthError::Invalid("malformed signature"))?;
-        self.mac(format!("{h}.{p}").as_bytes())
-            .verify_slice(&sig)
-            .map_err(|_| AuthError::Invalid("bad signature"))?;
-        let claims: Claims = decode_json(p)?;
-        if claims.iss != LOCAL_ISSUER || claims.aud != audience {
-            return Err(AuthError::Invalid("wrong issuer or audience"));
-        }
+        // Only HS256: the "alg: none" and algorithm-confusion holes stay closed.
+        let mut rules = Validation::new(Algorithm::HS256);
+        rules.set_issuer(&[LOCAL_ISSUER]);
+        rules.set_audience(&[audience]);
+        rules.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        // Expiry is checked below against the caller's clock (`now`), with no leeway.
+        rules.validate_exp = false;
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &rules)
+            .map_err(|e| {
+                AuthError::Invalid(match e.kind() {
+                    ErrorKind::InvalidSignature => "bad signature",
+                    ErrorKind::InvalidAlgorithm => "unsupported algorithm",
+                    ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => {
+                        "wrong issuer or audience"
+                    }
+                    _ => "malformed token",
+                })
+            })?
+            .claims;
         if claims.exp <= now {
             return Err(AuthError::Invalid("token expired"));
         }
         Ok(claims)
     }
-
-    fn mac(&self, data: &[u8]) -> Hmac<Sha256> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
-        mac.update(data);
-        mac
-    }
-}
-
-fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, AuthError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(part)
-        .map_err(|_| AuthError::Invalid("malformed token"))?;
-    serde_json::from_slice(&bytes).map_err(|_| AuthError::Invalid("malformed token"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 

@@ -197,7 +197,10 @@ async fn main() {
         );
         req
     };
-    assert_eq!(withdrawal_request::handle(&app, keyed()).await.status(), 201);
+    assert_eq!(
+        withdrawal_request::handle(&app, keyed()).await.status(),
+        201
+    );
     e.counter.take_counts();
     let replay = withdrawal_request::handle(&app, keyed()).await;
     assert_eq!(replay.status(), 201);
