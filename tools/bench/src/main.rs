@@ -148,6 +148,17 @@ async fn main() {
         mem_gib()
     ));
 
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("events") {
+        let moto = std::env::var("MOTO_ENDPOINT").expect("MOTO_ENDPOINT");
+        let (a, b) = (
+            env_with(&endpoint, true).await,
+            env_with(&endpoint, true).await,
+        );
+        let tables = [(a.store, a.currencies), (b.store, b.currencies)];
+        println!("{}", events::report(tables, &endpoint, &moto, 60).await);
+        return;
+    }
+
     // 1. Round trips per lifecycle step -------------------------------------------------------
     let e = env(&endpoint).await;
     let sandbox = Sandbox::new(SandboxConfig::new(
@@ -269,7 +280,15 @@ async fn main() {
         vec![WebhookSecret::new(SECRET).unwrap()],
         300,
     );
-    let batch = e.store.all_batches().await.unwrap().pop().unwrap();
+    // The 500-member batch (the replay's withdrawal went into a batch of its own).
+    let batch = e
+        .store
+        .all_batches()
+        .await
+        .unwrap()
+        .into_iter()
+        .max_by_key(|b| b.members.len())
+        .unwrap();
     let members = e.store.members(&batch).await.unwrap();
     e.counter.take_counts();
     let steps = [
@@ -426,8 +445,9 @@ async fn main() {
     // 5. Events out --------------------------------------------------------------------------
     match std::env::var("MOTO_ENDPOINT") {
         Ok(moto) => {
-            let e5 = env_with(&endpoint, true).await;
-            out.push_str(&events::report(e5.store, e5.currencies, &endpoint, &moto, 200).await);
+            let (a, b) = (env_with(&endpoint, true).await, env_with(&endpoint, true).await);
+            let tables = [(a.store, a.currencies), (b.store, b.currencies)];
+            out.push_str(&events::report(tables, &endpoint, &moto, 200).await);
         }
         Err(_) => out.push_str("### Events out\n\nskipped: no `MOTO_ENDPOINT` (scripts/bench.sh starts moto's server)\n\n"),
     }
