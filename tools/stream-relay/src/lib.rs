@@ -7,6 +7,7 @@
 
 use aws_lambda_events::event::dynamodb::{Event, EventRecord};
 use aws_lambda_events::event::streams::DynamoDbEventResponse;
+use aws_sdk_dynamodbstreams::error::ProvideErrorMetadata;
 use aws_sdk_dynamodbstreams::types::{Record, ShardIteratorType};
 use aws_sdk_dynamodbstreams::Client;
 use serde_json::{json, Value};
@@ -59,6 +60,8 @@ struct Shard {
     buffer: VecDeque<EventRecord>,
     /// When the oldest record still buffered arrived (the batching window counts from it).
     since: Option<Instant>,
+    /// The last record read from the shard: where a replaced iterator resumes.
+    last_sequence: Option<String>,
     attempts: u32,
 }
 
@@ -141,6 +144,7 @@ impl Relay {
                     iterator,
                     buffer: VecDeque::new(),
                     since: None,
+                    last_sequence: None,
                     attempts: 0,
                 });
             }
@@ -174,16 +178,50 @@ impl Relay {
             let Some(iterator) = shard.iterator.clone() else {
                 continue;
             };
-            let out = self
+            let out = match self
                 .client
                 .get_records()
                 .shard_iterator(iterator)
                 .limit(1000)
                 .send()
                 .await
-                .map_err(|e| format!("GetRecords: {e:?}"))?;
+            {
+                Ok(out) => out,
+                // DynamoDB Local invalidates an iterator now and then (an expired one, or one
+                // that "reads past the oldest record" of a shard that was empty when it was
+                // taken): take a new one after the last record read, as Lambda's poller does.
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        Some("TrimmedDataAccessException" | "ExpiredIteratorException")
+                    ) =>
+                {
+                    let request = self
+                        .client
+                        .get_shard_iterator()
+                        .stream_arn(&self.stream_arn)
+                        .shard_id(&shard.id);
+                    let request = match &shard.last_sequence {
+                        Some(seq) => request
+                            .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                            .sequence_number(seq),
+                        None => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
+                    };
+                    shard.iterator = request
+                        .send()
+                        .await
+                        .map_err(|e| format!("GetShardIterator: {e:?}"))?
+                        .shard_iterator()
+                        .map(str::to_string);
+                    continue;
+                }
+                Err(e) => return Err(format!("GetRecords: {e:?}")),
+            };
             shard.iterator = out.next_shard_iterator().map(str::to_string);
             for r in out.records() {
+                if let Some(seq) = r.dynamodb().and_then(|d| d.sequence_number()) {
+                    shard.last_sequence = Some(seq.to_string());
+                }
                 let record = lambda_record(r, &self.stream_arn, &self.region)?;
                 if passes_filter(&record) {
                     shard.since.get_or_insert_with(Instant::now);
