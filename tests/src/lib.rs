@@ -36,6 +36,17 @@ pub fn client_for(endpoint: &str) -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::from_conf(conf)
 }
 
+/// A DynamoDB Local client whose requests `counter` counts per operation (round-trip floors).
+pub fn counting_client(counter: &shared::calls::CallRecorder) -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::from_conf(
+        client_for(&endpoint())
+            .config()
+            .to_builder()
+            .interceptor(counter.clone())
+            .build(),
+    )
+}
+
 /// The deployed functions, by the binary names template.yaml builds.
 pub const REQUEST_FN: &str = "withdrawal-request";
 pub const BATCHER_FN: &str = "payout-batcher";

@@ -234,13 +234,7 @@ fn the_template_grants_are_read_per_function_and_resource_kind() {
 #[tokio::test]
 async fn the_same_interceptor_counts_requests_per_operation_for_the_benchmark() {
     let counter = shared::calls::CallRecorder::counting();
-    let client = aws_sdk_dynamodb::Client::from_conf(
-        integration_tests::client_for(&integration_tests::endpoint())
-            .config()
-            .to_builder()
-            .interceptor(counter.clone())
-            .build(),
-    );
+    let client = integration_tests::counting_client(&counter);
     let store = shared::store::DynamoStore::new(
         client,
         format!("t_{}", ulid::Ulid::new()),

@@ -1103,13 +1103,7 @@ async fn a_replayed_request_is_answered_in_one_round_trip() {
     let env = TestEnv::new().await;
     env.credit("rita", "USD", "100").await;
     let counter = shared::calls::CallRecorder::counting();
-    let client = aws_sdk_dynamodb::Client::from_conf(
-        integration_tests::client_for(&integration_tests::endpoint())
-            .config()
-            .to_builder()
-            .interceptor(counter.clone())
-            .build(),
-    );
+    let client = integration_tests::counting_client(&counter);
     let store = DynamoStore::new(client, env.store.table_name(), env.currencies.clone())
         .with_pending_shards(env.store.pending_shards());
     let service = WithdrawalService::new(Arc::new(store), env.currencies.clone(), 5);
