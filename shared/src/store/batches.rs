@@ -1,7 +1,7 @@
 //! Batch records and claims on the single table.
 
 use super::dynamo::{
-    backend, classify, corrupt, n, s, timestamp, Item, Reader, ScanFilter, TxError,
+    backend, classify, corrupt, failed, n, s, timestamp, Item, Reader, ScanFilter, TxError, TxGuard,
 };
 use super::schema::{self, TableSchema};
 use super::{AttemptResult, BatchStore, ClaimResult, StoreError, TransitionDetails};
@@ -279,16 +279,20 @@ impl BatchStore for DynamoStore {
         while !remaining.is_empty() {
             let now_t = Utc::now();
             let now = timestamp(&now_t);
-            let mut items = Vec::with_capacity(remaining.len() + 1);
+            let mut items = Vec::with_capacity(remaining.len() + 2);
+            let mut guards = Vec::with_capacity(remaining.len() + 2);
             let mut claimed = Vec::with_capacity(remaining.len());
             for w in &remaining {
                 let details = TransitionDetails {
                     batch_id: Some(batch.id),
                     ..TransitionDetails::by(&actor)
                 };
-                let (mut tx, updated) =
+                let (tx, updated) =
                     self.transition_items(w, Transition::Submit, &details, now_t)?;
-                items.append(&mut tx);
+                for (guard, item) in tx {
+                    guards.push(guard);
+                    items.push(item);
+                }
                 claimed.push(updated);
             }
             let sum: Decimal = remaining.iter().map(|w| w.amount.value()).sum();
@@ -340,6 +344,7 @@ impl BatchStore for DynamoStore {
                     .update(update.update_expression(expr).build().map_err(backend)?)
                     .build()
             };
+            guards.push(TxGuard::Batch);
             items.push(batch_item);
             if create {
                 let mut counter = HashMap::from([
@@ -348,6 +353,7 @@ impl BatchStore for DynamoStore {
                 ]);
                 counter.insert("type".into(), s("BATCH_COUNTER"));
                 counter.insert("final_count".into(), n(0));
+                guards.push(TxGuard::BatchCounter);
                 items.push(self.put_new(counter)?);
             }
             let token = ulid::Ulid::new().to_string();
@@ -357,12 +363,13 @@ impl BatchStore for DynamoStore {
                 }
                 Err(TxError::Store(e)) => return Err(e),
                 Err(TxError::Cancelled(reasons)) => {
-                    let failed = |i: usize| {
-                        reasons
-                            .get(i)
-                            .is_some_and(|r| r.code() == Some("ConditionalCheckFailed"))
-                    };
-                    if failed(remaining.len()) {
+                    let refused: Vec<TxGuard> = guards
+                        .iter()
+                        .zip(&reasons)
+                        .filter(|(_, r)| failed(r))
+                        .map(|(g, _)| *g)
+                        .collect();
+                    if refused.contains(&TxGuard::Batch) {
                         return Err(if create {
                             StoreError::Backend(format!("batch {} already exists", batch.id))
                         } else {
@@ -371,8 +378,8 @@ impl BatchStore for DynamoStore {
                     }
                     let before = remaining.len();
                     let mut keep = Vec::with_capacity(before);
-                    for (i, w) in remaining.into_iter().enumerate() {
-                        if failed(i) {
+                    for w in remaining {
+                        if refused.contains(&TxGuard::Withdrawal(w.id)) {
                             lost.push(w.id);
                         } else {
                             keep.push(w);
@@ -760,12 +767,10 @@ impl BatchStore for DynamoStore {
             self.transition_items(w, Transition::Reject, &details, Utc::now())?;
         let mut guards = vec![RejectGuard::BatchFlagged];
         let mut items = vec![TransactWriteItem::builder().update(mark).build()];
-        // `transition_items` puts the withdrawal's own conditional update first.
-        for (i, item) in transition.into_iter().enumerate() {
-            guards.push(if i == 0 {
-                RejectGuard::WithdrawalStatus
-            } else {
-                RejectGuard::Effect
+        for (guard, item) in transition {
+            guards.push(match guard {
+                TxGuard::Withdrawal(_) => RejectGuard::WithdrawalStatus,
+                _ => RejectGuard::Effect,
             });
             items.push(item);
         }
@@ -773,19 +778,19 @@ impl BatchStore for DynamoStore {
             Ok(()) => Ok(updated),
             Err(TxError::Store(e)) => Err(e),
             Err(TxError::Cancelled(reasons)) => {
-                let failed = |g: RejectGuard| {
+                let refused = |g: RejectGuard| {
                     guards
                         .iter()
                         .zip(&reasons)
-                        .any(|(guard, r)| *guard == g && r.code() == Some("ConditionalCheckFailed"))
+                        .any(|(guard, r)| *guard == g && failed(r))
                 };
-                if failed(RejectGuard::BatchFlagged) {
+                if refused(RejectGuard::BatchFlagged) {
                     Err(StoreError::BatchChanged(
                         "the batch is no longer NEEDS_OPERATOR, was accepted, or was sent again \
                          too recently"
                             .into(),
                     ))
-                } else if failed(RejectGuard::WithdrawalStatus) {
+                } else if refused(RejectGuard::WithdrawalStatus) {
                     Err(StoreError::StateChanged { current: None })
                 } else {
                     Err(StoreError::Corrupt(format!(

@@ -520,7 +520,7 @@ impl DynamoStore {
         transition: Transition,
         details: &TransitionDetails,
         now_t: DateTime<Utc>,
-    ) -> Result<(Vec<TransactWriteItem>, Withdrawal), StoreError> {
+    ) -> Result<(Vec<(TxGuard, TransactWriteItem)>, Withdrawal), StoreError> {
         let to = w
             .status
             .apply(transition)
@@ -591,27 +591,34 @@ impl DynamoStore {
             .condition_expression("#st = :from")
             .build()
             .map_err(backend)?;
-        let mut items = vec![TransactWriteItem::builder().update(update).build()];
+        let mut items = vec![(
+            TxGuard::Withdrawal(w.id),
+            TransactWriteItem::builder().update(update).build(),
+        )];
         let effect = transition.balance_effect();
         if effect != BalanceEffect::None {
-            items.push(self.balance_update(
-                &w.user_id,
-                &w.currency,
-                effect,
-                w.amount.value(),
-                &now,
-                None,
-            )?);
+            items.push((
+                TxGuard::Balance,
+                self.balance_update(
+                    &w.user_id,
+                    &w.currency,
+                    effect,
+                    w.amount.value(),
+                    &now,
+                    None,
+                )?,
+            ));
         }
         if matches!(transition, Transition::Cancel | Transition::Reject) {
             if let Some(day) = w.limit_day {
-                items.push(self.day_counter_give_back(w, day)?);
+                items.push((TxGuard::DayCounter, self.day_counter_give_back(w, day)?));
             }
         }
         let member_finishes = matches!(transition, Transition::Settle | Transition::Reject)
             && w.status == WithdrawalStatus::Submitted;
         if let (true, Some(batch)) = (member_finishes, w.batch_id) {
-            items.push(
+            items.push((
+                TxGuard::BatchCounter,
                 TransactWriteItem::builder()
                     .update(
                         Update::builder()
@@ -628,10 +635,10 @@ impl DynamoStore {
                             .map_err(backend)?,
                     )
                     .build(),
-            );
+            ));
         }
         if let Some(event) = &details.record_event {
-            items.push(self.event_put(event, &now_t)?);
+            items.push((TxGuard::Event, self.event_put(event, &now_t)?));
         }
         Ok((items, updated))
     }
@@ -1059,8 +1066,8 @@ impl Store for DynamoStore {
         transition: Transition,
         details: TransitionDetails,
     ) -> Result<Withdrawal, StoreError> {
-        let (items, updated) = self.transition_items(w, transition, &details, Utc::now())?;
-        let details = &details;
+        let (guarded, updated) = self.transition_items(w, transition, &details, Utc::now())?;
+        let (guards, items): (Vec<_>, Vec<_>) = guarded.into_iter().unzip();
         // One token per call, reused by its own retries: a retry after a timeout cannot apply
         // twice, while a concurrent caller's attempt stays a separate, conditional one.
         let token = ulid::Ulid::new().to_string();
@@ -1068,21 +1075,24 @@ impl Store for DynamoStore {
             Ok(()) => Ok(updated),
             Err(TxError::Store(e)) => Err(e),
             Err(TxError::Cancelled(reasons)) => {
-                let first = &reasons[0];
-                let event_failed = details.record_event.is_some()
-                    && reasons
-                        .last()
-                        .is_some_and(|r| r.code() == Some("ConditionalCheckFailed"));
-                if event_failed && first.code() != Some("ConditionalCheckFailed") {
+                let refused = |want: TxGuard| {
+                    guards
+                        .iter()
+                        .zip(&reasons)
+                        .find(|(g, r)| **g == want && failed(r))
+                        .map(|(_, r)| r)
+                };
+                let status = refused(TxGuard::Withdrawal(w.id));
+                if status.is_none() && refused(TxGuard::Event).is_some() {
                     return Err(StoreError::DuplicateEvent);
                 }
-                if first.code() == Some("ConditionalCheckFailed") {
-                    let current = first
+                if let Some(r) = status {
+                    let current = r
                         .item()
                         .and_then(|i| i.get("status"))
                         .and_then(|v| v.as_s().ok())
                         .and_then(|s| WithdrawalStatus::parse(s));
-                    return match first.item() {
+                    return match r.item() {
                         None => Err(StoreError::NotFound),
                         Some(_) => Err(StoreError::StateChanged { current }),
                     };
@@ -1130,6 +1140,22 @@ impl Store for DynamoStore {
             .map(|i| self.balance_from_item(i).map(|(_, b)| b))
             .collect()
     }
+}
+
+/// The items of a transition's (or a claim's) transaction, so a cancellation is read by the name
+/// of the item each reason belongs to, never by its position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum TxGuard {
+    /// The withdrawal's conditional status change (`#st = :from`).
+    Withdrawal(WithdrawalId),
+    Balance,
+    DayCounter,
+    /// A batch's counter shard (a settlement) or its base counter (a claim creating the batch).
+    BatchCounter,
+    /// The provider event's record (`attribute_not_exists`): a repeat delivery.
+    Event,
+    /// The batch record a claim writes (its lease or its creation).
+    Batch,
 }
 
 /// The items of a withdrawal request's transaction, to read its cancellation reasons by name.
