@@ -13,7 +13,7 @@ use crate::provider::{
 };
 use crate::reconcile::{self, ReconcileError};
 use crate::settlement::{self, Applied, Outcome};
-use crate::store::{AttemptResult, BatchStore, Store, StoreError, TransitionDetails, CLAIM_CHUNK};
+use crate::store::{AttemptResult, BatchStore, Store, StoreError, TransitionDetails};
 use chrono::Utc;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -451,7 +451,7 @@ where
             after = Some(last.id);
             let mut batch = Batch::claiming(currency.clone(), &run.owner, self.lease_until_ms(run));
             let mut members = Vec::new();
-            for chunk in candidates.chunks(CLAIM_CHUNK) {
+            for chunk in candidates.chunks(self.store.claim_chunk()) {
                 if run.out_of_time(&self.config) {
                     run.summary.stopped_early = true;
                     break;

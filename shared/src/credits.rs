@@ -8,8 +8,9 @@
 //! used reference is refused. Debit corrections are out of scope.
 
 use crate::api::ApiError;
+use crate::domain::timestamp;
 use crate::domain::{CreditReference, Currencies, UserId};
-use crate::store::{timestamp, CreditOutcome, CreditRecord, Store};
+use crate::store::{CreditOutcome, CreditRecord, Store};
 use crate::withdrawals::parse_bounded_amount;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;

@@ -96,7 +96,7 @@ pub fn event_of(
             // The audit entry written by the same write as this status: who and when.
             let entry = w.audit.iter().rev().find(|e| e.to == w.status);
             let occurred_at =
-                entry.map_or_else(|| crate::store::timestamp(&w.updated_at), |e| e.at.clone());
+                entry.map_or_else(|| crate::domain::timestamp(&w.updated_at), |e| e.at.clone());
             let event_id = format!("{}.{}", w.id, w.status);
             let detail = json!({
                 "event_id": event_id,

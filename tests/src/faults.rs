@@ -166,6 +166,9 @@ impl Store for FaultyStore {
 
 #[async_trait]
 impl BatchStore for FaultyStore {
+    fn claim_chunk(&self) -> usize {
+        self.inner.claim_chunk()
+    }
     async fn pending(
         &self,
         c: &Currency,

@@ -16,6 +16,12 @@ pub use currency::{Currencies, Currency, CurrencyCode};
 pub use ids::{BatchId, CreditReference, IdempotencyKey, UserId, WithdrawalId};
 pub use withdrawal::{AuditEntry, InvalidTransition, Transition, Withdrawal, WithdrawalStatus};
 
+/// The one text form of an instant, wherever one is shown or kept (API, events, the table):
+/// RFC 3339 in UTC to the millisecond, so stored times sort as text.
+pub fn timestamp(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// Why a value offered to the domain was refused. Each variant maps to one stable API error code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DomainError {

@@ -1,13 +1,9 @@
 //! Persistence port. The domain talks to [`Store`]; [`DynamoStore`] is the DynamoDB adapter.
 
-mod batches;
 mod dynamo;
 mod schema;
 
-pub use batches::CLAIM_CHUNK;
-pub use dynamo::{
-    decode_stored_item, stored_status, timestamp, DynamoStore, ScanReport, StoredItem,
-};
+pub use dynamo::{decode_stored_item, stored_status, DynamoStore, ScanReport, StoredItem};
 pub use schema::{TableSchema, CREDIT_TYPE, MAX_BATCH_MEMBERS, TYPE_ATTRIBUTE, WITHDRAWAL_TYPE};
 
 use crate::domain::{
@@ -269,9 +265,13 @@ pub trait BatchStore: Send + Sync {
         after: Option<WithdrawalId>,
     ) -> Result<Vec<Withdrawal>, StoreError>;
 
-    /// Claims up to 99 withdrawals PENDING→SUBMITTED into `batch` in one transaction, together
-    /// with the batch record (created with the first chunk, extended by the others while
-    /// `owner` holds the claiming lease). Withdrawals no longer pending are skipped.
+    /// The most withdrawals one [`Self::claim`] takes (the adapter's transaction size).
+    fn claim_chunk(&self) -> usize;
+
+    /// Claims up to [`Self::claim_chunk`] withdrawals PENDING→SUBMITTED into `batch` in one
+    /// transaction, together with the batch record (created with the first chunk, extended by
+    /// the others while `owner` holds the claiming lease). Withdrawals no longer pending are
+    /// skipped.
     async fn claim(
         &self,
         batch: &Batch,

@@ -1,102 +1,28 @@
-//! Batch records and claims on the single table.
+//! The batch store: batch records, leases, attempts, completion, reconciliation and operator
+//! actions (claims are in `claims`).
 
-use super::dynamo::{
-    backend, classify, corrupt, failed, n, s, timestamp, Item, Reader, ScanFilter, TxError, TxGuard,
-};
-use super::schema::{self, TableSchema};
-use super::{AttemptResult, BatchStore, ClaimResult, StoreError, TransitionDetails};
+use super::admin::ScanFilter;
+use super::codec::{backend, n, note, s, Item, Reader};
+use super::tx::{classify, TxError, TxGuard};
 use crate::domain::{
-    Batch, BatchId, BatchNote, BatchStatus, Currency, Transition, UserId, Withdrawal, WithdrawalId,
+    timestamp, Batch, BatchId, BatchStatus, Currency, Transition, Withdrawal, WithdrawalId,
     WithdrawalStatus,
 };
+use crate::store::schema::{self, TableSchema};
+use crate::store::{AttemptResult, BatchStore, ClaimResult, StoreError, TransitionDetails};
 use async_trait::async_trait;
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::types::{
     AttributeValue, KeysAndAttributes, ReturnValue, TransactWriteItem, Update,
 };
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use std::collections::{BTreeMap, HashMap};
 
 use super::DynamoStore;
 
-/// Withdrawals per claim transaction: 100 items at most, two of them the batch record and its
-/// counter (created with the first chunk).
-pub const CLAIM_CHUNK: usize = 98;
+use super::claims::CLAIM_CHUNK;
 
 impl DynamoStore {
-    fn batch_key(id: BatchId) -> Item {
-        HashMap::from([
-            (schema::PK.to_string(), s(TableSchema::batch_pk(id))),
-            (schema::SK.to_string(), s(TableSchema::SINGLETON_SK)),
-        ])
-    }
-
-    pub(super) fn batch_from_item(&self, item: &Item) -> Result<Batch, StoreError> {
-        let r = Reader(item);
-        let mut members = BTreeMap::new();
-        if let Some(AttributeValue::M(m)) = item.get("members") {
-            for (wd, user) in m {
-                let user = user
-                    .as_s()
-                    .map_err(|_| StoreError::Corrupt("batch member".into()))?;
-                members.insert(
-                    WithdrawalId::parse(wd).map_err(corrupt)?,
-                    UserId::parse(user).map_err(corrupt)?,
-                );
-            }
-        }
-        let count = |name: &str| -> Result<u32, StoreError> {
-            r.n(name)?
-                .try_into()
-                .map_err(|_| StoreError::Corrupt(name.into()))
-        };
-        Ok(Batch {
-            id: BatchId::parse(r.s("id")?).map_err(corrupt)?,
-            currency: self.currency(r.s("currency")?)?,
-            status: BatchStatus::parse(r.s("status")?)
-                .ok_or_else(|| StoreError::Corrupt("batch status".into()))?,
-            members,
-            total: r.n("total")?,
-            attempts: count("attempts")?,
-            last_error: r.opt_s("last_error").map(str::to_string),
-            provider_batch_id: r.opt_s("provider_batch_id").map(str::to_string),
-            reason: r.opt_s("reason").map(str::to_string),
-            lease_owner: r.opt_s("lease_owner").map(str::to_string),
-            lease_until_ms: r
-                .n("lease_until")?
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("lease_until".into()))?,
-            created_at: r.time("created_at")?,
-            updated_at: r.time("updated_at")?,
-            accepted_at: r
-                .opt_s("accepted_at")
-                .map(|_| r.time("accepted_at"))
-                .transpose()?,
-            last_attempt_at: r
-                .opt_s("last_attempt_at")
-                .map(|_| r.time("last_attempt_at"))
-                .transpose()?,
-            checked_at: r
-                .opt_s("checked_at")
-                .map(|_| r.time("checked_at"))
-                .transpose()?,
-            reconciled_at: r
-                .opt_s("reconciled_at")
-                .map(|_| r.time("reconciled_at"))
-                .transpose()?,
-            operator_rejected: matches!(
-                item.get("operator_rejected"),
-                Some(AttributeValue::Bool(true))
-            ),
-            history: match item.get("history") {
-                Some(AttributeValue::L(notes)) => {
-                    notes.iter().map(note_from_item).collect::<Result<_, _>>()?
-                }
-                _ => Vec::new(),
-            },
-        })
-    }
-
     /// A conditional update of a batch record, returning the record as it now is.
     async fn update_batch(
         &self,
@@ -125,46 +51,9 @@ impl DynamoStore {
     }
 }
 
-use aws_sdk_dynamodb::error::ProvideErrorMetadata;
-
-fn note_to_item(n: &BatchNote) -> AttributeValue {
-    AttributeValue::M(HashMap::from([
-        ("at".to_string(), s(&n.at)),
-        ("from".into(), s(&n.from)),
-        ("to".into(), s(&n.to)),
-        ("by".into(), s(&n.by)),
-        ("reason".into(), s(&n.reason)),
-    ]))
-}
-
-fn note_from_item(v: &AttributeValue) -> Result<BatchNote, StoreError> {
-    let m = v
-        .as_m()
-        .map_err(|_| StoreError::Corrupt("batch history".into()))?;
-    let r = Reader(m);
-    Ok(BatchNote {
-        at: r.s("at")?.to_string(),
-        from: r.s("from")?.to_string(),
-        to: r.s("to")?.to_string(),
-        by: r.s("by")?.to_string(),
-        reason: r.s("reason")?.to_string(),
-    })
-}
-
 /// A batch's place on the reconcile list: queued now, after everything queued before.
 fn reconcile_sk(id: BatchId) -> String {
     format!("{}#{id}", timestamp(&Utc::now()))
-}
-
-/// A history line as the one-element list `list_append` takes.
-fn note(from: BatchStatus, to: BatchStatus, by: &str, reason: &str) -> AttributeValue {
-    AttributeValue::L(vec![note_to_item(&BatchNote {
-        at: timestamp(&Utc::now()),
-        from: from.as_str().into(),
-        to: to.as_str().into(),
-        by: by.into(),
-        reason: reason.into(),
-    })])
 }
 
 /// What each item of an operator's reject transaction guards, so a cancellation is read by
@@ -176,93 +65,19 @@ enum RejectGuard {
     Effect,
 }
 
-impl DynamoStore {
-    /// Our own shard count, or more if request functions ever wrote into more shards (their
-    /// count is recorded at their cold start): one small read per page of pending withdrawals.
-    async fn pending_shards_to_read(&self) -> Result<u32, StoreError> {
-        let recorded = match self
-            .get(
-                TableSchema::META_PK.to_string(),
-                TableSchema::PENDING_SHARDS_SK,
-            )
-            .await?
-        {
-            Some(item) => Reader(&item)
-                .n(super::dynamo::MAX_SHARDS_ATTRIBUTE)?
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("max_shards".into()))?,
-            None => 0,
-        };
-        Ok(self.pending_shards.max(recorded))
-    }
-
-    async fn pending_in_shard(
-        &self,
-        pk: &str,
-        limit: usize,
-        after: Option<WithdrawalId>,
-    ) -> Result<Vec<Withdrawal>, StoreError> {
-        self.index_items(pk, limit, after.map(|id| id.to_string()))
-            .await?
-            .iter()
-            .map(|i| self.withdrawal_from_item(i))
-            .collect()
-    }
-
-    /// Up to `limit` items of one sparse-index key, in sort-key order after `after`.
-    async fn index_items(
-        &self,
-        pk: &str,
-        limit: usize,
-        after: Option<String>,
-    ) -> Result<Vec<Item>, StoreError> {
-        let mut out = Vec::new();
-        let mut start: Option<Item> = None;
-        // "0" sorts before every id ("wd_…", "bt_…"), so one key condition serves both cases.
-        let after = after.unwrap_or_else(|| "0".to_string());
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name(schema::PENDING_INDEX)
-                .key_condition_expression("#pk = :pk AND #sk > :after")
-                .expression_attribute_names("#pk", schema::PENDING_PK)
-                .expression_attribute_names("#sk", schema::PENDING_SK)
-                .expression_attribute_values(":pk", s(pk))
-                .expression_attribute_values(":after", s(after.clone()))
-                .limit((limit - out.len()).min(1000) as i32)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(classify)?;
-            out.extend(page.items.unwrap_or_default());
-            match page.last_evaluated_key {
-                Some(k) if !k.is_empty() && out.len() < limit => start = Some(k),
-                _ => return Ok(out),
-            }
-        }
-    }
-}
-
 #[async_trait]
 impl BatchStore for DynamoStore {
+    fn claim_chunk(&self) -> usize {
+        CLAIM_CHUNK
+    }
+
     async fn pending(
         &self,
         currency: &Currency,
         limit: usize,
         after: Option<WithdrawalId>,
     ) -> Result<Vec<Withdrawal>, StoreError> {
-        // Each shard returns its oldest `limit`; the oldest `limit` of their union are exactly
-        // the oldest `limit` overall, since sort keys are time-sortable ids.
-        let mut out = Vec::new();
-        for shard in 0..self.pending_shards_to_read().await? {
-            let pk = TableSchema::pending_pk(currency.code(), shard);
-            out.extend(self.pending_in_shard(&pk, limit, after).await?);
-        }
-        out.sort_by_key(|w| w.id);
-        out.truncate(limit);
-        Ok(out)
+        self.pending_oldest(currency, limit, after).await
     }
 
     async fn claim(
@@ -272,132 +87,7 @@ impl BatchStore for DynamoStore {
         chunk: &[Withdrawal],
         create: bool,
     ) -> Result<ClaimResult, StoreError> {
-        assert!(chunk.len() <= CLAIM_CHUNK, "claim chunk too large");
-        let mut remaining: Vec<Withdrawal> = chunk.to_vec();
-        let mut lost = Vec::new();
-        let actor = format!("batcher:{owner}");
-        while !remaining.is_empty() {
-            let now_t = Utc::now();
-            let now = timestamp(&now_t);
-            let mut items = Vec::with_capacity(remaining.len() + 2);
-            let mut guards = Vec::with_capacity(remaining.len() + 2);
-            let mut claimed = Vec::with_capacity(remaining.len());
-            for w in &remaining {
-                let details = TransitionDetails {
-                    batch_id: Some(batch.id),
-                    ..TransitionDetails::by(&actor)
-                };
-                let (tx, updated) =
-                    self.transition_items(w, Transition::Submit, &details, now_t)?;
-                for (guard, item) in tx {
-                    guards.push(guard);
-                    items.push(item);
-                }
-                claimed.push(updated);
-            }
-            let sum: Decimal = remaining.iter().map(|w| w.amount.value()).sum();
-            let members: HashMap<String, AttributeValue> = remaining
-                .iter()
-                .map(|w| (w.id.to_string(), s(w.user_id.as_str())))
-                .collect();
-            let batch_item = if create {
-                let mut item = Self::batch_key(batch.id);
-                item.extend([
-                    ("type".to_string(), s("BATCH")),
-                    ("id".into(), s(batch.id.to_string())),
-                    ("currency".into(), s(batch.currency.code().as_str())),
-                    ("status".into(), s(BatchStatus::Claiming.as_str())),
-                    ("members".into(), AttributeValue::M(members)),
-                    ("member_count".into(), n(remaining.len())),
-                    ("total".into(), n(sum)),
-                    ("attempts".into(), n(0)),
-                    ("lease_owner".into(), s(owner)),
-                    ("lease_until".into(), n(batch.lease_until_ms)),
-                    ("created_at".into(), s(&now)),
-                    ("updated_at".into(), s(&now)),
-                    (schema::PENDING_PK.into(), s(TableSchema::OPEN_BATCHES_PK)),
-                    (schema::PENDING_SK.into(), s(batch.id.to_string())),
-                ]);
-                self.put_new(item)?
-            } else {
-                let mut set = vec!["updated_at = :now".to_string()];
-                let mut update = Update::builder()
-                    .table_name(&self.table)
-                    .set_key(Some(Self::batch_key(batch.id)))
-                    .condition_expression("#st = :claiming AND lease_owner = :owner")
-                    .expression_attribute_names("#st", "status")
-                    .expression_attribute_values(":claiming", s(BatchStatus::Claiming.as_str()))
-                    .expression_attribute_values(":owner", s(owner))
-                    .expression_attribute_values(":now", s(&now))
-                    .expression_attribute_values(":sum", n(sum))
-                    .expression_attribute_values(":count", n(remaining.len()));
-                for (i, (wd, user)) in members.into_iter().enumerate() {
-                    set.push(format!("members.#m{i} = :m{i}"));
-                    update = update
-                        .expression_attribute_names(format!("#m{i}"), wd)
-                        .expression_attribute_values(format!(":m{i}"), user);
-                }
-                // `total` is a DynamoDB reserved word.
-                let expr = format!("SET {} ADD #tot :sum, member_count :count", set.join(", "));
-                update = update.expression_attribute_names("#tot", "total");
-                TransactWriteItem::builder()
-                    .update(update.update_expression(expr).build().map_err(backend)?)
-                    .build()
-            };
-            guards.push(TxGuard::Batch);
-            items.push(batch_item);
-            if create {
-                let mut counter = HashMap::from([
-                    (schema::PK.to_string(), s(TableSchema::batch_pk(batch.id))),
-                    (schema::SK.to_string(), s(TableSchema::BATCH_COUNTER_SK)),
-                ]);
-                counter.insert("type".into(), s("BATCH_COUNTER"));
-                counter.insert("final_count".into(), n(0));
-                guards.push(TxGuard::BatchCounter);
-                items.push(self.put_new(counter)?);
-            }
-            let token = ulid::Ulid::new().to_string();
-            match self.transact(items, &token).await {
-                Ok(()) => {
-                    return Ok(ClaimResult { claimed, lost });
-                }
-                Err(TxError::Store(e)) => return Err(e),
-                Err(TxError::Cancelled(reasons)) => {
-                    let refused: Vec<TxGuard> = guards
-                        .iter()
-                        .zip(&reasons)
-                        .filter(|(_, r)| failed(r))
-                        .map(|(g, _)| *g)
-                        .collect();
-                    if refused.contains(&TxGuard::Batch) {
-                        return Err(if create {
-                            StoreError::Backend(format!("batch {} already exists", batch.id))
-                        } else {
-                            StoreError::LeaseLost
-                        });
-                    }
-                    let before = remaining.len();
-                    let mut keep = Vec::with_capacity(before);
-                    for w in remaining {
-                        if refused.contains(&TxGuard::Withdrawal(w.id)) {
-                            lost.push(w.id);
-                        } else {
-                            keep.push(w);
-                        }
-                    }
-                    if keep.len() == before {
-                        return Err(StoreError::Backend(
-                            "claim cancelled without a failed condition".into(),
-                        ));
-                    }
-                    remaining = keep;
-                }
-            }
-        }
-        Ok(ClaimResult {
-            claimed: Vec::new(),
-            lost,
-        })
+        self.claim_members(batch, owner, chunk, create).await
     }
 
     async fn open_batches(&self) -> Result<Vec<Result<Batch, StoreError>>, StoreError> {
@@ -765,25 +455,22 @@ impl BatchStore for DynamoStore {
             .map_err(backend)?;
         let (transition, updated) =
             self.transition_items(w, Transition::Reject, &details, Utc::now())?;
-        let mut guards = vec![RejectGuard::BatchFlagged];
-        let mut items = vec![TransactWriteItem::builder().update(mark).build()];
+        let mut items = vec![(
+            RejectGuard::BatchFlagged,
+            TransactWriteItem::builder().update(mark).build(),
+        )];
         for (guard, item) in transition {
-            guards.push(match guard {
+            let guard = match guard {
                 TxGuard::Withdrawal(_) => RejectGuard::WithdrawalStatus,
                 _ => RejectGuard::Effect,
-            });
-            items.push(item);
+            };
+            items.push((guard, item));
         }
         match self.transact(items, &ulid::Ulid::new().to_string()).await {
             Ok(()) => Ok(updated),
             Err(TxError::Store(e)) => Err(e),
-            Err(TxError::Cancelled(reasons)) => {
-                let refused = |g: RejectGuard| {
-                    guards
-                        .iter()
-                        .zip(&reasons)
-                        .any(|(guard, r)| *guard == g && failed(r))
-                };
+            Err(TxError::Cancelled(refusals)) => {
+                let refused = |g: RejectGuard| refusals.refused(g).is_some();
                 if refused(RejectGuard::BatchFlagged) {
                     Err(StoreError::BatchChanged(
                         "the batch is no longer NEEDS_OPERATOR, was accepted, or was sent again \

@@ -1,0 +1,231 @@
+//! Reading the pending index and claiming pending withdrawals into a batch, chunk by chunk.
+
+use super::codec::{backend, n, s, Item, Reader};
+use super::tx::{classify, TxError, TxGuard};
+use super::DynamoStore;
+use crate::domain::{
+    timestamp, Batch, BatchStatus, Currency, Transition, Withdrawal, WithdrawalId,
+};
+use crate::store::schema::{self, TableSchema};
+use crate::store::{ClaimResult, StoreError, TransitionDetails};
+use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
+use chrono::Utc;
+use rust_decimal::Decimal;
+use std::collections::HashMap;
+
+/// Withdrawals per claim transaction: 100 items at most, two of them the batch record and its
+/// counter (created with the first chunk).
+pub(super) const CLAIM_CHUNK: usize = 98;
+
+impl DynamoStore {
+    /// Our own shard count, or more if request functions ever wrote into more shards (their
+    /// count is recorded at their cold start): one small read per page of pending withdrawals.
+    async fn pending_shards_to_read(&self) -> Result<u32, StoreError> {
+        let recorded = match self
+            .get(
+                TableSchema::META_PK.to_string(),
+                TableSchema::PENDING_SHARDS_SK,
+            )
+            .await?
+        {
+            Some(item) => Reader(&item)
+                .n(super::admin::MAX_SHARDS_ATTRIBUTE)?
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("max_shards".into()))?,
+            None => 0,
+        };
+        Ok(self.pending_shards.max(recorded))
+    }
+
+    async fn pending_in_shard(
+        &self,
+        pk: &str,
+        limit: usize,
+        after: Option<WithdrawalId>,
+    ) -> Result<Vec<Withdrawal>, StoreError> {
+        self.index_items(pk, limit, after.map(|id| id.to_string()))
+            .await?
+            .iter()
+            .map(|i| self.withdrawal_from_item(i))
+            .collect()
+    }
+
+    /// Up to `limit` items of one sparse-index key, in sort-key order after `after`.
+    pub(super) async fn index_items(
+        &self,
+        pk: &str,
+        limit: usize,
+        after: Option<String>,
+    ) -> Result<Vec<Item>, StoreError> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        // "0" sorts before every id ("wd_…", "bt_…"), so one key condition serves both cases.
+        let after = after.unwrap_or_else(|| "0".to_string());
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(schema::PENDING_INDEX)
+                .key_condition_expression("#pk = :pk AND #sk > :after")
+                .expression_attribute_names("#pk", schema::PENDING_PK)
+                .expression_attribute_names("#sk", schema::PENDING_SK)
+                .expression_attribute_values(":pk", s(pk))
+                .expression_attribute_values(":after", s(after.clone()))
+                .limit((limit - out.len()).min(1000) as i32)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(classify)?;
+            out.extend(page.items.unwrap_or_default());
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() && out.len() < limit => start = Some(k),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// See [`crate::store::BatchStore::pending`].
+    pub(super) async fn pending_oldest(
+        &self,
+        currency: &Currency,
+        limit: usize,
+        after: Option<WithdrawalId>,
+    ) -> Result<Vec<Withdrawal>, StoreError> {
+        // Each shard returns its oldest `limit`; the oldest `limit` of their union are exactly
+        // the oldest `limit` overall, since sort keys are time-sortable ids.
+        let mut out = Vec::new();
+        for shard in 0..self.pending_shards_to_read().await? {
+            let pk = TableSchema::pending_pk(currency.code(), shard);
+            out.extend(self.pending_in_shard(&pk, limit, after).await?);
+        }
+        out.sort_by_key(|w| w.id);
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// See [`crate::store::BatchStore::claim`].
+    pub(super) async fn claim_members(
+        &self,
+        batch: &Batch,
+        owner: &str,
+        chunk: &[Withdrawal],
+        create: bool,
+    ) -> Result<ClaimResult, StoreError> {
+        assert!(chunk.len() <= CLAIM_CHUNK, "claim chunk too large");
+        let mut remaining: Vec<Withdrawal> = chunk.to_vec();
+        let mut lost = Vec::new();
+        let actor = format!("batcher:{owner}");
+        while !remaining.is_empty() {
+            let now_t = Utc::now();
+            let now = timestamp(&now_t);
+            let mut items = Vec::with_capacity(remaining.len() + 2);
+            let mut claimed = Vec::with_capacity(remaining.len());
+            for w in &remaining {
+                let details = TransitionDetails {
+                    batch_id: Some(batch.id),
+                    ..TransitionDetails::by(&actor)
+                };
+                let (tx, updated) =
+                    self.transition_items(w, Transition::Submit, &details, now_t)?;
+                items.extend(tx);
+                claimed.push(updated);
+            }
+            let sum: Decimal = remaining.iter().map(|w| w.amount.value()).sum();
+            let members: HashMap<String, AttributeValue> = remaining
+                .iter()
+                .map(|w| (w.id.to_string(), s(w.user_id.as_str())))
+                .collect();
+            let batch_item = if create {
+                let mut item = Self::batch_key(batch.id);
+                item.extend([
+                    ("type".to_string(), s("BATCH")),
+                    ("id".into(), s(batch.id.to_string())),
+                    ("currency".into(), s(batch.currency.code().as_str())),
+                    ("status".into(), s(BatchStatus::Claiming.as_str())),
+                    ("members".into(), AttributeValue::M(members)),
+                    ("member_count".into(), n(remaining.len())),
+                    ("total".into(), n(sum)),
+                    ("attempts".into(), n(0)),
+                    ("lease_owner".into(), s(owner)),
+                    ("lease_until".into(), n(batch.lease_until_ms)),
+                    ("created_at".into(), s(&now)),
+                    ("updated_at".into(), s(&now)),
+                    (schema::PENDING_PK.into(), s(TableSchema::OPEN_BATCHES_PK)),
+                    (schema::PENDING_SK.into(), s(batch.id.to_string())),
+                ]);
+                self.put_new(item)?
+            } else {
+                let mut set = vec!["updated_at = :now".to_string()];
+                let mut update = Update::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(Self::batch_key(batch.id)))
+                    .condition_expression("#st = :claiming AND lease_owner = :owner")
+                    .expression_attribute_names("#st", "status")
+                    .expression_attribute_values(":claiming", s(BatchStatus::Claiming.as_str()))
+                    .expression_attribute_values(":owner", s(owner))
+                    .expression_attribute_values(":now", s(&now))
+                    .expression_attribute_values(":sum", n(sum))
+                    .expression_attribute_values(":count", n(remaining.len()));
+                for (i, (wd, user)) in members.into_iter().enumerate() {
+                    set.push(format!("members.#m{i} = :m{i}"));
+                    update = update
+                        .expression_attribute_names(format!("#m{i}"), wd)
+                        .expression_attribute_values(format!(":m{i}"), user);
+                }
+                // `total` is a DynamoDB reserved word.
+                let expr = format!("SET {} ADD #tot :sum, member_count :count", set.join(", "));
+                update = update.expression_attribute_names("#tot", "total");
+                TransactWriteItem::builder()
+                    .update(update.update_expression(expr).build().map_err(backend)?)
+                    .build()
+            };
+            items.push((TxGuard::Batch, batch_item));
+            if create {
+                let mut counter = HashMap::from([
+                    (schema::PK.to_string(), s(TableSchema::batch_pk(batch.id))),
+                    (schema::SK.to_string(), s(TableSchema::BATCH_COUNTER_SK)),
+                ]);
+                counter.insert("type".into(), s("BATCH_COUNTER"));
+                counter.insert("final_count".into(), n(0));
+                items.push((TxGuard::BatchCounter, self.put_new(counter)?));
+            }
+            let token = ulid::Ulid::new().to_string();
+            match self.transact(items, &token).await {
+                Ok(()) => {
+                    return Ok(ClaimResult { claimed, lost });
+                }
+                Err(TxError::Store(e)) => return Err(e),
+                Err(TxError::Cancelled(refusals)) => {
+                    let refused = refusals.refused_guards();
+                    if refused.contains(&TxGuard::Batch) {
+                        return Err(if create {
+                            StoreError::Backend(format!("batch {} already exists", batch.id))
+                        } else {
+                            StoreError::LeaseLost
+                        });
+                    }
+                    let before = remaining.len();
+                    let mut keep = Vec::with_capacity(before);
+                    for w in remaining {
+                        if refused.contains(&TxGuard::Withdrawal(w.id)) {
+                            lost.push(w.id);
+                        } else {
+                            keep.push(w);
+                        }
+                    }
+                    if keep.len() == before {
+                        return Err(StoreError::Backend(
+                            "claim cancelled without a failed condition".into(),
+                        ));
+                    }
+                    remaining = keep;
+                }
+            }
+        }
+        Ok(ClaimResult {
+            claimed: Vec::new(),
+            lost,
+        })
+    }
+}

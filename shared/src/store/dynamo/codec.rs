@@ -1,0 +1,458 @@
+//! Items ↔ domain values: the one place an attribute name is written or read.
+
+use super::DynamoStore;
+use crate::domain::{
+    timestamp, Amount, AuditEntry, Balance, BankAccount, Batch, BatchId, BatchNote, BatchStatus,
+    CreditReference, Currencies, Currency, IdempotencyKey, UserId, Withdrawal, WithdrawalId,
+    WithdrawalStatus,
+};
+use crate::store::schema::{self, TableSchema};
+use crate::store::{CreditRecord, IdempotencyRecord, StoreError};
+use aws_sdk_dynamodb::types::AttributeValue;
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use std::collections::{BTreeMap, HashMap};
+use std::str::FromStr;
+
+pub(super) type Item = HashMap<String, AttributeValue>;
+
+/// How long an idempotency record is honoured (DynamoDB's TTL removes it some time after).
+pub(super) const IDEMPOTENCY_TTL_SECS: i64 = 24 * 3600;
+
+impl DynamoStore {
+    pub(super) fn balance_key(user: &UserId, currency: &Currency) -> Item {
+        HashMap::from([
+            (schema::PK.to_string(), s(TableSchema::user_pk(user))),
+            (
+                schema::SK.to_string(),
+                s(TableSchema::balance_sk(currency.code())),
+            ),
+        ])
+    }
+
+    pub(super) fn withdrawal_key(user: &UserId, id: WithdrawalId) -> Item {
+        HashMap::from([
+            (schema::PK.to_string(), s(TableSchema::user_pk(user))),
+            (schema::SK.to_string(), s(TableSchema::withdrawal_sk(id))),
+        ])
+    }
+
+    pub(super) fn withdrawal_item(&self, w: &Withdrawal) -> Item {
+        let mut item = Self::withdrawal_key(&w.user_id, w.id);
+        let mut put = |k: &str, v: AttributeValue| {
+            item.insert(k.to_string(), v);
+        };
+        put(schema::TYPE_ATTRIBUTE, s(schema::WITHDRAWAL_TYPE));
+        put("id", s(w.id.to_string()));
+        put("user_id", s(w.user_id.as_str()));
+        put("currency", s(w.currency.code().as_str()));
+        put("amount", n(w.amount.value()));
+        put("bank_account", s(w.bank_account.expose()));
+        put("status", s(w.status.as_str()));
+        put("created_at", s(timestamp(&w.created_at)));
+        put("updated_at", s(timestamp(&w.updated_at)));
+        if let Some(b) = w.batch_id {
+            put("batch_id", s(b.to_string()));
+        }
+        if let Some(r) = &w.provider_reference {
+            put("provider_reference", s(r));
+        }
+        if let Some(r) = &w.failure_reason {
+            put("failure_reason", s(r));
+        }
+        if let Some(day) = w.limit_day {
+            put("limit_day", s(day.format(schema::DAY_FORMAT).to_string()));
+        }
+        put(
+            "audit",
+            AttributeValue::L(w.audit.iter().map(audit_to_item).collect()),
+        );
+        if w.status == WithdrawalStatus::Pending {
+            // Sparse index: only pending withdrawals carry these, so the batcher reads exactly
+            // what is due, oldest first.
+            put(
+                schema::PENDING_PK,
+                s(TableSchema::pending_pk(
+                    w.currency.code(),
+                    w.id.shard(self.pending_shards),
+                )),
+            );
+            put(schema::PENDING_SK, s(w.id.to_string()));
+        }
+        item
+    }
+
+    pub(super) fn withdrawal_from_item(&self, item: &Item) -> Result<Withdrawal, StoreError> {
+        withdrawal_from_item(&self.currencies, item)
+    }
+
+    pub(super) fn balance_from_item(&self, item: &Item) -> Result<(UserId, Balance), StoreError> {
+        let r = Reader(item);
+        let user = UserId::parse(r.s("user_id")?).map_err(corrupt)?;
+        let balance = Balance {
+            currency: self.currency(r.s("currency")?)?,
+            available: r.n("available")?,
+            locked: r.n("locked")?,
+            paid_out: r.n("paid_out")?,
+            credited: r.n("credited")?,
+            open_count: r
+                .n("open_count")?
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("open_count".into()))?,
+        };
+        Ok((user, balance))
+    }
+
+    pub(super) fn credit_from_item(&self, item: &Item) -> Result<CreditRecord, StoreError> {
+        credit_from_item(&self.currencies, item)
+    }
+
+    pub(super) fn currency(&self, code: &str) -> Result<Currency, StoreError> {
+        currency(&self.currencies, code)
+    }
+}
+
+/// A table item as the table's stream shows it, decoded by the same codec as every read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoredItem {
+    Withdrawal(Box<Withdrawal>),
+    Credit(CreditRecord),
+    /// Balances, batches, idempotency keys, events, counters: no one outside hears of them.
+    Other,
+}
+
+/// The status a withdrawal image holds, read without decoding the rest (the publisher's old
+/// image: only whether the status changed matters there).
+pub fn stored_status(item: &Item) -> Option<WithdrawalStatus> {
+    let r = Reader(item);
+    (r.opt_s(schema::TYPE_ATTRIBUTE) == Some(schema::WITHDRAWAL_TYPE))
+        .then(|| r.opt_s("status").and_then(WithdrawalStatus::parse))
+        .flatten()
+}
+
+/// Decodes a stream image (event-publisher); items are told apart by their `type` attribute.
+pub fn decode_stored_item(currencies: &Currencies, item: &Item) -> Result<StoredItem, StoreError> {
+    match Reader(item).opt_s(schema::TYPE_ATTRIBUTE) {
+        Some(schema::WITHDRAWAL_TYPE) => Ok(StoredItem::Withdrawal(Box::new(
+            withdrawal_from_item(currencies, item)?,
+        ))),
+        Some(schema::CREDIT_TYPE) => Ok(StoredItem::Credit(credit_from_item(currencies, item)?)),
+        _ => Ok(StoredItem::Other),
+    }
+}
+
+pub(super) fn withdrawal_from_item(
+    currencies: &Currencies,
+    item: &Item,
+) -> Result<Withdrawal, StoreError> {
+    let r = Reader(item);
+    let currency = currency(currencies, r.s("currency")?)?;
+    let amount = Amount::new(r.n("amount")?, &currency).map_err(corrupt)?;
+    Ok(Withdrawal {
+        id: WithdrawalId::parse(r.s("id")?).map_err(corrupt)?,
+        user_id: UserId::parse(r.s("user_id")?).map_err(corrupt)?,
+        amount,
+        currency,
+        bank_account: BankAccount::parse(r.s("bank_account")?).map_err(corrupt)?,
+        status: WithdrawalStatus::parse(r.s("status")?)
+            .ok_or_else(|| StoreError::Corrupt("unknown status".into()))?,
+        created_at: r.time("created_at")?,
+        updated_at: r.time("updated_at")?,
+        batch_id: r
+            .opt_s("batch_id")
+            .map(BatchId::parse)
+            .transpose()
+            .map_err(corrupt)?,
+        provider_reference: r.opt_s("provider_reference").map(str::to_string),
+        failure_reason: r.opt_s("failure_reason").map(str::to_string),
+        limit_day: r
+            .opt_s("limit_day")
+            .map(|d| NaiveDate::parse_from_str(d, schema::DAY_FORMAT))
+            .transpose()
+            .map_err(corrupt)?,
+        audit: match item.get("audit") {
+            Some(AttributeValue::L(l)) => {
+                l.iter().map(audit_from_item).collect::<Result<_, _>>()?
+            }
+            _ => Vec::new(),
+        },
+    })
+}
+
+pub(super) fn credit_from_item(
+    currencies: &Currencies,
+    item: &Item,
+) -> Result<CreditRecord, StoreError> {
+    let r = Reader(item);
+    let currency = currency(currencies, r.s("currency")?)?;
+    Ok(CreditRecord {
+        reference: CreditReference::parse(r.s("reference")?).map_err(corrupt)?,
+        user_id: UserId::parse(r.s("user_id")?).map_err(corrupt)?,
+        amount: Amount::new(r.n("amount")?, &currency).map_err(corrupt)?,
+        currency,
+        actor: r.s("actor")?.to_string(),
+        description: r.opt_s("description").map(str::to_string),
+        created_at: r.time("created_at")?,
+    })
+}
+
+pub(super) fn currency(currencies: &Currencies, code: &str) -> Result<Currency, StoreError> {
+    currencies
+        .get(code)
+        .cloned()
+        .map_err(|_| StoreError::Corrupt(format!("currency {code} is not configured")))
+}
+
+pub(super) fn credit_item(c: &CreditRecord) -> Item {
+    let mut item = HashMap::from([
+        (
+            schema::PK.to_string(),
+            s(TableSchema::credit_pk(&c.reference)),
+        ),
+        (schema::SK.to_string(), s(TableSchema::SINGLETON_SK)),
+        (schema::TYPE_ATTRIBUTE.into(), s(schema::CREDIT_TYPE)),
+        ("reference".into(), s(c.reference.as_str())),
+        ("user_id".into(), s(c.user_id.as_str())),
+        ("currency".into(), s(c.currency.code().as_str())),
+        ("amount".into(), n(c.amount.value())),
+        ("actor".into(), s(&c.actor)),
+        ("created_at".into(), s(timestamp(&c.created_at))),
+    ]);
+    if let Some(d) = &c.description {
+        item.insert("description".into(), s(d));
+    }
+    item
+}
+
+pub(super) fn idempotency_from_item(
+    user: &UserId,
+    key: &IdempotencyKey,
+    item: &Item,
+) -> Result<IdempotencyRecord, StoreError> {
+    let r = Reader(item);
+    Ok(IdempotencyRecord {
+        user_id: user.clone(),
+        key: key.clone(),
+        fingerprint: r.s("fingerprint")?.to_string(),
+        withdrawal_id: WithdrawalId::parse(r.s("withdrawal_id")?).map_err(corrupt)?,
+        status_code: r
+            .n("status_code")?
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("status_code".into()))?,
+        response_body: r.s("response_body")?.to_string(),
+        created_at: r.time("created_at")?,
+    })
+}
+
+pub(super) fn idempotency_item(rec: &IdempotencyRecord) -> Item {
+    HashMap::from([
+        (
+            schema::PK.to_string(),
+            s(TableSchema::idempotency_pk(&rec.user_id, &rec.key)),
+        ),
+        (schema::SK.to_string(), s(TableSchema::SINGLETON_SK)),
+        ("type".into(), s("IDEMPOTENCY")),
+        ("fingerprint".into(), s(&rec.fingerprint)),
+        ("withdrawal_id".into(), s(rec.withdrawal_id.to_string())),
+        ("status_code".into(), n(rec.status_code)),
+        ("response_body".into(), s(&rec.response_body)),
+        ("created_at".into(), s(timestamp(&rec.created_at))),
+        (
+            schema::TTL_ATTRIBUTE.into(),
+            n(rec.created_at.timestamp() + IDEMPOTENCY_TTL_SECS),
+        ),
+    ])
+}
+
+/// Audit entries live on the withdrawal item itself, so each is written by the same
+/// conditional write as the change it records.
+pub(super) fn audit_to_item(e: &AuditEntry) -> AttributeValue {
+    let mut m = HashMap::from([
+        ("at".to_string(), s(&e.at)),
+        ("from".to_string(), s(e.from.map_or("-", |f| f.as_str()))),
+        ("to".to_string(), s(e.to.as_str())),
+        ("by".to_string(), s(&e.by)),
+    ]);
+    if let Some(id) = &e.event_id {
+        m.insert("event_id".into(), s(id));
+    }
+    if let Some(r) = &e.reason {
+        m.insert("reason".into(), s(r));
+    }
+    AttributeValue::M(m)
+}
+
+pub(super) fn audit_from_item(v: &AttributeValue) -> Result<AuditEntry, StoreError> {
+    let m = v
+        .as_m()
+        .map_err(|_| StoreError::Corrupt("audit entry".into()))?;
+    let r = Reader(m);
+    let status = |name: &str| -> Result<WithdrawalStatus, StoreError> {
+        WithdrawalStatus::parse(r.s(name)?)
+            .ok_or_else(|| StoreError::Corrupt(format!("audit {name}")))
+    };
+    Ok(AuditEntry {
+        at: r.s("at")?.to_string(),
+        from: match r.s("from")? {
+            "-" => None,
+            _ => Some(status("from")?),
+        },
+        to: status("to")?,
+        by: r.s("by")?.to_string(),
+        event_id: r.opt_s("event_id").map(str::to_string),
+        reason: r.opt_s("reason").map(str::to_string),
+    })
+}
+
+pub(super) fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+pub(super) fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+pub(super) fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+pub(super) fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+pub(super) struct Reader<'a>(pub(super) &'a Item);
+
+impl Reader<'_> {
+    pub(super) fn s(&self, name: &str) -> Result<&str, StoreError> {
+        self.opt_s(name)
+            .ok_or_else(|| StoreError::Corrupt(format!("missing string attribute {name}")))
+    }
+    pub(super) fn opt_s(&self, name: &str) -> Option<&str> {
+        self.0
+            .get(name)
+            .and_then(|v| v.as_s().ok())
+            .map(String::as_str)
+    }
+    pub(super) fn n(&self, name: &str) -> Result<Decimal, StoreError> {
+        self.0
+            .get(name)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| Decimal::from_str(v).ok())
+            .ok_or_else(|| StoreError::Corrupt(format!("missing number attribute {name}")))
+    }
+    pub(super) fn time(&self, name: &str) -> Result<DateTime<Utc>, StoreError> {
+        DateTime::parse_from_rfc3339(self.s(name)?)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| StoreError::Corrupt(format!("bad timestamp {name}")))
+    }
+}
+
+impl DynamoStore {
+    pub(super) fn batch_key(id: BatchId) -> Item {
+        HashMap::from([
+            (schema::PK.to_string(), s(TableSchema::batch_pk(id))),
+            (schema::SK.to_string(), s(TableSchema::SINGLETON_SK)),
+        ])
+    }
+
+    pub(super) fn batch_from_item(&self, item: &Item) -> Result<Batch, StoreError> {
+        let r = Reader(item);
+        let mut members = BTreeMap::new();
+        if let Some(AttributeValue::M(m)) = item.get("members") {
+            for (wd, user) in m {
+                let user = user
+                    .as_s()
+                    .map_err(|_| StoreError::Corrupt("batch member".into()))?;
+                members.insert(
+                    WithdrawalId::parse(wd).map_err(corrupt)?,
+                    UserId::parse(user).map_err(corrupt)?,
+                );
+            }
+        }
+        let count = |name: &str| -> Result<u32, StoreError> {
+            r.n(name)?
+                .try_into()
+                .map_err(|_| StoreError::Corrupt(name.into()))
+        };
+        Ok(Batch {
+            id: BatchId::parse(r.s("id")?).map_err(corrupt)?,
+            currency: self.currency(r.s("currency")?)?,
+            status: BatchStatus::parse(r.s("status")?)
+                .ok_or_else(|| StoreError::Corrupt("batch status".into()))?,
+            members,
+            total: r.n("total")?,
+            attempts: count("attempts")?,
+            last_error: r.opt_s("last_error").map(str::to_string),
+            provider_batch_id: r.opt_s("provider_batch_id").map(str::to_string),
+            reason: r.opt_s("reason").map(str::to_string),
+            lease_owner: r.opt_s("lease_owner").map(str::to_string),
+            lease_until_ms: r
+                .n("lease_until")?
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("lease_until".into()))?,
+            created_at: r.time("created_at")?,
+            updated_at: r.time("updated_at")?,
+            accepted_at: r
+                .opt_s("accepted_at")
+                .map(|_| r.time("accepted_at"))
+                .transpose()?,
+            last_attempt_at: r
+                .opt_s("last_attempt_at")
+                .map(|_| r.time("last_attempt_at"))
+                .transpose()?,
+            checked_at: r
+                .opt_s("checked_at")
+                .map(|_| r.time("checked_at"))
+                .transpose()?,
+            reconciled_at: r
+                .opt_s("reconciled_at")
+                .map(|_| r.time("reconciled_at"))
+                .transpose()?,
+            operator_rejected: matches!(
+                item.get("operator_rejected"),
+                Some(AttributeValue::Bool(true))
+            ),
+            history: match item.get("history") {
+                Some(AttributeValue::L(notes)) => {
+                    notes.iter().map(note_from_item).collect::<Result<_, _>>()?
+                }
+                _ => Vec::new(),
+            },
+        })
+    }
+}
+
+pub(super) fn note_to_item(n: &BatchNote) -> AttributeValue {
+    AttributeValue::M(HashMap::from([
+        ("at".to_string(), s(&n.at)),
+        ("from".into(), s(&n.from)),
+        ("to".into(), s(&n.to)),
+        ("by".into(), s(&n.by)),
+        ("reason".into(), s(&n.reason)),
+    ]))
+}
+
+fn note_from_item(v: &AttributeValue) -> Result<BatchNote, StoreError> {
+    let m = v
+        .as_m()
+        .map_err(|_| StoreError::Corrupt("batch history".into()))?;
+    let r = Reader(m);
+    Ok(BatchNote {
+        at: r.s("at")?.to_string(),
+        from: r.s("from")?.to_string(),
+        to: r.s("to")?.to_string(),
+        by: r.s("by")?.to_string(),
+        reason: r.s("reason")?.to_string(),
+    })
+}
+
+/// A history line as the one-element list `list_append` takes.
+pub(super) fn note(from: BatchStatus, to: BatchStatus, by: &str, reason: &str) -> AttributeValue {
+    AttributeValue::L(vec![note_to_item(&BatchNote {
+        at: timestamp(&Utc::now()),
+        from: from.as_str().into(),
+        to: to.as_str().into(),
+        by: by.into(),
+        reason: reason.into(),
+    })])
+}

@@ -1,0 +1,453 @@
+//! The conditional writes: balance movements, state-machine edges, requests, event records and
+//! day counters, each returned as transaction items named by the condition they guard.
+
+use super::codec::{audit_to_item, backend, idempotency_item, n, s, Item};
+use super::tx::TxGuard;
+use super::DynamoStore;
+use crate::domain::{
+    timestamp, AuditEntry, BalanceEffect, Currency, Transition, UserId, Withdrawal,
+    WithdrawalStatus,
+};
+use crate::store::schema::{self, TableSchema};
+use crate::store::{EventRecord, IdempotencyRecord, StoreError, TransitionDetails};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+};
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use std::collections::HashMap;
+use std::str::FromStr;
+
+/// How long a processed provider event is remembered for deduplication.
+pub(super) const EVENT_TTL_SECS: i64 = 30 * 24 * 3600;
+/// Days a daily-limit counter is kept after its own day (only its own day reads it; a cancel
+/// or rejection after it expired finds nothing to give back to and recreates it at zero).
+pub(super) const DAY_COUNTER_KEEP_DAYS: u64 = 3;
+
+impl DynamoStore {
+    /// A put that creates the item or fails its condition (it never overwrites). On failure
+    /// the cancellation reason carries the existing item.
+    pub(super) fn put_new(&self, item: Item) -> Result<TransactWriteItem, StoreError> {
+        Ok(TransactWriteItem::builder()
+            .put(
+                Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .condition_expression("attribute_not_exists(PK)")
+                    .return_values_on_condition_check_failure(
+                        ReturnValuesOnConditionCheckFailure::AllOld,
+                    )
+                    .build()
+                    .map_err(backend)?,
+            )
+            .build())
+    }
+
+    /// The one place a balance movement becomes a DynamoDB update, mirroring
+    /// [`Balance::apply`]: the condition makes any movement that would go negative fail.
+    pub(super) fn balance_update(
+        &self,
+        user: &UserId,
+        currency: &Currency,
+        effect: BalanceEffect,
+        amount: Decimal,
+        now: &str,
+        max_open: Option<u32>,
+    ) -> Result<TransactWriteItem, StoreError> {
+        let (set, condition) = match effect {
+            BalanceEffect::Credit => (
+                "#av = if_not_exists(#av, :zero) + :amt, #cr = if_not_exists(#cr, :zero) + :amt, \
+                 #lk = if_not_exists(#lk, :zero), #po = if_not_exists(#po, :zero), \
+                 #oc = if_not_exists(#oc, :zero), #cy = :cy, #ui = :ui",
+                None,
+            ),
+            BalanceEffect::Lock => (
+                "#av = #av - :amt, #lk = #lk + :amt, #oc = if_not_exists(#oc, :zero) + :one",
+                Some("#av >= :amt AND (attribute_not_exists(#oc) OR #oc < :max_open)"),
+            ),
+            BalanceEffect::Unlock => (
+                "#av = #av + :amt, #lk = #lk - :amt, #oc = #oc - :one",
+                Some("#lk >= :amt"),
+            ),
+            BalanceEffect::PayOut => (
+                "#lk = #lk - :amt, #po = #po + :amt, #oc = #oc - :one",
+                Some("#lk >= :amt"),
+            ),
+            BalanceEffect::Return => ("#po = #po - :amt, #av = #av + :amt", Some("#po >= :amt")),
+            BalanceEffect::None => ("#ua = :now", None),
+        };
+        let expression = if effect == BalanceEffect::None {
+            format!("SET {set}")
+        } else {
+            format!("SET {set}, #ua = :now")
+        };
+        let names = [
+            ("#av", "available"),
+            ("#lk", "locked"),
+            ("#po", "paid_out"),
+            ("#cr", "credited"),
+            ("#oc", "open_count"),
+            ("#ua", "updated_at"),
+            ("#cy", "currency"),
+            ("#ui", "user_id"),
+        ];
+        let mut values = vec![
+            (":amt", n(amount)),
+            (":zero", n(0)),
+            (":one", n(1)),
+            (":now", s(now)),
+            (":cy", s(currency.code().as_str())),
+            (":ui", s(user.as_str())),
+        ];
+        if let Some(max) = max_open {
+            values.push((":max_open", n(max)));
+        }
+        let used = |token: &str| {
+            expression.contains(token) || condition.is_some_and(|c| c.contains(token))
+        };
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(Self::balance_key(user, currency)))
+            .update_expression(&expression)
+            .set_condition_expression(condition.map(str::to_string))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        for (token, name) in names {
+            if used(token) {
+                update = update.expression_attribute_names(token, name);
+            }
+        }
+        for (token, value) in values {
+            if used(token) {
+                update = update.expression_attribute_values(token, value);
+            }
+        }
+        Ok(TransactWriteItem::builder()
+            .update(update.build().map_err(backend)?)
+            .build())
+    }
+
+    /// The conditional writes of one state-machine edge: the withdrawal's status change
+    /// (conditioned on the exact status it was read in, with an audit entry appended to the
+    /// same item), the balance movement, and the member's shard of the batch's final counter
+    /// when a member settles or is rejected. Returns them with the withdrawal as it will be.
+    pub(super) fn transition_items(
+        &self,
+        w: &Withdrawal,
+        transition: Transition,
+        details: &TransitionDetails,
+        now_t: DateTime<Utc>,
+    ) -> Result<(Vec<(TxGuard, TransactWriteItem)>, Withdrawal), StoreError> {
+        let to = w
+            .status
+            .apply(transition)
+            .map_err(|e| StoreError::StateChanged {
+                current: Some(e.from),
+            })?;
+        let now = timestamp(&now_t);
+        let entry = AuditEntry {
+            at: now.clone(),
+            from: Some(w.status),
+            to,
+            by: details.actor.clone(),
+            event_id: details.event_id.clone(),
+            reason: details.failure_reason.clone(),
+        };
+        let mut updated = w.clone();
+        updated.status = to;
+        updated.updated_at = now_t;
+        updated.audit.push(entry.clone());
+        let mut set = vec![
+            "#st = :to",
+            "#ua = :now",
+            "#au = list_append(if_not_exists(#au, :empty), :audit)",
+        ];
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(Self::withdrawal_key(&w.user_id, w.id)))
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_names("#ua", "updated_at")
+            .expression_attribute_names("#au", "audit")
+            .expression_attribute_values(":to", s(to.as_str()))
+            .expression_attribute_values(":from", s(w.status.as_str()))
+            .expression_attribute_values(":now", s(&now))
+            .expression_attribute_values(":empty", AttributeValue::L(vec![]))
+            .expression_attribute_values(":audit", AttributeValue::L(vec![audit_to_item(&entry)]))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        if let Some(reason) = &details.failure_reason {
+            set.push("#fr = :fr");
+            update = update
+                .expression_attribute_names("#fr", "failure_reason")
+                .expression_attribute_values(":fr", s(reason));
+            updated.failure_reason = Some(reason.clone());
+        }
+        if let Some(reference) = &details.provider_reference {
+            set.push("#pr = :pr");
+            update = update
+                .expression_attribute_names("#pr", "provider_reference")
+                .expression_attribute_values(":pr", s(reference));
+            updated.provider_reference = Some(reference.clone());
+        }
+        if let Some(batch) = details.batch_id {
+            set.push("#bi = :bi");
+            update = update
+                .expression_attribute_names("#bi", "batch_id")
+                .expression_attribute_values(":bi", s(batch.to_string()));
+            updated.batch_id = Some(batch);
+        }
+        let mut expression = format!("SET {}", set.join(", "));
+        if w.status == WithdrawalStatus::Pending {
+            expression.push_str(&format!(
+                " REMOVE {}, {}",
+                schema::PENDING_PK,
+                schema::PENDING_SK
+            ));
+        }
+        let update = update
+            .update_expression(expression)
+            .condition_expression("#st = :from")
+            .build()
+            .map_err(backend)?;
+        let mut items = vec![(
+            TxGuard::Withdrawal(w.id),
+            TransactWriteItem::builder().update(update).build(),
+        )];
+        let effect = transition.balance_effect();
+        if effect != BalanceEffect::None {
+            items.push((
+                TxGuard::Balance,
+                self.balance_update(
+                    &w.user_id,
+                    &w.currency,
+                    effect,
+                    w.amount.value(),
+                    &now,
+                    None,
+                )?,
+            ));
+        }
+        if matches!(transition, Transition::Cancel | Transition::Reject) {
+            if let Some(day) = w.limit_day {
+                items.push((TxGuard::DayCounter, self.day_counter_give_back(w, day)?));
+            }
+        }
+        let member_finishes = matches!(transition, Transition::Settle | Transition::Reject)
+            && w.status == WithdrawalStatus::Submitted;
+        if let (true, Some(batch)) = (member_finishes, w.batch_id) {
+            items.push((
+                TxGuard::BatchCounter,
+                TransactWriteItem::builder()
+                    .update(
+                        Update::builder()
+                            .table_name(&self.table)
+                            .key(schema::PK, s(TableSchema::batch_pk(batch)))
+                            .key(schema::SK, s(TableSchema::batch_counter_sk(w.id)))
+                            // No existence condition: a shard is created by its first
+                            // settlement. The withdrawal's conditional status change in the same
+                            // transaction is what makes each member count once.
+                            .update_expression("ADD final_count :one SET updated_at = :now")
+                            .expression_attribute_values(":one", n(1))
+                            .expression_attribute_values(":now", s(&now))
+                            .build()
+                            .map_err(backend)?,
+                    )
+                    .build(),
+            ));
+        }
+        if let Some(event) = &details.record_event {
+            items.push((TxGuard::Event, self.event_put(event, &now_t)?));
+        }
+        Ok((items, updated))
+    }
+
+    pub(super) fn event_put(
+        &self,
+        event: &EventRecord,
+        now: &DateTime<Utc>,
+    ) -> Result<TransactWriteItem, StoreError> {
+        let item = HashMap::from([
+            (
+                schema::PK.to_string(),
+                s(TableSchema::event_pk(&event.event_id)),
+            ),
+            (schema::SK.to_string(), s(TableSchema::SINGLETON_SK)),
+            ("type".into(), s("EVENT")),
+            ("event_type".into(), s(&event.event_type)),
+            ("reference".into(), s(&event.reference)),
+            ("outcome".into(), s(&event.outcome)),
+            ("received_at".into(), s(timestamp(now))),
+            (
+                schema::TTL_ATTRIBUTE.into(),
+                n(now.timestamp() + EVENT_TTL_SECS),
+            ),
+        ]);
+        self.put_new(item)
+    }
+
+    /// The items of a withdrawal request's single transaction: the balance lock, the withdrawal,
+    /// with a key the idempotency record and, when the currency has a daily limit, the day's
+    /// counter. Public so the benchmark can send exactly these items through the bare SDK.
+    pub fn request_items(
+        &self,
+        w: &Withdrawal,
+        idempotency: Option<&IdempotencyRecord>,
+        max_open: u32,
+    ) -> Result<Vec<TransactWriteItem>, StoreError> {
+        Ok(self
+            .request_guarded(w, idempotency, max_open)?
+            .into_iter()
+            .map(|(_, item)| item)
+            .collect())
+    }
+
+    /// [`Self::request_items`], each named by the condition it guards, so a cancellation reason
+    /// is read by name, never by position.
+    pub(super) fn request_guarded(
+        &self,
+        w: &Withdrawal,
+        idempotency: Option<&IdempotencyRecord>,
+        max_open: u32,
+    ) -> Result<Vec<(RequestGuard, TransactWriteItem)>, StoreError> {
+        let now = timestamp(&w.created_at);
+        let lock = self.balance_update(
+            &w.user_id,
+            &w.currency,
+            BalanceEffect::Lock,
+            w.amount.value(),
+            &now,
+            Some(max_open),
+        )?;
+        let mut items = vec![
+            (RequestGuard::Balance, lock),
+            (
+                RequestGuard::Withdrawal,
+                self.put_new(self.withdrawal_item(w))?,
+            ),
+        ];
+        if let Some(rec) = idempotency {
+            items.push((
+                RequestGuard::IdempotencyKey,
+                self.put_new(idempotency_item(rec))?,
+            ));
+        }
+        if let (Some(day), Some(limit)) = (w.limit_day, w.currency.daily_limit()) {
+            items.push((
+                RequestGuard::DayCounter,
+                self.day_counter_take(w, day, limit)?,
+            ));
+        }
+        Ok(items)
+    }
+
+    pub(super) fn day_counter_key(user: &UserId, currency: &Currency, day: NaiveDate) -> Item {
+        HashMap::from([
+            (schema::PK.to_string(), s(TableSchema::user_pk(user))),
+            (
+                schema::SK.to_string(),
+                s(TableSchema::day_counter_sk(currency.code(), day)),
+            ),
+        ])
+    }
+
+    /// Adds the amount to the day's counter unless that would pass the limit. The condition
+    /// compares with `limit - amount` because a condition cannot add; an amount above the
+    /// whole limit is refused here, as `attribute_not_exists` would otherwise let it through
+    /// on a fresh day.
+    pub(super) fn day_counter_take(
+        &self,
+        w: &Withdrawal,
+        day: NaiveDate,
+        limit: Decimal,
+    ) -> Result<TransactWriteItem, StoreError> {
+        let room = limit - w.amount.value();
+        if room < Decimal::ZERO {
+            return Err(StoreError::DailyLimitExceeded(format!(
+                "{} {ccy} is above the daily withdrawal limit of {} {ccy}",
+                w.amount,
+                w.currency.format(limit),
+                ccy = w.currency.code()
+            )));
+        }
+        let update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(Self::day_counter_key(&w.user_id, &w.currency, day)))
+            .update_expression("ADD #used :amt SET #ttl = if_not_exists(#ttl, :ttl)")
+            .condition_expression("attribute_not_exists(#used) OR #used <= :room")
+            .expression_attribute_names("#used", "used")
+            .expression_attribute_names("#ttl", schema::TTL_ATTRIBUTE)
+            .expression_attribute_values(":amt", n(w.amount.value()))
+            .expression_attribute_values(":room", n(room))
+            .expression_attribute_values(":ttl", n(day_counter_expiry(day)))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .build()
+            .map_err(backend)?;
+        Ok(TransactWriteItem::builder().update(update).build())
+    }
+
+    /// Gives a cancelled or rejected withdrawal's amount back to its creation day. No
+    /// condition, so the counter can never block a cancel: a counter that expired is recreated
+    /// at zero (`if_not_exists(used, :amt) - :amt`) rather than negative.
+    pub(super) fn day_counter_give_back(
+        &self,
+        w: &Withdrawal,
+        day: NaiveDate,
+    ) -> Result<TransactWriteItem, StoreError> {
+        let update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(Self::day_counter_key(&w.user_id, &w.currency, day)))
+            .update_expression(
+                "SET #used = if_not_exists(#used, :amt) - :amt, #ttl = if_not_exists(#ttl, :ttl)",
+            )
+            .expression_attribute_names("#used", "used")
+            .expression_attribute_names("#ttl", schema::TTL_ATTRIBUTE)
+            .expression_attribute_values(":amt", n(w.amount.value()))
+            .expression_attribute_values(":ttl", n(day_counter_expiry(day)))
+            .build()
+            .map_err(backend)?;
+        Ok(TransactWriteItem::builder().update(update).build())
+    }
+
+    /// The refusal for a day counter whose condition failed, with what is left of the limit
+    /// today, read from the counter as the cancellation reason returned it.
+    pub(super) fn daily_limit_exceeded(
+        &self,
+        w: &Withdrawal,
+        counter: Option<&Item>,
+    ) -> StoreError {
+        let limit = w.currency.daily_limit().unwrap_or(Decimal::ZERO);
+        let used = counter
+            .and_then(|i| i.get("used"))
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| Decimal::from_str(v).ok())
+            .unwrap_or(Decimal::ZERO);
+        let remaining = (limit - used).max(Decimal::ZERO);
+        StoreError::DailyLimitExceeded(format!(
+            "daily withdrawal limit of {} {ccy} reached: {} {ccy} left today (UTC)",
+            w.currency.format(limit),
+            w.currency.format(remaining),
+            ccy = w.currency.code()
+        ))
+    }
+}
+
+/// The items of a withdrawal request's transaction, to read its cancellation reasons by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum RequestGuard {
+    Balance,
+    Withdrawal,
+    IdempotencyKey,
+    DayCounter,
+}
+
+/// When DynamoDB may delete a day's counter: [`DAY_COUNTER_KEEP_DAYS`] after the day ends.
+pub(super) fn day_counter_expiry(day: NaiveDate) -> i64 {
+    (day + chrono::Days::new(DAY_COUNTER_KEEP_DAYS + 1))
+        .and_hms_opt(0, 0, 0)
+        .map_or(0, |t| t.and_utc().timestamp())
+}
+
+/// The items of a credit's transaction, to read its cancellation reasons by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum CreditGuard {
+    Balance,
+    Record,
+}
