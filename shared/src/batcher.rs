@@ -6,7 +6,9 @@
 //! is never paid twice; and only a definite rejection returns funds — an ambiguous outcome keeps
 //! the batch open for the next run.
 
-use crate::domain::{Batch, BatchId, BatchStatus, Currencies, Transition, WithdrawalStatus};
+use crate::domain::{
+    Batch, BatchId, BatchStatus, Currencies, Member, Transition, WithdrawalStatus,
+};
 use crate::metrics;
 use crate::provider::{
     BatchState, ItemStatus, PayoutBatchRequest, PayoutProvider, StatusOutcome, SubmitOutcome,
@@ -471,7 +473,7 @@ where
             }
             if !members.is_empty() {
                 for w in &members {
-                    batch.members.insert(w.id, w.user_id.clone());
+                    batch.members.insert(w.id, Member::of(w));
                     batch.total += w.amount.value();
                 }
                 match self.store.close_claiming(batch.id, &run.owner).await {
@@ -731,7 +733,12 @@ where
                 continue;
             };
             seen.insert(w.id);
-            if settlement::reported_mismatch(w, Some(&item.amount), Some(&state.currency)) {
+            if settlement::reported_mismatch(
+                w.amount,
+                &w.currency,
+                Some(&item.amount),
+                Some(&state.currency),
+            ) {
                 tracing::error!(batch_id = %batch.id, withdrawal_id = %w.id, "provider status reports another amount or currency: not applied");
                 metrics::count("StatusConflicts", &ccy);
                 run.counts(&ccy).conflicts += 1;
@@ -956,7 +963,7 @@ mod tests {
 
     #[test]
     fn a_batch_larger_than_one_record_can_hold_is_refused() {
-        assert_eq!(crate::store::MAX_BATCH_MEMBERS, 1866);
+        assert_eq!(crate::store::MAX_BATCH_MEMBERS, 1467);
         let at_bound = BatcherConfig {
             max_batch_size: crate::store::MAX_BATCH_MEMBERS,
             ..BatcherConfig::default()
@@ -968,7 +975,7 @@ mod tests {
         };
         let err = over.validate(None).unwrap_err();
         assert!(
-            err.contains("BATCH_MAX_SIZE") && err.contains("1866"),
+            err.contains("BATCH_MAX_SIZE") && err.contains("1467"),
             "{err}"
         );
     }

@@ -317,7 +317,7 @@ mod tests {
             chrono::Utc::now(),
         );
         let mut batch = Batch::claiming(usd, "run", 0);
-        batch.members.insert(w.id, user);
+        batch.members.insert(w.id, crate::domain::Member::of(&w));
         batch.status = BatchStatus::Accepted;
         w.status = WithdrawalStatus::Submitted;
         w.batch_id = Some(batch.id);

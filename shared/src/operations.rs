@@ -109,7 +109,8 @@ pub async fn plan_reject<P: PayoutProvider + ?Sized>(
                         Some(item)
                             if item.status == ItemStatus::Failed
                                 && !settlement::reported_mismatch(
-                                    &w,
+                                    w.amount,
+                                    &w.currency,
                                     Some(&item.amount),
                                     Some(&state.currency),
                                 ) =>

@@ -111,7 +111,8 @@ where
             continue;
         };
         let theirs = format!("{:?}", item.status).to_lowercase();
-        if settlement::reported_mismatch(w, Some(&item.amount), Some(currency)) {
+        if settlement::reported_mismatch(w.amount, &w.currency, Some(&item.amount), Some(currency))
+        {
             out.push(mismatch(
                 MismatchKind::AmountDiffers,
                 &format!("{theirs} {} {currency}", item.amount),

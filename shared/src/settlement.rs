@@ -1,9 +1,15 @@
 //! Applying the provider's final word on one withdrawal — from a webhook event or from the batch
 //! status endpoint — as conditional transitions. Repeats are no-ops; contradictions are reported,
 //! never applied.
+//!
+//! Provider events are deduplicated here and nowhere else: an event is recorded by the same
+//! transaction as the change it makes, or on its own when it changes nothing, so every repeat
+//! finds its record and is answered [`EventOutcome::Duplicate`].
 
-use crate::domain::{Amount, Transition, Withdrawal, WithdrawalStatus};
-use crate::store::{EventRecord, Store, StoreError, TransitionDetails};
+use crate::domain::{
+    Amount, BatchId, Currency, EventOutcome, Transition, Withdrawal, WithdrawalId, WithdrawalStatus,
+};
+use crate::store::{BatchStore, EventRecord, Store, StoreError, TransitionDetails, Written};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -35,9 +41,14 @@ pub enum Applied {
 /// contradicts ours: another currency, or an amount that is not exactly ours as a plain decimal
 /// in the currency's scale (one that only rounds to ours is a conflict, not a match). Nothing is
 /// applied on a mismatch — it is a conflict for an operator.
-pub fn reported_mismatch(w: &Withdrawal, amount: Option<&str>, currency: Option<&str>) -> bool {
-    currency.is_some_and(|c| c != w.currency.code().as_str())
-        || amount.is_some_and(|a| Amount::parse(a, &w.currency).ok() != Some(w.amount))
+pub fn reported_mismatch(
+    ours: Amount,
+    our_currency: &Currency,
+    amount: Option<&str>,
+    currency: Option<&str>,
+) -> bool {
+    currency.is_some_and(|c| c != our_currency.code().as_str())
+        || amount.is_some_and(|a| Amount::parse(a, our_currency).ok() != Some(ours))
 }
 
 /// The provider event an outcome came from.
@@ -50,8 +61,8 @@ pub struct EventRef<'a> {
 /// Applies `outcome` to `w`. A concurrent change is re-read and re-evaluated, so two deliveries
 /// of the same event racing each other end with one change and one `AlreadyDone`/`Duplicate`.
 /// With an `event`, the change that completes the outcome also records the event, atomically.
-pub async fn apply(
-    store: &dyn Store,
+pub async fn apply<S: Store + ?Sized>(
+    store: &S,
     w: &Withdrawal,
     outcome: &Outcome,
     actor: &str,
@@ -59,34 +70,12 @@ pub async fn apply(
 ) -> Result<Applied, StoreError> {
     let mut current = w.clone();
     for _ in 0..4 {
-        let step = next_step(current.status, outcome);
-        let transition = match step {
+        let transition = match next_step(current.status, outcome) {
             Step::Done => return Ok(Applied::AlreadyDone(current.status)),
             Step::Conflict => return Ok(Applied::Conflict(current.status)),
             Step::Go(t) => t,
         };
-        // A return that overtook its "paid" settles first; only the last step completes it.
-        let completes =
-            !(matches!(outcome, Outcome::Returned { .. }) && transition == Transition::Settle);
-        let mut details = TransitionDetails::by(actor);
-        details.event_id = event.map(|e| e.id.to_string());
-        if completes {
-            details.record_event = event.map(|e| EventRecord {
-                event_id: e.id.to_string(),
-                event_type: e.event_type.to_string(),
-                reference: current.id.to_string(),
-                outcome: "applied".into(),
-            });
-        }
-        match (outcome, transition) {
-            (Outcome::Paid { provider_reference }, _) => {
-                details.provider_reference = provider_reference.clone();
-            }
-            (Outcome::Returned { .. }, Transition::Settle) => {}
-            (Outcome::Failed { reason } | Outcome::Returned { reason }, _) => {
-                details.failure_reason = Some(reason.clone());
-            }
-        }
+        let details = details_for(outcome, transition, actor, event, current.id);
         match store.transition(&current, transition, details).await {
             Ok(updated) => {
                 // A return that overtook its "paid" settles first, then returns.
@@ -102,8 +91,8 @@ pub async fn apply(
                     .await?
                     .ok_or(StoreError::NotFound)?;
             }
-            // Another delivery of this event recorded it after our caller's duplicate check
-            // (the transaction changed nothing): the provider is answered `duplicate`, not 500.
+            // The event's record exists (another delivery wrote it, with its change or alone):
+            // the transaction changed nothing, and the provider is answered `duplicate`.
             Err(StoreError::DuplicateEvent) => return Ok(Applied::Duplicate),
             Err(e) => return Err(e),
         }
@@ -114,10 +103,180 @@ pub async fn apply(
     )))
 }
 
+/// A provider event about one batch member, as the webhook parsed it.
+#[derive(Debug, Clone)]
+pub struct MemberEvent<'a> {
+    pub event: EventRef<'a>,
+    pub batch_id: BatchId,
+    pub reference: WithdrawalId,
+    /// The amount and currency the provider reports, checked against ours.
+    pub amount: Option<&'a str>,
+    pub currency: Option<&'a str>,
+    pub outcome: Outcome,
+}
+
+/// What an event did, and the currency of its batch once that was found (for metrics).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventResult {
+    pub outcome: EventOutcome,
+    pub currency: Option<String>,
+}
+
+/// Applies a provider event, in two requests in the common case: one read of the batch's
+/// partition (the member's entry carries owner, amount and limit day; the counters say how
+/// many members are final), and one transaction written for the state the event expects
+/// ([`expected`]), conditioned on it and on the event's record not existing. A refusal hands
+/// back the withdrawal as it is, and only then is the change re-evaluated ([`apply`]).
+pub async fn apply_event<S: Store + BatchStore + ?Sized>(
+    store: &S,
+    e: &MemberEvent<'_>,
+    actor: &str,
+) -> Result<EventResult, StoreError> {
+    let Some((batch, final_before)) = store.batch_with_final_count(e.batch_id).await? else {
+        return record_unchanged(store, e, EventOutcome::UnknownWithdrawal, None).await;
+    };
+    let currency = Some(batch.currency.code().to_string());
+    let Some(member) = batch.members.get(&e.reference) else {
+        return record_unchanged(store, e, EventOutcome::UnknownWithdrawal, currency).await;
+    };
+    let (status, transition) = expected(&e.outcome);
+    let applied = match batch.subject(e.reference, status) {
+        Some(subject) => {
+            if reported_mismatch(subject.amount, &subject.currency, e.amount, e.currency) {
+                return record_unchanged(store, e, EventOutcome::Conflict, currency).await;
+            }
+            let details = details_for(&e.outcome, transition, actor, Some(e.event), e.reference);
+            match store
+                .write_transition(&subject, transition, details)
+                .await?
+            {
+                Written::Changed => {
+                    // Only the member that may be the last one final looks at closing the
+                    // batch (members settling at once can all miss it: the batcher's next run
+                    // closes what they left).
+                    let counted = matches!(transition, Transition::Settle | Transition::Reject);
+                    if counted && final_before + 1 >= batch.member_count() {
+                        store.complete_if_final(batch.id).await?;
+                    }
+                    return Ok(EventResult {
+                        outcome: EventOutcome::Applied,
+                        currency,
+                    });
+                }
+                Written::DuplicateEvent => Applied::Duplicate,
+                Written::NotFound => {
+                    return record_unchanged(store, e, EventOutcome::UnknownWithdrawal, currency)
+                        .await
+                }
+                Written::NotAsExpected(w) => {
+                    apply(store, &w, &e.outcome, actor, Some(e.event)).await?
+                }
+            }
+        }
+        None => {
+            // An entry from before members carried their terms: the withdrawal is read.
+            let Some(w) = store.withdrawal(&member.user_id, e.reference).await? else {
+                return record_unchanged(store, e, EventOutcome::UnknownWithdrawal, currency).await;
+            };
+            if reported_mismatch(w.amount, &w.currency, e.amount, e.currency) {
+                return record_unchanged(store, e, EventOutcome::Conflict, currency).await;
+            }
+            apply(store, &w, &e.outcome, actor, Some(e.event)).await?
+        }
+    };
+    let outcome = match applied {
+        Applied::Changed(_) => {
+            store.complete_if_final(batch.id).await?;
+            return Ok(EventResult {
+                outcome: EventOutcome::Applied,
+                currency,
+            });
+        }
+        Applied::Duplicate => {
+            return Ok(EventResult {
+                outcome: EventOutcome::Duplicate,
+                currency,
+            })
+        }
+        Applied::AlreadyDone(_) => EventOutcome::NoChange,
+        Applied::Conflict(current) => {
+            tracing::error!(withdrawal_id = %e.reference, %current, event_type = e.event.event_type, "conflicting provider event");
+            EventOutcome::Conflict
+        }
+    };
+    record_unchanged(store, e, outcome, currency).await
+}
+
+/// Records an event that changed nothing, so its repeats are recognised too.
+async fn record_unchanged<S: Store + ?Sized>(
+    store: &S,
+    e: &MemberEvent<'_>,
+    outcome: EventOutcome,
+    currency: Option<String>,
+) -> Result<EventResult, StoreError> {
+    let record = EventRecord {
+        event_id: e.event.id.to_string(),
+        event_type: e.event.event_type.to_string(),
+        reference: e.reference.to_string(),
+        outcome,
+    };
+    let outcome = match store.record_event(&record).await {
+        Ok(()) => outcome,
+        Err(StoreError::DuplicateEvent) => EventOutcome::Duplicate,
+        Err(err) => return Err(err),
+    };
+    Ok(EventResult { outcome, currency })
+}
+
+/// The transition details for one step towards `outcome`. A return that overtook its "paid"
+/// settles first; only the step that completes the outcome records the event.
+fn details_for(
+    outcome: &Outcome,
+    transition: Transition,
+    actor: &str,
+    event: Option<EventRef<'_>>,
+    id: WithdrawalId,
+) -> TransitionDetails {
+    let completes =
+        !(matches!(outcome, Outcome::Returned { .. }) && transition == Transition::Settle);
+    let mut details = TransitionDetails::by(actor);
+    details.event_id = event.map(|e| e.id.to_string());
+    if completes {
+        details.record_event = event.map(|e| EventRecord {
+            event_id: e.id.to_string(),
+            event_type: e.event_type.to_string(),
+            reference: id.to_string(),
+            outcome: EventOutcome::Applied,
+        });
+    }
+    match (outcome, transition) {
+        (Outcome::Paid { provider_reference }, _) => {
+            details.provider_reference = provider_reference.clone();
+        }
+        (Outcome::Returned { .. }, Transition::Settle) => {}
+        (Outcome::Failed { reason } | Outcome::Returned { reason }, _) => {
+            details.failure_reason = Some(reason.clone());
+        }
+    }
+    details
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
     Go(Transition),
     Done,
     Conflict,
+}
+
+/// The state an outcome most often finds its withdrawal in, and the step from there: a payment
+/// or failure finds it submitted, a return finds it settled. A settlement is written for this
+/// expectation without reading the withdrawal first.
+fn expected(outcome: &Outcome) -> (WithdrawalStatus, Transition) {
+    match outcome {
+        Outcome::Paid { .. } => (WithdrawalStatus::Submitted, Transition::Settle),
+        Outcome::Failed { .. } => (WithdrawalStatus::Submitted, Transition::Reject),
+        Outcome::Returned { .. } => (WithdrawalStatus::Settled, Transition::Return),
+    }
 }
 
 fn next_step(status: WithdrawalStatus, outcome: &Outcome) -> Step {
@@ -131,5 +290,90 @@ fn next_step(status: WithdrawalStatus, outcome: &Outcome) -> Step {
         (Outcome::Returned { .. }, Settled) => Step::Go(Transition::Return),
         (Outcome::Returned { .. }, Returned) => Step::Done,
         _ => Step::Conflict,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use WithdrawalStatus::*;
+
+    fn paid() -> Outcome {
+        Outcome::Paid {
+            provider_reference: None,
+        }
+    }
+    fn failed() -> Outcome {
+        Outcome::Failed { reason: "x".into() }
+    }
+    fn returned() -> Outcome {
+        Outcome::Returned { reason: "x".into() }
+    }
+
+    #[test]
+    fn next_step_for_every_outcome_and_status() {
+        use Step::*;
+        let table = [
+            (paid(), Pending, Conflict),
+            (paid(), Submitted, Go(Transition::Settle)),
+            (paid(), Settled, Done),
+            (paid(), Rejected, Conflict),
+            (paid(), Cancelled, Conflict),
+            // Paid, then the bank sent it back: the "paid" is already reflected.
+            (paid(), Returned, Done),
+            (failed(), Pending, Conflict),
+            (failed(), Submitted, Go(Transition::Reject)),
+            (failed(), Settled, Conflict),
+            (failed(), Rejected, Done),
+            (failed(), Cancelled, Conflict),
+            (failed(), Returned, Conflict),
+            (returned(), Pending, Conflict),
+            // A return that overtook its "paid": settle first, then return.
+            (returned(), Submitted, Go(Transition::Settle)),
+            (returned(), Settled, Go(Transition::Return)),
+            (returned(), Rejected, Conflict),
+            (returned(), Cancelled, Conflict),
+            (returned(), Returned, Done),
+        ];
+        assert_eq!(table.len(), 3 * WithdrawalStatus::ALL.len());
+        for (outcome, status, want) in table {
+            assert_eq!(next_step(status, &outcome), want, "{outcome:?} on {status}");
+        }
+    }
+
+    #[test]
+    fn the_expected_state_is_one_next_step_goes_from() {
+        for outcome in [paid(), failed(), returned()] {
+            let (status, transition) = expected(&outcome);
+            assert_eq!(next_step(status, &outcome), Step::Go(transition));
+        }
+    }
+
+    #[test]
+    fn only_the_step_that_completes_an_outcome_records_its_event() {
+        let event = EventRef {
+            id: "evt_1",
+            event_type: "payout.returned",
+        };
+        let id = WithdrawalId::new();
+        let first = details_for(&returned(), Transition::Settle, "webhook", Some(event), id);
+        assert_eq!(first.record_event, None);
+        assert_eq!(first.failure_reason, None);
+        let last = details_for(&returned(), Transition::Return, "webhook", Some(event), id);
+        let record = last.record_event.expect("recorded");
+        assert_eq!(record.outcome, EventOutcome::Applied);
+        assert_eq!(record.reference, id.to_string());
+        assert_eq!(last.failure_reason.as_deref(), Some("x"));
+        let paid = details_for(
+            &Outcome::Paid {
+                provider_reference: Some("p1".into()),
+            },
+            Transition::Settle,
+            "webhook",
+            Some(event),
+            id,
+        );
+        assert_eq!(paid.provider_reference.as_deref(), Some("p1"));
+        assert!(paid.record_event.is_some());
     }
 }

@@ -1,13 +1,14 @@
-//! Provider callbacks: verify the signature on the raw bytes, parse, deduplicate, apply.
+//! Provider callbacks: verify the signature on the raw bytes, parse, and hand the event to
+//! [`settlement::apply_event`] (which deduplicates and applies it).
 //! Every delivery pattern — repeats, races, reordering, late arrival — changes money at most once.
 
 use crate::api::ApiError;
-use crate::domain::{BatchId, WithdrawalId};
+use crate::domain::{BatchId, EventOutcome, WithdrawalId};
 use crate::metrics;
 use crate::secrets::SecretValue;
-use crate::settlement::{self, Applied, EventRef, Outcome};
+use crate::settlement::{self, EventRef, MemberEvent, Outcome};
 use crate::signature::{self, WebhookSecret};
-use crate::store::{BatchStore, EventRecord, Store, StoreError};
+use crate::store::{BatchStore, Store, StoreError};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -109,28 +110,6 @@ impl ProviderEvent {
     }
 }
 
-/// What a delivery did; the HTTP answer is 200 for all of these so the provider stops retrying.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Handled {
-    Applied,
-    NoChange,
-    Duplicate,
-    Conflict,
-    UnknownWithdrawal,
-}
-
-impl Handled {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::Applied => "applied",
-            Self::NoChange => "no_change",
-            Self::Duplicate => "duplicate",
-            Self::Conflict => "conflict",
-            Self::UnknownWithdrawal => "unknown_withdrawal",
-        }
-    }
-}
-
 pub struct WebhookProcessor<S> {
     store: Arc<S>,
     secrets: SecretValue<Vec<WebhookSecret>>,
@@ -182,7 +161,7 @@ impl<S: Store + BatchStore + 'static> WebhookProcessor<S> {
         signature_header: Option<&str>,
         body: &[u8],
         now: i64,
-    ) -> Result<(Handled, ProviderEvent), ApiError> {
+    ) -> Result<(EventOutcome, ProviderEvent), ApiError> {
         if body.len() > MAX_BODY_BYTES {
             return Err(ApiError::PayloadTooLarge(MAX_BODY_BYTES));
         }
@@ -199,7 +178,10 @@ impl<S: Store + BatchStore + 'static> WebhookProcessor<S> {
         )?;
         let event = ProviderEvent::parse(body)?;
         let handled = self.apply(&event).await.map_err(ApiError::from)?;
-        let level_error = matches!(handled, Handled::Conflict | Handled::UnknownWithdrawal);
+        let level_error = matches!(
+            handled,
+            EventOutcome::Conflict | EventOutcome::UnknownWithdrawal
+        );
         if level_error {
             tracing::error!(event_id = %event.id, event_type = event.kind.as_str(), batch_id = %event.batch_id, withdrawal_id = %event.reference, outcome = handled.as_str(), "webhook event not applied");
         } else {
@@ -208,85 +190,34 @@ impl<S: Store + BatchStore + 'static> WebhookProcessor<S> {
         Ok((handled, event))
     }
 
-    async fn apply(&self, event: &ProviderEvent) -> Result<Handled, StoreError> {
-        if self.store.event_seen(&event.id).await? {
-            return Ok(Handled::Duplicate);
-        }
-        // The batch record says whose withdrawal the reference is.
-        let batch = self.store.batch(event.batch_id).await?;
-        let owner = batch.as_ref().and_then(|b| b.members.get(&event.reference));
-        let withdrawal = match owner {
-            Some(user) => self.store.withdrawal(user, event.reference).await?,
-            None => None,
+    async fn apply(&self, event: &ProviderEvent) -> Result<EventOutcome, StoreError> {
+        let member_event = MemberEvent {
+            event: EventRef {
+                id: &event.id,
+                event_type: event.kind.as_str(),
+            },
+            batch_id: event.batch_id,
+            reference: event.reference,
+            amount: event.amount.as_deref(),
+            currency: event.currency.as_deref(),
+            outcome: event.outcome(),
         };
-        let Some(w) = withdrawal else {
-            metrics::count("WebhookUnknownWithdrawal", "-");
-            return self
-                .finish_without_change(event, Handled::UnknownWithdrawal)
-                .await;
-        };
-        let mismatch =
-            settlement::reported_mismatch(&w, event.amount.as_deref(), event.currency.as_deref());
-        if mismatch {
-            metrics::count("WebhookConflicts", w.currency.code().as_str());
-            return self.finish_without_change(event, Handled::Conflict).await;
-        }
-        let ccy = w.currency.code().to_string();
-        let reference = EventRef {
-            id: &event.id,
-            event_type: event.kind.as_str(),
-        };
-        match settlement::apply(
-            self.store.as_ref(),
-            &w,
-            &event.outcome(),
-            "webhook",
-            Some(reference),
-        )
-        .await?
-        {
-            Applied::Changed(updated) => {
+        let result = settlement::apply_event(self.store.as_ref(), &member_event, "webhook").await?;
+        let ccy = result.currency.as_deref().unwrap_or("-");
+        match result.outcome {
+            EventOutcome::Applied => {
                 let name = match event.kind {
                     EventKind::Paid => "WithdrawalsSettled",
                     EventKind::Failed => "WithdrawalsRejected",
                     EventKind::Returned => "WithdrawalsReturned",
                 };
-                metrics::count(name, &ccy);
-                let members = batch.as_ref().map_or(u32::MAX, |b| b.member_count());
-                if updated.batch_id.is_some()
-                    && self.store.final_count(event.batch_id).await? >= members
-                {
-                    self.store.complete_if_final(event.batch_id).await?;
-                }
-                Ok(Handled::Applied)
+                metrics::count(name, ccy);
             }
-            Applied::AlreadyDone(_) => self.finish_without_change(event, Handled::NoChange).await,
-            Applied::Conflict(current) => {
-                tracing::error!(withdrawal_id = %w.id, %current, event_type = event.kind.as_str(), "conflicting provider event");
-                metrics::count("WebhookConflicts", &ccy);
-                self.finish_without_change(event, Handled::Conflict).await
-            }
-            Applied::Duplicate => Ok(Handled::Duplicate),
+            EventOutcome::Conflict => metrics::count("WebhookConflicts", ccy),
+            EventOutcome::UnknownWithdrawal => metrics::count("WebhookUnknownWithdrawal", "-"),
+            EventOutcome::NoChange | EventOutcome::Duplicate => {}
         }
-    }
-
-    /// Records an event that changed nothing, so its repeats are recognised too.
-    async fn finish_without_change(
-        &self,
-        event: &ProviderEvent,
-        handled: Handled,
-    ) -> Result<Handled, StoreError> {
-        let record = EventRecord {
-            event_id: event.id.clone(),
-            event_type: event.kind.as_str().to_string(),
-            reference: event.reference.to_string(),
-            outcome: handled.as_str().to_string(),
-        };
-        match self.store.record_event(&record).await {
-            Ok(()) => Ok(handled),
-            Err(StoreError::DuplicateEvent) => Ok(Handled::Duplicate),
-            Err(e) => Err(e),
-        }
+        Ok(result.outcome)
     }
 }
 

@@ -4,12 +4,12 @@
 
 use async_trait::async_trait;
 use shared::domain::{
-    Balance, Batch, BatchId, BatchStatus, CreditReference, Currency, IdempotencyKey, Transition,
-    UserId, Withdrawal, WithdrawalId,
+    Balance, Batch, BatchId, BatchStatus, CreditReference, Currency, IdempotencyKey, Subject,
+    Transition, UserId, Withdrawal, WithdrawalId,
 };
 use shared::store::{
     AttemptResult, BatchStore, ClaimResult, CreditOutcome, CreditRecord, DynamoStore, EventRecord,
-    IdempotencyRecord, ListQuery, Page, Store, StoreError, TransitionDetails,
+    IdempotencyRecord, ListQuery, Page, Store, StoreError, TransitionDetails, Written,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -156,8 +156,17 @@ impl Store for FaultyStore {
     async fn balances(&self, u: &UserId) -> Result<Vec<Balance>, StoreError> {
         faulty!(self, "balances", self.inner.balances(u))
     }
-    async fn event_seen(&self, id: &str) -> Result<bool, StoreError> {
-        faulty!(self, "event_seen", self.inner.event_seen(id))
+    async fn write_transition(
+        &self,
+        s: &Subject,
+        t: Transition,
+        d: TransitionDetails,
+    ) -> Result<Written, StoreError> {
+        faulty!(
+            self,
+            "write_transition",
+            self.inner.write_transition(s, t, d.clone())
+        )
     }
     async fn record_event(&self, e: &EventRecord) -> Result<(), StoreError> {
         faulty!(self, "record_event", self.inner.record_event(e))
@@ -229,6 +238,16 @@ impl BatchStore for FaultyStore {
     }
     async fn final_count(&self, id: BatchId) -> Result<u32, StoreError> {
         faulty!(self, "final_count", self.inner.final_count(id))
+    }
+    async fn batch_with_final_count(
+        &self,
+        id: BatchId,
+    ) -> Result<Option<(Batch, u32)>, StoreError> {
+        faulty!(
+            self,
+            "batch_with_final_count",
+            self.inner.batch_with_final_count(id)
+        )
     }
     async fn reset_attempts(&self, b: &Batch, by: &str) -> Result<(), StoreError> {
         faulty!(self, "reset_attempts", self.inner.reset_attempts(b, by))

@@ -9,11 +9,12 @@ pub mod faults;
 pub mod sim;
 
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_dynamodb::types::AttributeValue;
 use lambda_http::{Body, Request, Response};
 use serde_json::{json, Value};
 use shared::auth::{AllowedCallers, Authenticator, CallerSource, InternalAuth};
 use shared::domain::{Amount, CreditReference, Currencies, UserId};
-use shared::store::{CreditOutcome, CreditRecord, DynamoStore, Store, StoreError};
+use shared::store::{CreditOutcome, CreditRecord, DynamoStore, Store, StoreError, TableSchema};
 use shared::withdrawals::WithdrawalService;
 use std::sync::Arc;
 use withdrawal_request::App;
@@ -240,6 +241,24 @@ impl TestEnv {
             .expect("balance exists");
         let f = |d| b.currency.format(d);
         (f(b.available), f(b.locked), f(b.paid_out), f(b.credited))
+    }
+
+    /// The outcome a provider event was recorded with, if it was (read straight from the table:
+    /// the pipeline itself never reads an event record, it conditions writes on it).
+    pub async fn event_record(&self, event_id: &str) -> Option<String> {
+        let item = self
+            .store
+            .client()
+            .get_item()
+            .table_name(self.store.table_name())
+            .key("PK", AttributeValue::S(TableSchema::event_pk(event_id)))
+            .key("SK", AttributeValue::S(TableSchema::SINGLETON_SK.into()))
+            .consistent_read(true)
+            .send()
+            .await
+            .expect("get event record")
+            .item?;
+        item.get("outcome")?.as_s().ok().cloned()
     }
 
     /// Fails the test on any violated money invariant anywhere in the table.

@@ -583,9 +583,13 @@ async fn a_batch_of_the_largest_size_with_the_longest_user_ids_is_claimed_and_re
     assert_eq!(batch.status, BatchStatus::Accepted);
     assert_eq!(batch.member_count() as usize, MAX_BATCH_MEMBERS);
     for w in &seeded {
-        assert_eq!(batch.members.get(&w.id), Some(&w.user_id));
+        assert_eq!(
+            batch.members.get(&w.id),
+            Some(&shared::domain::Member::of(w))
+        );
     }
-    assert_eq!(batch.total, d("1866.00"));
+    let total: rust_decimal::Decimal = seeded.iter().map(|w| w.amount.value()).sum();
+    assert_eq!(batch.total, total);
     assert_eq!(p.sandbox.payouts_by_reference().len(), MAX_BATCH_MEMBERS);
 
     // How close to the 400 KB item limit the record really came.

@@ -168,7 +168,7 @@ async fn bad_signatures_are_401_and_change_nothing() {
     }
     assert_eq!(p.reload(&ws[0]).await.status, WithdrawalStatus::Submitted);
     assert!(
-        !p.env.store.event_seen("evt_sig").await.unwrap(),
+        p.env.event_record("evt_sig").await.is_none(),
         "nothing recorded"
     );
 
@@ -477,6 +477,9 @@ async fn the_full_loop_settles_rejects_and_returns_with_real_sandbox_callbacks()
             .all(|e| e.delivered_status == 200 && e.attempts == 1),
         "{events:?}"
     );
+    // The three callbacks arrived together, each reading the counters before the others
+    // committed: the batcher's next run closes the batch none of them saw itself last in.
+    p.run(PayoutEnv::config()).await;
     assert_eq!(
         env.store.all_batches().await.unwrap()[0].status,
         BatchStatus::Completed
@@ -511,40 +514,146 @@ async fn a_webhook_body_that_is_not_utf8_is_refused_before_anything_is_read() {
     p.env.assert_conserved().await;
 }
 
-/// The race the duplicate check cannot close: another delivery of the same event records it
-/// after this delivery looked and before its transaction. That transaction is cancelled on the
-/// event's record and changes nothing; the answer is `duplicate` (it once surfaced as a store
-/// error, a 500 the provider would retry for a day).
+/// An event whose record exists when its change is written: another delivery of it recorded it
+/// (with its change, or alone) in between. The transaction is cancelled on the event's record
+/// and changes nothing; the answer is `duplicate` — it once surfaced as a store error, a 500
+/// the provider would retry for a day. Both ways in: the webhook's (the record refuses the
+/// change written without a read) and the re-evaluation's (`apply`, from a withdrawal read).
 #[tokio::test]
-async fn an_event_recorded_after_the_duplicate_check_is_a_duplicate_not_an_error() {
-    use shared::settlement::{apply, Applied, EventRef, Outcome};
+async fn an_event_recorded_before_its_change_is_a_duplicate_not_an_error() {
+    use shared::domain::EventOutcome;
+    use shared::settlement::{apply, apply_event, Applied, EventRef, MemberEvent, Outcome};
     use shared::store::EventRecord;
     let p = PayoutEnv::new(|_| {}).await;
     let w = submitted(&p, "late", "10.00", 1).await.remove(0);
+    let paid = Outcome::Paid {
+        provider_reference: None,
+    };
+    let event = EventRef {
+        id: "evt_late",
+        event_type: "payout.paid",
+    };
     p.env
         .store
         .record_event(&EventRecord {
             event_id: "evt_late".into(),
             event_type: "payout.paid".into(),
             reference: w.id.to_string(),
-            outcome: "applied".into(),
+            outcome: EventOutcome::NoChange,
         })
         .await
         .unwrap();
-    let applied = apply(
-        p.env.store.as_ref(),
-        &w,
-        &Outcome::Paid {
-            provider_reference: None,
-        },
-        "webhook",
-        Some(EventRef {
-            id: "evt_late",
-            event_type: "payout.paid",
-        }),
-    )
-    .await;
+    let member_event = MemberEvent {
+        event,
+        batch_id: w.batch_id.expect("submitted in a batch"),
+        reference: w.id,
+        amount: Some("10.00"),
+        currency: Some("USD"),
+        outcome: paid.clone(),
+    };
+    let result = apply_event(p.env.store.as_ref(), &member_event, "webhook").await;
+    assert_eq!(
+        result.map(|r| r.outcome),
+        Ok(EventOutcome::Duplicate),
+        "the webhook's way"
+    );
+    assert_eq!(p.reload(&w).await.status, WithdrawalStatus::Submitted);
+    let applied = apply(p.env.store.as_ref(), &w, &paid, "webhook", Some(event)).await;
     assert!(matches!(applied, Ok(Applied::Duplicate)), "{applied:?}");
     assert_eq!(p.reload(&w).await.status, WithdrawalStatus::Submitted);
+    p.env.assert_conserved().await;
+}
+
+/// The webhook's floor: a settlement, a rejection and a return are each one read of the batch's
+/// partition and one transaction; a repeat is the same two (the transaction is refused on the
+/// event's record). Only the batch's last member adds the requests that close it.
+#[tokio::test]
+async fn each_settlement_is_two_requests_and_only_the_last_member_closes_the_batch() {
+    use shared::domain::EventOutcome;
+    use shared::settlement::{apply_event, EventRef, MemberEvent, Outcome};
+    let p = PayoutEnv::new(|_| {}).await;
+    let ws = submitted(&p, "rt", "10.00", 3).await;
+    let batch_id = ws[0].batch_id.expect("in a batch");
+    assert!(ws.iter().all(|w| w.batch_id == Some(batch_id)));
+    let counter = shared::calls::CallRecorder::counting();
+    let store = shared::store::DynamoStore::new(
+        counting_client(&counter),
+        p.env.store.table_name(),
+        p.env.currencies.clone(),
+    );
+    let deliver = |id: &'static str, w: &Withdrawal, outcome: Outcome| {
+        let store = store.clone();
+        let (reference, event_type) = (
+            w.id,
+            match outcome {
+                Outcome::Paid { .. } => "payout.paid",
+                Outcome::Failed { .. } => "payout.failed",
+                Outcome::Returned { .. } => "payout.returned",
+            },
+        );
+        async move {
+            let e = MemberEvent {
+                event: EventRef { id, event_type },
+                batch_id,
+                reference,
+                amount: Some("10.00"),
+                currency: Some("USD"),
+                outcome,
+            };
+            apply_event(&store, &e, "webhook").await.unwrap().outcome
+        }
+    };
+    let paid = || Outcome::Paid {
+        provider_reference: Some("p".into()),
+    };
+    let two = || {
+        vec![
+            ("Query".to_string(), 1),
+            ("TransactWriteItems".to_string(), 1),
+        ]
+    };
+    let steps = [
+        ("evt_rt_paid", 0, paid(), EventOutcome::Applied),
+        (
+            "evt_rt_failed",
+            1,
+            Outcome::Failed {
+                reason: "closed".into(),
+            },
+            EventOutcome::Applied,
+        ),
+        (
+            "evt_rt_returned",
+            0,
+            Outcome::Returned {
+                reason: "R01".into(),
+            },
+            EventOutcome::Applied,
+        ),
+        ("evt_rt_paid", 0, paid(), EventOutcome::Duplicate),
+    ];
+    for (id, i, outcome, want) in steps {
+        counter.take_counts();
+        assert_eq!(deliver(id, &ws[i], outcome).await, want, "{id}");
+        let counts: Vec<_> = counter.take_counts().into_iter().collect();
+        assert_eq!(counts, two(), "{id}");
+    }
+    let after: Vec<_> = [0, 1].iter().map(|&i| p.reload(&ws[i])).collect();
+    let after = join_all(after).await;
+    assert_eq!(
+        (after[0].status, after[1].status),
+        (WithdrawalStatus::Returned, WithdrawalStatus::Rejected)
+    );
+    let open = p.env.store.batch(batch_id).await.unwrap().unwrap();
+    assert_eq!(open.status, BatchStatus::Accepted, "two of three final");
+    // The last member: its transaction, then the batch is closed.
+    counter.take_counts();
+    assert_eq!(
+        deliver("evt_rt_last", &ws[2], paid()).await,
+        EventOutcome::Applied
+    );
+    assert!(counter.take_counts().values().sum::<u64>() > 2);
+    let closed = p.env.store.batch(batch_id).await.unwrap().unwrap();
+    assert_eq!(closed.status, BatchStatus::Completed);
     p.env.assert_conserved().await;
 }

@@ -1,5 +1,7 @@
-use super::{BatchId, Currency, UserId, WithdrawalId};
-use chrono::{DateTime, Utc};
+use super::{
+    Amount, BatchId, Currency, Subject, UserId, Withdrawal, WithdrawalId, WithdrawalStatus,
+};
+use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -67,8 +69,9 @@ pub struct Batch {
     pub id: BatchId,
     pub currency: Currency,
     pub status: BatchStatus,
-    /// Member withdrawal → its owner (the webhook finds a withdrawal's key through this).
-    pub members: BTreeMap<WithdrawalId, UserId>,
+    /// Member withdrawal → its entry (the webhook finds a withdrawal's key, and what settling
+    /// it writes, through this).
+    pub members: BTreeMap<WithdrawalId, Member>,
     pub total: Decimal,
     pub attempts: u32,
     pub last_error: Option<String>,
@@ -93,6 +96,35 @@ pub struct Batch {
     pub operator_rejected: bool,
     /// Escalations and operator actions, oldest first, each written with the change it records.
     pub history: Vec<BatchNote>,
+}
+
+/// A member's entry on its batch: whose withdrawal it is and, for members claimed since entries
+/// carried them, the terms a settlement writes (so it needs no read of the withdrawal).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Member {
+    pub user_id: UserId,
+    /// `None` on entries written before the terms were kept: such a member is read first.
+    pub terms: Option<MemberTerms>,
+}
+
+/// What a member's entry records of its withdrawal at claim time; none of it changes after.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemberTerms {
+    pub amount: Amount,
+    pub limit_day: Option<NaiveDate>,
+}
+
+impl Member {
+    /// The entry of a withdrawal being claimed.
+    pub fn of(w: &Withdrawal) -> Self {
+        Self {
+            user_id: w.user_id.clone(),
+            terms: Some(MemberTerms {
+                amount: w.amount,
+                limit_day: w.limit_day,
+            }),
+        }
+    }
 }
 
 /// One line of a batch's history.
@@ -131,6 +163,22 @@ impl Batch {
             operator_rejected: false,
             history: Vec::new(),
         }
+    }
+
+    /// Member `id` as a state change expects to find it (`status`), built from its entry alone;
+    /// `None` when it is not a member, or its entry predates the terms.
+    pub fn subject(&self, id: WithdrawalId, status: WithdrawalStatus) -> Option<Subject> {
+        let member = self.members.get(&id)?;
+        let terms = member.terms.as_ref()?;
+        Some(Subject {
+            id,
+            user_id: member.user_id.clone(),
+            currency: self.currency.clone(),
+            amount: terms.amount,
+            status,
+            batch_id: Some(self.id),
+            limit_day: terms.limit_day,
+        })
     }
 
     pub fn member_count(&self) -> u32 {

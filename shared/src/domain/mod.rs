@@ -5,16 +5,20 @@ mod balance;
 mod bank_account;
 mod batch;
 mod currency;
+mod event;
 mod ids;
 mod withdrawal;
 
 pub use amount::Amount;
 pub use balance::{Balance, BalanceEffect};
 pub use bank_account::BankAccount;
-pub use batch::{Batch, BatchNote, BatchStatus};
+pub use batch::{Batch, BatchNote, BatchStatus, Member, MemberTerms};
 pub use currency::{Currencies, Currency, CurrencyCode};
+pub use event::EventOutcome;
 pub use ids::{BatchId, CreditReference, IdempotencyKey, UserId, WithdrawalId};
-pub use withdrawal::{AuditEntry, InvalidTransition, Transition, Withdrawal, WithdrawalStatus};
+pub use withdrawal::{
+    AuditEntry, InvalidTransition, Subject, Transition, Withdrawal, WithdrawalStatus,
+};
 
 /// The one text form of an instant, wherever one is shown or kept (API, events, the table):
 /// RFC 3339 in UTC to the millisecond, so stored times sort as text.

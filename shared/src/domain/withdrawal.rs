@@ -155,6 +155,34 @@ pub struct Withdrawal {
     pub limit_day: Option<NaiveDate>,
 }
 
+/// What writing a state change needs to know of a withdrawal: its key, the money it moves and
+/// the state it is expected in. A batch member's entry carries all of it, so a settlement is
+/// written without reading the withdrawal first; the write's condition checks the expectation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Subject {
+    pub id: WithdrawalId,
+    pub user_id: UserId,
+    pub currency: Currency,
+    pub amount: Amount,
+    pub status: WithdrawalStatus,
+    pub batch_id: Option<BatchId>,
+    pub limit_day: Option<NaiveDate>,
+}
+
+impl From<&Withdrawal> for Subject {
+    fn from(w: &Withdrawal) -> Self {
+        Self {
+            id: w.id,
+            user_id: w.user_id.clone(),
+            currency: w.currency.clone(),
+            amount: w.amount,
+            status: w.status,
+            batch_id: w.batch_id,
+            limit_day: w.limit_day,
+        }
+    }
+}
+
 /// One line of a withdrawal's history.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct AuditEntry {

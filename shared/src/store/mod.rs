@@ -7,8 +7,8 @@ pub use dynamo::{decode_stored_item, stored_status, DynamoStore, ScanReport, Sto
 pub use schema::{TableSchema, CREDIT_TYPE, MAX_BATCH_MEMBERS, TYPE_ATTRIBUTE, WITHDRAWAL_TYPE};
 
 use crate::domain::{
-    Amount, Balance, Batch, BatchId, BatchStatus, CreditReference, Currency, IdempotencyKey,
-    Transition, UserId, Withdrawal, WithdrawalId, WithdrawalStatus,
+    Amount, Balance, Batch, BatchId, BatchStatus, CreditReference, Currency, EventOutcome,
+    IdempotencyKey, Subject, Transition, UserId, Withdrawal, WithdrawalId, WithdrawalStatus,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -162,8 +162,7 @@ pub struct EventRecord {
     pub event_id: String,
     pub event_type: String,
     pub reference: String,
-    /// `applied`, `no_change`, `conflict`, `unknown_withdrawal`.
-    pub outcome: String,
+    pub outcome: EventOutcome,
 }
 
 impl TransitionDetails {
@@ -219,13 +218,32 @@ pub trait Store: Send + Sync {
         details: TransitionDetails,
     ) -> Result<Withdrawal, StoreError>;
 
-    async fn balances(&self, user: &UserId) -> Result<Vec<Balance>, StoreError>;
+    /// The same change as [`Self::transition`], written from what `subject` says alone — no
+    /// read of the withdrawal first (a settlement knows it from the batch member's entry). The
+    /// write is conditional on `subject.status`; a refusal hands back the withdrawal as it is.
+    async fn write_transition(
+        &self,
+        subject: &Subject,
+        transition: Transition,
+        details: TransitionDetails,
+    ) -> Result<Written, StoreError>;
 
-    /// Whether a provider event was already processed.
-    async fn event_seen(&self, event_id: &str) -> Result<bool, StoreError>;
+    async fn balances(&self, user: &UserId) -> Result<Vec<Balance>, StoreError>;
 
     /// Records a processed event that changed nothing; `DuplicateEvent` if it already was.
     async fn record_event(&self, event: &EventRecord) -> Result<(), StoreError>;
+}
+
+/// What became of a change written from a [`Subject`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Written {
+    Changed,
+    /// The provider event it records was already recorded: a repeat delivery, nothing written.
+    DuplicateEvent,
+    /// No such withdrawal.
+    NotFound,
+    /// The withdrawal was not in the expected state: as it is now (from the refusal itself).
+    NotAsExpected(Box<Withdrawal>),
 }
 
 /// Result of claiming one chunk of pending withdrawals into a batch.
@@ -318,6 +336,10 @@ pub trait BatchStore: Send + Sync {
 
     /// Members that reached SETTLED or REJECTED.
     async fn final_count(&self, id: BatchId) -> Result<u32, StoreError>;
+
+    /// The batch with its [`Self::final_count`], in one consistent read of its partition.
+    async fn batch_with_final_count(&self, id: BatchId)
+        -> Result<Option<(Batch, u32)>, StoreError>;
 
     /// Hands a NEEDS_OPERATOR batch back to the batcher (operator `retry-batch`), in one
     /// conditional write that also requires no member to have been rejected by an operator:

@@ -275,11 +275,11 @@ pub const REQUEST_METHODS: [&str; 2] = ["request_withdrawal", "idempotency_recor
 pub const CANCEL_METHODS: [&str; 2] = ["withdrawal", "transition"];
 pub const CREDIT_METHODS: [&str; 1] = ["credit"];
 pub const WEBHOOK_METHODS: [&str; 6] = [
-    "event_seen",
-    "batch",
+    "batch_with_final_count",
+    "write_transition",
     "withdrawal",
     "transition",
-    "final_count",
+    "record_event",
     "complete_if_final",
 ];
 pub const BATCHER_METHODS: [&str; 14] = [

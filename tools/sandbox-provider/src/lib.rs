@@ -26,6 +26,9 @@ pub struct SandboxConfig {
     pub webhook_url: Option<String>,
     pub webhook_secret: WebhookSecret,
     pub callback_delay: Duration,
+    /// Between one item's callback and the next (zero: a batch's callbacks leave together, the
+    /// way most providers answer a batch; a spacing answers item by item).
+    pub callback_spacing: Duration,
     /// Share of items that fail, chosen deterministically from the reference.
     pub failure_rate: f64,
     pub fail_accounts: HashSet<String>,
@@ -54,6 +57,7 @@ impl SandboxConfig {
             webhook_url: None,
             webhook_secret,
             callback_delay: Duration::from_millis(200),
+            callback_spacing: Duration::ZERO,
             failure_rate: 0.0,
             fail_accounts: HashSet::new(),
             return_accounts: HashSet::new(),
@@ -463,6 +467,7 @@ impl Sandbox {
             let b = &inner.batches[&batch_id];
             (b.items.clone(), b.request.clone())
         };
+        let mut delay = self.config.callback_delay;
         for (reference, state) in items {
             let event_type = match state.status {
                 ItemStatus::Paid => "payout.paid",
@@ -477,9 +482,11 @@ impl Sandbox {
             let (sandbox, url, request, batch_id) =
                 (self.clone(), url.clone(), request.clone(), batch_id.clone());
             let in_flight = InFlight::new(&self.in_flight);
+            let wait = delay;
+            delay += self.config.callback_spacing;
             tokio::spawn(async move {
                 let _in_flight = in_flight;
-                tokio::time::sleep(sandbox.config.callback_delay).await;
+                tokio::time::sleep(wait).await;
                 sandbox.deliver(&url, event_type, &request, &state).await;
                 if !returns {
                     return;

@@ -18,6 +18,7 @@ use aws_sdk_dynamodb::types::{
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
+use super::writes::changed;
 use super::DynamoStore;
 
 use super::claims::CLAIM_CHUNK;
@@ -63,6 +64,56 @@ enum RejectGuard {
     BatchFlagged,
     WithdrawalStatus,
     Effect,
+}
+
+impl DynamoStore {
+    /// The batch record (unless `counters_only`) and the sum of its counter items, from one
+    /// consistent query of the batch's partition (the record and its counters share it).
+    async fn batch_partition(
+        &self,
+        id: BatchId,
+        counters_only: bool,
+    ) -> Result<(Option<Batch>, u32), StoreError> {
+        let mut total = Decimal::ZERO;
+        let mut batch = None;
+        let mut start: Option<Item> = None;
+        loop {
+            let mut query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .expression_attribute_names("#pk", schema::PK)
+                .expression_attribute_values(":pk", s(TableSchema::batch_pk(id)))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take());
+            query = if counters_only {
+                query
+                    .key_condition_expression("#pk = :pk AND begins_with(#sk, :counter)")
+                    .expression_attribute_names("#sk", schema::SK)
+                    .expression_attribute_values(":counter", s(TableSchema::BATCH_COUNTER_SK))
+            } else {
+                query.key_condition_expression("#pk = :pk")
+            };
+            let page = query.send().await.map_err(classify)?;
+            for item in page.items() {
+                let r = Reader(item);
+                let sk = r.s(schema::SK)?;
+                if sk.starts_with(TableSchema::BATCH_COUNTER_SK) {
+                    total += r.n("final_count")?;
+                } else if sk == TableSchema::SINGLETON_SK {
+                    batch = Some(self.batch_from_item(item)?);
+                }
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        let count = total
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("final_count".into()))?;
+        Ok((batch, count))
+    }
 }
 
 #[async_trait]
@@ -279,34 +330,15 @@ impl BatchStore for DynamoStore {
     /// The sum of the batch's counter items (the base counter and its shards), read
     /// consistently in one query.
     async fn final_count(&self, id: BatchId) -> Result<u32, StoreError> {
-        let mut total = Decimal::ZERO;
-        let mut start: Option<Item> = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("#pk = :pk AND begins_with(#sk, :counter)")
-                .expression_attribute_names("#pk", schema::PK)
-                .expression_attribute_names("#sk", schema::SK)
-                .expression_attribute_values(":pk", s(TableSchema::batch_pk(id)))
-                .expression_attribute_values(":counter", s(TableSchema::BATCH_COUNTER_SK))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(classify)?;
-            for item in page.items() {
-                total += Reader(item).n("final_count")?;
-            }
-            match page.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => break,
-            }
-        }
-        total
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("final_count".into()))
+        Ok(self.batch_partition(id, true).await?.1)
+    }
+
+    async fn batch_with_final_count(
+        &self,
+        id: BatchId,
+    ) -> Result<Option<(Batch, u32)>, StoreError> {
+        let (batch, count) = self.batch_partition(id, false).await?;
+        Ok(batch.map(|b| (b, count)))
     }
 
     async fn reset_attempts(&self, batch: &Batch, by: &str) -> Result<(), StoreError> {
@@ -453,8 +485,10 @@ impl BatchStore for DynamoStore {
             )
             .build()
             .map_err(backend)?;
-        let (transition, updated) =
-            self.transition_items(w, Transition::Reject, &details, Utc::now())?;
+        let now = Utc::now();
+        let (transition, entry) =
+            self.transition_items(&w.into(), Transition::Reject, &details, now)?;
+        let updated = changed(w, &entry, &details, now);
         let mut items = vec![(
             RejectGuard::BatchFlagged,
             TransactWriteItem::builder().update(mark).build(),
@@ -568,7 +602,7 @@ impl BatchStore for DynamoStore {
         let keys: Vec<Item> = batch
             .members
             .iter()
-            .map(|(id, user)| Self::withdrawal_key(user, *id))
+            .map(|(id, member)| Self::withdrawal_key(&member.user_id, *id))
             .collect();
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(100) {

@@ -1,10 +1,11 @@
 //! Reading the pending index and claiming pending withdrawals into a batch, chunk by chunk.
 
-use super::codec::{backend, n, s, Item, Reader};
+use super::codec::{backend, member_to_item, n, s, Item, Reader};
 use super::tx::{classify, TxError, TxGuard};
+use super::writes::changed;
 use super::DynamoStore;
 use crate::domain::{
-    timestamp, Batch, BatchStatus, Currency, Transition, Withdrawal, WithdrawalId,
+    timestamp, Batch, BatchStatus, Currency, Member, Transition, Withdrawal, WithdrawalId,
 };
 use crate::store::schema::{self, TableSchema};
 use crate::store::{ClaimResult, StoreError, TransitionDetails};
@@ -126,15 +127,15 @@ impl DynamoStore {
                     batch_id: Some(batch.id),
                     ..TransitionDetails::by(&actor)
                 };
-                let (tx, updated) =
-                    self.transition_items(w, Transition::Submit, &details, now_t)?;
+                let (tx, entry) =
+                    self.transition_items(&w.into(), Transition::Submit, &details, now_t)?;
                 items.extend(tx);
-                claimed.push(updated);
+                claimed.push(changed(w, &entry, &details, now_t));
             }
             let sum: Decimal = remaining.iter().map(|w| w.amount.value()).sum();
             let members: HashMap<String, AttributeValue> = remaining
                 .iter()
-                .map(|w| (w.id.to_string(), s(w.user_id.as_str())))
+                .map(|w| (w.id.to_string(), member_to_item(&Member::of(w))))
                 .collect();
             let batch_item = if create {
                 let mut item = Self::batch_key(batch.id);

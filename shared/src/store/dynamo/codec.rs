@@ -3,8 +3,8 @@
 use super::DynamoStore;
 use crate::domain::{
     timestamp, Amount, AuditEntry, Balance, BankAccount, Batch, BatchId, BatchNote, BatchStatus,
-    CreditReference, Currencies, Currency, IdempotencyKey, UserId, Withdrawal, WithdrawalId,
-    WithdrawalStatus,
+    CreditReference, Currencies, Currency, IdempotencyKey, Member, MemberTerms, UserId, Withdrawal,
+    WithdrawalId, WithdrawalStatus,
 };
 use crate::store::schema::{self, TableSchema};
 use crate::store::{CreditRecord, IdempotencyRecord, StoreError};
@@ -357,15 +357,13 @@ impl DynamoStore {
 
     pub(super) fn batch_from_item(&self, item: &Item) -> Result<Batch, StoreError> {
         let r = Reader(item);
+        let currency = self.currency(r.s("currency")?)?;
         let mut members = BTreeMap::new();
         if let Some(AttributeValue::M(m)) = item.get("members") {
-            for (wd, user) in m {
-                let user = user
-                    .as_s()
-                    .map_err(|_| StoreError::Corrupt("batch member".into()))?;
+            for (wd, entry) in m {
                 members.insert(
                     WithdrawalId::parse(wd).map_err(corrupt)?,
-                    UserId::parse(user).map_err(corrupt)?,
+                    member_from_item(entry, &currency)?,
                 );
             }
         }
@@ -376,7 +374,7 @@ impl DynamoStore {
         };
         Ok(Batch {
             id: BatchId::parse(r.s("id")?).map_err(corrupt)?,
-            currency: self.currency(r.s("currency")?)?,
+            currency,
             status: BatchStatus::parse(r.s("status")?)
                 .ok_or_else(|| StoreError::Corrupt("batch status".into()))?,
             members,
@@ -455,4 +453,48 @@ pub(super) fn note(from: BatchStatus, to: BatchStatus, by: &str, reason: &str) -
         by: by.into(),
         reason: reason.into(),
     })])
+}
+
+/// A batch member's entry, one string: `<amount> <limit day or -> <user id>` (user ids hold no
+/// spaces; the entry's size is what bounds a batch, `schema::MAX_BATCH_MEMBERS`). Entries
+/// written before the terms were kept are the user id alone.
+pub(super) fn member_to_item(m: &Member) -> AttributeValue {
+    match &m.terms {
+        None => s(m.user_id.as_str()),
+        Some(terms) => s(format!(
+            "{} {} {}",
+            terms.amount.value(),
+            terms.limit_day.map_or("-".to_string(), |d| d
+                .format(schema::DAY_FORMAT)
+                .to_string()),
+            m.user_id
+        )),
+    }
+}
+
+fn member_from_item(v: &AttributeValue, currency: &Currency) -> Result<Member, StoreError> {
+    let entry = v
+        .as_s()
+        .map_err(|_| StoreError::Corrupt("batch member".into()))?;
+    let parts: Vec<&str> = entry.split(' ').collect();
+    let (user, terms) = match parts[..] {
+        [user] => (user, None),
+        [amount, day, user] => {
+            let amount = Decimal::from_str(amount).map_err(corrupt)?;
+            let limit_day = match day {
+                "-" => None,
+                d => Some(NaiveDate::parse_from_str(d, schema::DAY_FORMAT).map_err(corrupt)?),
+            };
+            let terms = MemberTerms {
+                amount: Amount::new(amount, currency).map_err(corrupt)?,
+                limit_day,
+            };
+            (user, Some(terms))
+        }
+        _ => return Err(StoreError::Corrupt("batch member".into())),
+    };
+    Ok(Member {
+        user_id: UserId::parse(user).map_err(corrupt)?,
+        terms,
+    })
 }

@@ -17,22 +17,22 @@ pub use admin::ScanReport;
 pub use codec::{decode_stored_item, stored_status, StoredItem};
 
 use crate::domain::{
-    timestamp, Balance, BalanceEffect, CreditReference, Currencies, IdempotencyKey, Transition,
-    UserId, Withdrawal, WithdrawalId, WithdrawalStatus,
+    timestamp, AuditEntry, Balance, BalanceEffect, CreditReference, Currencies, IdempotencyKey,
+    Subject, Transition, UserId, Withdrawal, WithdrawalId, WithdrawalStatus,
 };
 use crate::store::schema::{self, TableSchema};
 use crate::store::{
     CreditOutcome, CreditRecord, EventRecord, IdempotencyRecord, ListQuery, Page, Store,
-    StoreError, TransitionDetails,
+    StoreError, TransitionDetails, Written,
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use chrono::Utc;
-use codec::{credit_item, idempotency_from_item, s, Item};
+use chrono::{DateTime, Utc};
+use codec::{credit_item, idempotency_from_item, s, Item, Reader};
 use rust_decimal::Decimal;
 use std::str::FromStr;
 use tx::{classify, TxError, TxGuard};
-use writes::{CreditGuard, RequestGuard};
+use writes::{changed, CreditGuard, RequestGuard};
 
 /// The DynamoDB single-table adapter. Build one per process (at cold start) and share it.
 #[derive(Clone)]
@@ -108,6 +108,55 @@ impl DynamoStore {
             .await
             .map_err(classify)?;
         Ok(out.item)
+    }
+}
+
+/// What one state change's transaction did, its refusal read by item name.
+enum Change {
+    /// Written; the audit entry it appended.
+    Written(AuditEntry),
+    DuplicateEvent,
+    NotFound,
+    /// The withdrawal's status condition failed: the item as it is.
+    NotAsExpected(Item),
+}
+
+impl DynamoStore {
+    /// Writes one state change of `subject`. A recorded provider event wins over the status: the
+    /// delivery is a repeat whatever state the withdrawal is in now.
+    async fn write_change(
+        &self,
+        subject: &Subject,
+        transition: Transition,
+        details: &TransitionDetails,
+        now: DateTime<Utc>,
+    ) -> Result<Change, StoreError> {
+        let (guarded, entry) = self.transition_items(subject, transition, details, now)?;
+        // One token per call, reused by its own retries: a retry after a timeout cannot apply
+        // twice, while a concurrent caller's attempt stays a separate, conditional one.
+        let token = ulid::Ulid::new().to_string();
+        let refusals = match self.transact(guarded, &token).await {
+            Ok(()) => return Ok(Change::Written(entry)),
+            Err(TxError::Store(e)) => return Err(e),
+            Err(TxError::Cancelled(refusals)) => refusals,
+        };
+        if refusals.refused(TxGuard::Event).is_some() {
+            return Ok(Change::DuplicateEvent);
+        }
+        if let Some(r) = refusals.refused(TxGuard::Withdrawal(subject.id)) {
+            return Ok(match r.item() {
+                None => Change::NotFound,
+                Some(item) => Change::NotAsExpected(item.clone()),
+            });
+        }
+        // The status matched but the balance (or batch) refused: the books would break.
+        Err(StoreError::Corrupt(format!(
+            "{} {}: {:?} refused by {:?}",
+            subject.user_id,
+            subject.id,
+            transition,
+            refusals.codes()
+        )))
     }
 }
 
@@ -284,47 +333,41 @@ impl Store for DynamoStore {
         transition: Transition,
         details: TransitionDetails,
     ) -> Result<Withdrawal, StoreError> {
-        let (guarded, updated) = self.transition_items(w, transition, &details, Utc::now())?;
-        // One token per call, reused by its own retries: a retry after a timeout cannot apply
-        // twice, while a concurrent caller's attempt stays a separate, conditional one.
-        let token = ulid::Ulid::new().to_string();
-        match self.transact(guarded, &token).await {
-            Ok(()) => Ok(updated),
-            Err(TxError::Store(e)) => Err(e),
-            Err(TxError::Cancelled(refusals)) => {
-                let refused = |want: TxGuard| refusals.refused(want);
-                let status = refused(TxGuard::Withdrawal(w.id));
-                if status.is_none() && refused(TxGuard::Event).is_some() {
-                    return Err(StoreError::DuplicateEvent);
-                }
-                if let Some(r) = status {
-                    let current = r
-                        .item()
-                        .and_then(|i| i.get("status"))
-                        .and_then(|v| v.as_s().ok())
-                        .and_then(|s| WithdrawalStatus::parse(s));
-                    return match r.item() {
-                        None => Err(StoreError::NotFound),
-                        Some(_) => Err(StoreError::StateChanged { current }),
-                    };
-                }
-                // The status matched but the balance (or batch) refused: the books would break.
-                Err(StoreError::Corrupt(format!(
-                    "{} {}: {:?} refused by {:?}",
-                    w.user_id,
-                    w.id,
-                    transition,
-                    refusals.codes()
-                )))
-            }
+        let now = Utc::now();
+        match self
+            .write_change(&Subject::from(w), transition, &details, now)
+            .await?
+        {
+            Change::Written(entry) => Ok(changed(w, &entry, &details, now)),
+            Change::DuplicateEvent => Err(StoreError::DuplicateEvent),
+            Change::NotFound => Err(StoreError::NotFound),
+            Change::NotAsExpected(item) => Err(StoreError::StateChanged {
+                current: Reader(&item)
+                    .opt_s("status")
+                    .and_then(WithdrawalStatus::parse),
+            }),
         }
     }
 
-    async fn event_seen(&self, event_id: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .get(TableSchema::event_pk(event_id), TableSchema::SINGLETON_SK)
-            .await?
-            .is_some())
+    async fn write_transition(
+        &self,
+        subject: &Subject,
+        transition: Transition,
+        details: TransitionDetails,
+    ) -> Result<Written, StoreError> {
+        Ok(
+            match self
+                .write_change(subject, transition, &details, Utc::now())
+                .await?
+            {
+                Change::Written(_) => Written::Changed,
+                Change::DuplicateEvent => Written::DuplicateEvent,
+                Change::NotFound => Written::NotFound,
+                Change::NotAsExpected(item) => {
+                    Written::NotAsExpected(Box::new(self.withdrawal_from_item(&item)?))
+                }
+            },
+        )
     }
 
     async fn record_event(&self, event: &EventRecord) -> Result<(), StoreError> {

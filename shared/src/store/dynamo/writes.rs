@@ -5,7 +5,7 @@ use super::codec::{audit_to_item, backend, idempotency_item, n, s, Item};
 use super::tx::TxGuard;
 use super::DynamoStore;
 use crate::domain::{
-    timestamp, AuditEntry, BalanceEffect, Currency, Transition, UserId, Withdrawal,
+    timestamp, AuditEntry, BalanceEffect, Currency, Subject, Transition, UserId, Withdrawal,
     WithdrawalStatus,
 };
 use crate::store::schema::{self, TableSchema};
@@ -127,16 +127,16 @@ impl DynamoStore {
     }
 
     /// The conditional writes of one state-machine edge: the withdrawal's status change
-    /// (conditioned on the exact status it was read in, with an audit entry appended to the
-    /// same item), the balance movement, and the member's shard of the batch's final counter
-    /// when a member settles or is rejected. Returns them with the withdrawal as it will be.
+    /// (conditioned on the exact status `w` expects, with an audit entry appended to the same
+    /// item), the balance movement, and the member's shard of the batch's final counter when a
+    /// member settles or is rejected. Returns them with the audit entry they append.
     pub(super) fn transition_items(
         &self,
-        w: &Withdrawal,
+        w: &Subject,
         transition: Transition,
         details: &TransitionDetails,
         now_t: DateTime<Utc>,
-    ) -> Result<(Vec<(TxGuard, TransactWriteItem)>, Withdrawal), StoreError> {
+    ) -> Result<(Vec<(TxGuard, TransactWriteItem)>, AuditEntry), StoreError> {
         let to = w
             .status
             .apply(transition)
@@ -152,10 +152,6 @@ impl DynamoStore {
             event_id: details.event_id.clone(),
             reason: details.failure_reason.clone(),
         };
-        let mut updated = w.clone();
-        updated.status = to;
-        updated.updated_at = now_t;
-        updated.audit.push(entry.clone());
         let mut set = vec![
             "#st = :to",
             "#ua = :now",
@@ -178,21 +174,18 @@ impl DynamoStore {
             update = update
                 .expression_attribute_names("#fr", "failure_reason")
                 .expression_attribute_values(":fr", s(reason));
-            updated.failure_reason = Some(reason.clone());
         }
         if let Some(reference) = &details.provider_reference {
             set.push("#pr = :pr");
             update = update
                 .expression_attribute_names("#pr", "provider_reference")
                 .expression_attribute_values(":pr", s(reference));
-            updated.provider_reference = Some(reference.clone());
         }
         if let Some(batch) = details.batch_id {
             set.push("#bi = :bi");
             update = update
                 .expression_attribute_names("#bi", "batch_id")
                 .expression_attribute_values(":bi", s(batch.to_string()));
-            updated.batch_id = Some(batch);
         }
         let mut expression = format!("SET {}", set.join(", "));
         if w.status == WithdrawalStatus::Pending {
@@ -256,7 +249,7 @@ impl DynamoStore {
         if let Some(event) = &details.record_event {
             items.push((TxGuard::Event, self.event_put(event, &now_t)?));
         }
-        Ok((items, updated))
+        Ok((items, entry))
     }
 
     pub(super) fn event_put(
@@ -273,7 +266,7 @@ impl DynamoStore {
             ("type".into(), s("EVENT")),
             ("event_type".into(), s(&event.event_type)),
             ("reference".into(), s(&event.reference)),
-            ("outcome".into(), s(&event.outcome)),
+            ("outcome".into(), s(event.outcome.as_str())),
             ("received_at".into(), s(timestamp(now))),
             (
                 schema::TTL_ATTRIBUTE.into(),
@@ -388,7 +381,7 @@ impl DynamoStore {
     /// at zero (`if_not_exists(used, :amt) - :amt`) rather than negative.
     pub(super) fn day_counter_give_back(
         &self,
-        w: &Withdrawal,
+        w: &Subject,
         day: NaiveDate,
     ) -> Result<TransactWriteItem, StoreError> {
         let update = Update::builder()
@@ -427,6 +420,29 @@ impl DynamoStore {
             ccy = w.currency.code()
         ))
     }
+}
+
+/// `w` as it is once the change that appended `entry` is written.
+pub(super) fn changed(
+    w: &Withdrawal,
+    entry: &AuditEntry,
+    details: &TransitionDetails,
+    now_t: DateTime<Utc>,
+) -> Withdrawal {
+    let mut updated = w.clone();
+    updated.status = entry.to;
+    updated.updated_at = now_t;
+    updated.audit.push(entry.clone());
+    if let Some(reason) = &details.failure_reason {
+        updated.failure_reason = Some(reason.clone());
+    }
+    if let Some(reference) = &details.provider_reference {
+        updated.provider_reference = Some(reference.clone());
+    }
+    if let Some(batch) = details.batch_id {
+        updated.batch_id = Some(batch);
+    }
+    updated
 }
 
 /// The items of a withdrawal request's transaction, to read its cancellation reasons by name.
