@@ -58,13 +58,6 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    pub fn from_env() -> Result<Self, AuthError> {
-        match std::env::var(LOCAL_AUTH_SECRET_ENV) {
-            Ok(secret) => Ok(Self::LocalToken(LocalTokenKey::new(secret.as_bytes())?)),
-            Err(_) => Ok(Self::ApiGatewayJwt),
-        }
-    }
-
     pub fn authenticate(&self, req: &Request) -> Result<UserId, AuthError> {
         let sub = match self {
             Self::ApiGatewayJwt => match req.request_context_ref() {
@@ -204,16 +197,6 @@ impl InternalAuth {
     /// Nobody is admitted (no callers configured).
     pub fn closed() -> Self {
         Self::new(CallerSource::ApiGatewayIam, AllowedCallers::default())
-    }
-
-    pub fn from_env() -> Result<Self, AuthError> {
-        let allowed =
-            AllowedCallers::parse(&std::env::var(INTERNAL_CALLERS_ENV).unwrap_or_default())?;
-        let source = match std::env::var(LOCAL_AUTH_SECRET_ENV) {
-            Ok(secret) => CallerSource::LocalToken(LocalTokenKey::new(secret.as_bytes())?),
-            Err(_) => CallerSource::ApiGatewayIam,
-        };
-        Ok(Self::new(source, allowed))
     }
 
     /// The verified caller's ARN, if it is allowed: `Missing`/`Invalid` → 401, `NotAllowed` →

@@ -6,6 +6,7 @@
 //! is never paid twice; and only a definite rejection returns funds — an ambiguous outcome keeps
 //! the batch open for the next run.
 
+pub use crate::config::BatcherConfig;
 use crate::domain::{
     Batch, BatchId, BatchStatus, Currencies, Member, Transition, WithdrawalStatus,
 };
@@ -21,137 +22,6 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-#[derive(Debug, Clone)]
-pub struct BatcherConfig {
-    pub max_batch_size: usize,
-    /// Ambiguous sends before a batch is flagged for an operator.
-    pub max_attempts: u32,
-    /// An accepted batch without final answers after this long is checked with the provider.
-    pub stale_after: Duration,
-    /// An accepted batch the provider still reports unfinished (or cannot be asked about) this
-    /// long after acceptance is handed to an operator.
-    pub escalate_after: Duration,
-    /// A final batch is compared with the provider's status endpoint this long after it ended
-    /// (late returns have had time to arrive).
-    pub reconcile_after: Duration,
-    /// …and once more this long after the first comparison: bank returns arrive days later.
-    pub reconcile_again_after: Duration,
-    /// Stop starting new work this long before the deadline.
-    pub safety_margin: Duration,
-    /// The provider client's timeout: a lease must outlive our last call.
-    pub provider_timeout: Duration,
-    /// Extra lease time past the deadline and the last call, for clock skew.
-    pub lease_margin: Duration,
-}
-
-impl Default for BatcherConfig {
-    fn default() -> Self {
-        let provider_timeout = Duration::from_secs(10);
-        let lease_margin = Duration::from_secs(5);
-        Self {
-            max_batch_size: 500,
-            max_attempts: 5,
-            stale_after: Duration::from_secs(3600),
-            escalate_after: Duration::from_secs(24 * 3600),
-            reconcile_after: Duration::from_secs(3600),
-            reconcile_again_after: Duration::from_secs(7 * 24 * 3600),
-            safety_margin: Self::stop_margin(provider_timeout, lease_margin),
-            provider_timeout,
-            lease_margin,
-        }
-    }
-}
-
-/// A run needs at least this long after its stop margin to do anything useful.
-const MIN_WORK: Duration = Duration::from_secs(10);
-/// A provider call longer than this is a misconfiguration (the function's own limit is 15 min).
-const MAX_PROVIDER_TIMEOUT: Duration = Duration::from_secs(60);
-
-impl BatcherConfig {
-    /// How long before the deadline a run stops starting work: a provider call started just
-    /// before must time out and its answer be recorded (the lease margin) before Lambda kills
-    /// the invocation — otherwise the run dies mid-send, the errors alarm fires and the
-    /// invocation is retried.
-    pub fn stop_margin(provider_timeout: Duration, lease_margin: Duration) -> Duration {
-        provider_timeout + lease_margin
-    }
-
-    /// Checks the settings against each other and, when known, the function's timeout
-    /// (`FUNCTION_TIMEOUT_SECS`, set by the template from the same parameter as `Timeout`).
-    pub fn validate(&self, function_timeout: Option<Duration>) -> Result<(), String> {
-        if self.max_batch_size > crate::store::MAX_BATCH_MEMBERS {
-            return Err(format!(
-                "BATCH_MAX_SIZE must be at most {} (a batch's record lists every member in one \
-                 DynamoDB item of at most 400 KB)",
-                crate::store::MAX_BATCH_MEMBERS
-            ));
-        }
-        if self.provider_timeout > MAX_PROVIDER_TIMEOUT {
-            return Err(format!(
-                "PROVIDER_TIMEOUT_MS must be at most {} ms",
-                MAX_PROVIDER_TIMEOUT.as_millis()
-            ));
-        }
-        if self.safety_margin < Self::stop_margin(self.provider_timeout, self.lease_margin) {
-            return Err(
-                "the stop margin must cover the provider timeout and the lease margin".into(),
-            );
-        }
-        if let Some(timeout) = function_timeout {
-            if timeout < self.safety_margin + MIN_WORK {
-                return Err(format!(
-                    "FUNCTION_TIMEOUT_SECS ({} s) leaves no time to work: it must be at least the \
-                     provider timeout + {} s lease margin + {} s ({} s)",
-                    timeout.as_secs(),
-                    self.lease_margin.as_secs(),
-                    MIN_WORK.as_secs(),
-                    (self.safety_margin + MIN_WORK).as_secs()
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// `BATCH_MAX_SIZE`, `BATCH_MAX_ATTEMPTS`, `BATCH_STALE_AFTER_SECS`,
-    /// `BATCH_ESCALATE_AFTER_SECS`, `RECONCILE_AFTER_SECS`, `RECONCILE_AGAIN_AFTER_SECS`,
-    /// `PROVIDER_TIMEOUT_MS`,
-    /// `FUNCTION_TIMEOUT_SECS`; the stop margin is derived, never set on its own.
-    pub fn from_env() -> Result<Self, String> {
-        let d = Self::default();
-        let num = |name: &str, default: u64| -> Result<u64, String> {
-            match std::env::var(name) {
-                Ok(v) => v
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| format!("{name} must be a positive integer")),
-                Err(_) => Ok(default),
-            }
-        };
-        let provider_timeout = Duration::from_millis(num("PROVIDER_TIMEOUT_MS", 10_000)?);
-        let config = Self {
-            max_batch_size: num("BATCH_MAX_SIZE", d.max_batch_size as u64)? as usize,
-            max_attempts: num("BATCH_MAX_ATTEMPTS", d.max_attempts as u64)? as u32,
-            stale_after: Duration::from_secs(num("BATCH_STALE_AFTER_SECS", 3600)?),
-            escalate_after: Duration::from_secs(num("BATCH_ESCALATE_AFTER_SECS", 24 * 3600)?),
-            reconcile_after: Duration::from_secs(num("RECONCILE_AFTER_SECS", 3600)?),
-            reconcile_again_after: Duration::from_secs(num(
-                "RECONCILE_AGAIN_AFTER_SECS",
-                7 * 24 * 3600,
-            )?),
-            provider_timeout,
-            safety_margin: Self::stop_margin(provider_timeout, d.lease_margin),
-            lease_margin: d.lease_margin,
-        };
-        let function_timeout = match std::env::var("FUNCTION_TIMEOUT_SECS") {
-            Ok(_) => Some(Duration::from_secs(num("FUNCTION_TIMEOUT_SECS", 0)?)),
-            Err(_) => None,
-        };
-        config.validate(function_timeout)?;
-        Ok(config)
-    }
-}
 
 /// The time a run may use: until the invocation's deadline, or `fallback` where the runtime
 /// gives no usable deadline (`cargo lambda watch` without `--timeout` sends a constant that is
@@ -931,54 +801,6 @@ fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_stop_margin_covers_a_provider_call_and_recording_its_answer() {
-        let c = BatcherConfig::default();
-        assert_eq!(c.safety_margin, c.provider_timeout + c.lease_margin);
-        assert!(c.validate(Some(Duration::from_secs(120))).is_ok());
-    }
-
-    #[test]
-    fn a_function_timeout_that_cannot_fit_one_provider_call_is_refused() {
-        let c = BatcherConfig::default(); // 10 s provider + 5 s lease margin
-        let err = c.validate(Some(Duration::from_secs(20))).unwrap_err();
-        assert!(err.contains("FUNCTION_TIMEOUT_SECS"), "{err}");
-        assert!(c.validate(Some(Duration::from_secs(25))).is_ok());
-        let slow = BatcherConfig {
-            provider_timeout: Duration::from_secs(61),
-            safety_margin: Duration::from_secs(66),
-            ..c.clone()
-        };
-        assert!(slow
-            .validate(None)
-            .unwrap_err()
-            .contains("PROVIDER_TIMEOUT_MS"));
-        let short = BatcherConfig {
-            safety_margin: Duration::from_secs(5),
-            ..c
-        };
-        assert!(short.validate(None).is_err());
-    }
-
-    #[test]
-    fn a_batch_larger_than_one_record_can_hold_is_refused() {
-        assert_eq!(crate::store::MAX_BATCH_MEMBERS, 1467);
-        let at_bound = BatcherConfig {
-            max_batch_size: crate::store::MAX_BATCH_MEMBERS,
-            ..BatcherConfig::default()
-        };
-        assert!(at_bound.validate(None).is_ok());
-        let over = BatcherConfig {
-            max_batch_size: crate::store::MAX_BATCH_MEMBERS + 1,
-            ..at_bound
-        };
-        let err = over.validate(None).unwrap_err();
-        assert!(
-            err.contains("BATCH_MAX_SIZE") && err.contains("1467"),
-            "{err}"
-        );
-    }
 
     #[test]
     fn the_budget_runs_to_the_deadline_or_falls_back() {

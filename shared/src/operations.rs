@@ -37,6 +37,14 @@ pub enum RejectGround {
     FailedAtProvider { reason: String },
 }
 
+/// Whether the provider's word (a callback, or its status endpoint) moved this withdrawal out of
+/// SUBMITTED: anyone's but an operator's.
+fn provider_answered_for(w: &Withdrawal) -> bool {
+    w.audit
+        .iter()
+        .any(|e| e.from == Some(WithdrawalStatus::Submitted) && e.by != OPERATOR)
+}
+
 /// A reject that passed its checks, not yet written.
 #[derive(Debug, Clone)]
 pub struct RejectPlan {
@@ -94,6 +102,20 @@ pub async fn plan_reject<P: PayoutProvider + ?Sized>(
                     )))
                 }
                 StatusOutcome::NotFound if batch.status == BatchStatus::NeedsOperator => {
+                    // A member the provider answered for proves it recorded the batch: its 404
+                    // is then no evidence that this one was never paid.
+                    let members = store.members(&batch).await?;
+                    if let Some(answered) = members
+                        .iter()
+                        .find(|m| m.id != w.id && provider_answered_for(m))
+                    {
+                        return Err(OperationError::Refused(format!(
+                            "the provider answered for {} of batch {} ({}) yet answers 404 for \
+                             the batch: it recorded it, so nothing is returned; ask the provider \
+                             to report the items",
+                            answered.id, batch.id, answered.status
+                        )));
+                    }
                     RejectGround::NeverRecorded { quiet_before }
                 }
                 StatusOutcome::NotFound => {

@@ -231,43 +231,27 @@ pub fn parse_webhook_secrets(s: &str) -> Result<Vec<WebhookSecret>, String> {
 /// The Secrets Manager client, built from the environment (region, credentials, and locally
 /// `AWS_ENDPOINT_URL_SECRETS_MANAGER`), with the call recorder where `CALL_LOG_DIR` is set.
 pub async fn client() -> aws_sdk_secretsmanager::Client {
-    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let mut builder = aws_sdk_secretsmanager::config::Builder::from(&config).timeout_config(
-        aws_sdk_secretsmanager::config::timeout::TimeoutConfig::builder()
-            .operation_timeout(CALL_TIMEOUT)
-            .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-            .build(),
-    );
-    if let Some(recorder) = crate::calls::CallRecorder::from_env() {
-        builder = builder.interceptor(recorder);
-    }
-    aws_sdk_secretsmanager::Client::from_conf(builder.build())
+    crate::sdk_client!(
+        aws_sdk_secretsmanager,
+        |b: aws_sdk_secretsmanager::config::Builder| b.timeout_config(
+            aws_sdk_secretsmanager::config::timeout::TimeoutConfig::builder()
+                .operation_timeout(CALL_TIMEOUT)
+                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                .build(),
+        )
+    )
 }
 
-/// `SECRETS_TTL_SECS` (default 300).
-pub fn ttl_from_env() -> Result<Duration, String> {
-    match std::env::var("SECRETS_TTL_SECS") {
-        Ok(v) => v
-            .parse::<u64>()
-            .ok()
-            .filter(|n| *n > 0)
-            .map(Duration::from_secs)
-            .ok_or_else(|| "SECRETS_TTL_SECS must be a positive integer".into()),
-        Err(_) => Ok(DEFAULT_TTL),
-    }
-}
-
-/// Reads the secret named by the environment variable `arn_var` (cold start).
-pub async fn from_env<T: Send + Sync>(
-    arn_var: &str,
+/// Reads the secret `id` (an ARN or name; at cold start), to be read again after `ttl`.
+pub async fn load<T: Send + Sync>(
+    id: &str,
+    ttl: Duration,
     parse: Parse<T>,
 ) -> Result<SecretValue<T>, String> {
-    let id = std::env::var(arn_var).map_err(|_| format!("{arn_var} is not set"))?;
-    let ttl = ttl_from_env()?;
-    ManagedSecret::load(client().await, &id, ttl, parse)
+    ManagedSecret::load(client().await, id, ttl, parse)
         .await
         .map(SecretValue::Managed)
-        .map_err(|e| format!("{arn_var}: {e}"))
+        .map_err(|e| format!("{id}: {e}"))
 }
 
 #[cfg(test)]

@@ -132,6 +132,25 @@ pub async fn apply_event<S: Store + BatchStore + ?Sized>(
     e: &MemberEvent<'_>,
     actor: &str,
 ) -> Result<EventResult, StoreError> {
+    match apply_member_event(store, e, actor).await {
+        Ok(result) => Ok(result),
+        // What failed may be reading what a repeat no longer needs (a batch whose currency was
+        // removed, a throttled partition): a repeat is still answered `duplicate`, not 500.
+        Err(err) => match store.event_recorded(e.event.id).await {
+            Ok(true) => Ok(EventResult {
+                outcome: EventOutcome::Duplicate,
+                currency: None,
+            }),
+            _ => Err(err),
+        },
+    }
+}
+
+async fn apply_member_event<S: Store + BatchStore + ?Sized>(
+    store: &S,
+    e: &MemberEvent<'_>,
+    actor: &str,
+) -> Result<EventResult, StoreError> {
     let Some((batch, final_before)) = store.batch_with_final_count(e.batch_id).await? else {
         return record_unchanged(store, e, EventOutcome::UnknownWithdrawal, None).await;
     };
@@ -156,7 +175,7 @@ pub async fn apply_event<S: Store + BatchStore + ?Sized>(
                     // closes what they left).
                     let counted = matches!(transition, Transition::Settle | Transition::Reject);
                     if counted && final_before + 1 >= batch.member_count() {
-                        store.complete_if_final(batch.id).await?;
+                        close_if_final(store, batch.id).await;
                     }
                     return Ok(EventResult {
                         outcome: EventOutcome::Applied,
@@ -169,6 +188,9 @@ pub async fn apply_event<S: Store + BatchStore + ?Sized>(
                         .await
                 }
                 Written::NotAsExpected(w) => {
+                    if reported_mismatch(w.amount, &w.currency, e.amount, e.currency) {
+                        return record_unchanged(store, e, EventOutcome::Conflict, currency).await;
+                    }
                     apply(store, &w, &e.outcome, actor, Some(e.event)).await?
                 }
             }
@@ -186,7 +208,7 @@ pub async fn apply_event<S: Store + BatchStore + ?Sized>(
     };
     let outcome = match applied {
         Applied::Changed(_) => {
-            store.complete_if_final(batch.id).await?;
+            close_if_final(store, batch.id).await;
             return Ok(EventResult {
                 outcome: EventOutcome::Applied,
                 currency,
@@ -205,6 +227,14 @@ pub async fn apply_event<S: Store + BatchStore + ?Sized>(
         }
     };
     record_unchanged(store, e, outcome, currency).await
+}
+
+/// Closes the batch when every member is final. A shortcut only (the batcher's next run closes
+/// what is left), so a failure is logged, never answered: the event's change is committed.
+async fn close_if_final<S: BatchStore + ?Sized>(store: &S, id: BatchId) {
+    if let Err(e) = store.complete_if_final(id).await {
+        tracing::warn!(batch_id = %id, error = %e, "batch not closed; the next batcher run closes it");
+    }
 }
 
 /// Records an event that changed nothing, so its repeats are recognised too.

@@ -135,26 +135,6 @@ impl<S: Store + BatchStore + 'static> WebhookProcessor<S> {
         }
     }
 
-    /// `PROVIDER_WEBHOOK_SECRETS_ARN` (a Secrets Manager secret holding the signing secrets,
-    /// comma separated, the new one first during a rotation) and `WEBHOOK_TOLERANCE_SECS`
-    /// (default 300). Fails the cold start, naming the variable, when either is unusable.
-    pub async fn secrets_from_env() -> Result<(SecretValue<Vec<WebhookSecret>>, i64), String> {
-        let secrets = crate::secrets::from_env(
-            "PROVIDER_WEBHOOK_SECRETS_ARN",
-            crate::secrets::parse_webhook_secrets,
-        )
-        .await?;
-        let tolerance = match std::env::var("WEBHOOK_TOLERANCE_SECS") {
-            Ok(v) => v
-                .parse()
-                .ok()
-                .filter(|t: &i64| *t > 0)
-                .ok_or("WEBHOOK_TOLERANCE_SECS must be a positive integer")?,
-            Err(_) => signature::DEFAULT_TOLERANCE_SECS,
-        };
-        Ok((secrets, tolerance))
-    }
-
     /// Handles one delivery: `signature` is the `Payout-Signature` header, `body` the raw bytes.
     pub async fn handle(
         &self,

@@ -156,6 +156,9 @@ impl Store for FaultyStore {
     async fn balances(&self, u: &UserId) -> Result<Vec<Balance>, StoreError> {
         faulty!(self, "balances", self.inner.balances(u))
     }
+    async fn event_recorded(&self, id: &str) -> Result<bool, StoreError> {
+        faulty!(self, "event_recorded", self.inner.event_recorded(id))
+    }
     async fn write_transition(
         &self,
         s: &Subject,

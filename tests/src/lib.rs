@@ -269,7 +269,7 @@ impl TestEnv {
     }
 
     pub async fn call(&self, req: Request) -> TestResponse {
-        TestResponse::from(withdrawal_request::handle(&self.app, req).await)
+        TestResponse::from(self.app.handle(req).await)
     }
 }
 
@@ -604,14 +604,14 @@ use shared::webhook::WebhookProcessor;
 
 impl PayoutEnv {
     pub fn webhook_app(&self, secrets: &[&str]) -> provider_webhook::App {
-        WebhookProcessor::new(
+        provider_webhook::App::from(WebhookProcessor::new(
             self.env.store_for(WEBHOOK_FN),
             secrets
                 .iter()
                 .map(|s| WebhookSecret::new(s).unwrap())
                 .collect(),
             300,
-        )
+        ))
     }
 }
 
@@ -652,16 +652,16 @@ pub fn provider_event(id: &str, kind: &str, w: &Withdrawal, reason: Option<&str>
 }
 
 pub async fn deliver<S: Store + shared::store::BatchStore + 'static>(
-    app: &WebhookProcessor<S>,
+    app: &provider_webhook::App<S>,
     req: Request,
 ) -> TestResponse {
-    provider_webhook::handle(app, req).await.into()
+    app.handle(req).await.into()
 }
 
 /// Serves the webhook handler over HTTP on a free port, the way `cargo lambda watch` or API
 /// Gateway would put it in front of the function, so the sandbox can call it back.
 pub async fn spawn_webhook_server<S: Store + shared::store::BatchStore + 'static>(
-    app: Arc<WebhookProcessor<S>>,
+    app: Arc<provider_webhook::App<S>>,
 ) -> String {
     use axum::body::Bytes;
     use axum::http::HeaderMap;

@@ -104,7 +104,7 @@ async fn five_hundred_concurrent_callbacks_of_one_batch_all_apply() {
             .interceptor(conflicts.clone())
             .build(),
     );
-    let app = WebhookProcessor::new(
+    let app = provider_webhook::App::from(WebhookProcessor::new(
         Arc::new(DynamoStore::new(
             client,
             store.table_name(),
@@ -112,7 +112,7 @@ async fn five_hundred_concurrent_callbacks_of_one_batch_all_apply() {
         )),
         vec![WebhookSecret::new(WEBHOOK_SECRET).unwrap()],
         300,
-    );
+    ));
     let bodies: Vec<String> = members
         .iter()
         .map(|w| provider_event(&format!("evt_hot_{}", w.id), "payout.paid", w, None))

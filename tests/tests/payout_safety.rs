@@ -122,6 +122,34 @@ async fn a_reject_planned_before_a_retry_cannot_commit_after_it() {
     p.env.assert_conserved().await;
 }
 
+/// A provider that paid one member of a batch and then lost the batch (404) has recorded it: the
+/// other members may be paid too, so the 404 does not let an operator return their funds.
+#[tokio::test]
+async fn a_404_for_a_batch_whose_sibling_the_provider_paid_rejects_nothing() {
+    let p = PayoutEnv::new(|_| {}).await;
+    let (seeded, _) = flagged_unrecorded(&p, "lost", "40.00", 2).await;
+    let paid = p.reload(&seeded[1]).await;
+    let applied = settlement::apply(
+        p.env.store.as_ref(),
+        &paid,
+        &Outcome::Paid {
+            provider_reference: Some("po_lost".into()),
+        },
+        "webhook",
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(applied, settlement::Applied::Changed(_)));
+    let why = reject_refused(&p, &p.provider(), &seeded[0]).await;
+    assert!(why.contains("answered for") && why.contains("404"), "{why}");
+    assert_eq!(
+        p.reload(&seeded[0]).await.status,
+        WithdrawalStatus::Submitted
+    );
+    p.env.assert_conserved().await;
+}
+
 #[tokio::test]
 async fn racing_reject_and_retry_never_pay_a_rejected_withdrawal() {
     let p = PayoutEnv::new(|_| {}).await;

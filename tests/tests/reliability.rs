@@ -482,11 +482,11 @@ async fn crash_scenario(name: &'static str, crash: Crash) -> Row {
             _ => vec![],
         },
     ));
-    let processor = Arc::new(WebhookProcessor::new(
+    let processor = Arc::new(provider_webhook::App::from(WebhookProcessor::new(
         webhook_store.clone(),
         vec![shared::signature::WebhookSecret::new(WEBHOOK_SECRET).unwrap()],
         300,
-    ));
+    )));
     p.sandbox
         .set_webhook_url(&spawn_webhook_server(processor).await);
     let mut seeded = p
@@ -661,16 +661,16 @@ async fn store_faults() -> Row {
         let mut outcome = None;
         for _ in 0..5 {
             ops += 1;
-            let r: TestResponse = withdrawal_request::handle(
-                &app,
-                Event::new("POST", "/withdrawals")
-                    .user("faulty")
-                    .header("idempotency-key", &key)
-                    .body(withdrawal_body("USD", "5.00"))
-                    .build(),
-            )
-            .await
-            .into();
+            let r: TestResponse = app
+                .handle(
+                    Event::new("POST", "/withdrawals")
+                        .user("faulty")
+                        .header("idempotency-key", &key)
+                        .body(withdrawal_body("USD", "5.00"))
+                        .build(),
+                )
+                .await
+                .into();
             match r.status {
                 503 => {
                     saw_503 += 1;
@@ -697,10 +697,10 @@ async fn store_faults() -> Row {
     }
     for path in ["/balances", "/withdrawals/wd_01JZZZZZZZZZZZZZZZZZZZZZZZ"] {
         ops += 1;
-        let r: TestResponse =
-            withdrawal_request::handle(&app, Event::new("GET", path).user("faulty").build())
-                .await
-                .into();
+        let r: TestResponse = app
+            .handle(Event::new("GET", path).user("faulty").build())
+            .await
+            .into();
         if r.status != 503 {
             failures += 1;
         }

@@ -599,10 +599,10 @@ async fn an_unreachable_store_is_a_503_with_no_internals() {
     let env = TestEnv::new().await;
     let mut app = env.app.clone();
     app.service = WithdrawalService::new(store, shared::domain::Currencies::default(), 5);
-    let r: integration_tests::TestResponse =
-        withdrawal_request::handle(&app, create("olga", withdrawal_body("USD", "10")).build())
-            .await
-            .into();
+    let r: integration_tests::TestResponse = app
+        .handle(create("olga", withdrawal_body("USD", "10")).build())
+        .await
+        .into();
     assert_eq!((r.status, r.error_code().as_str()), (503, "try_again"));
     assert!(!r.body.contains("127.0.0.1"));
 }
@@ -660,9 +660,10 @@ async fn an_unsupported_method_is_405_with_the_allowed_ones() {
         ),
         ("POST", "/balances", "GET"),
     ] {
-        let resp =
-            withdrawal_request::handle(&env.app, Event::new(method, path).user("alice").build())
-                .await;
+        let resp = env
+            .app
+            .handle(Event::new(method, path).user("alice").build())
+            .await;
         assert_eq!(resp.status(), 405, "{method} {path}");
         assert_eq!(resp.headers()["allow"], allow, "{method} {path}");
     }
@@ -809,8 +810,7 @@ async fn a_retry_after_a_lost_answer_with_the_same_key_creates_one_withdrawal() 
     );
     let send = || async {
         integration_tests::TestResponse::from(
-            withdrawal_request::handle(
-                &app,
+            app.handle(
                 create("pete", withdrawal_body("USD", "30"))
                     .header("idempotency-key", "pay-rent-november")
                     .build(),

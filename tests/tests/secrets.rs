@@ -68,11 +68,11 @@ async fn the_webhook_accepts_both_secrets_during_a_rotation_and_only_the_new_one
     let (new, old) = ("whsec_new_secret_0123456789", "whsec_old_secret_0123456789");
     let name = unique("provider-webhook-secrets");
     let arn = put_secret(&name, &format!("{new},{old}")).await;
-    let app = shared::webhook::WebhookProcessor::with_secrets(
+    let app = provider_webhook::App::from(shared::webhook::WebhookProcessor::with_secrets(
         p.env.store_for(WEBHOOK_FN),
         managed(WEBHOOK_FN, &arn, parse_webhook_secrets).await,
         300,
-    );
+    ));
     let body = r#"{"id":"evt_rot","type":"payout.paid","created_at":"2026-11-30T00:00:00Z","data":{"batch_id":"bt_01JB8ZK3V7Q5G4W0N6T1R2M9XY","reference":"wd_01JB8ZK3V7Q5G4W0N6T1R2M9XY"}}"#;
     let status = |secret: &'static str| {
         let app = &app;

@@ -4,7 +4,7 @@
 use futures::future::join_all;
 use integration_tests::*;
 use shared::domain::{BatchStatus, Withdrawal, WithdrawalStatus};
-use shared::store::{BatchStore, Store};
+use shared::store::{BatchStore, Store, TableSchema};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -655,5 +655,109 @@ async fn each_settlement_is_two_requests_and_only_the_last_member_closes_the_bat
     assert!(counter.take_counts().values().sum::<u64>() > 2);
     let closed = p.env.store.batch(batch_id).await.unwrap().unwrap();
     assert_eq!(closed.status, BatchStatus::Completed);
+    p.env.assert_conserved().await;
+}
+
+/// A repeat needs nothing but its record: when reading the batch fails (throttled, or a record
+/// that no longer decodes), a delivery whose event is recorded is still answered `duplicate`,
+/// not a 5xx the provider would retry for days.
+#[tokio::test]
+async fn a_repeat_is_a_duplicate_even_when_its_batch_cannot_be_read() {
+    use integration_tests::faults::{Fault, FaultyStore, When};
+    use shared::webhook::WebhookProcessor;
+    let p = PayoutEnv::new(|_| {}).await;
+    let w = submitted(&p, "unread", "10.00", 1).await.remove(0);
+    let faulty = Arc::new(FaultyStore::new(
+        p.env.store_for(WEBHOOK_FN),
+        vec![Fault::new("batch_with_final_count", 2, When::Before)],
+    ));
+    let app = provider_webhook::App::from(WebhookProcessor::new(
+        faulty.clone(),
+        vec![shared::signature::WebhookSecret::new(WEBHOOK_SECRET).unwrap()],
+        300,
+    ));
+    let body = provider_event("evt_unread", "payout.paid", &w, None);
+    let first = deliver(
+        &app,
+        webhook_event(&body, Some(sign(&body, WEBHOOK_SECRET, now()))),
+    )
+    .await;
+    assert_eq!(first.json()["status"], "applied");
+    let again = deliver(
+        &app,
+        webhook_event(&body, Some(sign(&body, WEBHOOK_SECRET, now()))),
+    )
+    .await;
+    assert_eq!(
+        (again.status, again.json()["status"].clone()),
+        (200, "duplicate".into()),
+        "{}",
+        again.body
+    );
+    assert!(!faulty.fired().is_empty(), "the batch read failed");
+    // A first delivery whose batch cannot be read is still refused (retried), never guessed.
+    let other = submitted(&p, "unread2", "10.00", 1).await.remove(0);
+    let faulty = Arc::new(FaultyStore::new(
+        p.env.store_for(WEBHOOK_FN),
+        vec![Fault::new("batch_with_final_count", 1, When::Before)],
+    ));
+    let app = provider_webhook::App::from(WebhookProcessor::new(
+        faulty,
+        vec![shared::signature::WebhookSecret::new(WEBHOOK_SECRET).unwrap()],
+        300,
+    ));
+    let body = provider_event("evt_unread2", "payout.paid", &other, None);
+    let r = deliver(
+        &app,
+        webhook_event(&body, Some(sign(&body, WEBHOOK_SECRET, now()))),
+    )
+    .await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(p.reload(&other).await.status, WithdrawalStatus::Submitted);
+    p.env.assert_conserved().await;
+}
+
+/// A settlement is written from the batch's member entry, not from the withdrawal: should the
+/// entry ever disagree with the withdrawal (amount), the write is refused by its condition and
+/// the event is a conflict — the entry's amount never moves money.
+#[tokio::test]
+async fn a_member_entry_that_disagrees_with_its_withdrawal_moves_no_money() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let p = PayoutEnv::new(|_| {}).await;
+    let app = p.webhook_app(&[WEBHOOK_SECRET]);
+    let w = submitted(&p, "tampered", "10.00", 1).await.remove(0);
+    let batch = w.batch_id.expect("in a batch");
+    // The entry claims 12.00 where the withdrawal locked 10.00.
+    p.env
+        .store
+        .client()
+        .update_item()
+        .table_name(p.env.store.table_name())
+        .key("PK", AttributeValue::S(TableSchema::batch_pk(batch)))
+        .key("SK", AttributeValue::S(TableSchema::SINGLETON_SK.into()))
+        .update_expression("SET members.#m = :entry")
+        .expression_attribute_names("#m", w.id.to_string())
+        .expression_attribute_values(
+            ":entry",
+            AttributeValue::S(format!("12.00 - {}", w.user_id)),
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut tampered = w.clone();
+    tampered.amount = shared::domain::Amount::parse("12.00", &w.currency).unwrap();
+    let body = provider_event("evt_tampered", "payout.paid", &tampered, None);
+    let r = send(&app, &body).await;
+    assert_eq!(r.json()["status"], "conflict", "{}", r.body);
+    assert_eq!(p.reload(&w).await.status, WithdrawalStatus::Submitted);
+    assert_eq!(
+        p.env.balance("tampered-0", "USD").await,
+        (
+            "90.00".into(),
+            "10.00".into(),
+            "0.00".into(),
+            "100.00".into()
+        )
+    );
     p.env.assert_conserved().await;
 }

@@ -7,12 +7,9 @@ use async_trait::async_trait;
 use aws_lambda_events::event::dynamodb::{Event, EventRecord};
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
-use shared::config::{Config, ConfigError};
+use shared::config::{ConfigError, PublisherConfig};
 use shared::domain::Currencies;
 use shared::events::{self, Change, EventBus, Image, PipelineEvent};
-
-/// The bus the events go to (template.yaml creates it; locally, moto's).
-pub const EVENT_BUS_ENV: &str = "EVENT_BUS_NAME";
 
 pub struct App {
     bus: Box<dyn EventBus>,
@@ -24,14 +21,11 @@ impl App {
         Self { bus, currencies }
     }
 
-    /// `EVENT_BUS_NAME` and `CURRENCIES` (the codec needs each currency's precision).
+    /// Configuration ([`PublisherConfig`]) and the EventBridge client, once per cold start.
     pub async fn from_env() -> Result<Self, ConfigError> {
-        let config = Config::from_env()?;
-        let bus_name = std::env::var(EVENT_BUS_ENV)
-            .ok()
-            .filter(|b| !b.is_empty())
-            .ok_or_else(|| ConfigError(format!("{EVENT_BUS_ENV} is not set")))?;
-        let bus = EventBridgeBus::new(eventbridge_client().await, bus_name);
+        let config = PublisherConfig::from_env()?;
+        let client = shared::sdk_client!(aws_sdk_eventbridge);
+        let bus = EventBridgeBus::new(client, config.bus_name);
         Ok(Self::new(Box::new(bus), config.currencies))
     }
 
@@ -134,15 +128,4 @@ fn event_time(rfc3339: &str) -> Option<aws_sdk_eventbridge::primitives::DateTime
         aws_sdk_eventbridge::primitives::DateTimeFormat::DateTime,
     )
     .ok()
-}
-
-/// The client, built from the environment (`AWS_ENDPOINT_URL_EVENTBRIDGE` locally), with the
-/// call recorder where `CALL_LOG_DIR` is set (local runs only).
-pub async fn eventbridge_client() -> aws_sdk_eventbridge::Client {
-    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let mut builder = aws_sdk_eventbridge::config::Builder::from(&config);
-    if let Some(recorder) = shared::calls::CallRecorder::from_env() {
-        builder = builder.interceptor(recorder);
-    }
-    aws_sdk_eventbridge::Client::from_conf(builder.build())
 }

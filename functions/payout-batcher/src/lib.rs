@@ -3,56 +3,71 @@
 
 use lambda_runtime::{Error, LambdaEvent};
 use serde_json::Value;
-use shared::batcher::{run_budget, Batcher, BatcherConfig, RunSummary};
-use shared::config::Config;
+use shared::batcher::{run_budget, Batcher, RunSummary};
+use shared::config::{ConfigError, PayoutConfig};
 use shared::provider::{HttpProvider, PayoutProvider};
 use shared::store::{BatchStore, DynamoStore, Store};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub type App = Batcher<DynamoStore, HttpProvider>;
-
 /// Time budget when the invocation carries no deadline (local runtimes without a timeout).
 pub const DEFAULT_BUDGET: Duration = Duration::from_secs(60);
 
-pub async fn app_from_env() -> Result<App, Error> {
-    let config = Config::from_env()?;
-    let batcher_config = BatcherConfig::from_env()?;
-    let url = std::env::var("PROVIDER_URL").map_err(|_| "PROVIDER_URL is not set")?;
-    // The key lives in Secrets Manager (refreshed after its TTL: a rotation needs no deploy).
-    let key = shared::secrets::from_env(
-        "PROVIDER_API_KEY_SECRET_ARN",
-        shared::secrets::parse_api_key,
-    )
-    .await?;
-    let provider = HttpProvider::with_key(&url, key, batcher_config.provider_timeout)?;
-    let store: DynamoStore = config.store().await;
-    Ok(Batcher::new(
-        Arc::new(store),
-        Arc::new(provider),
-        config.currencies,
-        batcher_config,
-    ))
+/// Everything the handler needs, built once per cold start. Generic over the store and the
+/// provider so tests can put a fault-injecting store behind the same handler.
+pub struct App<S = DynamoStore, P: ?Sized = HttpProvider> {
+    batcher: Batcher<S, P>,
 }
 
-/// The event's content is not used: the schedule's EventBridge event, an operator's hand-made
-/// `{}` invoke and a console test event all mean "run now". The run must end before Lambda's
-/// deadline; what does not fit waits for the next schedule. Generic over the store and the
-/// provider so tests can put a fault-injecting store behind the same handler.
-pub async fn handle<S, P>(
-    app: &Batcher<S, P>,
-    event: LambdaEvent<Value>,
-) -> Result<RunSummary, Error>
+impl App {
+    /// Configuration ([`PayoutConfig`]), the provider's API key from Secrets Manager (refreshed
+    /// after its TTL: a rotation needs no deploy) and the clients, once per cold start.
+    pub async fn from_env() -> Result<Self, Error> {
+        let config = PayoutConfig::from_env()?;
+        let key = shared::secrets::load(
+            &config.api_key_secret,
+            config.secrets_ttl,
+            shared::secrets::parse_api_key,
+        )
+        .await
+        .map_err(|e| ConfigError::new("PROVIDER_API_KEY_SECRET_ARN", e))?;
+        let provider =
+            HttpProvider::with_key(&config.provider_url, key, config.batcher.provider_timeout)?;
+        let store: DynamoStore = config.store.store().await;
+        Ok(Self::new(Batcher::new(
+            Arc::new(store),
+            Arc::new(provider),
+            config.store.currencies,
+            config.batcher,
+        )))
+    }
+}
+
+impl<S, P> App<S, P>
 where
     S: Store + BatchStore + 'static,
     P: PayoutProvider + ?Sized + 'static,
 {
-    let deadline_ms = event.context.deadline as i64;
-    let budget = run_budget(
-        deadline_ms,
-        chrono::Utc::now().timestamp_millis(),
-        DEFAULT_BUDGET,
-    );
-    tracing::info!(request_id = %event.context.request_id, budget_ms = budget.as_millis() as u64, "batcher invoked");
-    Ok(app.run(Instant::now() + budget).await?)
+    pub fn new(batcher: Batcher<S, P>) -> Self {
+        Self { batcher }
+    }
+
+    /// The batcher itself, for the operator tools that run its steps by hand.
+    pub fn batcher(&self) -> &Batcher<S, P> {
+        &self.batcher
+    }
+
+    /// The event's content is not used: the schedule's EventBridge event, an operator's
+    /// hand-made `{}` invoke and a console test event all mean "run now". The run must end
+    /// before Lambda's deadline; what does not fit waits for the next schedule.
+    pub async fn handle(&self, event: LambdaEvent<Value>) -> Result<RunSummary, Error> {
+        let deadline_ms = event.context.deadline as i64;
+        let budget = run_budget(
+            deadline_ms,
+            chrono::Utc::now().timestamp_millis(),
+            DEFAULT_BUDGET,
+        );
+        tracing::info!(request_id = %event.context.request_id, budget_ms = budget.as_millis() as u64, "batcher invoked");
+        Ok(self.batcher.run(Instant::now() + budget).await?)
+    }
 }

@@ -6,7 +6,7 @@
 use lambda_http::{Body, Request, RequestExt, Response};
 use shared::api::{json_response, ApiError};
 use shared::auth::{AuthError, Authenticator, InternalAuth};
-use shared::config::Config;
+use shared::config::RequestConfig;
 use shared::credits::CreditService;
 use shared::domain::{IdempotencyKey, UserId};
 use shared::withdrawals::WithdrawalService;
@@ -42,53 +42,55 @@ impl App {
         self
     }
 
+    /// Configuration ([`RequestConfig`]) and the SDK client, once per cold start.
     pub async fn from_env() -> Result<Self, lambda_http::Error> {
-        let config = Config::from_env()?;
-        let store = config.store().await;
+        let config = RequestConfig::from_env()?;
+        let store = config.store.store().await;
         // Before the first request writes into shard `n - 1` of the pending index: a batcher
         // configured with fewer shards then still reads it. Once per cold start, not per request
         // (a request stays one round trip); the cold start fails if it cannot be recorded.
         store.record_pending_shards().await?;
         let service = WithdrawalService::new(
             Arc::new(store),
-            config.currencies,
-            config.max_open_per_currency,
+            config.store.currencies,
+            config.store.max_open_per_currency,
         );
-        Ok(Self::new(service, Authenticator::from_env()?).with_internal(InternalAuth::from_env()?))
+        Ok(Self::new(service, config.users).with_internal(config.internal))
     }
-}
 
-/// Handles one request. Never fails: every outcome is an HTTP response.
-pub async fn handle(app: &App, req: Request) -> Response<Body> {
-    let request_id = req
-        .lambda_context_ref()
-        .map(|c| c.request_id.clone())
-        .unwrap_or_default();
-    let span = tracing::info_span!(
-        "request",
-        request_id = %request_id,
-        method = %req.method(),
-        route = tracing::field::Empty,
-        user_id = tracing::field::Empty,
-        withdrawal_id = tracing::field::Empty,
-        status = tracing::field::Empty,
-    );
-    async move {
-        let response = match route(app, &req).await {
-            Ok(r) => r,
-            Err(e) => e.to_response(),
-        };
-        let span = tracing::Span::current();
-        span.record("status", response.status().as_u16());
-        if response.status().is_server_error() {
-            tracing::error!("request failed");
-        } else {
-            tracing::info!("request done");
+    /// Handles one request. Never fails: every outcome is an HTTP response.
+    pub async fn handle(&self, req: Request) -> Response<Body> {
+        let app = self;
+        let request_id = req
+            .lambda_context_ref()
+            .map(|c| c.request_id.clone())
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            "request",
+            request_id = %request_id,
+            method = %req.method(),
+            route = tracing::field::Empty,
+            user_id = tracing::field::Empty,
+            withdrawal_id = tracing::field::Empty,
+            status = tracing::field::Empty,
+        );
+        async move {
+            let response = match route(app, &req).await {
+                Ok(r) => r,
+                Err(e) => e.to_response(),
+            };
+            let span = tracing::Span::current();
+            span.record("status", response.status().as_u16());
+            if response.status().is_server_error() {
+                tracing::error!("request failed");
+            } else {
+                tracing::info!("request done");
+            }
+            response
         }
-        response
+        .instrument(span)
+        .await
     }
-    .instrument(span)
-    .await
 }
 
 async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {

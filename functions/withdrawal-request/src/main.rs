@@ -1,5 +1,5 @@
 use lambda_http::{run, service_fn, Error, Request};
-use withdrawal_request::{handle, App};
+use withdrawal_request::App;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -8,7 +8,7 @@ async fn main() -> Result<(), Error> {
     let app = App::from_env().await?;
     let app = &app;
     run(service_fn(move |req: Request| async move {
-        Ok::<_, Error>(handle(app, req).await)
+        Ok::<_, Error>(app.handle(req).await)
     }))
     .await
 }

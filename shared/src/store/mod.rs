@@ -230,6 +230,10 @@ pub trait Store: Send + Sync {
 
     async fn balances(&self, user: &UserId) -> Result<Vec<Balance>, StoreError>;
 
+    /// Whether a provider event is recorded (only when applying it failed: a repeat is then
+    /// still recognised).
+    async fn event_recorded(&self, event_id: &str) -> Result<bool, StoreError>;
+
     /// Records a processed event that changed nothing; `DuplicateEvent` if it already was.
     async fn record_event(&self, event: &EventRecord) -> Result<(), StoreError>;
 }

@@ -126,7 +126,7 @@ pub struct World {
     seed: u64,
     p: PayoutEnv,
     provider: Arc<HttpProvider>,
-    webhook: WebhookProcessor<DynamoStore>,
+    webhook: provider_webhook::App,
     /// Each function's store, built once (as a cold start would).
     request_store: Arc<DynamoStore>,
     batcher_store: Arc<DynamoStore>,
@@ -178,7 +178,10 @@ fn batcher_config(cfg: BatcherCfg) -> BatcherConfig {
 
 /// An invocation of the `payout-batcher` function through its handler, with the scheduled
 /// event and a deadline `budget` from now.
-async fn invoke<S, P>(batcher: &Batcher<S, P>, budget: Duration) -> Result<RunSummary, String>
+async fn invoke<S, P>(
+    app: &payout_batcher::App<S, P>,
+    budget: Duration,
+) -> Result<RunSummary, String>
 where
     S: Store + BatchStore + 'static,
     P: PayoutProvider + ?Sized + 'static,
@@ -188,7 +191,7 @@ where
     let mut ctx = Context::default();
     ctx.request_id = format!("sim-{}", ulid_text());
     ctx.deadline = (chrono::Utc::now().timestamp_millis() as u64) + ms(budget);
-    payout_batcher::handle(batcher, LambdaEvent::new(event, ctx))
+    app.handle(LambdaEvent::new(event, ctx))
         .await
         .map_err(|e| e.to_string())
 }
@@ -424,7 +427,7 @@ impl World {
         req: lambda_http::Request,
     ) -> Option<TestResponse> {
         tokio::time::timeout(CALL_TIMEOUT.max(Duration::from_secs(5)), async {
-            TestResponse::from(withdrawal_request::handle(app, req).await)
+            TestResponse::from(app.handle(req).await)
         })
         .await
         .ok()
@@ -439,7 +442,7 @@ impl World {
     ) -> Option<TestResponse> {
         if hangs {
             tokio::time::timeout(CALL_TIMEOUT, async {
-                TestResponse::from(withdrawal_request::handle(app, req).await)
+                TestResponse::from(app.handle(req).await)
             })
             .await
             .ok()
@@ -965,12 +968,12 @@ impl World {
         let mut d = Done::default();
         let batchers: Vec<_> = (0..runs)
             .map(|_| {
-                Batcher::new(
+                payout_batcher::App::new(Batcher::new(
                     self.batcher_store.clone(),
                     self.provider.clone(),
                     self.p.env.currencies.clone(),
                     batcher_config(cfg),
-                )
+                ))
             })
             .collect();
         let results = join_all(batchers.iter().map(|b| invoke(b, RUN_BUDGET))).await;
@@ -996,12 +999,12 @@ impl World {
             self.batcher_store.clone(),
             vec![StoreFault::new(fault.method, fault.nth, fault.when)],
         ));
-        let batcher = Batcher::new(
+        let batcher = payout_batcher::App::new(Batcher::new(
             faulty.clone(),
             self.provider.clone(),
             self.p.env.currencies.clone(),
             batcher_config(cfg),
-        );
+        ));
         let started = Instant::now();
         {
             // Every lease the run takes ends by its deadline + the provider timeout.
@@ -1037,11 +1040,11 @@ impl World {
         };
         match faulty {
             Some(f) => {
-                let app = WebhookProcessor::new(
+                let app = provider_webhook::App::from(WebhookProcessor::new(
                     f.clone(),
                     vec![shared::signature::WebhookSecret::new(WEBHOOK_SECRET).unwrap()],
                     300,
-                );
+                ));
                 tokio::time::timeout(limit, deliver(&app, req)).await.ok()
             }
             None => tokio::time::timeout(limit, deliver(&self.webhook, req))

@@ -5,7 +5,7 @@
 //! - [`ops`]: the operations and the schedule (a pure function of the seed);
 //! - [`model`]: what must be true, checked after every step and at quiescence;
 //! - [`driver`]: one seed's world and the execution of each operation through the real handlers
-//!   (`withdrawal_request::handle`, `provider_webhook::handle`, `payout_batcher::handle`), the
+//!   (each function's `App::handle`), the
 //!   operator commands (`shared::operations`, `shared::reconcile`) and the sandbox provider.
 //!
 //! Determinism: the schedule — every operation, its parameters, which operations run at once,

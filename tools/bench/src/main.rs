@@ -186,11 +186,9 @@ async fn main() {
     e.counter.take_counts();
     let mut rows: Vec<(String, u64, u64, String)> = Vec::new();
 
-    let r = withdrawal_request::handle(
-        &app,
-        event("POST", "/withdrawals", "rt", Some(body("USD", "10"))),
-    )
-    .await;
+    let r = app
+        .handle(event("POST", "/withdrawals", "rt", Some(body("USD", "10"))))
+        .await;
     assert_eq!(r.status(), 201);
     let (req, tx) = ops(&e.counter.take_counts());
     rows.push((
@@ -208,12 +206,9 @@ async fn main() {
         );
         req
     };
-    assert_eq!(
-        withdrawal_request::handle(&app, keyed()).await.status(),
-        201
-    );
+    assert_eq!(app.handle(keyed()).await.status(), 201);
     e.counter.take_counts();
-    let replay = withdrawal_request::handle(&app, keyed()).await;
+    let replay = app.handle(keyed()).await;
     assert_eq!(replay.status(), 201);
     assert!(replay.headers().contains_key("idempotent-replayed"));
     let (req_replay, tx_replay) = ops(&e.counter.take_counts());
@@ -230,11 +225,9 @@ async fn main() {
             .to_string(),
         _ => unreachable!(),
     };
-    let r = withdrawal_request::handle(
-        &app,
-        event("DELETE", &format!("/withdrawals/{id}"), "rt", None),
-    )
-    .await;
+    let r = app
+        .handle(event("DELETE", &format!("/withdrawals/{id}"), "rt", None))
+        .await;
     assert_eq!(r.status(), 200);
     let (req, tx) = ops(&e.counter.take_counts());
     rows.push((
@@ -333,11 +326,14 @@ async fn main() {
     let (mut handler_ms, mut raw_ms) = (Vec::new(), Vec::new());
     for i in 0..samples + 20 {
         let t = Instant::now();
-        let r = withdrawal_request::handle(
-            &app2,
-            event("POST", "/withdrawals", "h", Some(body("USD", "1.00"))),
-        )
-        .await;
+        let r = app2
+            .handle(event(
+                "POST",
+                "/withdrawals",
+                "h",
+                Some(body("USD", "1.00")),
+            ))
+            .await;
         let h = t.elapsed().as_secs_f64() * 1000.0;
         assert_eq!(r.status(), 201);
         let w = Withdrawal::new(

@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use shared::auth::{LocalTokenKey, LOCAL_AUTH_SECRET_ENV};
-use shared::config::Config;
+use shared::config::StoreConfig;
 use shared::credits::CreditService;
 use shared::domain::{BatchId, UserId, WithdrawalId};
 use shared::store::{BatchStore, Store};
@@ -148,7 +148,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         println!("{token}");
         return Ok(ExitCode::SUCCESS);
     }
-    let config = Config::from_env()?;
+    let config = StoreConfig::from_env()?;
     let store = config.store().await;
     match cli.command {
         Command::Token { .. } | Command::SignWebhook { .. } => unreachable!("handled above"),
@@ -221,9 +221,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             println!("{}", serde_json::to_string_pretty(&balances)?);
         }
         Command::RunBatcher { budget } => {
-            let batcher = payout_batcher::app_from_env()
+            let app = payout_batcher::App::from_env()
                 .await
                 .map_err(|e| e.to_string())?;
+            let batcher = app.batcher();
             let summary = batcher
                 .run(Instant::now() + Duration::from_secs(budget))
                 .await?;
@@ -252,9 +253,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             println!("batch {id} will be re-sent by the next batcher run");
         }
         Command::Reject { withdrawal, reason } => {
-            let batcher = payout_batcher::app_from_env()
+            let app = payout_batcher::App::from_env()
                 .await
                 .map_err(|e| e.to_string())?;
+            let batcher = app.batcher();
             let w = shared::operations::reject_withdrawal(
                 &store,
                 batcher.provider().as_ref(),
@@ -266,9 +268,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             println!("{} {} {} {}", w.id, w.status, w.currency, w.amount);
         }
         Command::Reconcile { since } => {
-            let batcher = payout_batcher::app_from_env()
+            let app = payout_batcher::App::from_env()
                 .await
                 .map_err(|e| e.to_string())?;
+            let batcher = app.batcher();
             let mut mismatches = 0;
             let mut checked = 0;
             for b in store.all_batches().await? {

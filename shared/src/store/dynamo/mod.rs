@@ -370,6 +370,13 @@ impl Store for DynamoStore {
         )
     }
 
+    async fn event_recorded(&self, event_id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .get(TableSchema::event_pk(event_id), TableSchema::SINGLETON_SK)
+            .await?
+            .is_some())
+    }
+
     async fn record_event(&self, event: &EventRecord) -> Result<(), StoreError> {
         let put = self.event_put(event, &Utc::now())?;
         match self

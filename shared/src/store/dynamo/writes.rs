@@ -195,9 +195,21 @@ impl DynamoStore {
                 schema::PENDING_SK
             ));
         }
+        // The expected status, and the amount and batch the change moves money for: a subject
+        // built from a batch entry (not read from the item) is refused if either differs.
+        let mut condition = "#st = :from AND #amt = :amt".to_string();
+        update = update
+            .expression_attribute_names("#amt", "amount")
+            .expression_attribute_values(":amt", n(w.amount.value()));
+        if let (Some(batch), false) = (w.batch_id, w.status == WithdrawalStatus::Pending) {
+            condition.push_str(" AND #wbi = :wbi");
+            update = update
+                .expression_attribute_names("#wbi", "batch_id")
+                .expression_attribute_values(":wbi", s(batch.to_string()));
+        }
         let update = update
             .update_expression(expression)
-            .condition_expression("#st = :from")
+            .condition_expression(condition)
             .build()
             .map_err(backend)?;
         let mut items = vec![(
