@@ -16,7 +16,7 @@ use crate::provider::{
 };
 use crate::reconcile::{self, ReconcileError};
 use crate::settlement::{self, Applied, Outcome};
-use crate::store::{AttemptResult, BatchStore, Store, StoreError, TransitionDetails};
+use crate::store::{AttemptResult, PayoutStore, StoreError, TransitionDetails};
 use chrono::Utc;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -108,7 +108,7 @@ pub struct Batcher<S, P: ?Sized> {
 
 impl<S, P> Batcher<S, P>
 where
-    S: Store + BatchStore + 'static,
+    S: PayoutStore + 'static,
     P: PayoutProvider + ?Sized + 'static,
 {
     pub fn new(

@@ -9,7 +9,9 @@
 use crate::domain::{
     Amount, BatchId, Currency, EventOutcome, Transition, Withdrawal, WithdrawalId, WithdrawalStatus,
 };
-use crate::store::{BatchStore, EventRecord, Store, StoreError, TransitionDetails, Written};
+use crate::store::{
+    BatchStore, EventRecord, PayoutStore, Store, StoreError, TransitionDetails, Written,
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -127,7 +129,7 @@ pub struct EventResult {
 /// many members are final), and one transaction written for the state the event expects
 /// ([`expected`]), conditioned on it and on the event's record not existing. A refusal hands
 /// back the withdrawal as it is, and only then is the change re-evaluated ([`apply`]).
-pub async fn apply_event<S: Store + BatchStore + ?Sized>(
+pub async fn apply_event<S: PayoutStore + ?Sized>(
     store: &S,
     e: &MemberEvent<'_>,
     actor: &str,
@@ -146,7 +148,7 @@ pub async fn apply_event<S: Store + BatchStore + ?Sized>(
     }
 }
 
-async fn apply_member_event<S: Store + BatchStore + ?Sized>(
+async fn apply_member_event<S: PayoutStore + ?Sized>(
     store: &S,
     e: &MemberEvent<'_>,
     actor: &str,

@@ -8,7 +8,7 @@ use crate::metrics;
 use crate::secrets::SecretValue;
 use crate::settlement::{self, EventRef, MemberEvent, Outcome};
 use crate::signature::{self, WebhookSecret};
-use crate::store::{BatchStore, Store, StoreError};
+use crate::store::{PayoutStore, StoreError};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -116,7 +116,7 @@ pub struct WebhookProcessor<S> {
     tolerance_secs: i64,
 }
 
-impl<S: Store + BatchStore + 'static> WebhookProcessor<S> {
+impl<S: PayoutStore + 'static> WebhookProcessor<S> {
     /// With fixed secrets (tests, tools).
     pub fn new(store: Arc<S>, secrets: Vec<WebhookSecret>, tolerance_secs: i64) -> Self {
         Self::with_secrets(store, SecretValue::fixed(secrets), tolerance_secs)

@@ -651,7 +651,7 @@ pub fn provider_event(id: &str, kind: &str, w: &Withdrawal, reason: Option<&str>
     .to_string()
 }
 
-pub async fn deliver<S: Store + shared::store::BatchStore + 'static>(
+pub async fn deliver<S: shared::store::PayoutStore + 'static>(
     app: &provider_webhook::App<S>,
     req: Request,
 ) -> TestResponse {
@@ -660,7 +660,7 @@ pub async fn deliver<S: Store + shared::store::BatchStore + 'static>(
 
 /// Serves the webhook handler over HTTP on a free port, the way `cargo lambda watch` or API
 /// Gateway would put it in front of the function, so the sandbox can call it back.
-pub async fn spawn_webhook_server<S: Store + shared::store::BatchStore + 'static>(
+pub async fn spawn_webhook_server<S: shared::store::PayoutStore + 'static>(
     app: Arc<provider_webhook::App<S>>,
 ) -> String {
     use axum::body::Bytes;

@@ -6,7 +6,7 @@ use serde_json::Value;
 use shared::batcher::{run_budget, Batcher, RunSummary};
 use shared::config::{ConfigError, PayoutConfig};
 use shared::provider::{HttpProvider, PayoutProvider};
-use shared::store::{BatchStore, DynamoStore, Store};
+use shared::store::{DynamoStore, PayoutStore};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,7 @@ impl App {
 
 impl<S, P> App<S, P>
 where
-    S: Store + BatchStore + 'static,
+    S: PayoutStore + 'static,
     P: PayoutProvider + ?Sized + 'static,
 {
     pub fn new(batcher: Batcher<S, P>) -> Self {

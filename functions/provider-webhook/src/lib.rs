@@ -5,7 +5,7 @@
 use lambda_http::{Body, Request, RequestExt, Response};
 use shared::api::{json_response, ApiError};
 use shared::config::{ConfigError, WebhookConfig};
-use shared::store::{BatchStore, DynamoStore, Store};
+use shared::store::{DynamoStore, PayoutStore};
 use shared::webhook::WebhookProcessor;
 use std::sync::Arc;
 use tracing::Instrument;
@@ -37,7 +37,7 @@ impl App {
     }
 }
 
-impl<S: Store + BatchStore + 'static> App<S> {
+impl<S: PayoutStore + 'static> App<S> {
     pub fn new(processor: WebhookProcessor<S>) -> Self {
         Self { processor }
     }

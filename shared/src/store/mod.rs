@@ -238,6 +238,12 @@ pub trait Store: Send + Sync {
     async fn record_event(&self, event: &EventRecord) -> Result<(), StoreError>;
 }
 
+/// Everything the payout side uses — the batcher and the webhook — as one bound: a store of
+/// withdrawals that is also a store of batches.
+pub trait PayoutStore: Store + BatchStore {}
+
+impl<T: Store + BatchStore + ?Sized> PayoutStore for T {}
+
 /// What became of a change written from a [`Subject`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Written {

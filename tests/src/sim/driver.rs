@@ -16,7 +16,7 @@ use shared::batcher::{Batcher, BatcherConfig, RunSummary};
 use shared::domain::{BatchStatus, Currencies, WithdrawalStatus};
 use shared::provider::{HttpProvider, ItemStatus, PayoutProvider, StatusOutcome};
 use shared::reconcile::MismatchKind;
-use shared::store::{BatchStore, DynamoStore, ScanReport, Store, StoreError};
+use shared::store::{BatchStore, DynamoStore, PayoutStore, ScanReport, Store, StoreError};
 use shared::webhook::WebhookProcessor;
 use shared::withdrawals::WithdrawalService;
 use std::collections::{BTreeMap, BTreeSet};
@@ -183,7 +183,7 @@ async fn invoke<S, P>(
     budget: Duration,
 ) -> Result<RunSummary, String>
 where
-    S: Store + BatchStore + 'static,
+    S: PayoutStore + 'static,
     P: PayoutProvider + ?Sized + 'static,
 {
     let event: Value =
