@@ -761,3 +761,48 @@ async fn a_member_entry_that_disagrees_with_its_withdrawal_moves_no_money() {
     );
     p.env.assert_conserved().await;
 }
+
+/// Closing the batch is a shortcut taken after the change is committed: when it fails, the
+/// delivery is still answered `applied` (not a 5xx for a change that happened), and the
+/// batcher's next run closes the batch.
+#[tokio::test]
+async fn a_failure_to_close_the_batch_does_not_fail_an_applied_event() {
+    use integration_tests::faults::{Fault, FaultyStore, When};
+    use shared::webhook::WebhookProcessor;
+    let p = PayoutEnv::new(|_| {}).await;
+    let w = submitted(&p, "unclosed", "10.00", 1).await.remove(0);
+    let faulty = Arc::new(FaultyStore::new(
+        p.env.store_for(WEBHOOK_FN),
+        vec![Fault::new("complete_if_final", 1, When::Before)],
+    ));
+    let app = provider_webhook::App::from(WebhookProcessor::new(
+        faulty.clone(),
+        vec![shared::signature::WebhookSecret::new(WEBHOOK_SECRET).unwrap()],
+        300,
+    ));
+    let body = provider_event("evt_unclosed", "payout.paid", &w, None);
+    let r = deliver(
+        &app,
+        webhook_event(&body, Some(sign(&body, WEBHOOK_SECRET, now()))),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["status"].clone()),
+        (200, "applied".into()),
+        "{}",
+        r.body
+    );
+    assert!(!faulty.fired().is_empty(), "closing the batch failed");
+    assert_eq!(p.reload(&w).await.status, WithdrawalStatus::Settled);
+    let batch = w.batch_id.expect("in a batch");
+    assert_eq!(
+        p.env.store.batch(batch).await.unwrap().unwrap().status,
+        BatchStatus::Accepted
+    );
+    p.run(PayoutEnv::config()).await;
+    assert_eq!(
+        p.env.store.batch(batch).await.unwrap().unwrap().status,
+        BatchStatus::Completed
+    );
+    p.env.assert_conserved().await;
+}
