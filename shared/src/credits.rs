@@ -103,6 +103,18 @@ fn addressable(reference: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._~:@-".contains(&b))
 }
 
+/// The reference a path segment names, however the path was carried. An API Gateway HTTP API
+/// hands the function a decoded `rawPath`; `cargo lambda watch` (the local stack) hands it over as
+/// the client sent it, so `dep@1` may arrive as `dep%401`. An addressable reference holds no `%`,
+/// so decoding once reads both the same. The one difference left: on AWS a path encoded twice is
+/// decoded twice, which still names only an addressable reference (anything else is not found).
+fn reference_in_path(segment: &str) -> Option<String> {
+    let decoded = percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .ok()?;
+    addressable(&decoded).then(|| decoded.into_owned())
+}
+
 /// The JSON shape of a credit in every response.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CreditView {
@@ -168,10 +180,12 @@ impl CreditService {
         })
     }
 
-    /// The credit recorded under `reference`.
-    pub async fn get(&self, reference: &str) -> Result<CreditView, ApiError> {
+    /// The credit a `/internal/credits/{segment}` path names.
+    pub async fn get(&self, segment: &str) -> Result<CreditView, ApiError> {
         // An id that cannot exist is simply not found: nothing to tell a caller beyond that.
-        let reference = CreditReference::parse(reference).map_err(|_| ApiError::NotFound)?;
+        let reference = reference_in_path(segment)
+            .and_then(|r| CreditReference::parse(&r).ok())
+            .ok_or(ApiError::NotFound)?;
         let record = self
             .store
             .credit_record(&reference)
@@ -244,5 +258,28 @@ mod tests {
         let mut missing = valid();
         missing.as_object_mut().unwrap().remove("reference");
         assert_eq!(parse(missing).unwrap_err().code(), "invalid_json");
+    }
+
+    #[test]
+    fn a_path_segment_names_the_same_reference_decoded_or_not() {
+        // API Gateway decodes the path; the local stack does not. Both read one reference.
+        let cases = [
+            ("dep@2026:17", Some("dep@2026:17")),
+            ("dep%402026%3A17", Some("dep@2026:17")),
+            ("dep%2D1", Some("dep-1")),
+            // What decodes to a reference no path could carry names nothing.
+            ("wire%2F17", None),
+            ("wire%2317", None),
+            ("%2E%2E", None),
+            ("dep%2", None),
+            ("%FF", None),
+        ];
+        for (segment, reference) in cases {
+            assert_eq!(
+                reference_in_path(segment).as_deref(),
+                reference,
+                "{segment}"
+            );
+        }
     }
 }

@@ -209,8 +209,7 @@ async fn internal_credits(
         }
         ("GET", [reference]) => {
             span.record("route", "get_credit");
-            // Credited references hold only characters a path carries unchanged
-            // (`shared::credits`), so the segment is the reference as it is.
+            // The segment may arrive decoded (API Gateway) or not (local stack); `get` reads both.
             Ok(json_response(
                 200,
                 to_json(&app.credits.get(reference).await?)?,
