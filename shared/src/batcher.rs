@@ -93,6 +93,8 @@ pub struct RunSummary {
     pub errors: Vec<RunError>,
 }
 
+/// Batches' worth of pending withdrawals read from the index at once.
+const BATCHES_PER_READ: usize = 4;
 /// Final batches compared with the provider per run, at most.
 const RECONCILE_PER_RUN: usize = 20;
 /// Stale or flagged batches looked up at the provider per run, at most (each call may take the
@@ -154,13 +156,29 @@ where
             metrics::Unit::Count,
             &[],
         );
-        for currency in self.currencies.iter() {
-            if run.out_of_time(&self.config) {
-                break;
-            }
-            if let Err(e) = self.batch_currency(&mut run, currency).await {
-                run.failed(Some(currency.code().as_str()), None, &e);
-            }
+        // Currencies are claimed side by side: each has its own index partitions, batches and
+        // provider calls, so one currency's index reads and provider call overlap another's
+        // claim transactions (the bench's batcher ÷ raw). Each works on its own share of the
+        // summary, merged back after.
+        let parts: Vec<Run> = self
+            .currencies
+            .iter()
+            .map(|c| run.part(c.code().as_str()))
+            .collect();
+        let claims =
+            parts
+                .into_iter()
+                .zip(self.currencies.iter())
+                .map(|(mut part, currency)| async move {
+                    if !part.out_of_time(&self.config) {
+                        if let Err(e) = self.batch_currency(&mut part, currency).await {
+                            part.failed(Some(currency.code().as_str()), None, &e);
+                        }
+                    }
+                    part
+                });
+        for part in futures::future::join_all(claims).await {
+            run.merge(part);
         }
         // Looking up slow batches comes after new claims, and is bounded per run, so batches
         // whose items stay pending for days never starve fresh withdrawals.
@@ -307,62 +325,79 @@ where
         run: &mut Run,
         currency: &crate::domain::Currency,
     ) -> Result<(), StoreError> {
-        let ccy = currency.code().to_string();
+        // Several batches' worth per index read: a read's cost is mostly per page and per
+        // shard, and what a page reads past the last batch it fills would be read again.
+        let page = self.config.max_batch_size * BATCHES_PER_READ;
         let mut after = None;
         loop {
             if run.out_of_time(&self.config) {
                 return Ok(());
             }
-            let candidates = self
-                .store
-                .pending(currency, self.config.max_batch_size, after)
-                .await?;
+            let candidates = self.store.pending(currency, page, after).await?;
             let Some(last) = candidates.last() else {
                 return Ok(());
             };
             after = Some(last.id);
-            let mut batch = Batch::claiming(currency.clone(), &run.owner, self.lease_until_ms(run));
-            let mut members = Vec::new();
-            for chunk in candidates.chunks(self.store.claim_chunk()) {
+            for members in candidates.chunks(self.config.max_batch_size) {
                 if run.out_of_time(&self.config) {
-                    run.summary.stopped_early = true;
-                    break;
+                    return Ok(());
                 }
-                let create = members.is_empty();
-                let result = match self.store.claim(&batch, &run.owner, chunk, create).await {
-                    Ok(r) => r,
-                    Err(StoreError::LeaseLost) => {
-                        tracing::warn!(batch_id = %batch.id, "lost the claiming lease");
-                        break;
-                    }
-                    Err(e) => return Err(e),
-                };
-                run.counts(&ccy).skipped += result.lost.len() as u32;
-                run.counts(&ccy).claimed += result.claimed.len() as u32;
-                members.extend(result.claimed);
+                self.claim_batch(run, currency, members).await?;
             }
-            if !members.is_empty() {
-                for w in &members {
-                    batch.members.insert(w.id, Member::of(w));
-                    batch.total += w.amount.value();
-                }
-                match self.store.close_claiming(batch.id, &run.owner).await {
-                    Ok(()) => {
-                        batch.status = BatchStatus::Open;
-                        if let Err(e) = self.send(run, &batch, &members).await {
-                            // The batch is recorded OPEN: the next run asks the provider about
-                            // it. This currency's other pending withdrawals go on.
-                            run.failed(Some(&ccy), Some(batch.id), &e);
-                        }
-                    }
-                    // Taken over after our lease ran out: the other run sends it.
-                    Err(StoreError::LeaseLost) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            if candidates.len() < self.config.max_batch_size {
+            if candidates.len() < page {
                 return Ok(());
             }
+        }
+    }
+
+    /// Claims `candidates` into a new batch, chunk by chunk, and sends what it claimed.
+    async fn claim_batch(
+        &self,
+        run: &mut Run,
+        currency: &crate::domain::Currency,
+        candidates: &[crate::domain::Withdrawal],
+    ) -> Result<(), StoreError> {
+        let ccy = currency.code().to_string();
+        let mut batch = Batch::claiming(currency.clone(), &run.owner, self.lease_until_ms(run));
+        let mut members = Vec::new();
+        for chunk in candidates.chunks(self.store.claim_chunk()) {
+            if run.out_of_time(&self.config) {
+                run.summary.stopped_early = true;
+                break;
+            }
+            let create = members.is_empty();
+            let result = match self.store.claim(&batch, &run.owner, chunk, create).await {
+                Ok(r) => r,
+                Err(StoreError::LeaseLost) => {
+                    tracing::warn!(batch_id = %batch.id, "lost the claiming lease");
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            run.counts(&ccy).skipped += result.lost.len() as u32;
+            run.counts(&ccy).claimed += result.claimed.len() as u32;
+            members.extend(result.claimed);
+        }
+        if members.is_empty() {
+            return Ok(());
+        }
+        for w in &members {
+            batch.members.insert(w.id, Member::of(w));
+            batch.total += w.amount.value();
+        }
+        match self.store.close_claiming(batch.id, &run.owner).await {
+            Ok(()) => {
+                batch.status = BatchStatus::Open;
+                if let Err(e) = self.send(run, &batch, &members).await {
+                    // The batch is recorded OPEN: the next run asks the provider about it.
+                    // This currency's other pending withdrawals go on.
+                    run.failed(Some(&ccy), Some(batch.id), &e);
+                }
+                Ok(())
+            }
+            // Taken over after our lease ran out: the other run sends it.
+            Err(StoreError::LeaseLost) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -774,6 +809,28 @@ impl Run {
             self.summary.stopped_early = true;
         }
         out
+    }
+
+    /// A run for one currency's claims, side by side with the others': the same owner and
+    /// deadline, holding that currency's counts until [`Run::merge`] gives them back.
+    fn part(&mut self, ccy: &str) -> Run {
+        let counts = self.summary.currencies.remove(ccy).unwrap_or_default();
+        Run {
+            owner: self.owner.clone(),
+            deadline: self.deadline,
+            summary: RunSummary {
+                run_id: self.summary.run_id.clone(),
+                currencies: BTreeMap::from([(ccy.to_string(), counts)]),
+                stopped_early: false,
+                errors: Vec::new(),
+            },
+        }
+    }
+
+    fn merge(&mut self, part: Run) {
+        self.summary.currencies.extend(part.summary.currencies);
+        self.summary.errors.extend(part.summary.errors);
+        self.summary.stopped_early |= part.summary.stopped_early;
     }
 
     fn counts(&mut self, ccy: &str) -> &mut CurrencySummary {

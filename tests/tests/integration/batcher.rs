@@ -744,3 +744,49 @@ async fn a_re_send_after_the_provider_forgot_the_key_does_not_pay_twice() {
     assert_eq!(p.sandbox.expired_keys(), 0, "never sent again");
     p.env.assert_conserved().await;
 }
+
+#[tokio::test]
+async fn pending_pages_are_exactly_the_oldest_across_unevenly_filled_shards() {
+    use shared::domain::{Amount, BankAccount, UserId, Withdrawal};
+    // The page reads each shard a share at a time and only the shard that bounds what is
+    // known further: one shard holding most of the backlog must still come out oldest first,
+    // with no withdrawal skipped or repeated between pages.
+    let p = PayoutEnv::new(|_| {}).await;
+    let store = &p.env.store;
+    let usd = p.env.currencies.get("USD").unwrap().clone();
+    p.env.credit("skew", "USD", "1000.00").await;
+    let account = BankAccount::parse(ACCOUNTS[0]).unwrap();
+    let shards = store.pending_shards();
+    let mut per_shard = vec![0; shards as usize];
+    let mut written = Vec::new();
+    while written.len() < 80 {
+        let w = Withdrawal::new(
+            UserId::parse("skew").unwrap(),
+            usd.clone(),
+            Amount::parse("1.00", &usd).unwrap(),
+            account.clone(),
+            chrono::Utc::now(),
+        );
+        let shard = w.id.shard(shards) as usize;
+        let room = if shard == 0 { 65 } else { 5 };
+        if per_shard[shard] < room {
+            per_shard[shard] += 1;
+            store.request_withdrawal(&w, None, u32::MAX).await.unwrap();
+            written.push(w.id);
+        }
+    }
+    written.sort();
+    for page in [7, 20, 80, 100] {
+        let mut read = Vec::new();
+        let mut after = None;
+        loop {
+            let got = store.pending(&usd, page, after).await.unwrap();
+            read.extend(got.iter().map(|w| w.id));
+            match got.last() {
+                Some(last) if got.len() == page => after = Some(last.id),
+                _ => break,
+            }
+        }
+        assert_eq!(read, written, "pages of {page}");
+    }
+}

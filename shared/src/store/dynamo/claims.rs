@@ -14,6 +14,9 @@ use chrono::Utc;
 use rust_decimal::Decimal;
 use std::collections::HashMap;
 
+/// A transaction's items, each under the guard its refusal is read by.
+type Guarded = Vec<(TxGuard, TransactWriteItem)>;
+
 /// Withdrawals per claim transaction: 100 items at most, two of them the batch record and its
 /// counter (created with the first chunk).
 pub(super) const CLAIM_CHUNK: usize = 98;
@@ -86,23 +89,64 @@ impl DynamoStore {
         }
     }
 
-    /// See [`crate::store::BatchStore::pending`].
+    /// See [`crate::store::BatchStore::pending`]. Exactly the oldest `limit` after `after`
+    /// across the shards, reading little more than `limit` items: each shard is read a share at
+    /// a time, and every withdrawal up to the lowest last id read from a shard that still has
+    /// more is known (a shard's items come in id order). Only the shard that holds that boundary
+    /// is read further, until `limit` are known or every shard is exhausted. Reading `limit`
+    /// from every shard, as before, read four times what a batch takes (bench: batcher ÷ raw).
     pub(super) async fn pending_oldest(
         &self,
         currency: &Currency,
         limit: usize,
         after: Option<WithdrawalId>,
     ) -> Result<Vec<Withdrawal>, StoreError> {
-        // Each shard returns its oldest `limit`; the oldest `limit` of their union are exactly
-        // the oldest `limit` overall, since sort keys are time-sortable ids.
-        let mut out = Vec::new();
-        for shard in 0..self.pending_shards_to_read().await? {
-            let pk = TableSchema::pending_pk(currency.code(), shard);
-            out.extend(self.pending_in_shard(&pk, limit, after).await?);
+        let shards = self.pending_shards_to_read().await?;
+        // A quarter over the even share: with ids spread evenly over shards, one read each
+        // usually covers the page.
+        let share = (limit.div_ceil(shards.max(1) as usize) * 5 / 4).max(1);
+        let mut reads: Vec<ShardRead> = Vec::with_capacity(shards as usize);
+        for shard in 0..shards {
+            let mut read = ShardRead::new(TableSchema::pending_pk(currency.code(), shard), after);
+            self.read_more(&mut read, share).await?;
+            reads.push(read);
         }
-        out.sort_by_key(|w| w.id);
-        out.truncate(limit);
-        Ok(out)
+        loop {
+            // The shard with more to read whose last id is lowest bounds what is known.
+            let bound = reads
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| !r.exhausted)
+                .min_by_key(|(_, r)| r.last)
+                .map(|(i, r)| (i, r.last));
+            let known = |w: &&Withdrawal| bound.is_none_or(|(_, last)| Some(w.id) <= last);
+            let count = reads.iter().flat_map(|r| &r.items).filter(known).count();
+            match bound {
+                Some((i, _)) if count < limit => self.read_more(&mut reads[i], share).await?,
+                _ => {
+                    let mut out: Vec<Withdrawal> = reads
+                        .iter()
+                        .flat_map(|r| &r.items)
+                        .filter(known)
+                        .cloned()
+                        .collect();
+                    out.sort_by_key(|w| w.id);
+                    out.truncate(limit);
+                    return Ok(out);
+                }
+            }
+        }
+    }
+
+    /// The next `n` items of one shard after what it read so far.
+    async fn read_more(&self, read: &mut ShardRead, n: usize) -> Result<(), StoreError> {
+        let page = self.pending_in_shard(&read.pk, n, read.last).await?;
+        read.exhausted = page.len() < n;
+        if let Some(w) = page.last() {
+            read.last = Some(w.id);
+        }
+        read.items.extend(page);
+        Ok(())
     }
 
     /// See [`crate::store::BatchStore::claim`].
@@ -116,81 +160,8 @@ impl DynamoStore {
         assert!(chunk.len() <= CLAIM_CHUNK, "claim chunk too large");
         let mut remaining: Vec<Withdrawal> = chunk.to_vec();
         let mut lost = Vec::new();
-        let actor = format!("batcher:{owner}");
         while !remaining.is_empty() {
-            let now_t = Utc::now();
-            let now = timestamp(&now_t);
-            let mut items = Vec::with_capacity(remaining.len() + 2);
-            let mut claimed = Vec::with_capacity(remaining.len());
-            for w in &remaining {
-                let details = TransitionDetails {
-                    batch_id: Some(batch.id),
-                    ..TransitionDetails::by(&actor)
-                };
-                let (tx, entry) =
-                    self.transition_items(&w.into(), Transition::Submit, &details, now_t)?;
-                items.extend(tx);
-                claimed.push(changed(w, &entry, &details, now_t));
-            }
-            let sum: Decimal = remaining.iter().map(|w| w.amount.value()).sum();
-            let members: HashMap<String, AttributeValue> = remaining
-                .iter()
-                .map(|w| (w.id.to_string(), member_to_item(&Member::of(w))))
-                .collect();
-            let batch_item = if create {
-                let mut item = Self::batch_key(batch.id);
-                item.extend([
-                    ("type".to_string(), s("BATCH")),
-                    ("id".into(), s(batch.id.to_string())),
-                    ("currency".into(), s(batch.currency.code().as_str())),
-                    ("status".into(), s(BatchStatus::Claiming.as_str())),
-                    ("members".into(), AttributeValue::M(members)),
-                    ("member_count".into(), n(remaining.len())),
-                    ("total".into(), n(sum)),
-                    ("attempts".into(), n(0)),
-                    ("lease_owner".into(), s(owner)),
-                    ("lease_until".into(), n(batch.lease_until_ms)),
-                    ("created_at".into(), s(&now)),
-                    ("updated_at".into(), s(&now)),
-                    (schema::PENDING_PK.into(), s(TableSchema::OPEN_BATCHES_PK)),
-                    (schema::PENDING_SK.into(), s(batch.id.to_string())),
-                ]);
-                self.put_new(item)?
-            } else {
-                let mut set = vec!["updated_at = :now".to_string()];
-                let mut update = Update::builder()
-                    .table_name(&self.table)
-                    .set_key(Some(Self::batch_key(batch.id)))
-                    .condition_expression("#st = :claiming AND lease_owner = :owner")
-                    .expression_attribute_names("#st", "status")
-                    .expression_attribute_values(":claiming", s(BatchStatus::Claiming.as_str()))
-                    .expression_attribute_values(":owner", s(owner))
-                    .expression_attribute_values(":now", s(&now))
-                    .expression_attribute_values(":sum", n(sum))
-                    .expression_attribute_values(":count", n(remaining.len()));
-                for (i, (wd, user)) in members.into_iter().enumerate() {
-                    set.push(format!("members.#m{i} = :m{i}"));
-                    update = update
-                        .expression_attribute_names(format!("#m{i}"), wd)
-                        .expression_attribute_values(format!(":m{i}"), user);
-                }
-                // `total` is a DynamoDB reserved word.
-                let expr = format!("SET {} ADD #tot :sum, member_count :count", set.join(", "));
-                update = update.expression_attribute_names("#tot", "total");
-                TransactWriteItem::builder()
-                    .update(update.update_expression(expr).build().map_err(backend)?)
-                    .build()
-            };
-            items.push((TxGuard::Batch, batch_item));
-            if create {
-                let mut counter = HashMap::from([
-                    (schema::PK.to_string(), s(TableSchema::batch_pk(batch.id))),
-                    (schema::SK.to_string(), s(TableSchema::BATCH_COUNTER_SK)),
-                ]);
-                counter.insert("type".into(), s("BATCH_COUNTER"));
-                counter.insert("final_count".into(), n(0));
-                items.push((TxGuard::BatchCounter, self.put_new(counter)?));
-            }
+            let (items, claimed) = self.claim_items(batch, owner, &remaining, create)?;
             let token = ulid::Ulid::new().to_string();
             match self.transact(items, &token).await {
                 Ok(()) => {
@@ -228,5 +199,125 @@ impl DynamoStore {
             claimed: Vec::new(),
             lost,
         })
+    }
+
+    /// The items of one claim transaction, each under its guard, and the withdrawals as the
+    /// transaction leaves them: `remaining` moved PENDING → SUBMITTED into `batch`, and the
+    /// batch record created (`create`: with its counter) or extended.
+    fn claim_items(
+        &self,
+        batch: &Batch,
+        owner: &str,
+        remaining: &[Withdrawal],
+        create: bool,
+    ) -> Result<(Guarded, Vec<Withdrawal>), StoreError> {
+        let actor = format!("batcher:{owner}");
+        let now_t = Utc::now();
+        let now = timestamp(&now_t);
+        let mut items = Vec::with_capacity(remaining.len() + 2);
+        let mut claimed = Vec::with_capacity(remaining.len());
+        for w in remaining {
+            let details = TransitionDetails {
+                batch_id: Some(batch.id),
+                ..TransitionDetails::by(&actor)
+            };
+            let (tx, entry) =
+                self.transition_items(&w.into(), Transition::Submit, &details, now_t)?;
+            items.extend(tx);
+            claimed.push(changed(w, &entry, &details, now_t));
+        }
+        let sum: Decimal = remaining.iter().map(|w| w.amount.value()).sum();
+        let members: HashMap<String, AttributeValue> = remaining
+            .iter()
+            .map(|w| (w.id.to_string(), member_to_item(&Member::of(w))))
+            .collect();
+        let batch_item = if create {
+            let mut item = Self::batch_key(batch.id);
+            item.extend([
+                ("type".to_string(), s("BATCH")),
+                ("id".into(), s(batch.id.to_string())),
+                ("currency".into(), s(batch.currency.code().as_str())),
+                ("status".into(), s(BatchStatus::Claiming.as_str())),
+                ("members".into(), AttributeValue::M(members)),
+                ("member_count".into(), n(remaining.len())),
+                ("total".into(), n(sum)),
+                ("attempts".into(), n(0)),
+                ("lease_owner".into(), s(owner)),
+                ("lease_until".into(), n(batch.lease_until_ms)),
+                ("created_at".into(), s(&now)),
+                ("updated_at".into(), s(&now)),
+                (schema::PENDING_PK.into(), s(TableSchema::OPEN_BATCHES_PK)),
+                (schema::PENDING_SK.into(), s(batch.id.to_string())),
+            ]);
+            self.put_new(item)?
+        } else {
+            let mut set = vec!["updated_at = :now".to_string()];
+            let mut update = Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(Self::batch_key(batch.id)))
+                .condition_expression("#st = :claiming AND lease_owner = :owner")
+                .expression_attribute_names("#st", "status")
+                .expression_attribute_values(":claiming", s(BatchStatus::Claiming.as_str()))
+                .expression_attribute_values(":owner", s(owner))
+                .expression_attribute_values(":now", s(&now))
+                .expression_attribute_values(":sum", n(sum))
+                .expression_attribute_values(":count", n(remaining.len()));
+            for (i, (wd, user)) in members.into_iter().enumerate() {
+                set.push(format!("members.#m{i} = :m{i}"));
+                update = update
+                    .expression_attribute_names(format!("#m{i}"), wd)
+                    .expression_attribute_values(format!(":m{i}"), user);
+            }
+            // `total` is a DynamoDB reserved word.
+            let expr = format!("SET {} ADD #tot :sum, member_count :count", set.join(", "));
+            update = update.expression_attribute_names("#tot", "total");
+            TransactWriteItem::builder()
+                .update(update.update_expression(expr).build().map_err(backend)?)
+                .build()
+        };
+        items.push((TxGuard::Batch, batch_item));
+        if create {
+            let mut counter = HashMap::from([
+                (schema::PK.to_string(), s(TableSchema::batch_pk(batch.id))),
+                (schema::SK.to_string(), s(TableSchema::BATCH_COUNTER_SK)),
+            ]);
+            counter.insert("type".into(), s("BATCH_COUNTER"));
+            counter.insert("final_count".into(), n(0));
+            items.push((TxGuard::BatchCounter, self.put_new(counter)?));
+        }
+        Ok((items, claimed))
+    }
+
+    /// The items of the claim transaction the batcher sends for `chunk`. Public so the benchmark
+    /// can send exactly these through the bare SDK.
+    pub fn claim_transaction_items(
+        &self,
+        batch: &Batch,
+        owner: &str,
+        chunk: &[Withdrawal],
+        create: bool,
+    ) -> Result<Vec<TransactWriteItem>, StoreError> {
+        let (items, _) = self.claim_items(batch, owner, chunk, create)?;
+        Ok(items.into_iter().map(|(_, item)| item).collect())
+    }
+}
+
+/// What has been read of one pending-index shard: its items in id order, the last id read, and
+/// whether the shard has nothing after it.
+struct ShardRead {
+    pk: String,
+    items: Vec<Withdrawal>,
+    last: Option<WithdrawalId>,
+    exhausted: bool,
+}
+
+impl ShardRead {
+    fn new(pk: String, after: Option<WithdrawalId>) -> Self {
+        Self {
+            pk,
+            items: Vec::new(),
+            last: after,
+            exhausted: false,
+        }
     }
 }
