@@ -235,15 +235,6 @@ where
         due
     }
 
-    /// Whether the provider should be asked about this batch now: once per `stale_after`.
-    fn status_due(&self, b: &Batch) -> bool {
-        let since = [b.accepted_at, b.checked_at, Some(b.updated_at)]
-            .into_iter()
-            .flatten()
-            .max();
-        older_than(since, self.config.stale_after)
-    }
-
     /// Asks the provider about up to `STATUS_CHECKS_PER_RUN` due batches, least recently
     /// asked first.
     async fn status_checks(&self, run: &mut Run, mut due: Vec<Batch>) {
@@ -265,11 +256,10 @@ where
     /// One open batch; `true` when it is due for a status check (done after the claims).
     async fn resume(&self, run: &mut Run, hint: &Batch) -> Result<bool, StoreError> {
         let ccy = hint.currency.code().to_string();
-        match hint.status {
-            BatchStatus::Claiming | BatchStatus::Open => {
-                if hint.lease_alive(now_ms()) {
-                    return Ok(false); // another run is building or sending it
-                }
+        let step = resume_step(hint, now_ms());
+        match step {
+            Resume::Leave => Ok(false),
+            Resume::TakeOver => {
                 let taken = self
                     .store
                     .take_lease(
@@ -294,29 +284,24 @@ where
                 self.resend(run, &batch, &members).await?;
                 Ok(false)
             }
-            BatchStatus::Rejecting => {
+            Resume::RejectMembers => {
                 self.reject_members(run, hint.id).await?;
                 Ok(false)
             }
-            BatchStatus::Accepted => {
-                // Completes a batch whose last callback's run died before closing it.
+            Resume::CloseOrAsk | Resume::CloseOrAskFlagged => {
+                // Completes a batch whose last callback's run died before closing it, or whose
+                // members operators' rejects and late callbacks made final.
                 if self.store.complete_if_final(hint.id).await? {
                     return Ok(false);
                 }
-                Ok(self.status_due(hint))
-            }
-            BatchStatus::NeedsOperator => {
-                // Operators' rejects and late callbacks may have made every member final.
-                if self.store.complete_if_final(hint.id).await? {
-                    return Ok(false);
+                if step == Resume::CloseOrAskFlagged {
+                    tracing::error!(batch_id = %hint.id, attempts = hint.attempts, last_error = ?hint.last_error, "batch needs an operator");
+                    run.counts(&ccy).flagged += 1;
                 }
-                tracing::error!(batch_id = %hint.id, attempts = hint.attempts, last_error = ?hint.last_error, "batch needs an operator");
-                run.counts(&ccy).flagged += 1;
-                // What the provider says of it still applies (never a send): lost callbacks
-                // must not leave it waiting for a person who cannot act.
-                Ok(self.status_due(hint))
+                // A flagged batch too: what the provider says of it still applies (never a
+                // send), so lost callbacks never leave it waiting for a person who cannot act.
+                Ok(status_due(hint, self.config.stale_after, Utc::now()))
             }
-            BatchStatus::Rejected | BatchStatus::Completed => Ok(false),
         }
     }
 
@@ -792,6 +777,45 @@ where
     }
 }
 
+/// What a run does with an open batch it finds at its start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resume {
+    /// Another run is building or sending it, or nothing is left to do.
+    Leave,
+    /// The run that held it died (its lease ran out): take it over, then send what it claimed,
+    /// or ask the provider before any re-send.
+    TakeOver,
+    /// The provider definitely refused it: reject its members (and return their funds).
+    RejectMembers,
+    /// Waiting on the provider: close it if every member is final, else ask the provider once
+    /// the status check is due.
+    CloseOrAsk,
+    /// As `CloseOrAsk`, and counted as waiting for an operator.
+    CloseOrAskFlagged,
+}
+
+fn resume_step(b: &Batch, now_ms: i64) -> Resume {
+    match b.status {
+        BatchStatus::Claiming | BatchStatus::Open if b.lease_alive(now_ms) => Resume::Leave,
+        BatchStatus::Claiming | BatchStatus::Open => Resume::TakeOver,
+        BatchStatus::Rejecting => Resume::RejectMembers,
+        BatchStatus::Accepted => Resume::CloseOrAsk,
+        BatchStatus::NeedsOperator => Resume::CloseOrAskFlagged,
+        BatchStatus::Rejected | BatchStatus::Completed => Resume::Leave,
+    }
+}
+
+/// Whether the provider should be asked about `b` at `now`: once per `stale_after` since it was
+/// accepted, last asked or last changed, whichever came last.
+fn status_due(b: &Batch, stale_after: Duration, now: chrono::DateTime<Utc>) -> bool {
+    let since = [b.accepted_at, b.checked_at, Some(b.updated_at)]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(b.updated_at);
+    now - since > chrono::Duration::from_std(stale_after).unwrap_or_default()
+}
+
 fn older_than(t: Option<chrono::DateTime<Utc>>, age: Duration) -> bool {
     t.is_some_and(|t| Utc::now() - t > chrono::Duration::from_std(age).unwrap_or_default())
 }
@@ -869,5 +893,92 @@ mod tests {
         // cargo lambda watch without --timeout: a constant deadline long past.
         assert_eq!(run_budget(600_000, 1_795_953_600_000, fallback), fallback);
         assert_eq!(run_budget(10_000, 10_000, fallback), fallback);
+    }
+
+    fn batch(status: BatchStatus, lease_until_ms: i64) -> Batch {
+        let usd = crate::domain::Currencies::default()
+            .get("USD")
+            .unwrap()
+            .clone();
+        Batch {
+            status,
+            ..Batch::claiming(usd, "run_a", lease_until_ms)
+        }
+    }
+
+    #[test]
+    fn what_a_run_does_with_each_open_batch_it_finds() {
+        use BatchStatus::*;
+        let now = 1_000_000;
+        let (held, expired) = (now + 1, now);
+        let cases = [
+            (Claiming, held, Resume::Leave),
+            (Claiming, expired, Resume::TakeOver),
+            (Open, held, Resume::Leave),
+            (Open, expired, Resume::TakeOver),
+            // Leases only matter while a run builds or sends a batch.
+            (Rejecting, held, Resume::RejectMembers),
+            (Rejecting, expired, Resume::RejectMembers),
+            (Accepted, held, Resume::CloseOrAsk),
+            (Accepted, expired, Resume::CloseOrAsk),
+            (NeedsOperator, held, Resume::CloseOrAskFlagged),
+            (NeedsOperator, expired, Resume::CloseOrAskFlagged),
+            (Rejected, expired, Resume::Leave),
+            (Completed, expired, Resume::Leave),
+        ];
+        for (status, lease_until, step) in cases {
+            assert_eq!(
+                resume_step(&batch(status, lease_until), now),
+                step,
+                "{status:?}, lease until {lease_until}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_batch_is_asked_about_once_per_stale_after_since_its_last_news() {
+        let now = Utc::now();
+        let ago = |mins: i64| Some(now - chrono::Duration::minutes(mins));
+        let hour = Duration::from_secs(3600);
+        // (accepted, last asked, last changed, stale_after, due)
+        let cases = [
+            (ago(61), None, ago(61), hour, true),
+            (ago(59), None, ago(59), hour, false),
+            // Asked recently: not again before another stale_after.
+            (ago(300), ago(10), ago(300), hour, false),
+            (ago(300), ago(61), ago(300), hour, true),
+            // Changed recently (a callback, an operator): the latest news counts.
+            (ago(300), ago(120), ago(5), hour, false),
+            // stale_after 0 (tests, `BATCH_STALE_AFTER_SECS=0`): every run.
+            (ago(1), None, ago(1), Duration::ZERO, true),
+        ];
+        for (i, (accepted, checked, updated, stale_after, due)) in cases.into_iter().enumerate() {
+            let mut b = batch(BatchStatus::Accepted, 0);
+            b.accepted_at = accepted;
+            b.checked_at = checked;
+            b.updated_at = updated.unwrap();
+            assert_eq!(status_due(&b, stale_after, now), due, "case {i}");
+        }
+    }
+
+    #[test]
+    fn a_currency_claimed_side_by_side_keeps_the_counts_the_run_had_for_it() {
+        let mut run = Run {
+            owner: "run_a".into(),
+            deadline: Instant::now() + Duration::from_secs(60),
+            summary: RunSummary::default(),
+        };
+        run.counts("USD").flagged = 1;
+        run.counts("EUR").resent = 2;
+        let mut usd = run.part("USD");
+        usd.counts("USD").claimed = 500;
+        usd.failed(Some("USD"), None, &StoreError::Backend("boom".into()));
+        usd.summary.stopped_early = true;
+        run.merge(usd);
+        let usd = &run.summary.currencies["USD"];
+        assert_eq!((usd.flagged, usd.claimed, usd.errors), (1, 500, 1));
+        assert_eq!(run.summary.currencies["EUR"].resent, 2);
+        assert_eq!(run.summary.errors.len(), 1);
+        assert!(run.summary.stopped_early);
     }
 }
