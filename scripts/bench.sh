@@ -2,7 +2,8 @@
 # Benchmarks (not tests): DynamoDB round trips per lifecycle step, handler overhead, batching
 # 10,000 pending, events out (moto's EventBridge), and the release binaries. Starts DynamoDB Local on a free port, builds in
 # release, prints one report (also written to target/bench-report.md).
-#   BENCH_N (10000), BENCH_SAMPLES (400); --no-arm64 skips `cargo lambda build --release --arm64`.
+#   BENCH_N (10000), BENCH_SAMPLES (400), BENCH_ONLY=batching|events (one section alone);
+#   --no-arm64 skips `cargo lambda build --release --arm64`.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -24,4 +25,5 @@ ensure_moto
 moto_port="$(free_port)"
 start_moto "$moto_port" "$LOCAL_DIR/moto-bench.log"
 trap 'stop_group "$DDB_PID" "$MOTO_PID"' EXIT
-DYNAMODB_ENDPOINT="http://127.0.0.1:$port" MOTO_ENDPOINT="http://127.0.0.1:$moto_port" ./target/release/bench
+DYNAMODB_ENDPOINT="http://127.0.0.1:$port" MOTO_ENDPOINT="http://127.0.0.1:$moto_port" \
+  SECRETS_ENDPOINT="http://127.0.0.1:$moto_port" ./target/release/bench

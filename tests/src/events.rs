@@ -22,7 +22,9 @@ pub fn moto_endpoint() -> String {
     )
 }
 
-fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+/// Dummy credentials and region for an emulator at `endpoint` (moto's server, DynamoDB Local's
+/// stream API).
+pub fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
     aws_config::SdkConfig::builder()
         .behavior_version(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
@@ -58,8 +60,7 @@ impl Received {
 
 pub struct EventsEnv {
     pub bus_name: String,
-    queue_url: String,
-    sqs: aws_sdk_sqs::Client,
+    subscriber: Subscriber,
     relay: tokio::sync::Mutex<Relay>,
     publisher: Arc<Publisher>,
     received: Mutex<Vec<Received>>,
@@ -94,57 +95,7 @@ impl EventsEnv {
             .await
             .expect("enable the stream");
         let name = env.store.table_name().replace('_', "-");
-        let admin = aws_sdk_eventbridge::Client::new(&sdk_config(&moto_endpoint()));
-        let sqs = aws_sdk_sqs::Client::new(&sdk_config(&moto_endpoint()));
-        admin
-            .create_event_bus()
-            .name(&name)
-            .send()
-            .await
-            .expect("create bus");
-        let queue_url = sqs
-            .create_queue()
-            .queue_name(&name)
-            .send()
-            .await
-            .expect("create queue")
-            .queue_url()
-            .expect("queue url")
-            .to_string();
-        let queue_arn = sqs
-            .get_queue_attributes()
-            .queue_url(&queue_url)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .expect("queue attributes")
-            .attributes()
-            .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
-            .expect("queue arn")
-            .clone();
-        // How a consumer subscribes (README): a rule on the bus matching the pipeline's source.
-        admin
-            .put_rule()
-            .name("all-pipeline-events")
-            .event_bus_name(&name)
-            .event_pattern(serde_json::json!({"source": [shared::events::SOURCE]}).to_string())
-            .send()
-            .await
-            .expect("put rule");
-        admin
-            .put_targets()
-            .rule("all-pipeline-events")
-            .event_bus_name(&name)
-            .targets(
-                aws_sdk_eventbridge::types::Target::builder()
-                    .id("queue")
-                    .arn(queue_arn)
-                    .build()
-                    .unwrap(),
-            )
-            .send()
-            .await
-            .expect("put targets");
+        let subscriber = Subscriber::create(&moto_endpoint(), &name).await;
         let bus = EventBridgeBus::new(eventbridge_client(EVENTS_FN), &name);
         let publisher = Arc::new(Publisher::new(wrap(bus), env.currencies.clone()));
         let streams = aws_sdk_dynamodbstreams::Client::new(&sdk_config(&crate::endpoint()));
@@ -153,8 +104,7 @@ impl EventsEnv {
             .expect("the table has a stream");
         Self {
             bus_name: name,
-            queue_url,
-            sqs,
+            subscriber,
             relay: tokio::sync::Mutex::new(relay),
             publisher,
             received: Mutex::default(),
@@ -180,6 +130,79 @@ impl EventsEnv {
 
     /// Every event the subscriber's queue has received so far, in arrival order.
     pub async fn received(&self) -> Vec<Received> {
+        let new = self.subscriber.drain().await;
+        let mut received = self.received.lock().unwrap();
+        received.extend(new);
+        received.clone()
+    }
+}
+
+/// A consumer subscribed as the README says: a bus in moto's server, a rule on it matching the
+/// pipeline's source, and the SQS queue the rule feeds.
+pub struct Subscriber {
+    queue_url: String,
+    sqs: aws_sdk_sqs::Client,
+}
+
+impl Subscriber {
+    /// Creates the bus `name`, its rule and a queue of the same name, on moto at `endpoint`.
+    pub async fn create(endpoint: &str, name: &str) -> Self {
+        let admin = aws_sdk_eventbridge::Client::new(&sdk_config(endpoint));
+        let sqs = aws_sdk_sqs::Client::new(&sdk_config(endpoint));
+        admin
+            .create_event_bus()
+            .name(name)
+            .send()
+            .await
+            .expect("create bus");
+        let queue_url = sqs
+            .create_queue()
+            .queue_name(name)
+            .send()
+            .await
+            .expect("create queue")
+            .queue_url()
+            .expect("queue url")
+            .to_string();
+        let queue_arn = sqs
+            .get_queue_attributes()
+            .queue_url(&queue_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .expect("queue attributes")
+            .attributes()
+            .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
+            .expect("queue arn")
+            .clone();
+        admin
+            .put_rule()
+            .name("all-pipeline-events")
+            .event_bus_name(name)
+            .event_pattern(serde_json::json!({"source": [shared::events::SOURCE]}).to_string())
+            .send()
+            .await
+            .expect("put rule");
+        admin
+            .put_targets()
+            .rule("all-pipeline-events")
+            .event_bus_name(name)
+            .targets(
+                aws_sdk_eventbridge::types::Target::builder()
+                    .id("queue")
+                    .arn(queue_arn)
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .expect("put targets");
+        Self { queue_url, sqs }
+    }
+
+    /// What the queue holds now, in arrival order; each message is deleted once read.
+    pub async fn drain(&self) -> Vec<Received> {
+        let mut received = Vec::new();
         loop {
             let out = self
                 .sqs
@@ -191,7 +214,7 @@ impl EventsEnv {
                 .expect("receive");
             let messages = out.messages();
             if messages.is_empty() {
-                break;
+                return received;
             }
             for m in messages {
                 let body: Value = serde_json::from_str(m.body().unwrap_or("{}")).expect("json");
@@ -199,7 +222,7 @@ impl EventsEnv {
                     Value::String(s) => serde_json::from_str(s).expect("detail json"),
                     d => d.clone(),
                 };
-                self.received.lock().unwrap().push(Received {
+                received.push(Received {
                     detail_type: body["detail-type"].as_str().unwrap_or_default().into(),
                     source: body["source"].as_str().unwrap_or_default().into(),
                     detail,
@@ -213,7 +236,6 @@ impl EventsEnv {
                     .expect("delete");
             }
         }
-        self.received.lock().unwrap().clone()
     }
 }
 

@@ -138,6 +138,79 @@ pub fn credit_record(
     )
 }
 
+/// A new table of its own on DynamoDB Local. Without the stream unless asked: on DynamoDB Local a
+/// stream slows every write, and only the events tests and the bench's events section read it.
+pub async fn fresh_table(
+    client: aws_sdk_dynamodb::Client,
+    currencies: &Currencies,
+    stream: bool,
+) -> Arc<DynamoStore> {
+    let store = DynamoStore::new(
+        client,
+        format!("t_{}", ulid::Ulid::new()),
+        currencies.clone(),
+    );
+    let created = if stream {
+        store.create_table().await
+    } else {
+        store.create_table_without_stream().await
+    };
+    assert!(created.expect("create table"));
+    Arc::new(store)
+}
+
+/// `n` pending withdrawals of `amount` written through `store`, by users of `per_user` each,
+/// every user funded for exactly its withdrawals; 8 requests in flight.
+#[allow(clippy::too_many_arguments)]
+pub async fn seed_pending(
+    store: &Arc<DynamoStore>,
+    currencies: &Currencies,
+    prefix: &str,
+    currency: &str,
+    amount: &str,
+    n: usize,
+    per_user: usize,
+    account: &str,
+) -> Vec<shared::domain::Withdrawal> {
+    use futures::stream::{self, StreamExt};
+    use shared::domain::{BankAccount, Withdrawal};
+    let c = currencies.get(currency).unwrap().clone();
+    let amt = Amount::parse(amount, &c).unwrap();
+    let users: Vec<String> = (0..n.div_ceil(per_user))
+        .map(|i| format!("{prefix}-{i}"))
+        .collect();
+    for u in &users {
+        let total = amt.value() * rust_decimal::Decimal::from(per_user as u64);
+        let reference = format!("seed-{}", ulid::Ulid::new());
+        store
+            .credit(&credit_record(&c, u, &total.to_string(), &reference))
+            .await
+            .expect("credit");
+    }
+    let account = BankAccount::parse(account).unwrap();
+    stream::iter(0..n)
+        .map(|i| {
+            let w = Withdrawal::new(
+                UserId::parse(&users[i / per_user]).unwrap(),
+                c.clone(),
+                amt,
+                account.clone(),
+                chrono::Utc::now(),
+            );
+            let store = store.clone();
+            async move {
+                store
+                    .request_withdrawal(&w, None, u32::MAX)
+                    .await
+                    .expect("seed");
+                w
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await
+}
+
 pub struct TestEnv {
     pub store: Arc<DynamoStore>,
     pub app: App,
@@ -156,17 +229,8 @@ impl TestEnv {
 
     /// With `currencies` configured as `CURRENCIES` would (daily limits, other bounds).
     pub async fn with_config(max_open: u32, currencies: Currencies) -> Self {
-        let table = format!("t_{}", ulid::Ulid::new());
-        let store = Arc::new(DynamoStore::new(
-            client_for(&endpoint()),
-            table,
-            currencies.clone(),
-        ));
         // Without the stream: only the events tests read it ([`events::EventsEnv`] makes its own).
-        assert!(store
-            .create_table_without_stream()
-            .await
-            .expect("create table"));
+        let store = fresh_table(client_for(&endpoint()), &currencies, false).await;
         let mut env = Self {
             app: App::new(
                 WithdrawalService::new(store.clone(), currencies.clone(), max_open),
@@ -404,7 +468,7 @@ impl From<Response<Body>> for TestResponse {
 
 use sandbox_provider::{Sandbox, SandboxConfig};
 use shared::batcher::{Batcher, BatcherConfig};
-use shared::domain::{BankAccount, Withdrawal};
+use shared::domain::Withdrawal;
 use shared::provider::HttpProvider;
 use shared::signature::WebhookSecret;
 use std::time::Duration;
@@ -552,39 +616,17 @@ impl PayoutEnv {
         n: usize,
         account: &str,
     ) -> Vec<Withdrawal> {
-        use futures::stream::{self, StreamExt};
-        let c = self.env.currencies.get(currency).unwrap().clone();
-        let amt = Amount::parse(amount, &c).unwrap();
-        let users: Vec<String> = (0..n.div_ceil(10))
-            .map(|i| format!("{prefix}-{i}"))
-            .collect();
-        for u in &users {
-            let total = amt.value() * rust_decimal::Decimal::from(10);
-            self.env.credit(u, currency, &total.to_string()).await;
-        }
-        let account = BankAccount::parse(account).unwrap();
-        let store = store.clone();
-        stream::iter(0..n)
-            .map(|i| {
-                let w = Withdrawal::new(
-                    UserId::parse(&users[i / 10]).unwrap(),
-                    c.clone(),
-                    amt,
-                    account.clone(),
-                    chrono::Utc::now(),
-                );
-                let store = store.clone();
-                async move {
-                    store
-                        .request_withdrawal(&w, None, u32::MAX)
-                        .await
-                        .expect("seed");
-                    w
-                }
-            })
-            .buffer_unordered(8)
-            .collect()
-            .await
+        seed_pending(
+            store,
+            &self.env.currencies,
+            prefix,
+            currency,
+            amount,
+            n,
+            10,
+            account,
+        )
+        .await
     }
 
     pub async fn reload(&self, w: &Withdrawal) -> Withdrawal {

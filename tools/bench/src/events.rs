@@ -5,6 +5,7 @@
 
 use aws_lambda_events::event::dynamodb::Event as StreamEvent;
 use event_publisher::{App as Publisher, EventBridgeBus};
+use integration_tests::events::{sdk_config, Subscriber};
 use shared::domain::{Currencies, UserId};
 use shared::events::{EventBus, PipelineEvent};
 use shared::store::DynamoStore;
@@ -52,17 +53,6 @@ impl EventBus for Timed {
         }
         Ok(taken)
     }
-}
-
-fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
-    aws_config::SdkConfig::builder()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sqs::config::SharedCredentialsProvider::new(
-            aws_sdk_sqs::config::Credentials::new("local", "local", None, None, "bench"),
-        ))
-        .endpoint_url(endpoint)
-        .build()
 }
 
 /// What one run through the relay measured.
@@ -114,42 +104,8 @@ async fn run(
     in_process: bool,
 ) -> Run {
     let name = store.table_name().replace('_', "-");
+    let subscriber = Subscriber::create(moto, &name).await;
     let events = aws_sdk_eventbridge::Client::new(&sdk_config(moto));
-    let sqs = aws_sdk_sqs::Client::new(&sdk_config(moto));
-    events.create_event_bus().name(&name).send().await.unwrap();
-    let queue = sqs.create_queue().queue_name(&name).send().await.unwrap();
-    let queue_url = queue.queue_url().unwrap().to_string();
-    let arn_attr = aws_sdk_sqs::types::QueueAttributeName::QueueArn;
-    let attrs = sqs
-        .get_queue_attributes()
-        .queue_url(&queue_url)
-        .attribute_names(arn_attr.clone())
-        .send()
-        .await
-        .unwrap();
-    let queue_arn = attrs.attributes().unwrap()[&arn_attr].clone();
-    events
-        .put_rule()
-        .name("all")
-        .event_bus_name(&name)
-        .event_pattern(serde_json::json!({"source": [shared::events::SOURCE]}).to_string())
-        .send()
-        .await
-        .unwrap();
-    events
-        .put_targets()
-        .rule("all")
-        .event_bus_name(&name)
-        .targets(
-            aws_sdk_eventbridge::types::Target::builder()
-                .id("q")
-                .arn(queue_arn)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
     let put_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let inner: Box<dyn EventBus> = if in_process {
         Box::new(AcceptAll)
@@ -218,11 +174,7 @@ async fn run(
     for i in 0..users {
         let user = format!("ev-{i}");
         store
-            .credit(&super::credit(
-                &user,
-                &usd,
-                shared::domain::Amount::parse("100", &usd).unwrap(),
-            ))
+            .credit(&super::credit(&user, &usd, "100"))
             .await
             .unwrap();
         changes += 1;
@@ -251,28 +203,7 @@ async fn run(
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let records = relay_task.await.unwrap();
-    let mut received = 0u64;
-    loop {
-        let out = sqs
-            .receive_message()
-            .queue_url(&queue_url)
-            .max_number_of_messages(10)
-            .send()
-            .await
-            .unwrap();
-        if out.messages().is_empty() {
-            break;
-        }
-        for m in out.messages() {
-            received += 1;
-            sqs.delete_message()
-                .queue_url(&queue_url)
-                .receipt_handle(m.receipt_handle().unwrap())
-                .send()
-                .await
-                .unwrap();
-        }
-    }
+    let received = subscriber.drain().await.len() as u64;
     let calls = *bus.calls.lock().unwrap();
     let at = put_at.lock().unwrap();
     let latency_ms: Vec<f64> = committed

@@ -6,15 +6,15 @@
 
 mod events;
 
-use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
-use futures::stream::{self, StreamExt};
+use integration_tests::{
+    counting_client, credit_record, fresh_table, seed_pending, withdrawal_body, Event, IBAN,
+};
 use lambda_http::Body;
-use rust_decimal::Decimal;
 use sandbox_provider::{Sandbox, SandboxConfig};
 use shared::auth::Authenticator;
 use shared::batcher::{Batcher, BatcherConfig};
 use shared::domain::{
-    Amount, BankAccount, CreditReference, Currencies, Currency, IdempotencyKey, UserId, Withdrawal,
+    Amount, BankAccount, Currencies, Currency, IdempotencyKey, UserId, Withdrawal,
 };
 use shared::provider::HttpProvider;
 use shared::signature::WebhookSecret;
@@ -25,96 +25,59 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const IBAN: &str = "DE89370400440532013000";
 const SECRET: &str = "whsec_bench_0123456789abcdef";
 
 /// Counts DynamoDB requests per operation (every HTTP attempt, retries included): the same
 /// interceptor that records the functions' calls for the IAM check.
 type Counter = shared::calls::CallRecorder;
 
-fn client(endpoint: &str, counter: &Counter) -> aws_sdk_dynamodb::Client {
-    let conf = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("local", "local", None, None, "bench"))
-        .endpoint_url(endpoint)
-        .interceptor(counter.clone())
-        .build();
-    aws_sdk_dynamodb::Client::from_conf(conf)
-}
-
+/// A fresh table, its client counting requests. The helpers (tables, events, credits, seeding)
+/// are the integration tests' own (`tests/src/lib.rs`).
 struct Env {
     store: Arc<DynamoStore>,
     counter: Counter,
     currencies: Currencies,
 }
 
-async fn env(endpoint: &str) -> Env {
-    env_with(endpoint, false).await
+async fn env() -> Env {
+    env_with(false).await
 }
 
-/// A fresh table; `stream` as deployed (only the events section reads it: on DynamoDB Local a
-/// stream slows every write, which would skew the other sections against earlier runs).
-async fn env_with(endpoint: &str, stream: bool) -> Env {
+/// `stream` as deployed (only the events section reads it: on DynamoDB Local a stream slows
+/// every write, which would skew the other sections against earlier runs).
+async fn env_with(stream: bool) -> Env {
     let counter = Counter::counting();
     let currencies = Currencies::default();
-    let store = DynamoStore::new(
-        client(endpoint, &counter),
-        format!("bench_{}", ulid::Ulid::new()),
-        currencies.clone(),
-    );
-    if stream {
-        store.create_table().await.expect("create table");
-    } else {
-        store
-            .create_table_without_stream()
-            .await
-            .expect("create table");
-    }
+    let store = fresh_table(counting_client(&counter), &currencies, stream).await;
     counter.take_counts();
     Env {
-        store: Arc::new(store),
+        store,
         counter,
         currencies,
     }
 }
 
+/// A user's request as API Gateway delivers it; every create carries a key of its own (keys
+/// are required), so each one is a new withdrawal.
 fn event(method: &str, path: &str, user: &str, body: Option<String>) -> lambda_http::Request {
-    let mut v = serde_json::json!({
-        "version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": "",
-        "headers": {"content-type": "application/json"},
-        "requestContext": {
-            "accountId": "1", "apiId": "bench", "domainName": "bench", "domainPrefix": "bench",
-            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": "bench"},
-            "requestId": "bench", "routeKey": "$default", "stage": "$default", "time": "29/Nov/2026:12:00:00 +0000", "timeEpoch": 0,
-            "authorizer": {"jwt": {"claims": {"sub": user}, "scopes": null}}
-        },
-        "isBase64Encoded": false
-    });
+    let mut e = Event::new(method, path).user(user);
     if let Some(b) = body {
-        v["body"] = serde_json::Value::String(b);
+        e = e.body(b);
     }
     if method == "POST" {
-        // Every create carries its own key (required), so each one is a new withdrawal.
-        v["headers"]["idempotency-key"] =
-            serde_json::Value::String(format!("bench-{}", ulid::Ulid::new()));
+        e = e.fresh_key();
     }
-    lambda_http::request::from_str(&v.to_string()).expect("event")
+    e.build()
 }
 
 /// A credit under a reference of its own (each call funds anew).
-fn credit(user: &str, currency: &Currency, amount: Amount) -> CreditRecord {
-    CreditRecord::new(
-        CreditReference::parse(&format!("bench-{}", ulid::Ulid::new())).unwrap(),
-        UserId::parse(user).unwrap(),
-        currency.clone(),
+fn credit(user: &str, currency: &Currency, amount: &str) -> CreditRecord {
+    credit_record(
+        currency,
+        user,
         amount,
-        "operator",
+        &format!("bench-{}", ulid::Ulid::new()),
     )
-}
-
-fn body(currency: &str, amount: &str) -> String {
-    serde_json::json!({"currency": currency, "amount": amount, "bank_account": IBAN}).to_string()
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -150,10 +113,7 @@ async fn main() {
 
     if std::env::var("BENCH_ONLY").as_deref() == Ok("events") {
         let moto = std::env::var("MOTO_ENDPOINT").expect("MOTO_ENDPOINT");
-        let (a, b) = (
-            env_with(&endpoint, true).await,
-            env_with(&endpoint, true).await,
-        );
+        let (a, b) = (env_with(true).await, env_with(true).await);
         let tables = [(a.store, a.currencies), (b.store, b.currencies)];
         println!("{}", events::report(tables, &endpoint, &moto, 60).await);
         return;
@@ -163,7 +123,7 @@ async fn main() {
     let only_batching = std::env::var("BENCH_ONLY").as_deref() == Ok("batching");
     if !only_batching {
         // 1. Round trips per lifecycle step -------------------------------------------------------
-        let e = env(&endpoint).await;
+        let e = env().await;
         let sandbox = Sandbox::new(SandboxConfig::new(
             "bench-key",
             WebhookSecret::new(SECRET).unwrap(),
@@ -182,15 +142,17 @@ async fn main() {
             Authenticator::ApiGatewayJwt,
         );
         let usd = e.currencies.get("USD").unwrap().clone();
-        e.store
-            .credit(&credit("rt", &usd, Amount::parse("100000", &usd).unwrap()))
-            .await
-            .unwrap();
+        e.store.credit(&credit("rt", &usd, "100000")).await.unwrap();
         e.counter.take_counts();
         let mut rows: Vec<(String, u64, u64, String)> = Vec::new();
 
         let r = app
-            .handle(event("POST", "/withdrawals", "rt", Some(body("USD", "10"))))
+            .handle(event(
+                "POST",
+                "/withdrawals",
+                "rt",
+                Some(withdrawal_body("USD", "10")),
+            ))
             .await;
         assert_eq!(r.status(), 201);
         let (req, tx) = ops(&e.counter.take_counts());
@@ -202,7 +164,12 @@ async fn main() {
         ));
         // A client's retry with its Idempotency-Key: answered from the cancellation reason.
         let keyed = || {
-            let mut req = event("POST", "/withdrawals", "rt", Some(body("USD", "10")));
+            let mut req = event(
+                "POST",
+                "/withdrawals",
+                "rt",
+                Some(withdrawal_body("USD", "10")),
+            );
             req.headers_mut().insert(
                 "idempotency-key",
                 lambda_http::http::HeaderValue::from_static("bench-replay"),
@@ -319,17 +286,14 @@ async fn main() {
         out.push_str("\nWebhook steps read the batch's partition once (the member entry carries owner, amount and limit day; the counters say how many members are final) and write one transaction for the state the event expects; the member that reads itself last also closes the batch.\n\n");
 
         // 2. Handler overhead vs the bare SDK call, interleaved ---------------------------------
-        let e2 = env(&endpoint).await;
+        let e2 = env().await;
         let app2 = withdrawal_request::App::new(
             WithdrawalService::new(e2.store.clone(), e2.currencies.clone(), u32::MAX),
             Authenticator::ApiGatewayJwt,
         );
         let usd = e2.currencies.get("USD").unwrap().clone();
         for u in ["h", "r"] {
-            e2.store
-                .credit(&credit(u, &usd, Amount::parse("1000000", &usd).unwrap()))
-                .await
-                .unwrap();
+            e2.store.credit(&credit(u, &usd, "1000000")).await.unwrap();
         }
         let (mut handler_ms, mut raw_ms) = (Vec::new(), Vec::new());
         for i in 0..samples + 20 {
@@ -339,7 +303,7 @@ async fn main() {
                     "POST",
                     "/withdrawals",
                     "h",
-                    Some(body("USD", "1.00")),
+                    Some(withdrawal_body("USD", "1.00")),
                 ))
                 .await;
             let h = t.elapsed().as_secs_f64() * 1000.0;
@@ -386,7 +350,7 @@ async fn main() {
     }
 
     // 3 + 4. Provider calls and batcher throughput for a large backlog ----------------------
-    let e3 = env(&endpoint).await;
+    let e3 = env().await;
     let sandbox3 = Sandbox::new(SandboxConfig::new(
         "bench-key",
         WebhookSecret::new(SECRET).unwrap(),
@@ -422,7 +386,7 @@ async fn main() {
     let seed_secs = seeding.elapsed().as_secs_f64();
     // Raw before and after the batcher's run, averaged: DynamoDB Local warms up (and slows as
     // tables pile up) over a bench run, so neither side gets the better half alone.
-    let raw_before = raw_claim_secs(&endpoint, per).await;
+    let raw_before = raw_claim_secs(per).await;
     e3.counter.take_counts();
     let batcher3 = Batcher::new(
         e3.store.clone(),
@@ -450,7 +414,7 @@ async fn main() {
         if secs < 100.0 { "yes" } else { "no — continues in the next run" },
     ));
 
-    let raw_after = raw_claim_secs(&endpoint, per).await;
+    let raw_after = raw_claim_secs(per).await;
     let raw_secs = (raw_before + raw_after) / 2.0;
     out.push_str(&format!(
         "| the same claim transactions, bare SDK calls (one in flight per currency, as the batcher; mean of a run before and one after: {raw_before:.1} s, {raw_after:.1} s) | {raw_secs:.1} s = {:.0} withdrawals/s |\n| batcher ÷ raw | **{:.2}** (target ≥ 0.8) |\n\n",
@@ -462,7 +426,7 @@ async fn main() {
         // 5. Events out --------------------------------------------------------------------------
         match std::env::var("MOTO_ENDPOINT") {
         Ok(moto) => {
-            let (a, b) = (env_with(&endpoint, true).await, env_with(&endpoint, true).await);
+            let (a, b) = (env_with(true).await, env_with(true).await);
             let tables = [(a.store, a.currencies), (b.store, b.currencies)];
             out.push_str(&events::report(tables, &endpoint, &moto, 200).await);
         }
@@ -484,6 +448,7 @@ fn provider_event(id: &str, kind: &str, w: &Withdrawal) -> String {
     .to_string()
 }
 
+/// `n` pending withdrawals of the currency's minimum, by users of 100 each.
 async fn seed(
     store: &Arc<DynamoStore>,
     currencies: &Currencies,
@@ -491,32 +456,9 @@ async fn seed(
     n: usize,
     prefix: &str,
 ) {
-    let c = currencies.get(ccy).unwrap().clone();
-    let amount = Amount::new(c.min_withdrawal(), &c).unwrap();
-    let users = n.div_ceil(100);
-    for u in 0..users {
-        let total = Amount::new(c.min_withdrawal() * Decimal::from(100), &c).unwrap();
-        store
-            .credit(&credit(&format!("{prefix}-{u}"), &c, total))
-            .await
-            .unwrap();
-    }
-    let account = BankAccount::parse(IBAN).unwrap();
-    stream::iter(0..n)
-        .for_each_concurrent(8, |i| {
-            let store = store.clone();
-            let w = Withdrawal::new(
-                UserId::parse(&format!("{prefix}-{}", i / 100)).unwrap(),
-                c.clone(),
-                amount,
-                account.clone(),
-                chrono::Utc::now(),
-            );
-            async move {
-                store.request_withdrawal(&w, None, u32::MAX).await.unwrap();
-            }
-        })
-        .await;
+    let c = currencies.get(ccy).unwrap();
+    let amount = Amount::new(c.min_withdrawal(), c).unwrap().to_string();
+    seed_pending(store, currencies, prefix, ccy, &amount, n, 100, IBAN).await;
 }
 
 /// Seconds the batcher's own claim transactions take bare: a table seeded alike, the same
@@ -524,8 +466,8 @@ async fn seed(
 /// as the batcher sends them: one in flight per currency, the currencies side by side. What the
 /// batcher adds on top (index reads, batch bookkeeping, provider calls) is what batcher ÷ raw
 /// measures.
-async fn raw_claim_secs(endpoint: &str, per: [(&str, usize); 3]) -> f64 {
-    let e4 = env(endpoint).await;
+async fn raw_claim_secs(per: [(&str, usize); 3]) -> f64 {
+    let e4 = env().await;
     for (ccy, count) in per {
         seed(&e4.store, &e4.currencies, ccy, count, &format!("raw-{ccy}")).await;
     }
@@ -579,6 +521,7 @@ fn mem_gib() -> u64 {
 /// process start to the first "next invocation" request against a stub Runtime API, median of
 /// 20 starts of the host's release build of the same code.
 async fn binaries() -> String {
+    let deployed = deployed_env().await;
     let mut s = String::from("### Release binaries\n\n| function | arm64 bootstrap | start → ready for the first event (median of 20, host build) |\n|---|---:|---:|\n");
     for f in [
         "withdrawal-request",
@@ -589,9 +532,9 @@ async fn binaries() -> String {
         let size = std::fs::metadata(format!("target/lambda/{f}/bootstrap"))
             .map(|m| format!("{:.2} MB", m.len() as f64 / 1_000_000.0))
             .unwrap_or_else(|_| "not built (`cargo lambda build --release --arm64`)".into());
-        let start = match startup_median(f).await {
-            Some(ms) => format!("{ms:.1} ms"),
-            None => "not built (`cargo build --release`)".into(),
+        let start = match startup_median(f, &deployed).await {
+            Ok(ms) => format!("{ms:.1} ms"),
+            Err(e) => e,
         };
         s.push_str(&format!("| {f} | {size} | {start} |\n"));
     }
@@ -599,10 +542,48 @@ async fn binaries() -> String {
     s
 }
 
-async fn startup_median(function: &str) -> Option<f64> {
+/// The environment the template gives the functions, pointing at the emulators: a table of its
+/// own (the request function records its shard count there at cold start), the two secrets in
+/// moto's Secrets Manager, a bus. Without it the functions' cold starts fail before they ask
+/// for an event.
+async fn deployed_env() -> Vec<(&'static str, String)> {
+    let table = fresh_table(
+        counting_client(&Counter::counting()),
+        &Currencies::default(),
+        false,
+    )
+    .await;
+    let mut vars = vec![
+        ("TABLE_NAME", table.table_name().to_string()),
+        ("AWS_ENDPOINT_URL_DYNAMODB", integration_tests::endpoint()),
+        (
+            "INTERNAL_CALLERS",
+            integration_tests::DEPOSIT_ROLE.to_string(),
+        ),
+        ("PROVIDER_URL", "http://127.0.0.1:9".to_string()),
+        ("EVENT_BUS_NAME", "bench".to_string()),
+    ];
+    // scripts/bench.sh points SECRETS_ENDPOINT (the tests' helpers read it) at moto too.
+    if let Ok(moto) = std::env::var("SECRETS_ENDPOINT") {
+        let suffix = ulid::Ulid::new();
+        let api_key =
+            integration_tests::put_secret(&format!("bench-api-key-{suffix}"), "bench-key").await;
+        let webhook =
+            integration_tests::put_secret(&format!("bench-webhook-{suffix}"), SECRET).await;
+        vars.extend([
+            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", moto.clone()),
+            ("AWS_ENDPOINT_URL_EVENTBRIDGE", moto),
+            ("PROVIDER_API_KEY_SECRET_ARN", api_key),
+            ("PROVIDER_WEBHOOK_SECRETS_ARN", webhook),
+        ]);
+    }
+    vars
+}
+
+async fn startup_median(function: &str, env: &[(&str, String)]) -> Result<f64, String> {
     let exe = format!("target/release/{function}");
     if !std::path::Path::new(&exe).exists() {
-        return None;
+        return Err("not built (`cargo build --release`)".into());
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
     let router = axum::Router::new().route(
@@ -615,8 +596,10 @@ async fn startup_median(function: &str) -> Option<f64> {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.ok()?;
-    let api = listener.local_addr().ok()?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let api = listener.local_addr().map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
     });
@@ -633,23 +616,22 @@ async fn startup_median(function: &str) -> Option<f64> {
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ACCESS_KEY_ID", "local")
             .env("AWS_SECRET_ACCESS_KEY", "local")
-            .env("TABLE_NAME", "bench-startup")
-            .env("PROVIDER_URL", "http://127.0.0.1:9")
-            .env("PROVIDER_API_KEY", "bench-key")
-            .env("PROVIDER_WEBHOOK_SECRET", SECRET)
-            .env("EVENT_BUS_NAME", "bench")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "error")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .ok()?;
-        let ready = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-            .await
-            .ok()??;
+            .map_err(|e| format!("could not start: {e}"))?;
+        let Ok(Some(ready)) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await else {
+            return Err(match child.try_wait() {
+                Ok(Some(status)) => format!("cold start failed ({status})"),
+                _ => "no request for an event within 10 s".into(),
+            });
+        };
         times.push((ready - started).as_secs_f64() * 1000.0);
         let _ = child.kill().await;
     }
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    Some(times[times.len() / 2])
+    Ok(times[times.len() / 2])
 }
