@@ -808,11 +808,10 @@ fn resume_step(b: &Batch, now_ms: i64) -> Resume {
 /// Whether the provider should be asked about `b` at `now`: once per `stale_after` since it was
 /// accepted, last asked or last changed, whichever came last.
 fn status_due(b: &Batch, stale_after: Duration, now: chrono::DateTime<Utc>) -> bool {
-    let since = [b.accepted_at, b.checked_at, Some(b.updated_at)]
+    let since = [b.accepted_at, b.checked_at]
         .into_iter()
         .flatten()
-        .max()
-        .unwrap_or(b.updated_at);
+        .fold(b.updated_at, std::cmp::max);
     now - since > chrono::Duration::from_std(stale_after).unwrap_or_default()
 }
 

@@ -757,9 +757,10 @@ async fn pending_pages_are_exactly_the_oldest_across_unevenly_filled_shards() {
     p.env.credit("skew", "USD", "1000.00").await;
     let account = BankAccount::parse(ACCOUNTS[0]).unwrap();
     let shards = store.pending_shards();
+    assert!(shards >= 2, "the test needs shards to fill unevenly");
     let mut per_shard = vec![0; shards as usize];
     let mut written = Vec::new();
-    while written.len() < 80 {
+    while written.len() < 65 + 5 * (shards as usize - 1) {
         let w = Withdrawal::new(
             UserId::parse("skew").unwrap(),
             usd.clone(),

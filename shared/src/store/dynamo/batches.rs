@@ -21,7 +21,7 @@ use rust_decimal::Decimal;
 use super::writes::changed;
 use super::DynamoStore;
 
-use super::claims::CLAIM_CHUNK;
+use super::claims::{SortKeys, CLAIM_CHUNK};
 
 impl DynamoStore {
     /// A conditional update of a batch record, returning the record as it now is.
@@ -143,7 +143,11 @@ impl BatchStore for DynamoStore {
 
     async fn open_batches(&self) -> Result<Vec<Result<Batch, StoreError>>, StoreError> {
         Ok(self
-            .index_items(TableSchema::OPEN_BATCHES_PK, usize::MAX, None)
+            .index_items(
+                TableSchema::OPEN_BATCHES_PK,
+                SortKeys::after(None),
+                usize::MAX,
+            )
             .await?
             .iter()
             .map(|i| {
@@ -529,21 +533,9 @@ impl BatchStore for DynamoStore {
         limit: usize,
     ) -> Result<Vec<Batch>, StoreError> {
         // Queued under `<time>#<id>`: the due ones are one key range, oldest first.
-        let out = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(schema::PENDING_INDEX)
-            .key_condition_expression("#pk = :pk AND #sk < :due")
-            .expression_attribute_names("#pk", schema::PENDING_PK)
-            .expression_attribute_names("#sk", schema::PENDING_SK)
-            .expression_attribute_values(":pk", s(TableSchema::RECONCILE_PK))
-            .expression_attribute_values(":due", s(timestamp(&due_before)))
-            .limit(limit as i32)
-            .send()
-            .await
-            .map_err(classify)?;
-        out.items()
+        let due = SortKeys::Before(timestamp(&due_before));
+        self.index_items(TableSchema::RECONCILE_PK, due, limit)
+            .await?
             .iter()
             .map(|i| self.batch_from_item(i))
             .collect()

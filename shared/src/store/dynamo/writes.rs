@@ -291,6 +291,7 @@ impl DynamoStore {
     /// The items of a withdrawal request's single transaction: the balance lock, the withdrawal,
     /// with a key the idempotency record and, when the currency has a daily limit, the day's
     /// counter. Public so the benchmark can send exactly these items through the bare SDK.
+    #[doc(hidden)]
     pub fn request_items(
         &self,
         w: &Withdrawal,
