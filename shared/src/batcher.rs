@@ -8,7 +8,8 @@
 
 pub use crate::config::BatcherConfig;
 use crate::domain::{
-    Batch, BatchId, BatchStatus, Currencies, Member, Transition, WithdrawalStatus,
+    provider_evidence, Batch, BatchId, BatchStatus, Currencies, Member, Transition,
+    WithdrawalStatus,
 };
 use crate::metrics;
 use crate::provider::{
@@ -418,39 +419,27 @@ where
                 self.store.complete_if_final(batch.id).await?;
                 Ok(())
             }
-            StatusOutcome::NotFound if batch.ever_accepted() => {
-                // It accepted this batch before (an operator's retry of an escalated batch):
-                // its 404 contradicts its own word, and the key may be forgotten by now.
-                let reason = format!(
-                    "provider accepted this batch before ({}) and now answers 404: not re-sent",
-                    batch.provider_batch_id.as_deref().unwrap_or("?")
-                );
-                let owner = run.owner.clone();
-                self.escalate(run, batch, BatchStatus::Open, Some(&owner), &reason)
-                    .await
-            }
             StatusOutcome::NotFound => {
-                // Read again after the answer: a callback may have landed meanwhile. A 404
-                // while a member is already final contradicts itself: sending again could pay
-                // twice, so an operator decides.
+                // Read again after the answer: a callback may have landed meanwhile. A 404 for
+                // a batch the provider has shown it holds contradicts its own word, and a member
+                // already final contradicts it too: sending again could pay twice (the key may
+                // be forgotten by now), so an operator decides.
                 let members = self.store.members(batch).await?;
-                if let Some(w) = members.iter().find(|w| {
-                    w.status != WithdrawalStatus::Submitted || w.batch_id != Some(batch.id)
-                }) {
-                    let reason = format!(
-                        "provider answers 404 but member {} is already {}",
-                        w.id, w.status
-                    );
+                let blocked = provider_evidence(batch, &members).or_else(|| {
+                    members
+                        .iter()
+                        .find(|w| {
+                            w.status != WithdrawalStatus::Submitted || w.batch_id != Some(batch.id)
+                        })
+                        .map(|w| format!("member {} is already {}", w.id, w.status))
+                });
+                if let Some(why) = blocked {
+                    let reason = format!("provider answers 404 but {why}: not re-sent");
                     tracing::error!(batch_id = %batch.id, %reason, "not re-sending");
-                    self.escalate(
-                        run,
-                        batch,
-                        BatchStatus::Open,
-                        Some(&run.owner.clone()),
-                        &reason,
-                    )
-                    .await?;
-                    return Ok(());
+                    let owner = run.owner.clone();
+                    return self
+                        .escalate(run, batch, BatchStatus::Open, Some(&owner), &reason)
+                        .await;
                 }
                 run.counts(&ccy).resent += 1;
                 self.send(run, batch, &members).await
@@ -675,6 +664,14 @@ where
             && older_than(hint.accepted_at, self.config.escalate_after);
         match self.provider.batch_status(hint.id).await {
             StatusOutcome::Found(state) => {
+                // The provider's word that it holds the batch is kept before anything is done
+                // on it: a flagged batch found here is never "never recorded" again.
+                if !hint.provider_has_it() {
+                    let by = format!("batcher:{}:status", run.owner);
+                    self.store
+                        .record_found(hint, &state.provider_batch_id, &by)
+                        .await?;
+                }
                 let members = self.store.members(hint).await?;
                 let unresolved = self.apply_status(run, hint, &members, &state).await?;
                 if self.store.complete_if_final(hint.id).await? || unresolved == 0 {

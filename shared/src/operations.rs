@@ -2,7 +2,10 @@
 //! the same transaction as its write, and the provider is asked before money comes back: a
 //! human "I checked with the provider" is never enough.
 
-use crate::domain::{BatchId, BatchStatus, Transition, Withdrawal, WithdrawalId, WithdrawalStatus};
+use crate::domain::{
+    provider_evidence, BatchId, BatchStatus, Transition, Withdrawal, WithdrawalId,
+    WithdrawalStatus, OPERATOR_ACTOR, PROVIDER_STATUS_ACTOR,
+};
 use crate::provider::{ItemStatus, PayoutProvider, StatusOutcome};
 use crate::settlement::{self, Applied, Outcome};
 use crate::store::{BatchStore, DynamoStore, Store, StoreError, TransitionDetails};
@@ -17,7 +20,9 @@ pub enum OperationError {
     Store(#[from] StoreError),
 }
 
-pub const OPERATOR: &str = "operator";
+/// The actor of an operator's own decision (a reject on a 404, a retry): the one actor whose
+/// entries are no evidence of the provider's word (`Withdrawal::provider_answered`).
+pub const OPERATOR: &str = OPERATOR_ACTOR;
 
 /// How long after a batch's last send attempt a 404 from the provider counts as "never
 /// recorded": a provider working through a backlog may still record a request it received
@@ -35,14 +40,6 @@ pub enum RejectGround {
     NeverRecorded { quiet_before: DateTime<Utc> },
     /// The provider reports the item failed: applied as that failure, under the webhook's rules.
     FailedAtProvider { reason: String },
-}
-
-/// Whether the provider's word (a callback, or its status endpoint) moved this withdrawal out of
-/// SUBMITTED: anyone's but an operator's.
-fn provider_answered_for(w: &Withdrawal) -> bool {
-    w.audit
-        .iter()
-        .any(|e| e.from == Some(WithdrawalStatus::Submitted) && e.by != OPERATOR)
 }
 
 /// A reject that passed its checks, not yet written.
@@ -78,7 +75,7 @@ pub async fn plan_reject<P: PayoutProvider + ?Sized>(
                 ));
             };
             match provider.batch_status(batch.id).await {
-                StatusOutcome::NotFound if batch.ever_accepted() => {
+                StatusOutcome::NotFound if batch.provider_has_it() => {
                     return Err(OperationError::Refused(format!(
                         "the provider accepted batch {} ({}) and now answers 404: that \
                          contradicts its own word, so nothing is returned; ask the provider to \
@@ -102,18 +99,15 @@ pub async fn plan_reject<P: PayoutProvider + ?Sized>(
                     )))
                 }
                 StatusOutcome::NotFound if batch.status == BatchStatus::NeedsOperator => {
-                    // A member the provider answered for proves it recorded the batch: its 404
-                    // is then no evidence that this one was never paid.
+                    // Any earlier word of the provider (a member it answered for) proves it
+                    // recorded the batch: its 404 is then no evidence that this one was never
+                    // paid.
                     let members = store.members(&batch).await?;
-                    if let Some(answered) = members
-                        .iter()
-                        .find(|m| m.id != w.id && provider_answered_for(m))
-                    {
+                    if let Some(why) = provider_evidence(&batch, &members) {
                         return Err(OperationError::Refused(format!(
-                            "the provider answered for {} of batch {} ({}) yet answers 404 for \
-                             the batch: it recorded it, so nothing is returned; ask the provider \
-                             to report the items",
-                            answered.id, batch.id, answered.status
+                            "{why}, yet it answers 404 for batch {}: it recorded it, so nothing \
+                             is returned; ask the provider to report the items",
+                            batch.id
                         )));
                     }
                     RejectGround::NeverRecorded { quiet_before }
@@ -126,6 +120,13 @@ pub async fn plan_reject<P: PayoutProvider + ?Sized>(
                     )))
                 }
                 StatusOutcome::Found(state) => {
+                    // Kept before anything is decided on it, whatever is decided: from now on
+                    // no 404 for this batch reads as "never recorded".
+                    if !batch.provider_has_it() {
+                        store
+                            .record_found(&batch, &state.provider_batch_id, PROVIDER_STATUS_ACTOR)
+                            .await?;
+                    }
                     let item = state.items.iter().find(|i| i.reference == w.id.to_string());
                     match item {
                         Some(item)
@@ -208,7 +209,9 @@ pub async fn commit_reject(
             let outcome = Outcome::Failed {
                 reason: format!("{reason} (provider: {theirs})"),
             };
-            match settlement::apply(store, w, &outcome, OPERATOR, None).await? {
+            // The provider's word, applied on an operator's request: its actor says so, so it
+            // counts as the provider's answer for this member (evidence for its siblings).
+            match settlement::apply(store, w, &outcome, PROVIDER_STATUS_ACTOR, None).await? {
                 Applied::Changed(updated) => Ok(*updated),
                 other => Err(OperationError::Refused(format!("not applied: {other:?}"))),
             }

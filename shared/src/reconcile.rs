@@ -71,7 +71,16 @@ where
 {
     let members = store.members(batch).await?;
     let state = match provider.batch_status(batch.id).await {
-        StatusOutcome::Found(state) => Some(state),
+        StatusOutcome::Found(state) => {
+            // The provider's word that it holds the batch, kept like every other (a later 404
+            // is then a contradiction, never "never recorded").
+            if !batch.provider_has_it() {
+                store
+                    .record_found(batch, &state.provider_batch_id, "reconcile")
+                    .await?;
+            }
+            Some(state)
+        }
         StatusOutcome::NotFound => None,
         StatusOutcome::Ambiguous { error } => return Err(ReconcileError::Provider(error)),
     };

@@ -8,6 +8,7 @@ use crate::domain::{
 };
 use crate::store::{IdempotencyRecord, ListQuery, Store, StoreError, TransitionDetails};
 use chrono::Utc;
+use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -48,13 +49,72 @@ impl WithdrawalRequest {
     /// Same request ⇔ same fingerprint, whatever the JSON spelling (`"10"` vs `10.00`, IBAN
     /// spacing).
     pub fn fingerprint(&self) -> String {
-        let mut h = Sha256::new();
-        h.update(self.currency.code().as_str());
-        h.update(b"|");
-        h.update(self.amount.to_string());
-        h.update(b"|");
-        h.update(self.bank_account.expose());
-        hex::encode(h.finalize())
+        fingerprint(
+            self.currency.code().as_str(),
+            self.amount.value(),
+            &self.bank_account,
+        )
+    }
+}
+
+/// The one fingerprint formula: the currency code, the amount in that currency's scale, the
+/// account as its owner entered it (normalized).
+fn fingerprint(currency: &str, amount: Decimal, bank_account: &BankAccount) -> String {
+    let mut h = Sha256::new();
+    h.update(currency);
+    h.update(b"|");
+    h.update(amount.to_string());
+    h.update(b"|");
+    h.update(bank_account.expose());
+    hex::encode(h.finalize())
+}
+
+/// What a body asks for, read without today's settings (configured currencies, bounds, daily
+/// limits): only to tell whether a request those settings refuse repeats the one its key was
+/// first answered for. The amount takes the scale the first answer shows.
+struct Asked {
+    currency: String,
+    amount: Decimal,
+    bank_account: BankAccount,
+}
+
+impl Asked {
+    fn parse(body: &[u8]) -> Option<Self> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw<'a> {
+            currency: String,
+            #[serde(borrow)]
+            amount: &'a RawValue,
+            bank_account: String,
+        }
+        let raw: Raw = serde_json::from_slice(body).ok()?;
+        let text = match raw.amount.get() {
+            quoted if quoted.starts_with('"') => serde_json::from_str::<String>(quoted).ok()?,
+            bare => bare.to_string(),
+        };
+        Some(Self {
+            currency: raw.currency,
+            amount: Decimal::from_str_exact(&text).ok()?,
+            bank_account: BankAccount::parse(&raw.bank_account).ok()?,
+        })
+    }
+
+    /// Whether this is the request `first` answered: its fingerprint, with the amount in the
+    /// scale of the first answer's amount (an amount that does not fit it is another request).
+    fn repeats(&self, first: &IdempotencyRecord) -> bool {
+        let Ok(view) = serde_json::from_str::<WithdrawalView>(&first.response_body) else {
+            return false;
+        };
+        let Ok(shown) = Decimal::from_str_exact(&view.amount) else {
+            return false;
+        };
+        if self.amount.normalize().scale() > shown.scale() {
+            return false;
+        }
+        let mut amount = self.amount;
+        amount.rescale(shown.scale());
+        fingerprint(&self.currency, amount, &self.bank_account) == first.fingerprint
     }
 }
 
@@ -160,6 +220,18 @@ pub struct Created {
     pub withdrawal_id: WithdrawalId,
 }
 
+impl Created {
+    /// The first answer for a key, given again.
+    fn replay(first: IdempotencyRecord) -> Self {
+        Self {
+            status_code: first.status_code,
+            body: first.response_body,
+            replayed: true,
+            withdrawal_id: first.withdrawal_id,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct WithdrawalService {
     store: Arc<dyn Store>,
@@ -195,7 +267,10 @@ impl WithdrawalService {
         body: &[u8],
         key: IdempotencyKey,
     ) -> Result<Created, ApiError> {
-        let req = WithdrawalRequest::parse(body, &self.currencies)?;
+        let req = match WithdrawalRequest::parse(body, &self.currencies) {
+            Ok(req) => req,
+            Err(refusal) => return self.replay_or(user, &key, body, refusal).await,
+        };
         let withdrawal = Withdrawal::new(
             user.clone(),
             req.currency.clone(),
@@ -203,7 +278,7 @@ impl WithdrawalService {
             req.bank_account.clone(),
             Utc::now(),
         );
-        let body = serde_json::to_string(&WithdrawalView::from(&withdrawal))
+        let answer = serde_json::to_string(&WithdrawalView::from(&withdrawal))
             .map_err(|_| ApiError::Internal)?;
         let record = IdempotencyRecord {
             user_id: user.clone(),
@@ -211,7 +286,7 @@ impl WithdrawalService {
             fingerprint: req.fingerprint(),
             withdrawal_id: withdrawal.id,
             status_code: 201,
-            response_body: body.clone(),
+            response_body: answer.clone(),
             created_at: withdrawal.created_at,
         };
         match self
@@ -223,7 +298,7 @@ impl WithdrawalService {
                 crate::metrics::count("WithdrawalsRequested", withdrawal.currency.code().as_str());
                 Ok(Created {
                     status_code: 201,
-                    body,
+                    body: answer,
                     replayed: false,
                     withdrawal_id: withdrawal.id,
                 })
@@ -240,17 +315,40 @@ impl WithdrawalService {
                         // Expired between the write and this read: the client may retry.
                         .ok_or(ApiError::TryAgain)?,
                 };
-                if first.fingerprint != req.fingerprint() {
+                // The same request, also when today's scale spells its amount otherwise.
+                let same = first.fingerprint == req.fingerprint()
+                    || Asked::parse(body).is_some_and(|asked| asked.repeats(&first));
+                if !same {
                     return Err(ApiError::IdempotencyKeyReused);
                 }
-                Ok(Created {
-                    status_code: first.status_code,
-                    body: first.response_body,
-                    replayed: true,
-                    withdrawal_id: first.withdrawal_id,
-                })
+                Ok(Created::replay(first))
+            }
+            // Refused before the transaction was sent (an amount above the whole limit).
+            Err(e @ StoreError::DailyLimitExceeded(_)) => {
+                self.replay_or(user, &key, body, e.into()).await
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The key wins over today's settings: a request they refuse (a bound or a daily limit
+    /// lowered, a currency's scale or presence changed since) whose key already has a record is
+    /// answered from that record, so a client's retry gets its first 201, never a refusal for a
+    /// withdrawal that goes ahead. Looked up only here, on the refused path: the accepting path
+    /// stays one round trip (its transaction refuses a taken key by itself).
+    async fn replay_or(
+        &self,
+        user: &UserId,
+        key: &IdempotencyKey,
+        body: &[u8],
+        refusal: ApiError,
+    ) -> Result<Created, ApiError> {
+        let Some(first) = self.store.idempotency_record(user, key).await? else {
+            return Err(refusal);
+        };
+        match Asked::parse(body) {
+            Some(asked) if asked.repeats(&first) => Ok(Created::replay(first)),
+            _ => Err(ApiError::IdempotencyKeyReused),
         }
     }
 

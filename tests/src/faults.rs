@@ -258,6 +258,9 @@ impl BatchStore for FaultyStore {
     async fn mark_checked(&self, id: BatchId) -> Result<(), StoreError> {
         faulty!(self, "mark_checked", self.inner.mark_checked(id))
     }
+    async fn record_found(&self, b: &Batch, pb: &str, by: &str) -> Result<bool, StoreError> {
+        faulty!(self, "record_found", self.inner.record_found(b, pb, by))
+    }
     async fn requeue_reconcile(&self, id: BatchId) -> Result<(), StoreError> {
         faulty!(self, "requeue_reconcile", self.inner.requeue_reconcile(id))
     }

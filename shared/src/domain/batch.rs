@@ -185,13 +185,39 @@ impl Batch {
         self.members.len() as u32
     }
 
-    /// Whether the provider ever accepted it: once it has, a 404 contradicts the provider's own
-    /// word and never allows a re-send or a return of funds.
-    pub fn ever_accepted(&self) -> bool {
+    /// Whether the provider has shown, in its own words, that it holds this batch: it accepted
+    /// a send, or a status answer found it (each records `provider_batch_id`, never removed).
+    /// From then on a 404 contradicts the provider's own word: never a re-send, never a return
+    /// of funds on it. The members' side of the same rule is [`provider_evidence`].
+    pub fn provider_has_it(&self) -> bool {
         self.provider_batch_id.is_some()
     }
 
     pub fn lease_alive(&self, now_ms: i64) -> bool {
         self.lease_until_ms > now_ms
     }
+}
+
+/// Who speaks for the provider in an audit entry: a callback (`webhook`), a batcher run, or a
+/// status answer an operator command read (`provider-status`) — anyone but an operator acting on
+/// a 404. An operator's "never recorded" reject is the one entry that is no evidence.
+pub const OPERATOR_ACTOR: &str = "operator";
+/// The actor of a change applied from the provider's status answer read by an operator command:
+/// the provider's word, not the operator's.
+pub const PROVIDER_STATUS_ACTOR: &str = "provider-status";
+
+/// Why a 404 from the provider cannot mean "never recorded" for `batch`: the one rule
+/// (docs/provider-api.md, "Evidence is monotonic"). Evidence only accumulates: the batch's
+/// recorded provider id (an acceptance, or a status answer that found it), or the provider's
+/// answer for any member (a callback, a status answer), whoever asked for it.
+pub fn provider_evidence(batch: &Batch, members: &[Withdrawal]) -> Option<String> {
+    if let Some(id) = &batch.provider_batch_id {
+        return Some(format!("the provider recorded it as {id}"));
+    }
+    members.iter().find(|m| m.provider_answered()).map(|m| {
+        format!(
+            "the provider answered for member {}: it is already {}",
+            m.id, m.status
+        )
+    })
 }

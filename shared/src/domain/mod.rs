@@ -12,7 +12,10 @@ mod withdrawal;
 pub use amount::Amount;
 pub use balance::{Balance, BalanceEffect};
 pub use bank_account::BankAccount;
-pub use batch::{Batch, BatchNote, BatchStatus, Member, MemberTerms};
+pub use batch::{
+    provider_evidence, Batch, BatchNote, BatchStatus, Member, MemberTerms, OPERATOR_ACTOR,
+    PROVIDER_STATUS_ACTOR,
+};
 pub use currency::{Currencies, Currency, CurrencyCode};
 pub use event::EventOutcome;
 pub use ids::{BatchId, CreditReference, IdempotencyKey, UserId, WithdrawalId};

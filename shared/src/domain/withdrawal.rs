@@ -236,6 +236,15 @@ impl Withdrawal {
             }],
         }
     }
+
+    /// Whether the provider's word (a callback, a status answer, whoever asked for it) ever
+    /// moved this withdrawal out of SUBMITTED: every actor but an operator acting on a 404
+    /// (`super::batch::OPERATOR_ACTOR`) speaks for the provider.
+    pub fn provider_answered(&self) -> bool {
+        self.audit.iter().any(|e| {
+            e.from == Some(WithdrawalStatus::Submitted) && e.by != super::batch::OPERATOR_ACTOR
+        })
+    }
 }
 
 #[cfg(test)]

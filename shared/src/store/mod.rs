@@ -361,6 +361,17 @@ pub trait BatchStore: Send + Sync {
     /// Records that the provider was just asked about this batch's status.
     async fn mark_checked(&self, id: BatchId) -> Result<(), StoreError>;
 
+    /// Records the provider's word that it holds the batch (a status answer found it) as its
+    /// `provider_batch_id`, audited once in its history, before anything is done on that word:
+    /// from then on [`Batch::provider_has_it`] and no 404 ever reads as "never recorded".
+    /// Whatever the batch's status; `false` when it already had the provider's id.
+    async fn record_found(
+        &self,
+        batch: &Batch,
+        provider_batch_id: &str,
+        by: &str,
+    ) -> Result<bool, StoreError>;
+
     /// `from` → NEEDS_OPERATOR, with `reason` in the batch's history, so an operator can act on
     /// it (a batch with no other way out). With `owner`, only while that run holds the lease.
     /// `None` when the batch was no longer `from`.

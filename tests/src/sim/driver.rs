@@ -1344,7 +1344,7 @@ impl World {
                 d.merge(self.deliver_all(&mut rng).await);
             }
             for b in self.flagged_batches().await {
-                if !b.ever_accepted() && !b.operator_rejected && rng.percent(70) {
+                if !b.provider_has_it() && !b.operator_rejected && rng.percent(70) {
                     d.merge(self.operator_retry_id(b.id).await);
                 } else {
                     let members = self.p.env.store.members(&b).await.expect("members");
@@ -1409,7 +1409,7 @@ impl World {
                         continue;
                     };
                     let why = match self.provider.batch_status(b.id).await {
-                        StatusOutcome::NotFound if b.ever_accepted() => {
+                        StatusOutcome::NotFound if b.provider_has_it() => {
                             self.stat(|s| s.waiting_lost += 1);
                             Some("accepted, then lost by the provider")
                         }

@@ -524,15 +524,13 @@ fn attribute_size(v: &aws_sdk_dynamodb::types::AttributeValue) -> usize {
     }
 }
 
-#[tokio::test]
-async fn a_batch_of_the_largest_size_with_the_longest_user_ids_is_claimed_and_read_back() {
+/// `MAX_BATCH_MEMBERS` pending USD 1.00 withdrawals, 10 per user, every user id as long as a
+/// user id can be: the largest batch record there can be.
+async fn seed_largest_batch(p: &PayoutEnv) -> Vec<shared::domain::Withdrawal> {
     use shared::domain::{Amount, BankAccount, UserId, Withdrawal};
-    use shared::store::{TableSchema, MAX_BATCH_MEMBERS};
-    let started = std::time::Instant::now();
-    let p = PayoutEnv::new(|_| {}).await;
+    use shared::store::MAX_BATCH_MEMBERS;
     let usd = p.env.currencies.get("USD").unwrap().clone();
     let amount = Amount::parse("1.00", &usd).unwrap();
-    // 10 withdrawals per user, every user id as long as a user id can be.
     let users: Vec<UserId> = (0..MAX_BATCH_MEMBERS.div_ceil(10))
         .map(|i| {
             let id = format!("{i:05}-{}", "u".repeat(UserId::MAX_LEN - 6));
@@ -544,7 +542,7 @@ async fn a_batch_of_the_largest_size_with_the_longest_user_ids_is_claimed_and_re
         p.env.credit(u.as_str(), "USD", "10.00").await;
     }
     let account = BankAccount::parse(ACCOUNTS[0]).unwrap();
-    let seeded: Vec<Withdrawal> = futures::stream::iter(0..MAX_BATCH_MEMBERS)
+    futures::stream::iter(0..MAX_BATCH_MEMBERS)
         .map(|i| {
             let w = Withdrawal::new(
                 users[i / 10].clone(),
@@ -561,7 +559,36 @@ async fn a_batch_of_the_largest_size_with_the_longest_user_ids_is_claimed_and_re
         })
         .buffer_unordered(8)
         .collect()
-        .await;
+        .await
+}
+
+/// The batch record's size as DynamoDB counts it.
+async fn batch_record_bytes(p: &PayoutEnv, id: shared::domain::BatchId) -> usize {
+    let raw = p
+        .env
+        .store
+        .client()
+        .get_item()
+        .table_name(p.env.store.table_name())
+        .key(
+            "PK",
+            aws_sdk_dynamodb::types::AttributeValue::S(shared::store::TableSchema::batch_pk(id)),
+        )
+        .key("SK", aws_sdk_dynamodb::types::AttributeValue::S("-".into()))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    raw.iter().map(|(k, v)| k.len() + attribute_size(v)).sum()
+}
+
+#[tokio::test]
+async fn a_batch_of_the_largest_size_with_the_longest_user_ids_is_claimed_and_read_back() {
+    use shared::store::MAX_BATCH_MEMBERS;
+    let started = std::time::Instant::now();
+    let p = PayoutEnv::new(|_| {}).await;
+    let seeded = seed_largest_batch(&p).await;
     let seeding = started.elapsed();
 
     let claim_started = std::time::Instant::now();
@@ -593,23 +620,7 @@ async fn a_batch_of_the_largest_size_with_the_longest_user_ids_is_claimed_and_re
     assert_eq!(p.sandbox.payouts_by_reference().len(), MAX_BATCH_MEMBERS);
 
     // How close to the 400 KB item limit the record really came.
-    let raw = p
-        .env
-        .store
-        .client()
-        .get_item()
-        .table_name(p.env.store.table_name())
-        .key(
-            "PK",
-            aws_sdk_dynamodb::types::AttributeValue::S(TableSchema::batch_pk(batch.id)),
-        )
-        .key("SK", aws_sdk_dynamodb::types::AttributeValue::S("-".into()))
-        .send()
-        .await
-        .unwrap()
-        .item
-        .unwrap();
-    let size: usize = raw.iter().map(|(k, v)| k.len() + attribute_size(v)).sum();
+    let size = batch_record_bytes(&p, batch.id).await;
     assert!(size < 400 * 1024 * 4 / 5, "batch record is {size} bytes");
     println!(
         "largest batch: {MAX_BATCH_MEMBERS} members, record {size} bytes ({:.0} % of 400 KB); \
@@ -618,6 +629,70 @@ async fn a_batch_of_the_largest_size_with_the_longest_user_ids_is_claimed_and_re
         seeding.as_secs_f64(),
         claiming.as_secs_f64()
     );
+    p.env.assert_conserved().await;
+}
+
+/// Whatever operators do to a batch's members cannot grow its record without bound: every
+/// member of the largest batch (longest user ids), flagged and never recorded, is rejected one
+/// by one with a long reason, and each reject goes through. Before the fix each reject appended
+/// a history line (~130 bytes plus the reason) to the batch record: it passed 400 KB part way
+/// and the remaining members' rejects failed with an item-size error, their funds locked.
+#[tokio::test]
+async fn every_member_of_the_largest_batch_can_be_rejected_one_by_one() {
+    use shared::store::{TransitionDetails, MAX_BATCH_MEMBERS};
+    let p = PayoutEnv::new(|_| {}).await;
+    let seeded = seed_largest_batch(&p).await;
+    p.sandbox
+        .inject(&[sandbox_provider::Fault::ErrorBeforeRecord]);
+    p.run(BatcherConfig {
+        max_batch_size: MAX_BATCH_MEMBERS,
+        max_attempts: 1,
+        ..PayoutEnv::config()
+    })
+    .await;
+    let batch = p.env.store.all_batches().await.unwrap().remove(0);
+    assert_eq!(batch.status, BatchStatus::NeedsOperator);
+    assert_eq!(batch.member_count() as usize, MAX_BATCH_MEMBERS);
+    let before = batch_record_bytes(&p, batch.id).await;
+    let reason = format!(
+        "never recorded at the provider (ticket OPS-1234): {}",
+        "r".repeat(150)
+    );
+    let quiet_before = chrono::Utc::now() + chrono::Duration::minutes(1);
+    let members = p.env.store.members(&batch).await.unwrap();
+    let rejected: Vec<Result<_, _>> = futures::stream::iter(members)
+        .map(|w| {
+            let store = p.env.store.clone();
+            let mut details = TransitionDetails::by(shared::operations::OPERATOR);
+            details.failure_reason = Some(reason.clone());
+            async move { store.reject_flagged_member(&w, details, quiet_before).await }
+        })
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    let failed: Vec<_> = rejected.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} rejects failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    let after = batch_record_bytes(&p, batch.id).await;
+    assert!(
+        after <= before + 64,
+        "the record grew from {before} to {after} bytes through rejects"
+    );
+    for w in &seeded {
+        let w = p.reload(w).await;
+        assert_eq!(w.status, WithdrawalStatus::Rejected);
+        assert_eq!(w.failure_reason.as_deref(), Some(reason.as_str()));
+    }
+    let (available, locked, _, _) = p.env.balance(seeded[0].user_id.as_str(), "USD").await;
+    assert_eq!((available.as_str(), locked.as_str()), ("10.00", "0.00"));
+    p.run(PayoutEnv::config()).await;
+    let closed = p.env.store.batch(batch.id).await.unwrap().unwrap();
+    assert_eq!(closed.status, BatchStatus::Completed);
+    assert_eq!(p.sandbox.submit_calls(), 1, "never re-sent");
     p.env.assert_conserved().await;
 }
 

@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use integration_tests::{PayoutEnv, ACCOUNTS};
-use sandbox_provider::{Fault, Sandbox, SandboxConfig};
+use sandbox_provider::{Fault, MemoryChange, Sandbox, SandboxConfig};
 use shared::batcher::BatcherConfig;
 use shared::domain::{BatchId, BatchStatus, Currencies, WithdrawalStatus};
 use shared::operations::{self, OperationError, RejectGround};
@@ -317,6 +317,139 @@ async fn an_accepted_batch_the_provider_no_longer_knows_is_escalated_never_retur
         (available.as_str(), locked.as_str(), paid_out.as_str()),
         ("120.00", "0.00", "30.00")
     );
+    p.env.assert_conserved().await;
+}
+
+/// Sends the seeded withdrawals once, the provider recording the batch while its answer is lost
+/// (`max_attempts` 1: flagged, no provider id), its items left as `pending` says.
+async fn flagged_recorded(p: &PayoutEnv, seeded: &[shared::domain::Withdrawal]) -> BatchId {
+    p.sandbox.inject(&[Fault::TimeoutAfterRecord]);
+    p.run(BatcherConfig {
+        max_attempts: 1,
+        ..PayoutEnv::config()
+    })
+    .await;
+    let batch = batch_of(&p.env.store, &seeded[0]).await;
+    assert_eq!(batch.status, BatchStatus::NeedsOperator);
+    assert!(!batch.provider_has_it(), "the acceptance never reached us");
+    assert_eq!(p.sandbox.batch_count(), 1, "the provider recorded it");
+    batch.id
+}
+
+/// The provider forgets the batch and its key: a re-send would now be paid again.
+fn provider_forgets(p: &PayoutEnv, batch: BatchId) {
+    p.sandbox.change_memory(MemoryChange {
+        lose_batches: vec![batch.to_string()],
+        idempotency_key_ttl_ms: Some(Some(0)),
+        ..MemoryChange::default()
+    });
+}
+
+/// The review's interleaving (issue "What the provider once said is never forgotten"): a send
+/// times out after the provider recorded it, the batch is flagged, an hour later the stale
+/// check finds it (items pending), then the provider loses it. Its 404 now contradicts what it
+/// said: no operator reject returns the funds, no retry re-sends it. Before the fix the found
+/// answer was dropped, the reject returned both members' funds while the provider still held
+/// their payouts, and a retry re-sent the batch after its key was forgotten.
+#[tokio::test]
+async fn a_flagged_batch_the_provider_once_found_is_never_returned_or_resent_on_a_later_404() {
+    let p = PayoutEnv::new(|_| {}).await;
+    let seeded = p.seed("found", "USD", "12.00", 2, ACCOUNTS[0]).await;
+    p.sandbox.change_memory(MemoryChange {
+        pending_next_batches: Some(1),
+        ..MemoryChange::default()
+    });
+    let batch = flagged_recorded(&p, &seeded).await;
+    let stale = BatcherConfig {
+        stale_after: Duration::ZERO,
+        ..PayoutEnv::config()
+    };
+    p.run(stale.clone()).await;
+    let found = p.env.store.batch(batch).await.unwrap().unwrap();
+    assert!(found.provider_has_it(), "the found answer is kept");
+    assert_eq!(found.status, BatchStatus::NeedsOperator);
+    assert!(
+        found
+            .history
+            .iter()
+            .any(|n| n.reason.contains("found at the provider")),
+        "{:?}",
+        found.history
+    );
+
+    provider_forgets(&p, batch);
+    for w in &seeded {
+        let why = reject_refused(&p, &p.provider(), w).await;
+        assert!(why.contains("contradicts"), "{why}");
+    }
+    operations::retry_batch(&p.env.store, batch).await.unwrap();
+    assert_eq!(
+        p.env.store.batch(batch).await.unwrap().unwrap().status,
+        BatchStatus::Accepted,
+        "looked up again, never sent"
+    );
+    let run = p.run(stale).await;
+    assert_eq!(
+        run.currencies["USD"].escalated, 1,
+        "the 404 goes to a person"
+    );
+    assert_eq!(p.sandbox.submit_calls(), 1, "never re-sent");
+    assert_eq!(p.sandbox.expired_keys(), 0);
+    for w in &seeded {
+        assert_eq!(p.reload(w).await.status, WithdrawalStatus::Submitted);
+    }
+    let (available, locked, _, _) = p.env.balance("found-0", "USD").await;
+    assert_eq!((available.as_str(), locked.as_str()), ("96.00", "24.00"));
+    p.env.assert_conserved().await;
+}
+
+/// The second route: an operator rejects the member the provider reports failed (its word, read
+/// by the operator command), then the provider loses the batch. The failed member's reject is
+/// the provider's answer and the status answer found the batch: the sibling's funds stay locked
+/// while the provider may still pay it. Before the fix the reject was written as `operator`
+/// (no evidence) and the found answer dropped, so the sibling's reject returned its funds.
+#[tokio::test]
+async fn the_providers_failed_item_read_by_an_operator_is_evidence_for_its_siblings() {
+    let p = PayoutEnv::new(|c| {
+        c.fail_accounts.insert(ACCOUNTS[1].to_string());
+        c.pending_accounts.insert(ACCOUNTS[0].to_string());
+    })
+    .await;
+    let mut seeded = p.seed("sib", "USD", "9.00", 1, ACCOUNTS[0]).await;
+    seeded.extend(p.seed("sibfail", "USD", "9.00", 1, ACCOUNTS[1]).await);
+    let batch = flagged_recorded(&p, &seeded).await;
+
+    let failed = operations::reject_withdrawal(
+        &p.env.store,
+        &p.provider(),
+        seeded[1].id,
+        "provider says failed",
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    assert_eq!(failed.status, WithdrawalStatus::Rejected);
+    let entry = failed.audit.last().unwrap();
+    assert_eq!(entry.by, shared::domain::PROVIDER_STATUS_ACTOR);
+    assert!(failed.provider_answered());
+    assert!(p
+        .env
+        .store
+        .batch(batch)
+        .await
+        .unwrap()
+        .unwrap()
+        .provider_has_it());
+
+    provider_forgets(&p, batch);
+    let why = reject_refused(&p, &p.provider(), &seeded[0]).await;
+    assert!(why.contains("contradicts"), "{why}");
+    assert_eq!(
+        p.reload(&seeded[0]).await.status,
+        WithdrawalStatus::Submitted
+    );
+    let (available, locked, _, _) = p.env.balance("sib-0", "USD").await;
+    assert_eq!((available.as_str(), locked.as_str()), ("81.00", "9.00"));
     p.env.assert_conserved().await;
 }
 

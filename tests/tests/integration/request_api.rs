@@ -1141,3 +1141,75 @@ async fn a_replayed_request_is_answered_in_one_round_trip() {
     assert_eq!(env.balance("rita", "USD").await.1, "10.00");
     env.assert_conserved().await;
 }
+
+/// The key wins over today's settings: after a 201, an operator lowers the currency's bound and
+/// its daily limit (or lowers its scale, or removes it); the client's retry under the same key
+/// still gets its first 201, never a refusal for a withdrawal that goes ahead. Before the fix
+/// the retry was refused (400 `amount_above_maximum`, 409 `daily_limit_exceeded`) while its
+/// funds stayed locked. A new key is refused as today's settings say; another body under the
+/// key is 422, as always.
+#[tokio::test]
+async fn a_retry_under_its_key_gets_its_first_answer_whatever_the_settings_say_now() {
+    let env = TestEnv::new().await;
+    env.credit("kim", "USD", "1000").await;
+    let user = UserId::parse("kim").unwrap();
+    let key = || shared::domain::IdempotencyKey::parse("first-answer").unwrap();
+    let body = withdrawal_body("USD", "500.00");
+    let first = env
+        .app
+        .service
+        .request(&user, body.as_bytes(), key())
+        .await
+        .unwrap();
+    assert_eq!(first.status_code, 201);
+    let settings = [
+        (
+            "max lowered",
+            "USD:2:1:100,EUR:2:1:50000",
+            "amount_above_maximum",
+        ),
+        (
+            "daily limit lowered",
+            "USD:2:1:50000:50,EUR:2:1:50000",
+            "daily_limit_exceeded",
+        ),
+        ("scale lowered", "USD:0:1:50000,EUR:2:1:50000", ""),
+        ("currency removed", "EUR:2:1:50000", "invalid_currency"),
+    ];
+    for (what, config, refused_as) in settings {
+        let currencies = shared::domain::Currencies::parse_config(config).unwrap();
+        let service = WithdrawalService::new(env.store.clone(), currencies, 5);
+        let again = service
+            .request(&user, body.as_bytes(), key())
+            .await
+            .unwrap_or_else(|e| panic!("{what}: the retry was refused: {e:?}"));
+        assert!(again.replayed, "{what}");
+        assert_eq!(
+            (again.status_code, &again.body, again.withdrawal_id),
+            (201, &first.body, first.withdrawal_id),
+            "{what}"
+        );
+        // Another body under the key: 422, whatever else today's settings would say.
+        let other = withdrawal_body("USD", "600.00");
+        let reused = service.request(&user, other.as_bytes(), key()).await;
+        assert!(
+            matches!(reused, Err(shared::api::ApiError::IdempotencyKeyReused)),
+            "{what}: {reused:?}"
+        );
+        // A new key: today's settings decide.
+        if !refused_as.is_empty() {
+            let fresh =
+                shared::domain::IdempotencyKey::parse(&format!("new-{}", what.replace(' ', "-")))
+                    .unwrap();
+            let refused = service.request(&user, body.as_bytes(), fresh).await;
+            assert_eq!(
+                refused.map(|c| c.status_code).map_err(|e| e.code()),
+                Err(refused_as),
+                "{what}"
+            );
+        }
+    }
+    // One withdrawal, one lock: nothing the retries did moved money.
+    assert_eq!(env.balance("kim", "USD").await.1, "500.00");
+    env.assert_conserved().await;
+}

@@ -122,6 +122,14 @@ pub struct Memory {
     /// callback, and the status endpoint keeps reporting `pending`.
     #[serde(default)]
     pub pending_next_batches: u32,
+    /// The next this many batches its status endpoint answers `found` for are lost right after
+    /// that answer (404 from then on): a provider that showed it holds a batch, then forgot it.
+    #[serde(default)]
+    pub lose_next_found: u32,
+    /// Batches lost after a `found` answer (also in `lost_batches`): unlike a batch lost before
+    /// anyone heard of it, a client can tell these from "never recorded".
+    #[serde(default)]
+    pub lost_after_found: BTreeSet<String>,
 }
 
 /// `idempotency_key_ttl_ms` as milliseconds; absent means "remember for ever".
@@ -152,6 +160,7 @@ pub struct MemoryChange {
     #[serde(default)]
     pub lose_batches: Vec<String>,
     pub pending_next_batches: Option<u32>,
+    pub lose_next_found: Option<u32>,
     /// Accounts whose items stay pending from now on.
     #[serde(default)]
     pub pending_accounts: Vec<String>,
@@ -320,6 +329,9 @@ impl Sandbox {
         inner.memory.lost_batches.extend(change.lose_batches);
         if let Some(n) = change.pending_next_batches {
             inner.memory.pending_next_batches = n;
+        }
+        if let Some(n) = change.lose_next_found {
+            inner.memory.lose_next_found = n;
         }
         inner.pending_accounts.extend(change.pending_accounts);
         inner.memory.clone()
@@ -698,12 +710,16 @@ async fn status(State(sb): State<Sandbox>, Path(id): Path<String>, headers: Head
     if !sb.authorized(&headers) {
         return error(StatusCode::UNAUTHORIZED, "unauthorized", "bad api key");
     }
-    let inner = sb.inner.lock().unwrap();
+    let mut inner = sb.inner.lock().unwrap();
     // A lost batch is unknown to the status endpoint even though it was accepted and paid.
-    let known = inner
-        .batches
-        .get(&id)
-        .filter(|_| !inner.memory.lost_batches.contains(&id));
+    let found = inner.batches.contains_key(&id) && !inner.memory.lost_batches.contains(&id);
+    if found && inner.memory.lose_next_found > 0 {
+        // This answer is the last it gives for the batch.
+        inner.memory.lose_next_found -= 1;
+        inner.memory.lost_batches.insert(id.clone());
+        inner.memory.lost_after_found.insert(id.clone());
+    }
+    let known = inner.batches.get(&id).filter(|_| found);
     match known {
         Some(b) => Json(BatchState {
             batch_id: id.clone(),

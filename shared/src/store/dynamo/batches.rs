@@ -348,7 +348,7 @@ impl BatchStore for DynamoStore {
     async fn reset_attempts(&self, batch: &Batch, by: &str) -> Result<(), StoreError> {
         // Once accepted, a batch is only ever looked up again (its key may be forgotten by
         // now); never accepted, the next run asks the provider before any re-send.
-        let (to, update, accepted) = if batch.ever_accepted() {
+        let (to, update, accepted) = if batch.provider_has_it() {
             (
                 BatchStatus::Accepted,
                 "SET #st = :to, updated_at = :ts, \
@@ -409,6 +409,40 @@ impl BatchStore for DynamoStore {
         Ok(())
     }
 
+    async fn record_found(
+        &self,
+        batch: &Batch,
+        provider_batch_id: &str,
+        by: &str,
+    ) -> Result<bool, StoreError> {
+        // Set once (the condition): the history gains one line per batch at most. `accepted_at`
+        // too, so a found batch an operator hands back as ACCEPTED is escalated on time.
+        let now = Utc::now();
+        let recorded = self
+            .update_batch(
+                batch.id,
+                "SET provider_batch_id = :pb, accepted_at = if_not_exists(accepted_at, :ts), \
+                 updated_at = :ts, history = list_append(if_not_exists(history, :empty), :note)",
+                "attribute_exists(#st) AND attribute_not_exists(provider_batch_id)",
+                vec![
+                    (":pb", s(provider_batch_id)),
+                    (":ts", s(timestamp(&now))),
+                    (":empty", AttributeValue::L(vec![])),
+                    (
+                        ":note",
+                        note(
+                            batch.status,
+                            batch.status,
+                            by,
+                            &format!("found at the provider as {provider_batch_id}"),
+                        ),
+                    ),
+                ],
+            )
+            .await?;
+        Ok(recorded.is_some())
+    }
+
     async fn escalate(
         &self,
         id: BatchId,
@@ -457,13 +491,14 @@ impl BatchStore for DynamoStore {
                 current: Some(w.status),
             });
         }
+        // The batch only learns that an operator took a member (never sent again): a mark of a
+        // fixed size, however many members are rejected. Who rejected and why is the member's
+        // own audit entry, written by the same transaction, so the batch record cannot grow
+        // past its 400 KB item limit through rejects and lock the remaining members in.
         let mark = Update::builder()
             .table_name(&self.table)
             .set_key(Some(Self::batch_key(batch)))
-            .update_expression(
-                "SET operator_rejected = :yes, updated_at = :ts, \
-                 history = list_append(if_not_exists(history, :empty), :note)",
-            )
+            .update_expression("SET operator_rejected = :yes, updated_at = :ts")
             .condition_expression(
                 "#st = :flagged AND attribute_not_exists(provider_batch_id) AND \
                  (attribute_not_exists(last_attempt_at) OR last_attempt_at < :quiet)",
@@ -473,20 +508,6 @@ impl BatchStore for DynamoStore {
             .expression_attribute_values(":yes", AttributeValue::Bool(true))
             .expression_attribute_values(":flagged", s(BatchStatus::NeedsOperator.as_str()))
             .expression_attribute_values(":ts", s(timestamp(&Utc::now())))
-            .expression_attribute_values(":empty", AttributeValue::L(vec![]))
-            .expression_attribute_values(
-                ":note",
-                note(
-                    BatchStatus::NeedsOperator,
-                    BatchStatus::NeedsOperator,
-                    &details.actor,
-                    &format!(
-                        "member {} rejected: {}",
-                        w.id,
-                        details.failure_reason.as_deref().unwrap_or("no reason")
-                    ),
-                ),
-            )
             .build()
             .map_err(backend)?;
         let now = Utc::now();
