@@ -159,8 +159,13 @@ else:
     m = next(iter(mappings.values()))["Properties"]
     if m.get("FunctionResponseTypes") != ["ReportBatchItemFailures"]:
         findings.append("stream mapping: without ReportBatchItemFailures a partial failure re-sends or loses the batch")
-    if m.get("MaximumRetryAttempts") != -1 or not 60 <= m.get("MaximumRecordAgeInSeconds", 0) <= 86400:
-        findings.append("stream mapping: retries must be bounded by record age (an outage must not use them up)")
+    if m.get("MaximumRetryAttempts") != -1 or m.get("MaximumRecordAgeInSeconds") != -1:
+        findings.append("stream mapping: retries must last as long as the stream keeps the record (an outage must not use them up)")
+    at_risk = [a for a in of_type("AWS::CloudWatch::Alarm").values()
+               if a["Properties"].get("MetricName") == "IteratorAge"
+               and a["Properties"].get("Threshold", 0) * a["Properties"].get("EvaluationPeriods", 1) <= 12 * 3600 * 1000]
+    if not at_risk:
+        findings.append("stream mapping: no iterator-age alarm well before the stream's 24 h retention")
     if m.get("BisectBatchOnFunctionError") is not True:
         findings.append("stream mapping: no bisect on error")
     if "StreamArn" not in refs(m.get("EventSourceArn")):
@@ -188,6 +193,9 @@ else:
                 # ListStreams has no resource-level permission: "*" is its only form.
                 if a == "dynamodb:ListStreams" and where == '"*"':
                     continue
+                # The one table read: an operator's skip marker, by its key prefix alone.
+                if a == "dynamodb:GetItem" and "STREAMSKIP#" in refs(st.get("Condition", {})):
+                    continue
                 if a.startswith("dynamodb:") and "StreamArn" not in where:
                     findings.append(f"{fn}: {a} on {where}, not the table's stream")
 
@@ -197,7 +205,7 @@ alarmed_functions = {d for m, d in alarm_metrics if m == "Errors"}
 for fn in of_type("AWS::Lambda::Function"):
     if not any(f'"Ref": "{fn}"' in d for d in alarmed_functions):
         findings.append(f"{fn}: no alarm on its AWS/Lambda Errors")
-for metric in ("5xx", "WebhookConflicts", "WebhookUnknownWithdrawal", "BatchesFlagged", "BatchesNeedingOperator", "IteratorAge"):
+for metric in ("5xx", "WebhookConflicts", "WebhookUnknownWithdrawal", "BatchesFlagged", "BatchesNeedingOperator", "IteratorAge", "UnreadableStreamRecords"):
     if not any(m == metric for m, _ in alarm_metrics):
         findings.append(f"no alarm on {metric}")
 

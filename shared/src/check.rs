@@ -91,7 +91,8 @@ pub fn violations(report: &ScanReport) -> Vec<String> {
 /// Every state has a way out: a SUBMITTED withdrawal belongs to a batch record that lists it
 /// and is still open (a final batch is never looked at again, so its SUBMITTED member would be
 /// locked for ever); a batch an operator rejected a member of is never back in the batcher's
-/// hands (it would be sent again); a completed batch has no open member.
+/// hands (it would be sent again); a completed batch has no open member; no member was returned
+/// on a 404 from a provider that had shown it holds the batch.
 fn batch_gaps(report: &ScanReport) -> Vec<String> {
     use crate::domain::{BatchStatus, WithdrawalStatus};
     let batches: BTreeMap<_, _> = report.batches.iter().map(|b| (b.id, b)).collect();
@@ -127,6 +128,26 @@ fn batch_gaps(report: &ScanReport) -> Vec<String> {
                 "batch {}: a member was rejected by an operator, yet it is {}",
                 b.id, b.status
             ));
+        }
+    }
+    // Evidence is monotonic: a member returned on the provider's 404 ("never recorded") in a
+    // batch the provider has shown it holds was returned while the provider may still pay it.
+    for w in &report.withdrawals {
+        let returned_on_404 = w.status == WithdrawalStatus::Rejected
+            && w.audit.last().is_some_and(|e| {
+                e.from == Some(WithdrawalStatus::Submitted) && e.by == crate::domain::OPERATOR_ACTOR
+            });
+        if let Some(b) = w.batch_id.and_then(|id| batches.get(&id)) {
+            if returned_on_404 && b.provider_has_it() {
+                problems.push(format!(
+                    "{} {}: returned as never recorded, yet the provider holds batch {} ({}): \
+                     ask the provider whether it paid",
+                    w.user_id,
+                    w.id,
+                    b.id,
+                    b.provider_batch_id.as_deref().unwrap_or("?")
+                ));
+            }
         }
     }
     let withdrawals: BTreeMap<_, _> = report.withdrawals.iter().map(|w| (w.id, w)).collect();

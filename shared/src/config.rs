@@ -420,7 +420,8 @@ impl WebhookConfig {
 /// `event-publisher`: the bus, and the currencies (the codec needs each one's precision).
 #[derive(Debug, Clone)]
 pub struct PublisherConfig {
-    pub currencies: Currencies,
+    /// The table (read only for operators' skipped records) and the currencies images decode in.
+    pub store: StoreConfig,
     /// The bus the events go to (`EVENT_BUS_NAME`; template.yaml creates it, locally moto's).
     pub bus_name: String,
 }
@@ -428,7 +429,7 @@ pub struct PublisherConfig {
 impl PublisherConfig {
     pub fn from_vars(v: &dyn Vars) -> Result<Self, ConfigError> {
         Ok(Self {
-            currencies: currencies(v)?,
+            store: StoreConfig::from_vars(v)?,
             bus_name: required(v, "EVENT_BUS_NAME")?,
         })
     }
@@ -606,7 +607,11 @@ mod tests {
             .0,
             "INTERNAL_CALLERS"
         );
-        assert_eq!(refused(PublisherConfig::from_vars(&[])).0, "EVENT_BUS_NAME");
+        assert_eq!(refused(PublisherConfig::from_vars(&[])).0, "TABLE_NAME");
+        assert_eq!(
+            refused(PublisherConfig::from_vars(&STORE)).0,
+            "EVENT_BUS_NAME"
+        );
     }
 
     #[test]

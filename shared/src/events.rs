@@ -9,8 +9,8 @@
 //! promise delivery order).
 
 use crate::credits::CreditView;
-use crate::domain::{Currencies, WithdrawalStatus};
-use crate::store::{decode_stored_item, stored_status, StoreError, StoredItem};
+use crate::domain::{Currencies, Withdrawal, WithdrawalStatus};
+use crate::store::{decode_stored_item, stored_status, CreditRecord, StoreError, StoredItem};
 use crate::withdrawals::WithdrawalView;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -79,7 +79,8 @@ pub struct Change {
 /// The event one committed change makes, if any: a withdrawal created or moved to another
 /// status, or a credit recorded. Everything else (balances, batches, a withdrawal rewritten in
 /// the same status, items removed by TTL) makes none. An image the codec cannot read is an
-/// error: the record is retried and, failing that, lands in the on-failure queue — never skipped.
+/// error: the record is retried until it can be read or an operator skips it
+/// ([`SkippedRecords`]) — never skipped silently.
 pub fn event_of(
     currencies: &Currencies,
     change: &Change,
@@ -93,41 +94,69 @@ pub fn event_of(
             if previous == Some(w.status) {
                 return Ok(None);
             }
-            // The audit entry written by the same write as this status: who and when.
-            let entry = w.audit.iter().rev().find(|e| e.to == w.status);
-            let occurred_at =
-                entry.map_or_else(|| crate::domain::timestamp(&w.updated_at), |e| e.at.clone());
-            let event_id = format!("{}.{}", w.id, w.status);
-            let detail = json!({
-                "event_id": event_id,
-                "user_id": w.user_id.as_str(),
-                "withdrawal": WithdrawalView::from(&*w),
-                "previous_status": previous.map(|p| p.as_str()),
-                "actor": entry.map(|e| e.by.as_str()),
-                "reason": entry.and_then(|e| e.reason.as_deref()),
-                "occurred_at": occurred_at,
-                // Orders one withdrawal's events: its number of status changes so far.
-                "sequence": w.audit.len(),
-            });
-            Ok(Some(PipelineEvent {
-                kind: EventKind::Withdrawal(w.status),
-                event_id,
-                occurred_at,
-                detail,
-            }))
+            Ok(Some(withdrawal_event(&w, previous)))
         }
-        StoredItem::Credit(c) if change.old.is_none() => {
-            let event_id = format!("credit.{}", c.reference);
-            let view = CreditView::from(&c);
-            let occurred_at = view.created_at.clone();
-            Ok(Some(PipelineEvent {
-                kind: EventKind::CreditRecorded,
-                detail: json!({"event_id": event_id, "credit": view, "occurred_at": occurred_at}),
-                event_id,
-                occurred_at,
-            }))
-        }
+        StoredItem::Credit(c) if change.old.is_none() => Ok(Some(credit_event(&c))),
         StoredItem::Credit(_) | StoredItem::Other => Ok(None),
+    }
+}
+
+/// The event of `w` having just reached its status from `previous`: the one builder, for the
+/// stream and for `operator republish` alike, so a rebuilt event has the publisher's `event_id`.
+pub fn withdrawal_event(w: &Withdrawal, previous: Option<WithdrawalStatus>) -> PipelineEvent {
+    // The audit entry written by the same write as this status: who and when.
+    let entry = w.audit.iter().rev().find(|e| e.to == w.status);
+    let occurred_at =
+        entry.map_or_else(|| crate::domain::timestamp(&w.updated_at), |e| e.at.clone());
+    let event_id = format!("{}.{}", w.id, w.status);
+    let detail = json!({
+        "event_id": event_id,
+        "user_id": w.user_id.as_str(),
+        "withdrawal": WithdrawalView::from(w),
+        "previous_status": previous.map(|p| p.as_str()),
+        "actor": entry.map(|e| e.by.as_str()),
+        "reason": entry.and_then(|e| e.reason.as_deref()),
+        "occurred_at": occurred_at,
+        // Orders one withdrawal's events: its number of status changes so far.
+        "sequence": w.audit.len(),
+    });
+    PipelineEvent {
+        kind: EventKind::Withdrawal(w.status),
+        event_id,
+        occurred_at,
+        detail,
+    }
+}
+
+/// The event of credit `c` having been recorded.
+pub fn credit_event(c: &CreditRecord) -> PipelineEvent {
+    let event_id = format!("credit.{}", c.reference);
+    let view = CreditView::from(c);
+    let occurred_at = view.created_at.clone();
+    PipelineEvent {
+        kind: EventKind::CreditRecorded,
+        detail: json!({"event_id": event_id, "credit": view, "occurred_at": occurred_at}),
+        event_id,
+        occurred_at,
+    }
+}
+
+/// Stream records an operator decided to skip (`operator skip-record`): the only way past a
+/// record the publisher cannot read, which otherwise holds its shard (and alarms) until someone
+/// acts. Asked only about such a record, never on the common path.
+#[async_trait]
+pub trait SkippedRecords: Send + Sync {
+    /// Who skipped the record with this sequence number, and why; `None` when nobody did.
+    async fn skipped(&self, sequence_number: &str) -> Result<Option<String>, StoreError>;
+}
+
+/// No record is ever skipped (a publisher without the table).
+pub struct NoneSkipped;
+
+#[async_trait]
+impl SkippedRecords for NoneSkipped {
+    async fn skipped(&self, _: &str) -> Result<Option<String>, StoreError> {
+        Ok(None)
     }
 }
 
@@ -148,6 +177,10 @@ pub struct Published {
     pub skipped: usize,
     /// PutEvents calls made.
     pub calls: usize,
+    /// Unreadable records passed over because an operator skipped them (counted in `skipped`).
+    pub skipped_unreadable: usize,
+    /// The batch stopped at a record that cannot be read and nobody skipped.
+    pub unreadable: bool,
     /// The first change not (certainly) published: the batch item failure. The stream hands
     /// it and everything after it over again, so nothing is lost and one item's events keep
     /// their order; the events after it that did go out are sent again (same `event_id`).
@@ -155,8 +188,14 @@ pub struct Published {
 }
 
 /// Publishes a stream batch in order, at most [`MAX_ENTRIES_PER_CALL`] events per call. Stops
-/// at the first change that cannot be read or published and names it in `retry_from`.
-pub async fn publish(bus: &dyn EventBus, currencies: &Currencies, changes: &[Change]) -> Published {
+/// at the first change that cannot be read (unless an operator skipped it) or published and
+/// names it in `retry_from`.
+pub async fn publish(
+    bus: &dyn EventBus,
+    currencies: &Currencies,
+    skips: &dyn SkippedRecords,
+    changes: &[Change],
+) -> Published {
     let mut out = Published::default();
     let mut ready: Vec<(&str, PipelineEvent)> = Vec::new();
     let mut unreadable = None;
@@ -164,20 +203,47 @@ pub async fn publish(bus: &dyn EventBus, currencies: &Currencies, changes: &[Cha
         match event_of(currencies, change) {
             Ok(Some(event)) => ready.push((&change.sequence_number, event)),
             Ok(None) => out.skipped += 1,
-            Err(e) => {
-                tracing::error!(sequence_number = %change.sequence_number, item = %item_key(change), error = %e,
-                    "a stream record cannot be read; it is retried, then sent to the on-failure queue");
-                unreadable = Some(change.sequence_number.clone());
-                break;
-            }
+            Err(e) => match skips.skipped(&change.sequence_number).await {
+                Ok(Some(by)) => {
+                    tracing::warn!(sequence_number = %change.sequence_number, item = %item_key(change), error = %e, skipped_by = %by,
+                        "an unreadable stream record skipped by an operator (`operator republish` rebuilds its event)");
+                    out.skipped += 1;
+                    out.skipped_unreadable += 1;
+                }
+                not_skipped => {
+                    if let Err(lookup) = not_skipped {
+                        tracing::warn!(error = %lookup, "could not read the skipped records");
+                    }
+                    tracing::error!(sequence_number = %change.sequence_number, item = %item_key(change), error = %e,
+                        "a stream record cannot be read; it is retried until an operator skips it (`operator skip-record`)");
+                    out.unreadable = true;
+                    unreadable = Some(change.sequence_number.clone());
+                    break;
+                }
+            },
         }
     }
-    for chunk in ready.chunks(MAX_ENTRIES_PER_CALL) {
+    let (events, calls, failed) = put_in_order(bus, &ready).await;
+    out.events = events;
+    out.calls = calls;
+    out.retry_from = failed.or(unreadable);
+    out
+}
+
+/// Puts `events` in order, at most [`MAX_ENTRIES_PER_CALL`] a call, stopping at the first one
+/// not (certainly) taken. Returns the events taken, the calls made and the first event's tag
+/// (a sequence number, an event id) not taken.
+pub async fn put_in_order(
+    bus: &dyn EventBus,
+    events: &[(&str, PipelineEvent)],
+) -> (usize, usize, Option<String>) {
+    let (mut taken_count, mut calls) = (0, 0);
+    for chunk in events.chunks(MAX_ENTRIES_PER_CALL) {
         let events: Vec<PipelineEvent> = chunk.iter().map(|(_, e)| e.clone()).collect();
-        out.calls += 1;
+        calls += 1;
         let first_failed = match bus.put(&events).await {
             Ok(taken) if taken.len() == events.len() => {
-                out.events += taken.iter().filter(|t| **t).count();
+                taken_count += taken.iter().filter(|t| **t).count();
                 taken.iter().position(|t| !*t)
             }
             Ok(taken) => {
@@ -194,14 +260,12 @@ pub async fn publish(bus: &dyn EventBus, currencies: &Currencies, changes: &[Cha
             }
         };
         if let Some(i) = first_failed {
-            tracing::warn!(sequence_number = %chunk[i].0, event_id = %chunk[i].1.event_id,
-                "not published; the stream hands this change and the rest over again");
-            out.retry_from = Some(chunk[i].0.to_string());
-            return out;
+            tracing::warn!(tag = %chunk[i].0, event_id = %chunk[i].1.event_id,
+                "not published; this event and the rest are handed over again");
+            return (taken_count, calls, Some(chunk[i].0.to_string()));
         }
     }
-    out.retry_from = unreadable;
-    out
+    (taken_count, calls, None)
 }
 
 /// The item a change is about, for the logs: its sort key (`WD#<id>`, `-` for a credit) and the

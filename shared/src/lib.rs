@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod operations;
 pub mod provider;
 pub mod reconcile;
+pub mod republish;
 pub mod secrets;
 pub mod settlement;
 pub mod signature;

@@ -14,6 +14,11 @@ use stream_relay::{Delivered, Relay};
 
 pub const EVENTS_FN: &str = "event-publisher";
 
+/// One invocation of the publisher, as the relay awaits it.
+type InvocationFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<DynamoDbEventResponse, String>> + Send>,
+>;
+
 /// moto's server (scripts/test.sh starts it; Secrets Manager, EventBridge and SQS share it).
 pub fn moto_endpoint() -> String {
     std::env::var("SECRETS_ENDPOINT").expect(
@@ -97,7 +102,12 @@ impl EventsEnv {
         let name = env.store.table_name().replace('_', "-");
         let subscriber = Subscriber::create(&moto_endpoint(), &name).await;
         let bus = EventBridgeBus::new(eventbridge_client(EVENTS_FN), &name);
-        let publisher = Arc::new(Publisher::new(wrap(bus), env.currencies.clone()));
+        // Skipped records are asked of the table through the publisher's recorded client.
+        let publisher = Arc::new(Publisher::new(
+            wrap(bus),
+            env.currencies.clone(),
+            env.store_for(EVENTS_FN),
+        ));
         let streams = aws_sdk_dynamodbstreams::Client::new(&sdk_config(&crate::endpoint()));
         let relay = Relay::for_table(streams, env.store.table_name())
             .await
@@ -111,21 +121,35 @@ impl EventsEnv {
         }
     }
 
-    /// Hands every record on the stream so far to the publisher, as the mapping would.
-    pub async fn pump(&self) -> Delivered {
+    /// The publisher as the relay invokes it.
+    fn invoker(&self) -> impl Fn(StreamEvent) -> InvocationFuture + Sync + 'static {
         let publisher = self.publisher.clone();
-        let invoke = move |event: StreamEvent| {
+        move |event: StreamEvent| {
             let publisher = publisher.clone();
             Box::pin(
                 async move { Ok::<DynamoDbEventResponse, String>(publisher.handle(event).await) },
-            ) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
-        };
-        self.relay
-            .lock()
-            .await
-            .drain(&invoke)
-            .await
-            .expect("relay the stream")
+            ) as InvocationFuture
+        }
+    }
+
+    /// Hands every record on the stream so far to the publisher, as the mapping would.
+    pub async fn pump(&self) -> Delivered {
+        let invoke = self.invoker();
+        let mut relay = self.relay.lock().await;
+        relay.drain(&invoke).await.expect("relay the stream")
+    }
+
+    /// One pass of the relay: what is new on the stream, one batch per shard.
+    pub async fn step(&self) -> Delivered {
+        let invoke = self.invoker();
+        let mut relay = self.relay.lock().await;
+        relay.step(&invoke).await.expect("relay the stream")
+    }
+
+    /// Attempts at a failing batch before the relay gives the rest of it up (the stand-in for
+    /// how long the mapping retries).
+    pub async fn set_relay_attempts(&self, attempts: u32) {
+        self.relay.lock().await.max_attempts = attempts;
     }
 
     /// Every event the subscriber's queue has received so far, in arrival order.

@@ -9,29 +9,56 @@ use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventR
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 use shared::config::{ConfigError, PublisherConfig};
 use shared::domain::Currencies;
-use shared::events::{self, Change, EventBus, Image, PipelineEvent};
+use shared::events::{self, Change, EventBus, Image, PipelineEvent, SkippedRecords};
+use std::sync::Arc;
 
 pub struct App {
     bus: Box<dyn EventBus>,
     currencies: Currencies,
+    /// The table, asked only about a record that cannot be read: did an operator skip it?
+    skips: Arc<dyn SkippedRecords>,
 }
 
 impl App {
-    pub fn new(bus: Box<dyn EventBus>, currencies: Currencies) -> Self {
-        Self { bus, currencies }
+    pub fn new(
+        bus: Box<dyn EventBus>,
+        currencies: Currencies,
+        skips: Arc<dyn SkippedRecords>,
+    ) -> Self {
+        Self {
+            bus,
+            currencies,
+            skips,
+        }
     }
 
-    /// Configuration ([`PublisherConfig`]) and the EventBridge client, once per cold start.
+    /// Configuration ([`PublisherConfig`]), the EventBridge and DynamoDB clients, once per
+    /// cold start.
     pub async fn from_env() -> Result<Self, ConfigError> {
         let config = PublisherConfig::from_env()?;
-        let client = shared::sdk_client!(aws_sdk_eventbridge);
-        let bus = EventBridgeBus::new(client, config.bus_name);
-        Ok(Self::new(Box::new(bus), config.currencies))
+        let bus = bus(config.bus_name).await;
+        let skips = Arc::new(config.store.store().await);
+        Ok(Self::new(Box::new(bus), config.store.currencies, skips))
     }
 
     pub async fn handle(&self, event: Event) -> DynamoDbEventResponse {
         let changes: Vec<Change> = event.records.into_iter().map(change_of).collect();
-        let published = events::publish(self.bus.as_ref(), &self.currencies, &changes).await;
+        let published = events::publish(
+            self.bus.as_ref(),
+            &self.currencies,
+            self.skips.as_ref(),
+            &changes,
+        )
+        .await;
+        if published.unreadable {
+            // Alarmed on: the shard waits for an operator (`operator skip-record`).
+            shared::metrics::emit(
+                "UnreadableStreamRecords",
+                1.0,
+                shared::metrics::Unit::Count,
+                &[],
+            );
+        }
         tracing::info!(
             records = changes.len(),
             events = published.events,
@@ -74,6 +101,12 @@ pub fn change_of(record: EventRecord) -> Change {
         old: image(record.change.old_image),
         new: image(record.change.new_image),
     }
+}
+
+/// The stack's bus through an EventBridge client built from the environment (the publisher's,
+/// and `operator republish`'s).
+pub async fn bus(bus_name: impl Into<String>) -> EventBridgeBus {
+    EventBridgeBus::new(shared::sdk_client!(aws_sdk_eventbridge), bus_name)
 }
 
 /// EventBridge's PutEvents on one bus.

@@ -86,6 +86,10 @@ impl TableSchema {
     pub fn event_pk(event_id: &str) -> String {
         format!("EVT#{event_id}")
     }
+    /// An operator's decision to skip one stream record the publisher cannot read.
+    pub fn stream_skip_pk(sequence_number: &str) -> String {
+        format!("STREAMSKIP#{sequence_number}")
+    }
     pub fn batch_pk(batch: BatchId) -> String {
         format!("{}{batch}", Self::BATCH_PK_PREFIX)
     }

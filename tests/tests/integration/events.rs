@@ -2,11 +2,15 @@
 //! EventBridge (moto) → a rule → an SQS queue the test reads. Asserts what a subscriber really
 //! receives.
 
-use integration_tests::events::{EventsEnv, FlakyBus, Received};
+use event_publisher::EventBridgeBus;
+use integration_tests::events::{moto_endpoint, sdk_config, EventsEnv, FlakyBus, Received};
 use integration_tests::{
     spawn_webhook_server, Event, PayoutEnv, TestEnv, ACCOUNTS, DEPOSIT_CALLER, WEBHOOK_SECRET,
 };
 use serde_json::json;
+use shared::events::{EventBus, PipelineEvent};
+use shared::republish::{self, Window};
+use shared::store::Store;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -317,4 +321,159 @@ fn the_template_filters_the_stream_as_the_local_relay_does() {
         .map(|f| serde_json::from_str(f["Pattern"].as_str().unwrap()).unwrap())
         .collect();
     assert_eq!(patterns, vec![stream_relay::filter_pattern()]);
+}
+
+/// A bus that refuses every call: the publisher's outage (a bad deploy, EventBridge down).
+struct DownBus;
+
+#[async_trait::async_trait]
+impl EventBus for DownBus {
+    async fn put(&self, _: &[PipelineEvent]) -> Result<Vec<bool>, String> {
+        Err("injected: the bus is down".into())
+    }
+}
+
+/// Counts of each `event_id` received.
+fn by_event_id(received: &[Received]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for r in received {
+        *counts.entry(r.event_id().to_string()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// The table's events of a window put on the test's bus, as `operator republish` does.
+async fn republish_since(
+    store: &shared::store::DynamoStore,
+    events: &EventsEnv,
+    since: chrono::DateTime<chrono::Utc>,
+) -> shared::republish::Republished {
+    let report = store.scan_all().await.unwrap();
+    let window = Window { since, until: None };
+    let rebuilt = republish::rebuilt(&report.withdrawals, &report.credits, window);
+    let client = aws_sdk_eventbridge::Client::new(&sdk_config(&moto_endpoint()));
+    republish::republish(&EventBridgeBus::new(client, &events.bus_name), &rebuilt).await
+}
+
+/// Publishing stops for longer than the mapping retries (the relay's bound shortened to two
+/// attempts stands for the hour the template once allowed): the records are given up and the
+/// subscriber hears nothing. `operator republish` rebuilds every change of the window from the
+/// table, and the subscriber's queue then holds each expected event once, under the id the
+/// publisher would have used.
+#[tokio::test]
+async fn events_lost_past_the_retry_bound_are_republished_from_the_table_once_each() {
+    let since = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let p = PayoutEnv::new(|_| {}).await;
+    let events = EventsEnv::with_bus(&p.env, |_| Box::new(DownBus)).await;
+    events.set_relay_attempts(2).await;
+    let env = &p.env;
+    deposit(env, "ora", "dep-ora").await;
+    deposit(env, "otto", "dep-otto").await;
+    let paid = request(env, "ora", ACCOUNTS[0]).await;
+    let cancelled = request(env, "otto", ACCOUNTS[0]).await;
+    let r = env
+        .call(
+            Event::new("DELETE", &format!("/withdrawals/{cancelled}"))
+                .user("otto")
+                .build(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    p.run(PayoutEnv::config()).await;
+    p.settle_from_status().await;
+
+    let delivered = events.pump().await;
+    assert!(delivered.given_up > 0, "{delivered:?}");
+    assert!(events.received().await.is_empty(), "the outage lost them");
+
+    let out = republish_since(&env.store, &events, since).await;
+    assert_eq!(out.stopped_at, None);
+    let received = events.received().await;
+    let want: BTreeMap<String, usize> = [
+        "credit.dep-ora".to_string(),
+        "credit.dep-otto".to_string(),
+        format!("{paid}.PENDING"),
+        format!("{paid}.SUBMITTED"),
+        format!("{paid}.SETTLED"),
+        format!("{cancelled}.PENDING"),
+        format!("{cancelled}.CANCELLED"),
+    ]
+    .into_iter()
+    .map(|id| (id, 1))
+    .collect();
+    assert_eq!(by_event_id(&received), want);
+    assert_eq!(out.events, want.len());
+    // The events read as the publisher's: detail-types, the change's actor and its order.
+    let settled = received
+        .iter()
+        .find(|r| r.event_id() == format!("{paid}.SETTLED"))
+        .unwrap();
+    assert_eq!(settled.detail_type, "withdrawal.settled");
+    assert_eq!(settled.detail["previous_status"], "SUBMITTED");
+    assert_eq!(settled.detail["sequence"], 3);
+    assert_eq!(settled.detail["withdrawal"]["status"], "SETTLED");
+    let requested = received
+        .iter()
+        .find(|r| r.event_id() == format!("{paid}.PENDING"))
+        .unwrap();
+    assert_eq!(requested.detail_type, "withdrawal.requested");
+    assert_eq!(requested.detail["withdrawal"]["status"], "PENDING");
+    assert_eq!(requested.detail["actor"], "user");
+}
+
+/// A record the publisher cannot read (a credit in a currency its configuration no longer
+/// has) holds its shard: nothing after it is published, retry after retry, and it is named. An
+/// operator's `skip-record` lets the shard move on; once the configuration is right again,
+/// `republish` puts the skipped record's event under its own id.
+#[tokio::test]
+async fn an_unreadable_record_waits_for_an_operator_to_skip_it_then_is_republished() {
+    let since = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let env = TestEnv::new().await;
+    let events = EventsEnv::new(&env).await;
+    let with_gbp = shared::domain::Currencies::parse_config(&format!(
+        "{},GBP:2:1:1000",
+        shared::domain::Currencies::DEFAULT_CONFIG
+    ))
+    .unwrap();
+    let gbp_store = shared::store::DynamoStore::new(
+        integration_tests::client_for(&integration_tests::endpoint()),
+        env.store.table_name(),
+        with_gbp.clone(),
+    );
+    let gbp = with_gbp.get("GBP").unwrap();
+    gbp_store
+        .credit(&integration_tests::credit_record(
+            gbp, "gus", "25.00", "dep-gbp",
+        ))
+        .await
+        .unwrap();
+    deposit(&env, "eve", "dep-eve").await;
+
+    let mut named = None;
+    for _ in 0..5 {
+        named = events.step().await.last_failed.or(named);
+    }
+    let sequence = named.expect("the unreadable record is named");
+    assert!(events.received().await.is_empty(), "the shard waits on it");
+
+    assert!(env
+        .store
+        .skip_stream_record(&sequence, "operator:ops-ann", "GBP dropped by mistake")
+        .await
+        .unwrap());
+    events.pump().await;
+    let received = events.received().await;
+    assert_eq!(
+        by_event_id(&received),
+        BTreeMap::from([("credit.dep-eve".to_string(), 1)])
+    );
+
+    // Configuration fixed: the skipped change's event is rebuilt from the table.
+    republish_since(&gbp_store, &events, since).await;
+    let received = events.received().await;
+    let ids: BTreeSet<String> = by_event_id(&received).into_keys().collect();
+    assert_eq!(
+        ids,
+        BTreeSet::from(["credit.dep-eve".to_string(), "credit.dep-gbp".to_string()])
+    );
 }

@@ -94,7 +94,7 @@ fn the_schedule_and_webhook_fixtures_parse() {
 mod stream {
     use super::read;
     use shared::domain::Currencies;
-    use shared::events::{publish, Change, EventBus, PipelineEvent};
+    use shared::events::{publish, Change, EventBus, NoneSkipped, PipelineEvent};
     use std::sync::Mutex;
 
     /// Takes every entry and keeps it.
@@ -125,7 +125,7 @@ mod stream {
             shared::events::event_of(&Currencies::default(), &c).expect("the fixture decodes");
         }
         let bus = Recording::default();
-        let out = publish(&bus, &Currencies::default(), &changes()).await;
+        let out = publish(&bus, &Currencies::default(), &NoneSkipped, &changes()).await;
         assert_eq!((out.events, out.calls, out.retry_from), (2, 1, None));
         let events = bus.0.into_inner().unwrap();
         let kinds: Vec<&str> = events.iter().map(|e| e.kind.detail_type()).collect();
@@ -149,8 +149,9 @@ mod stream {
             aws_sdk_dynamodb::types::AttributeValue::N("x".into()),
         );
         let bus = Recording::default();
-        let out = publish(&bus, &Currencies::default(), &changes).await;
+        let out = publish(&bus, &Currencies::default(), &NoneSkipped, &changes).await;
         assert_eq!(out.events, 1, "what came before it is published");
         assert_eq!(out.retry_from.as_deref(), Some("000000000000000000102"));
+        assert!(out.unreadable);
     }
 }

@@ -759,3 +759,32 @@ async fn a_return_whose_callback_was_lost_is_found_by_the_second_reconcile_pass(
     // Two passes, then off the list.
     assert_eq!(p.run(reconcile).await.currencies["USD"].reconciled, 0);
 }
+
+/// `operator check` names what no rule can undo: a member returned on a 404 in a batch the
+/// provider later shows it holds (a provider breaking its own "404 = never recorded").
+#[tokio::test]
+async fn check_names_a_member_returned_on_a_404_the_provider_later_contradicts() {
+    let p = PayoutEnv::new(|_| {}).await;
+    let (seeded, batch) = flagged_unrecorded(&p, "later", "5.00", 2).await;
+    operations::reject_withdrawal(
+        &p.env.store,
+        &p.provider(),
+        seeded[0].id,
+        "404",
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    let before = shared::check::violations(&p.env.store.scan_all().await.unwrap());
+    assert!(before.is_empty(), "{before:?}");
+    let b = p.env.store.batch(batch).await.unwrap().unwrap();
+    assert!(p
+        .env
+        .store
+        .record_found(&b, "pb_late", shared::domain::PROVIDER_STATUS_ACTOR)
+        .await
+        .unwrap());
+    let after = shared::check::violations(&p.env.store.scan_all().await.unwrap());
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert!(after[0].contains(&seeded[0].id.to_string()) && after[0].contains("pb_late"));
+}

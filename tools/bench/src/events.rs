@@ -128,6 +128,7 @@ async fn run(
     let publisher = Arc::new(Publisher::new(
         Box::new(Shared(bus.clone())),
         currencies.clone(),
+        Arc::new(shared::events::NoneSkipped),
     ));
     let streams = aws_sdk_dynamodbstreams::Client::new(&sdk_config(ddb_endpoint));
     let mut relay = stream_relay::Relay::for_table(streams, store.table_name())

@@ -95,6 +95,29 @@ enum Command {
         #[arg(long)]
         withdrawal: String,
     },
+    /// Put on the bus (EVENT_BUS_NAME) again every event of the changes committed in
+    /// [--since, --until): each withdrawal's status changes (from its audit trail) and each
+    /// credit, rebuilt from the table with the publisher's own event ids, so consumers'
+    /// deduplication holds. For events that missed the bus (an outage, a skipped record).
+    Republish {
+        /// RFC 3339, e.g. 2026-12-07T00:00:00Z.
+        #[arg(long)]
+        since: chrono::DateTime<chrono::Utc>,
+        #[arg(long)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// List what would be put, put nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Let event-publisher pass over one stream record it cannot read (its log names the
+    /// sequence number): recorded with who and why; rebuild its event with `republish` once the
+    /// cause is fixed.
+    SkipRecord {
+        #[arg(long)]
+        sequence: String,
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[tokio::main]
@@ -303,6 +326,47 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 .await?
                 .ok_or("no such withdrawal")?;
             println!("{}", serde_json::to_string_pretty(&w.audit)?);
+        }
+        Command::Republish {
+            since,
+            until,
+            dry_run,
+        } => {
+            let report = store.scan_all().await?;
+            let window = shared::republish::Window { since, until };
+            let events = shared::republish::rebuilt(&report.withdrawals, &report.credits, window);
+            for e in &events {
+                println!("{} {} {}", e.occurred_at, e.kind.detail_type(), e.event_id);
+            }
+            if dry_run {
+                println!("{} event(s) would be republished", events.len());
+                return Ok(ExitCode::SUCCESS);
+            }
+            let bus_name =
+                std::env::var("EVENT_BUS_NAME").map_err(|_| "EVENT_BUS_NAME is not set")?;
+            let bus = event_publisher::bus(bus_name).await;
+            let out = shared::republish::republish(&bus, &events).await;
+            println!(
+                "republished {} of {} event(s) in {} call(s)",
+                out.events,
+                events.len(),
+                out.calls
+            );
+            if let Some(id) = out.stopped_at {
+                println!("stopped at {id}: run the same command again (consumers deduplicate)");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::SkipRecord { sequence, reason } => {
+            let by = std::env::var("USER")
+                .map_or_else(|_| "operator".into(), |u| format!("operator:{u}"));
+            if store.skip_stream_record(&sequence, &by, &reason).await? {
+                println!(
+                    "stream record {sequence} will be passed over by event-publisher's next retry"
+                );
+            } else {
+                println!("stream record {sequence} was already skipped: nothing changed");
+            }
         }
         Command::Check => {
             let report = store.scan_all().await?;

@@ -50,6 +50,9 @@ pub struct Delivered {
     pub retried: usize,
     /// Records given up after `max_attempts`.
     pub given_up: usize,
+    /// The sequence number of the last record the function reported it could not take (what
+    /// an operator names to `operator skip-record`).
+    pub last_failed: Option<String>,
 }
 
 struct Shard {
@@ -71,6 +74,9 @@ pub struct Relay {
     region: String,
     shards: Vec<Shard>,
     pub batch_size: usize,
+    /// Attempts at a failing batch before the rest of it is given up. Deployed, the mapping
+    /// retries until the stream's own retention (`MaximumRecordAgeInSeconds: -1`); locally a
+    /// bound keeps a run finite, and a test shortens it to stand for an outage past it.
     pub max_attempts: u32,
     /// The mapping's `MaximumBatchingWindowInSeconds`: a batch smaller than `batch_size` waits
     /// this long for more records. Zero by default (tests); the template's is 1 s.
@@ -280,6 +286,7 @@ impl Relay {
                 }
                 Some(i) => {
                     out.retried += 1;
+                    out.last_failed = records[i].change.sequence_number.clone();
                     shard.buffer.drain(..i);
                     shard.attempts = if i > 0 { 1 } else { shard.attempts + 1 };
                     if shard.attempts >= self.max_attempts {
@@ -314,6 +321,7 @@ impl Relay {
             total.records += d.records;
             total.retried += d.retried;
             total.given_up += d.given_up;
+            total.last_failed = d.last_failed.or(total.last_failed);
             if idle {
                 return Ok(total);
             }

@@ -10,6 +10,7 @@ mod admin;
 mod batches;
 mod claims;
 mod codec;
+mod skips;
 mod tx;
 mod writes;
 
