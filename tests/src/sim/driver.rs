@@ -380,6 +380,17 @@ impl World {
         self.p.sandbox.memory().lost_batches
     }
 
+    /// Batches the provider lost before anyone heard it had them: the only ones whose 404 no
+    /// client can tell from "never recorded" (those it lost after a `found` answer are not).
+    pub fn lost_unheard(&self) -> BTreeSet<String> {
+        let memory = self.p.sandbox.memory();
+        memory
+            .lost_batches
+            .difference(&memory.lost_after_found)
+            .cloned()
+            .collect()
+    }
+
     fn request_app(
         &self,
         fault: Option<&StoreFaultSpec>,
@@ -530,6 +541,11 @@ impl World {
                         },
                         MemoryChange::PendingNext => M {
                             pending_next_batches: Some(1),
+                            ..M::default()
+                        },
+                        MemoryChange::LoseAfterFound => M {
+                            pending_next_batches: Some(1),
+                            lose_next_found: Some(1),
                             ..M::default()
                         },
                     };
@@ -1359,7 +1375,7 @@ impl World {
             }
             log.extend(d.log.iter().map(|l| format!("  quiesce {round}: {l}")));
             let report = self.scan().await;
-            bad.extend(model.check(&report, &self.ledger(), &self.lost_batches()));
+            bad.extend(model.check(&report, &self.ledger(), &self.lost_unheard()));
             let fp = Self::state_fingerprint(&report);
             let busy = report
                 .withdrawals

@@ -99,7 +99,7 @@ pub async fn run_seed(seed: u64, steps: usize) -> SeedResult {
         if op.writes() && (i + 1) % check_every() == 0 {
             let t = Instant::now();
             let report = world.scan().await;
-            violations.extend(model.check(&report, &world.ledger(), &world.lost_batches()));
+            violations.extend(model.check(&report, &world.ledger(), &world.lost_unheard()));
             *world
                 .stats
                 .lock()

@@ -93,6 +93,10 @@ pub enum MemoryChange {
     LoseNext,
     /// Every item of the next accepted batch stays pending for ever.
     PendingNext,
+    /// The next batch it records stays pending, and the first batch its status endpoint
+    /// answers `found` for is lost right after that answer (and its pending items paid all the
+    /// same): a provider that showed it holds a batch, then forgot it.
+    LoseAfterFound,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -316,11 +320,17 @@ fn batcher_cfg(rng: &mut Rng) -> BatcherCfg {
 /// batch (seeds 56 and 165 showed the operator's reject returning funds it had paid), so a seed
 /// that loses batches never also loses the answer to a recorded send, and none combines lost
 /// batches with forgotten keys (a re-send would be paid again).
+///
+/// `FoundThenLost` loses a batch only after its status endpoint answered `found` for it: that
+/// answer is the provider's word, so from then on its 404 is distinguishable from "never
+/// recorded" and it may combine with lost answers (issue "What the provider once said is never
+/// forgotten": a client that dropped the `found` returned funds the provider then paid).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Forgetting {
     Nothing,
     Keys,
     Batches,
+    FoundThenLost,
 }
 
 /// One operation; `nested` ops (inside `Together`) are never `Together` themselves.
@@ -448,6 +458,9 @@ fn op(rng: &mut Rng, nested: bool, forgetting: Forgetting) -> Op {
                 MemoryChange::PendingNext,
             ]),
             Forgetting::Batches => *rng.pick(&[MemoryChange::LoseNext, MemoryChange::PendingNext]),
+            Forgetting::FoundThenLost => {
+                *rng.pick(&[MemoryChange::LoseAfterFound, MemoryChange::PendingNext])
+            }
         }),
         11 => {
             let n = rng.range(1, 6) as usize;
@@ -499,11 +512,15 @@ pub fn schedule(seed: u64, steps: usize) -> Vec<Op> {
     out
 }
 
-/// The seed's provider: a third forget nothing, a third forget keys, a third lose batches.
+/// The seed's provider: a third forget nothing, a third forget keys, a sixth lose batches
+/// before anyone heard of them, a sixth lose batches after answering `found` for them (half of
+/// what were the batch-losing seeds; the others keep their schedules).
 pub fn forgetting(seed: u64) -> Forgetting {
-    match Rng::new(seed ^ 0xF0F0).below(3) {
+    let mut rng = Rng::new(seed ^ 0xF0F0);
+    match rng.below(3) {
         0 => Forgetting::Nothing,
         1 => Forgetting::Keys,
+        _ if Rng::new(seed ^ 0x0F0F).percent(50) => Forgetting::FoundThenLost,
         _ => Forgetting::Batches,
     }
 }

@@ -713,23 +713,45 @@ async fn status(State(sb): State<Sandbox>, Path(id): Path<String>, headers: Head
     let mut inner = sb.inner.lock().unwrap();
     // A lost batch is unknown to the status endpoint even though it was accepted and paid.
     let found = inner.batches.contains_key(&id) && !inner.memory.lost_batches.contains(&id);
-    if found && inner.memory.lose_next_found > 0 {
-        // This answer is the last it gives for the batch.
+    let Some(b) = inner.batches.get(&id).filter(|_| found) else {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such batch");
+    };
+    let answer = BatchState {
+        batch_id: id.clone(),
+        provider_batch_id: b.provider_batch_id.clone(),
+        currency: b.request.currency.clone(),
+        items: b.items.values().cloned().collect(),
+    };
+    if inner.memory.lose_next_found > 0 {
+        // This answer is the last it gives for the batch; what it still held pending it pays
+        // all the same (no callback: its records are gone).
         inner.memory.lose_next_found -= 1;
         inner.memory.lost_batches.insert(id.clone());
         inner.memory.lost_after_found.insert(id.clone());
+        let paid = pay_pending(inner.batches.get_mut(&id).expect("found above"));
+        inner.ledger.extend(paid);
     }
-    let known = inner.batches.get(&id).filter(|_| found);
-    match known {
-        Some(b) => Json(BatchState {
-            batch_id: id.clone(),
-            provider_batch_id: b.provider_batch_id.clone(),
-            currency: b.request.currency.clone(),
-            items: b.items.values().cloned().collect(),
-        })
-        .into_response(),
-        None => error(StatusCode::NOT_FOUND, "not_found", "no such batch"),
+    Json(answer).into_response()
+}
+
+/// Marks a stored batch's pending items paid; their ledger entries.
+fn pay_pending(b: &mut StoredBatch) -> Vec<LedgerEntry> {
+    let mut paid = Vec::new();
+    for item in b.items.values_mut() {
+        if item.status == ItemStatus::Pending {
+            item.status = ItemStatus::Paid;
+            paid.push(LedgerEntry {
+                batch_id: b.request.batch_id.clone(),
+                provider_batch_id: b.provider_batch_id.clone(),
+                reference: item.reference.clone(),
+                amount: item.amount.clone(),
+                currency: b.request.currency.clone(),
+                provider_reference: item.provider_reference.clone().unwrap_or_default(),
+                returned: false,
+            });
+        }
     }
+    paid
 }
 
 async fn ledger(State(sb): State<Sandbox>) -> Response {
