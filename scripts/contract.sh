@@ -13,6 +13,24 @@ cd "$ROOT"
 command -v schemathesis >/dev/null 2>&1 && command -v openapi-spec-validator >/dev/null 2>&1 ||
   python3 -m pip install --quiet --disable-pip-version-check schemathesis openapi-spec-validator
 openapi-spec-validator openapi.yaml
+# Every operation is named and tagged, so a generated client reads `create_withdrawal` under
+# `withdrawals`, not `post_withdrawals` under `default`.
+python3 - "$ROOT/openapi.yaml" <<'PY'
+import sys, yaml
+spec = yaml.safe_load(open(sys.argv[1]))
+ids, missing = [], []
+for path, item in spec["paths"].items():
+    for method, op in item.items():
+        if method not in ("get", "put", "post", "delete", "patch", "head", "options"):
+            continue
+        if not op.get("operationId") or not op.get("tags"):
+            missing.append(f"{method.upper()} {path}")
+        ids.append(op.get("operationId"))
+dupes = {i for i in ids if ids.count(i) > 1}
+if missing or dupes:
+    sys.exit(f"openapi.yaml: without operationId or tags: {missing}; operationIds used twice: {sorted(dupes)}")
+print(f"openapi.yaml: {len(ids)} operations, each with its operationId and tags")
+PY
 
 start_stack "$LOCAL_DIR/contract-$$.log"
 trap 'stop_group --grace 15 "$DEV_PGID"' EXIT

@@ -420,10 +420,13 @@ where
                 Ok(())
             }
             StatusOutcome::NotFound => {
-                // Read again after the answer: a callback may have landed meanwhile. A 404 for
-                // a batch the provider has shown it holds contradicts its own word, and a member
-                // already final contradicts it too: sending again could pay twice (the key may
-                // be forgotten by now), so an operator decides.
+                // Read again after the answer: a callback, or another reader's `found` (an
+                // operator's look-up, a run holding an older copy), may have landed since the
+                // lease was taken. A 404 for a batch the provider has shown it holds contradicts
+                // its own word, and a member already final contradicts it too: sending again
+                // could pay twice (the key may be forgotten by now), so an operator decides.
+                let fresh = self.store.batch(batch.id).await?;
+                let batch = fresh.as_ref().unwrap_or(batch);
                 let members = self.store.members(batch).await?;
                 let blocked = provider_evidence(batch, &members).or_else(|| {
                     members

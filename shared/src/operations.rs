@@ -250,8 +250,9 @@ pub async fn retry_batch(store: &DynamoStore, id: BatchId) -> Result<(), Operati
     match store.reset_attempts(&batch, OPERATOR).await {
         Ok(()) => Ok(()),
         Err(StoreError::BatchChanged(_)) => Err(OperationError::Refused(
-            "a member was rejected by an operator (or the batch moved on): this batch must not \
-             be re-sent"
+            "the batch changed meanwhile: a member was rejected by an operator (it must never \
+             be re-sent), the provider's answer moved it on, or it was found at the provider; \
+             look again"
                 .into(),
         )),
         Err(e) => Err(e.into()),

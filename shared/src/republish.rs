@@ -57,16 +57,20 @@ pub fn rebuilt(
 ) -> Vec<PipelineEvent> {
     let mut out: Vec<(DateTime<Utc>, usize, PipelineEvent)> = Vec::new();
     for w in withdrawals {
+        // One withdrawal's events keep their trail's order even if writers' clocks disagree:
+        // each sorts no earlier than the one before it.
+        let mut latest = DateTime::<Utc>::MIN_UTC;
         for (i, entry) in w.audit.iter().enumerate() {
             let Ok(at) = DateTime::parse_from_rfc3339(&entry.at) else {
                 continue;
             };
             let at = at.with_timezone(&Utc);
+            latest = latest.max(at);
             if !window.holds(at) {
                 continue;
             }
             if let Some(then) = as_of(w, i) {
-                out.push((at, i, events::withdrawal_event(&then, entry.from)));
+                out.push((latest, i, events::withdrawal_event(&then, entry.from)));
             }
         }
     }

@@ -164,6 +164,11 @@ fn s10_provider_loses_batches() {
     scenario(|rt| vec![rt.block_on(provider_loses_batches())]);
 }
 
+#[test]
+fn s11_provider_found_then_lost() {
+    scenario(|rt| vec![rt.block_on(provider_found_then_lost())]);
+}
+
 // 1 ------------------------------------------------------------------------------------------
 async fn no_overdraw_under_load() -> Row {
     let env = Arc::new(TestEnv::with_max_open(u32::MAX).await);
@@ -1220,6 +1225,63 @@ async fn provider_loses_batches() -> Row {
         money_lost: lost + value,
         note: format!(
             "paid, then its status answers 404: escalated to an operator ({escalated}), {refused} of {} operator rejects refused, retry-batch looked it up again and sent nothing ({resent} re-sends); {still_locked} stay locked until the provider answers",
+            seeded.len()
+        ),
+    }
+}
+
+/// The provider records a batch while its answer is lost (the batch is flagged without its id),
+/// a stale check finds it with its items pending, then the provider loses it and pays the items
+/// all the same. Its later 404 contradicts the found answer, which was kept: every operator
+/// reject is refused and a retry-batch looks it up again, never sends.
+async fn provider_found_then_lost() -> Row {
+    let p = PayoutEnv::new(|c| {
+        c.memory.pending_next_batches = 1;
+        c.memory.lose_next_found = 1;
+    })
+    .await;
+    let seeded = p.seed("found", "USD", "5.00", scale(50), ACCOUNTS[0]).await;
+    p.sandbox
+        .inject(&[sandbox_provider::Fault::TimeoutAfterRecord]);
+    p.run(BatcherConfig {
+        max_attempts: 1,
+        ..PayoutEnv::config()
+    })
+    .await;
+    let stale = BatcherConfig {
+        stale_after: Duration::ZERO,
+        ..PayoutEnv::config()
+    };
+    p.run(stale.clone()).await;
+    let provider = p.provider();
+    let mut refused = 0;
+    for w in &seeded {
+        let r = shared::operations::reject_withdrawal(
+            &p.env.store,
+            &provider,
+            w.id,
+            "lost?",
+            Duration::ZERO,
+        )
+        .await;
+        refused += r.is_err() as usize;
+    }
+    let batch = p.reload(&seeded[0]).await.batch_id.unwrap();
+    shared::operations::retry_batch(&p.env.store, batch)
+        .await
+        .unwrap();
+    p.run(stale).await;
+    let (returned, value) = paid_and_returned(&p).await;
+    let paid_there = p.sandbox.payouts_by_reference().len();
+    let resent = p.sandbox.submit_calls() - 1;
+    let (violations, lost) = audit(&p.env, Some(&p.sandbox)).await;
+    Row {
+        scenario: "11. provider finds a flagged batch, then loses it",
+        operations: seeded.len(),
+        failures: returned + resent as usize + violations + (refused != seeded.len()) as usize,
+        money_lost: lost + value,
+        note: format!(
+            "recorded while its answer was lost, found once by the stale check (items pending), then lost and paid ({paid_there} paid there): {refused} of {} operator rejects refused, {resent} re-sends; they stay locked until the provider answers",
             seeded.len()
         ),
     }

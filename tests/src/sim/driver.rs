@@ -543,11 +543,16 @@ impl World {
                             pending_next_batches: Some(1),
                             ..M::default()
                         },
-                        MemoryChange::LoseAfterFound => M {
-                            pending_next_batches: Some(1),
-                            lose_next_found: Some(1),
-                            ..M::default()
-                        },
+                        MemoryChange::LoseAfterFound => {
+                            self.p
+                                .sandbox
+                                .inject(&[sandbox_provider::Fault::TimeoutAfterRecord]);
+                            M {
+                                pending_next_batches: Some(1),
+                                lose_next_found: Some(1),
+                                ..M::default()
+                            }
+                        }
                     };
                     let now = self.p.sandbox.change_memory(change);
                     self.stat(|s| s.memory_changes += 1);
@@ -786,9 +791,22 @@ impl World {
             return d;
         }
         if let Some(invalid) = spec.invalid {
-            if status != 400 || code != invalid.code() {
+            // The key wins: under a recorded key the refused body is another request (422);
+            // under any other, the refusal. The record is read only on this path, so a fault
+            // there answers 503 (or hangs) like any.
+            let refused = status == 400 && code == invalid.code();
+            let reused = status == 422 && code == "idempotency_key_reused";
+            let recorded = key.as_deref().and_then(|k| model.key_recorded(&who, k));
+            let ok = match (status, recorded) {
+                (0, _) => hangs,
+                (500..=599, _) => !fired.is_empty(),
+                (_, Some(true)) => reused,
+                (_, Some(false)) => refused,
+                (_, None) => refused || reused,
+            };
+            if !ok {
                 d.bad(format!(
-                    "invalid request ({invalid:?}) answered {status} {code}"
+                    "invalid request ({invalid:?}) under a key recorded {recorded:?} answered {status} {code}"
                 ));
             }
             return d;

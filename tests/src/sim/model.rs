@@ -93,6 +93,17 @@ impl Model {
         (!keys.is_empty()).then(|| keys[(pick % keys.len() as u64) as usize].clone())
     }
 
+    /// Whether `key` of `user` has a record: `Some(true)` once a request under it was answered
+    /// 201, `None` while one sent under it went unanswered (it may have landed), else
+    /// `Some(false)`.
+    pub fn key_recorded(&self, user: &str, key: &str) -> Option<bool> {
+        match self.keys.get(&(user.to_string(), key.to_string())) {
+            Some(k) if !k.ids.is_empty() => Some(true),
+            Some(k) if !k.unanswered.is_empty() => None,
+            _ => Some(false),
+        }
+    }
+
     /// A credit reference chosen by `pick`, with its credit.
     pub fn earlier_credit(&self, pick: u64) -> Option<(String, (String, String, Decimal))> {
         // Only credits known to have landed: an unanswered one may be free to take.

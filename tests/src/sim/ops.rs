@@ -93,9 +93,10 @@ pub enum MemoryChange {
     LoseNext,
     /// Every item of the next accepted batch stays pending for ever.
     PendingNext,
-    /// The next batch it records stays pending, and the first batch its status endpoint
-    /// answers `found` for is lost right after that answer (and its pending items paid all the
-    /// same): a provider that showed it holds a batch, then forgot it.
+    /// The next payout call is recorded but its answer lost (a timeout), the batch it records
+    /// stays pending, and the first batch with pending items its status endpoint answers
+    /// `found` for is lost right after that answer (and those items paid all the same): a
+    /// provider that showed it holds a batch, then forgot it.
     LoseAfterFound,
 }
 
@@ -303,8 +304,15 @@ pub const BATCHER_METHODS: [&str; 14] = [
     "mark_reconciled",
 ];
 
-fn batcher_cfg(rng: &mut Rng) -> BatcherCfg {
-    match rng.weighted(&[55, 18, 7, 8, 12]) {
+/// A provider that loses batches after `found` answers is tried where it matters: batches
+/// flagged after one lost answer (without the provider's id) are what a stale check then finds.
+fn batcher_cfg(rng: &mut Rng, forgetting: Forgetting) -> BatcherCfg {
+    let weights = if forgetting == Forgetting::FoundThenLost {
+        [40, 18, 7, 8, 27]
+    } else {
+        [55, 18, 7, 8, 12]
+    };
+    match rng.weighted(&weights) {
         0 => BatcherCfg::Normal,
         1 => BatcherCfg::Stale,
         2 => BatcherCfg::Escalate,
@@ -426,10 +434,10 @@ fn op(rng: &mut Rng, nested: bool, forgetting: Forgetting) -> Op {
             } else {
                 1
             },
-            cfg: batcher_cfg(rng),
+            cfg: batcher_cfg(rng, forgetting),
         },
         8 => Op::CrashBatcher {
-            cfg: batcher_cfg(rng),
+            cfg: batcher_cfg(rng, forgetting),
             fault: store_fault(rng, &BATCHER_METHODS),
         },
         9 => Op::ProviderFault(if forgetting == Forgetting::Batches {
@@ -458,9 +466,11 @@ fn op(rng: &mut Rng, nested: bool, forgetting: Forgetting) -> Op {
                 MemoryChange::PendingNext,
             ]),
             Forgetting::Batches => *rng.pick(&[MemoryChange::LoseNext, MemoryChange::PendingNext]),
-            Forgetting::FoundThenLost => {
-                *rng.pick(&[MemoryChange::LoseAfterFound, MemoryChange::PendingNext])
-            }
+            Forgetting::FoundThenLost => *rng.pick(&[
+                MemoryChange::LoseAfterFound,
+                MemoryChange::LoseAfterFound,
+                MemoryChange::PendingNext,
+            ]),
         }),
         11 => {
             let n = rng.range(1, 6) as usize;

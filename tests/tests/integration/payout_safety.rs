@@ -365,6 +365,12 @@ async fn a_flagged_batch_the_provider_once_found_is_never_returned_or_resent_on_
         ..PayoutEnv::config()
     };
     p.run(stale.clone()).await;
+    provider_forgets(&p, batch);
+    for w in &seeded {
+        let why = reject_refused(&p, &p.provider(), w).await;
+        assert!(why.contains("contradicts"), "{why}");
+    }
+    // Because the found answer was kept, audited once.
     let found = p.env.store.batch(batch).await.unwrap().unwrap();
     assert!(found.provider_has_it(), "the found answer is kept");
     assert_eq!(found.status, BatchStatus::NeedsOperator);
@@ -377,11 +383,6 @@ async fn a_flagged_batch_the_provider_once_found_is_never_returned_or_resent_on_
         found.history
     );
 
-    provider_forgets(&p, batch);
-    for w in &seeded {
-        let why = reject_refused(&p, &p.provider(), w).await;
-        assert!(why.contains("contradicts"), "{why}");
-    }
     operations::retry_batch(&p.env.store, batch).await.unwrap();
     assert_eq!(
         p.env.store.batch(batch).await.unwrap().unwrap().status,
@@ -429,6 +430,17 @@ async fn the_providers_failed_item_read_by_an_operator_is_evidence_for_its_sibli
     .await
     .unwrap();
     assert_eq!(failed.status, WithdrawalStatus::Rejected);
+    provider_forgets(&p, batch);
+    let why = reject_refused(&p, &p.provider(), &seeded[0]).await;
+    assert!(why.contains("contradicts"), "{why}");
+    assert_eq!(
+        p.reload(&seeded[0]).await.status,
+        WithdrawalStatus::Submitted
+    );
+    let (available, locked, _, _) = p.env.balance("sib-0", "USD").await;
+    assert_eq!((available.as_str(), locked.as_str()), ("81.00", "9.00"));
+    // The two pieces of evidence: the failed member's entry speaks for the provider, and the
+    // status answer that reported it is kept on the batch.
     let entry = failed.audit.last().unwrap();
     assert_eq!(entry.by, shared::domain::PROVIDER_STATUS_ACTOR);
     assert!(failed.provider_answered());
@@ -440,16 +452,6 @@ async fn the_providers_failed_item_read_by_an_operator_is_evidence_for_its_sibli
         .unwrap()
         .unwrap()
         .provider_has_it());
-
-    provider_forgets(&p, batch);
-    let why = reject_refused(&p, &p.provider(), &seeded[0]).await;
-    assert!(why.contains("contradicts"), "{why}");
-    assert_eq!(
-        p.reload(&seeded[0]).await.status,
-        WithdrawalStatus::Submitted
-    );
-    let (available, locked, _, _) = p.env.balance("sib-0", "USD").await;
-    assert_eq!((available.as_str(), locked.as_str()), ("81.00", "9.00"));
     p.env.assert_conserved().await;
 }
 
@@ -787,4 +789,54 @@ async fn check_names_a_member_returned_on_a_404_the_provider_later_contradicts()
     let after = shared::check::violations(&p.env.store.scan_all().await.unwrap());
     assert_eq!(after.len(), 1, "{after:?}");
     assert!(after[0].contains(&seeded[0].id.to_string()) && after[0].contains("pb_late"));
+}
+
+/// A provider that answers 404 while, in the meantime, another reader (an operator's look-up,
+/// a run holding an older copy of the batch) records the provider's `found` for it.
+struct FoundMeanwhile {
+    inner: HttpProvider,
+    store: Arc<DynamoStore>,
+}
+
+#[async_trait]
+impl PayoutProvider for FoundMeanwhile {
+    async fn submit_batch(&self, request: &PayoutBatchRequest) -> SubmitOutcome {
+        self.inner.submit_batch(request).await
+    }
+    async fn batch_status(&self, batch_id: BatchId) -> StatusOutcome {
+        let b = self.store.batch(batch_id).await.unwrap().unwrap();
+        self.store
+            .record_found(&b, "pb_meanwhile", shared::domain::PROVIDER_STATUS_ACTOR)
+            .await
+            .unwrap();
+        StatusOutcome::NotFound
+    }
+}
+
+/// The re-send decides on the batch as it is after the 404, not on the copy its lease handed
+/// it: evidence recorded in between (here by the status call itself) means it is not sent
+/// again. Before the fix the run's older copy had no provider id and the batch was re-sent.
+#[tokio::test]
+async fn a_found_recorded_while_a_resend_asks_stops_the_resend() {
+    let p = PayoutEnv::new(|_| {}).await;
+    let (_, batch) = flagged_unrecorded(&p, "meanwhile", "6.00", 2).await;
+    operations::retry_batch(&p.env.store, batch).await.unwrap();
+    let provider = Arc::new(FoundMeanwhile {
+        inner: p.provider(),
+        store: p.env.store.clone(),
+    });
+    let run = p
+        .batcher_with(provider, PayoutEnv::config())
+        .run(std::time::Instant::now() + Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(p.sandbox.submit_calls(), 1, "not sent again");
+    assert_eq!(run.currencies["USD"].escalated, 1);
+    let b = p.env.store.batch(batch).await.unwrap().unwrap();
+    assert_eq!(b.status, BatchStatus::NeedsOperator);
+    assert!(b
+        .last_error
+        .unwrap()
+        .contains("recorded it as pb_meanwhile"));
+    p.env.assert_conserved().await;
 }

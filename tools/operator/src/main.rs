@@ -333,6 +333,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             dry_run,
         } => {
             let report = store.scan_all().await?;
+            // What this configuration cannot read would be left out silently: say so, and fail
+            // once the rest is out (fix `CURRENCIES`, then run it again).
+            for u in &report.unreadable {
+                eprintln!("UNREADABLE {u}: its events are not republished");
+            }
             let window = shared::republish::Window { since, until };
             let events = shared::republish::rebuilt(&report.withdrawals, &report.credits, window);
             for e in &events {
@@ -354,6 +359,13 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             );
             if let Some(id) = out.stopped_at {
                 println!("stopped at {id}: run the same command again (consumers deduplicate)");
+                return Ok(ExitCode::FAILURE);
+            }
+            if !report.unreadable.is_empty() {
+                println!(
+                    "{} item(s) could not be read with this configuration: not republished",
+                    report.unreadable.len()
+                );
                 return Ok(ExitCode::FAILURE);
             }
         }

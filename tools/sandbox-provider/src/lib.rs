@@ -122,8 +122,9 @@ pub struct Memory {
     /// callback, and the status endpoint keeps reporting `pending`.
     #[serde(default)]
     pub pending_next_batches: u32,
-    /// The next this many batches its status endpoint answers `found` for are lost right after
-    /// that answer (404 from then on): a provider that showed it holds a batch, then forgot it.
+    /// The next this many batches with pending items its status endpoint answers `found` for
+    /// are lost right after that answer (404 from then on), those items paid all the same: a
+    /// provider that showed it holds a batch, then forgot it.
     #[serde(default)]
     pub lose_next_found: u32,
     /// Batches lost after a `found` answer (also in `lost_batches`): unlike a batch lost before
@@ -722,7 +723,8 @@ async fn status(State(sb): State<Sandbox>, Path(id): Path<String>, headers: Head
         currency: b.request.currency.clone(),
         items: b.items.values().cloned().collect(),
     };
-    if inner.memory.lose_next_found > 0 {
+    let holds_pending = answer.items.iter().any(|i| i.status == ItemStatus::Pending);
+    if holds_pending && inner.memory.lose_next_found > 0 {
         // This answer is the last it gives for the batch; what it still held pending it pays
         // all the same (no callback: its records are gone).
         inner.memory.lose_next_found -= 1;
