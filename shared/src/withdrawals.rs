@@ -22,19 +22,21 @@ pub struct WithdrawalRequest {
     pub bank_account: BankAccount,
 }
 
+/// The request body's shape, before any of its values is read.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequest<'a> {
+    currency: String,
+    #[serde(borrow)]
+    amount: &'a RawValue,
+    bank_account: String,
+}
+
 impl WithdrawalRequest {
     /// Parses the JSON body. `amount` may be a string or a JSON number; either way its digits are
     /// read exactly, never through a float.
     pub fn parse(body: &[u8], currencies: &Currencies) -> Result<Self, ApiError> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Raw<'a> {
-            currency: String,
-            #[serde(borrow)]
-            amount: &'a RawValue,
-            bank_account: String,
-        }
-        let raw: Raw = serde_json::from_slice(body)
+        let raw: RawRequest = serde_json::from_slice(body)
             .map_err(|e| ApiError::InvalidJson(format!("request body: {e}")))?;
         let currency = currencies.get(&raw.currency)?.clone();
         let amount = parse_bounded_amount(raw.amount, &currency)?;
@@ -80,15 +82,7 @@ struct Asked {
 
 impl Asked {
     fn parse(body: &[u8]) -> Option<Self> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Raw<'a> {
-            currency: String,
-            #[serde(borrow)]
-            amount: &'a RawValue,
-            bank_account: String,
-        }
-        let raw: Raw = serde_json::from_slice(body).ok()?;
+        let raw: RawRequest = serde_json::from_slice(body).ok()?;
         let text = match raw.amount.get() {
             quoted if quoted.starts_with('"') => serde_json::from_str::<String>(quoted).ok()?,
             bare => bare.to_string(),

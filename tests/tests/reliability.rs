@@ -1178,18 +1178,16 @@ async fn forgetful_provider() -> Row {
     }
 }
 
-async fn provider_loses_batches() -> Row {
-    let p = PayoutEnv::new(|c| c.memory.lose_next_batches = 1).await;
-    let seeded = p.seed("lost", "USD", "5.00", scale(50), ACCOUNTS[0]).await;
-    p.run(PayoutEnv::config()).await;
-    let stale = BatcherConfig {
-        stale_after: Duration::ZERO,
-        ..PayoutEnv::config()
-    };
-    let escalated = p.run(stale.clone()).await.currencies["USD"].escalated;
+/// An operator's reject of every seeded withdrawal (no quiet period), then a retry-batch of
+/// their batch and a run that asks the provider: how many rejects were refused.
+async fn reject_all_then_retry(
+    p: &PayoutEnv,
+    seeded: &[shared::domain::Withdrawal],
+    stale: BatcherConfig,
+) -> usize {
     let provider = p.provider();
     let mut refused = 0;
-    for w in &seeded {
+    for w in seeded {
         let r = shared::operations::reject_withdrawal(
             &p.env.store,
             &provider,
@@ -1205,6 +1203,19 @@ async fn provider_loses_batches() -> Row {
         .await
         .unwrap();
     p.run(stale).await;
+    refused
+}
+
+async fn provider_loses_batches() -> Row {
+    let p = PayoutEnv::new(|c| c.memory.lose_next_batches = 1).await;
+    let seeded = p.seed("lost", "USD", "5.00", scale(50), ACCOUNTS[0]).await;
+    p.run(PayoutEnv::config()).await;
+    let stale = BatcherConfig {
+        stale_after: Duration::ZERO,
+        ..PayoutEnv::config()
+    };
+    let escalated = p.run(stale.clone()).await.currencies["USD"].escalated;
+    let refused = reject_all_then_retry(&p, &seeded, stale).await;
     let (returned, value) = paid_and_returned(&p).await;
     let still_locked = p
         .env
@@ -1253,24 +1264,7 @@ async fn provider_found_then_lost() -> Row {
         ..PayoutEnv::config()
     };
     p.run(stale.clone()).await;
-    let provider = p.provider();
-    let mut refused = 0;
-    for w in &seeded {
-        let r = shared::operations::reject_withdrawal(
-            &p.env.store,
-            &provider,
-            w.id,
-            "lost?",
-            Duration::ZERO,
-        )
-        .await;
-        refused += r.is_err() as usize;
-    }
-    let batch = p.reload(&seeded[0]).await.batch_id.unwrap();
-    shared::operations::retry_batch(&p.env.store, batch)
-        .await
-        .unwrap();
-    p.run(stale).await;
+    let refused = reject_all_then_retry(&p, &seeded, stale).await;
     let (returned, value) = paid_and_returned(&p).await;
     let paid_there = p.sandbox.payouts_by_reference().len();
     let resent = p.sandbox.submit_calls() - 1;

@@ -203,14 +203,7 @@ async fn a_submitted_withdrawal_is_rejected_only_on_the_providers_word() {
     // The provider recorded and paid the batch, but its answer was lost: flagged after one
     // attempt. A sibling's payout may even have been confirmed already.
     let seeded = p.seed("word", "USD", "25.00", 2, ACCOUNTS[0]).await;
-    p.sandbox.inject(&[Fault::ErrorAfterRecord]);
-    p.run(BatcherConfig {
-        max_attempts: 1,
-        ..PayoutEnv::config()
-    })
-    .await;
-    let batch = batch_of(&p.env.store, &seeded[0]).await;
-    assert_eq!(batch.status, BatchStatus::NeedsOperator);
+    flagged_recorded(&p, &seeded, Fault::ErrorAfterRecord).await;
     let why = reject_refused(&p, &p.provider(), &seeded[0]).await;
     assert!(why.contains("Paid"), "{why}");
     assert_eq!(
@@ -321,9 +314,14 @@ async fn an_accepted_batch_the_provider_no_longer_knows_is_escalated_never_retur
 }
 
 /// Sends the seeded withdrawals once, the provider recording the batch while its answer is lost
-/// (`max_attempts` 1: flagged, no provider id), its items left as `pending` says.
-async fn flagged_recorded(p: &PayoutEnv, seeded: &[shared::domain::Withdrawal]) -> BatchId {
-    p.sandbox.inject(&[Fault::TimeoutAfterRecord]);
+/// (`fault`, after recording; `max_attempts` 1: flagged, no provider id), its items left as
+/// `pending` says.
+async fn flagged_recorded(
+    p: &PayoutEnv,
+    seeded: &[shared::domain::Withdrawal],
+    fault: Fault,
+) -> BatchId {
+    p.sandbox.inject(&[fault]);
     p.run(BatcherConfig {
         max_attempts: 1,
         ..PayoutEnv::config()
@@ -359,7 +357,7 @@ async fn a_flagged_batch_the_provider_once_found_is_never_returned_or_resent_on_
         pending_next_batches: Some(1),
         ..MemoryChange::default()
     });
-    let batch = flagged_recorded(&p, &seeded).await;
+    let batch = flagged_recorded(&p, &seeded, Fault::TimeoutAfterRecord).await;
     let stale = BatcherConfig {
         stale_after: Duration::ZERO,
         ..PayoutEnv::config()
@@ -418,7 +416,7 @@ async fn the_providers_failed_item_read_by_an_operator_is_evidence_for_its_sibli
     .await;
     let mut seeded = p.seed("sib", "USD", "9.00", 1, ACCOUNTS[0]).await;
     seeded.extend(p.seed("sibfail", "USD", "9.00", 1, ACCOUNTS[1]).await);
-    let batch = flagged_recorded(&p, &seeded).await;
+    let batch = flagged_recorded(&p, &seeded, Fault::TimeoutAfterRecord).await;
 
     let failed = operations::reject_withdrawal(
         &p.env.store,
