@@ -77,7 +77,7 @@ pub async fn plan_reject<P: PayoutProvider + ?Sized>(
             match provider.batch_status(batch.id).await {
                 StatusOutcome::NotFound if batch.provider_has_it() => {
                     return Err(OperationError::Refused(format!(
-                        "the provider accepted batch {} ({}) and now answers 404: that \
+                        "the provider showed it holds batch {} ({}) and now answers 404: that \
                          contradicts its own word, so nothing is returned; ask the provider to \
                          report the items (a `failed` item can then be rejected)",
                         batch.id,
