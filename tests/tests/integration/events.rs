@@ -47,6 +47,17 @@ async fn request(env: &TestEnv, user: &str, account: &str) -> String {
     r.json()["id"].as_str().unwrap().to_string()
 }
 
+async fn cancel(env: &TestEnv, user: &str, id: &str) {
+    let r = env
+        .call(
+            Event::new("DELETE", &format!("/withdrawals/{id}"))
+                .user(user)
+                .build(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
 async fn deposit(env: &TestEnv, user: &str, reference: &str) {
     let body = json!({"user_id": user, "currency": "EUR", "amount": "100.00",
                       "reference": reference, "description": "SEPA in"});
@@ -83,14 +94,7 @@ async fn a_whole_loop_publishes_exactly_one_event_per_state_change() {
     let failed = request(env, "failed", ACCOUNTS[1]).await;
     let returned = request(env, "returned", ACCOUNTS[2]).await;
     let cancelled = request(env, "cancelled", ACCOUNTS[0]).await;
-    let r = env
-        .call(
-            Event::new("DELETE", &format!("/withdrawals/{cancelled}"))
-                .user("cancelled")
-                .build(),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    cancel(env, "cancelled", &cancelled).await;
     // An idempotent replay changes nothing, so it tells nobody anything.
     let keyed = || {
         Event::new("POST", "/withdrawals")
@@ -371,14 +375,7 @@ async fn events_lost_past_the_retry_bound_are_republished_from_the_table_once_ea
     deposit(env, "otto", "dep-otto").await;
     let paid = request(env, "ora", ACCOUNTS[0]).await;
     let cancelled = request(env, "otto", ACCOUNTS[0]).await;
-    let r = env
-        .call(
-            Event::new("DELETE", &format!("/withdrawals/{cancelled}"))
-                .user("otto")
-                .build(),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    cancel(env, "otto", &cancelled).await;
     p.run(PayoutEnv::config()).await;
     p.settle_from_status().await;
 

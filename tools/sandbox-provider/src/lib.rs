@@ -185,6 +185,21 @@ pub struct LedgerEntry {
     pub returned: bool,
 }
 
+impl LedgerEntry {
+    /// The payment of `item` of `request`, by the recording `provider_batch_id`.
+    fn paid(request: &PayoutBatchRequest, provider_batch_id: &str, item: &ItemState) -> Self {
+        Self {
+            batch_id: request.batch_id.clone(),
+            provider_batch_id: provider_batch_id.to_string(),
+            reference: item.reference.clone(),
+            amount: item.amount.clone(),
+            currency: request.currency.clone(),
+            provider_reference: item.provider_reference.clone().unwrap_or_default(),
+            returned: false,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct SentEvent {
     pub id: String,
@@ -430,28 +445,17 @@ impl Sandbox {
             } else {
                 self.decide(&item.reference, &item.bank_account, &inner.pending_accounts)
             };
-            let provider_reference = format!("po_{}", ulid::Ulid::new());
-            if status == ItemStatus::Paid {
-                paid.push(LedgerEntry {
-                    batch_id: req.batch_id.clone(),
-                    provider_batch_id: provider_batch_id.clone(),
-                    reference: item.reference.clone(),
-                    amount: item.amount.clone(),
-                    currency: req.currency.clone(),
-                    provider_reference: provider_reference.clone(),
-                    returned: false,
-                });
+            let state = ItemState {
+                reference: item.reference.clone(),
+                amount: item.amount.clone(),
+                reason: (status == ItemStatus::Failed).then(|| "account closed".to_string()),
+                provider_reference: Some(format!("po_{}", ulid::Ulid::new())),
+                status,
+            };
+            if state.status == ItemStatus::Paid {
+                paid.push(LedgerEntry::paid(req, &provider_batch_id, &state));
             }
-            items.insert(
-                item.reference.clone(),
-                ItemState {
-                    reference: item.reference.clone(),
-                    amount: item.amount.clone(),
-                    reason: (status == ItemStatus::Failed).then(|| "account closed".to_string()),
-                    provider_reference: Some(provider_reference),
-                    status,
-                },
-            );
+            items.insert(item.reference.clone(), state);
         }
         inner.ledger.extend(paid);
         inner.batches.insert(
@@ -742,15 +746,7 @@ fn pay_pending(b: &mut StoredBatch) -> Vec<LedgerEntry> {
     for item in b.items.values_mut() {
         if item.status == ItemStatus::Pending {
             item.status = ItemStatus::Paid;
-            paid.push(LedgerEntry {
-                batch_id: b.request.batch_id.clone(),
-                provider_batch_id: b.provider_batch_id.clone(),
-                reference: item.reference.clone(),
-                amount: item.amount.clone(),
-                currency: b.request.currency.clone(),
-                provider_reference: item.provider_reference.clone().unwrap_or_default(),
-                returned: false,
-            });
+            paid.push(LedgerEntry::paid(&b.request, &b.provider_batch_id, item));
         }
     }
     paid
