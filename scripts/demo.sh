@@ -52,7 +52,7 @@ step "   Balances while pending (alice)"
 curl -s "$API/balances" -H "Authorization: Bearer $ALICE"; echo
 
 step "2. Batcher run (cargo lambda invoke payout-batcher): one provider call per currency"
-cargo lambda invoke payout-batcher --invoke-port "$WATCH_PORT" --data-file tests/events/scheduled-event.json
+cargo lambda invoke payout-batcher --invoke-port "$WATCH_PORT" --data-file tests/payloads/scheduled-event.json
 
 step "3. Waiting for the sandbox's signed callbacks"
 status() { curl -s "$API/withdrawals/$2" -H "Authorization: Bearer $1" | field '["status"]'; }
@@ -71,7 +71,7 @@ curl -s "$API/withdrawals/$W2" -H "Authorization: Bearer $BOB"; echo
 "$OP" batches
 step "5. Conservation check"
 "$OP" check
-step "6. The committed cargo lambda fixtures (as in the README)"
+step "6. The committed cargo lambda fixtures (as in docs/local.md)"
 invoke() { # function file expected-status
   local out code
   out=$(cargo lambda invoke "$1" --invoke-port "$WATCH_PORT" --data-file "$2")
@@ -80,20 +80,20 @@ invoke() { # function file expected-status
   [ "$code" = "$3" ] || { echo "   unexpected: $out" >&2; fixtures_failed=1; }
 }
 fixtures_failed=""
-invoke withdrawal-request tests/events/create-withdrawal.json 201
-invoke withdrawal-request tests/events/list-withdrawals.json 200
-invoke withdrawal-request tests/events/get-withdrawal.json 404
-invoke withdrawal-request tests/events/cancel-withdrawal.json 404
-invoke withdrawal-request tests/events/get-balances.json 200
-"$OP" sign-webhook --body-file tests/events/webhook-paid.body.json >"$STACK_DIR/webhook-paid.signed.json"
+invoke withdrawal-request tests/payloads/create-withdrawal.json 201
+invoke withdrawal-request tests/payloads/list-withdrawals.json 200
+invoke withdrawal-request tests/payloads/get-withdrawal.json 404
+invoke withdrawal-request tests/payloads/cancel-withdrawal.json 404
+invoke withdrawal-request tests/payloads/get-balances.json 200
+"$OP" sign-webhook --body-file tests/payloads/webhook-paid.body.json >"$STACK_DIR/webhook-paid.signed.json"
 invoke provider-webhook "$STACK_DIR/webhook-paid.signed.json" 200
 # The committed stream event: a settlement and a credit, put on the bus; no record fails.
-cargo lambda invoke event-publisher --invoke-port "$WATCH_PORT" --data-file tests/events/stream-event.json |
-  python3 -c 'import json,sys; r=json.load(sys.stdin); assert r.get("batchItemFailures") == [], r; print("   event-publisher tests/events/stream-event.json -> no batch item failures")' ||
+cargo lambda invoke event-publisher --invoke-port "$WATCH_PORT" --data-file tests/payloads/stream-event.json |
+  python3 -c 'import json,sys; r=json.load(sys.stdin); assert r.get("batchItemFailures") == [], r; print("   event-publisher tests/payloads/stream-event.json -> no batch item failures")' ||
   fixtures_failed=1
 # A hand-made `{}` runs the batcher as the schedule's event does (it answers its run summary).
-cargo lambda invoke payout-batcher --invoke-port "$WATCH_PORT" --data-file tests/events/batcher-empty.json |
-  python3 -c 'import json,sys; s=json.load(sys.stdin); assert "run_id" in s, s; print("   payout-batcher tests/events/batcher-empty.json -> run", s["run_id"])' ||
+cargo lambda invoke payout-batcher --invoke-port "$WATCH_PORT" --data-file tests/payloads/batcher-empty.json |
+  python3 -c 'import json,sys; s=json.load(sys.stdin); assert "run_id" in s, s; print("   payout-batcher tests/payloads/batcher-empty.json -> run", s["run_id"])' ||
   fixtures_failed=1
 [ -z "$fixtures_failed" ] || { echo "DEMO FAILED: a fixture did not answer as expected" >&2; exit 1; }
 "$OP" check >/dev/null

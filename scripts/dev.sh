@@ -325,7 +325,7 @@ The pipeline is running. In another shell, from $ROOT:
        -d '{"currency":"USD","amount":"125.50","bank_account":"$PAID_ACCOUNT"}'
 
   # 2. run the batcher now instead of waiting for the schedule
-  cargo lambda invoke payout-batcher --invoke-port $WATCH_PORT --data-file tests/events/scheduled-event.json
+  cargo lambda invoke payout-batcher --invoke-port $WATCH_PORT --data-file tests/payloads/scheduled-event.json
 
   # 3. a second later the sandbox calls the webhook: watch it settle
   curl -s localhost:$WATCH_PORT/withdrawals -H "Authorization: Bearer \$TOKEN"

@@ -137,7 +137,7 @@ PY
 }
 
 # setup_event_bus ENDPOINT BUS QUEUE: the stack's EventBridge bus in the emulator and one
-# subscriber, as a consumer would subscribe (README "Events out"): a rule for every event of the
+# subscriber, as a consumer would subscribe (docs/events.md): a rule for every event of the
 # pipeline delivering to an SQS queue. Prints the queue's URL.
 setup_event_bus() {
   python3 - "$1" "$2" "$3" <<'PY'

@@ -56,7 +56,7 @@ while [ "$(date +%s)" -lt "$end" ]; do
   call "200" "$API/withdrawals?limit=5" -H "Authorization: Bearer $ALICE"
   call "200" "$API/balances" -H "Authorization: Bearer $BOB"
   out=$(cargo lambda invoke payout-batcher --invoke-port "$WATCH_PORT" \
-    --data-file tests/events/scheduled-event.json 2>&1) || { failed=$((failed + 1)); echo "batcher: $out" >&2; }
+    --data-file tests/payloads/scheduled-event.json 2>&1) || { failed=$((failed + 1)); echo "batcher: $out" >&2; }
   sent=$((sent + 1))
   "$OP" batches >/dev/null || { failed=$((failed + 1)); echo "operator batches failed" >&2; }
   if [ "$TOUCH" = 1 ] && [ $((cycles % 5)) = 0 ]; then

@@ -3,7 +3,7 @@
 use libfuzzer_sys::fuzz_target;
 use rust_decimal::Decimal;
 use shared::domain::Currencies;
-use shared::withdrawals::WithdrawalRequest;
+use shared::requests::withdrawals::WithdrawalRequest;
 
 fuzz_target!(|data: &[u8]| {
     let currencies = Currencies::default();

@@ -1,7 +1,7 @@
 #![no_main]
 //! The `Payout-Signature` header parser never panics and never accepts a header it did not sign.
 use libfuzzer_sys::fuzz_target;
-use shared::signature::{verify, WebhookSecret};
+use shared::payouts::signature::{verify, WebhookSecret};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(header) = std::str::from_utf8(data) else { return };

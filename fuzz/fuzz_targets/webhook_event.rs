@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = shared::webhook::ProviderEvent::parse(data);
+    let _ = shared::payouts::webhook::ProviderEvent::parse(data);
 });

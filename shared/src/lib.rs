@@ -1,23 +1,14 @@
-//! Shared core of the withdrawal pipeline: domain types, the store port and its DynamoDB adapter,
-//! configuration, authentication and the API error vocabulary.
+//! Shared core of the withdrawal pipeline, one folder per step of the flow:
+//! `requests` (a withdrawal or credit asked for) → `payouts` (batched to the provider, its
+//! answers applied) → `publishing` (events out), with `operator` beside them. They stand on
+//! `domain` (values that cannot be invalid), `store` (the persistence port and its DynamoDB
+//! adapter), `http` (the API edge) and `platform` (config, secrets, metrics).
 
-pub mod api;
-pub mod auth;
-pub mod batcher;
-pub mod calls;
-pub mod check;
-pub mod config;
-pub mod credits;
 pub mod domain;
-pub mod events;
-pub mod metrics;
-pub mod operations;
-pub mod provider;
-pub mod reconcile;
-pub mod republish;
-pub mod secrets;
-pub mod settlement;
-pub mod signature;
+pub mod http;
+pub mod operator;
+pub mod payouts;
+pub mod platform;
+pub mod publishing;
+pub mod requests;
 pub mod store;
-pub mod webhook;
-pub mod withdrawals;

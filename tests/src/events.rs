@@ -8,7 +8,7 @@ use aws_lambda_events::event::dynamodb::Event as StreamEvent;
 use aws_lambda_events::event::streams::DynamoDbEventResponse;
 use event_publisher::{App as Publisher, EventBridgeBus};
 use serde_json::Value;
-use shared::events::{EventBus, PipelineEvent};
+use shared::publishing::events::{EventBus, PipelineEvent};
 use std::sync::{Arc, Mutex};
 use stream_relay::{Delivered, Relay};
 
@@ -43,8 +43,8 @@ pub fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
 /// EventBridge as event-publisher's code uses it: its calls recorded for the IAM check.
 pub fn eventbridge_client(function: &str) -> aws_sdk_eventbridge::Client {
     let mut conf = aws_sdk_eventbridge::config::Builder::from(&sdk_config(&moto_endpoint()));
-    if let Ok(dir) = std::env::var(shared::calls::CALL_LOG_DIR_ENV) {
-        conf = conf.interceptor(shared::calls::CallRecorder::new(dir, function));
+    if let Ok(dir) = std::env::var(shared::platform::calls::CALL_LOG_DIR_ENV) {
+        conf = conf.interceptor(shared::platform::calls::CallRecorder::new(dir, function));
     }
     aws_sdk_eventbridge::Client::from_conf(conf.build())
 }
@@ -161,7 +161,7 @@ impl EventsEnv {
     }
 }
 
-/// A consumer subscribed as the README says: a bus in moto's server, a rule on it matching the
+/// A consumer subscribed as docs/events.md says: a bus in moto's server, a rule on it matching the
 /// pipeline's source, and the SQS queue the rule feeds.
 pub struct Subscriber {
     queue_url: String,
@@ -203,7 +203,9 @@ impl Subscriber {
             .put_rule()
             .name("all-pipeline-events")
             .event_bus_name(name)
-            .event_pattern(serde_json::json!({"source": [shared::events::SOURCE]}).to_string())
+            .event_pattern(
+                serde_json::json!({"source": [shared::publishing::events::SOURCE]}).to_string(),
+            )
             .send()
             .await
             .expect("put rule");

@@ -7,6 +7,7 @@ use shared::domain::{
     Balance, Batch, BatchId, BatchStatus, CreditReference, Currency, IdempotencyKey, Subject,
     Transition, UserId, Withdrawal, WithdrawalId,
 };
+use shared::store::Failure;
 use shared::store::{
     AttemptResult, BatchStore, ClaimResult, CreditOutcome, CreditRecord, DynamoStore, EventRecord,
     IdempotencyRecord, ListQuery, Page, Store, StoreError, TransitionDetails, Written,
@@ -42,7 +43,7 @@ impl Fault {
             method,
             nth,
             when,
-            error: StoreError::Unavailable("injected fault".into()),
+            error: StoreError::Failed(Failure::Unavailable("injected fault".into())),
         }
     }
 }

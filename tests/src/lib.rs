@@ -12,10 +12,10 @@ use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_dynamodb::types::AttributeValue;
 use lambda_http::{Body, Request, Response};
 use serde_json::{json, Value};
-use shared::auth::{AllowedCallers, Authenticator, CallerSource, InternalAuth};
 use shared::domain::{Amount, CreditReference, Currencies, UserId};
+use shared::http::auth::{AllowedCallers, Authenticator, CallerSource, InternalAuth};
+use shared::requests::withdrawals::WithdrawalService;
 use shared::store::{CreditOutcome, CreditRecord, DynamoStore, Store, StoreError, TableSchema};
-use shared::withdrawals::WithdrawalService;
 use std::sync::Arc;
 use withdrawal_request::App;
 
@@ -38,7 +38,9 @@ pub fn client_for(endpoint: &str) -> aws_sdk_dynamodb::Client {
 }
 
 /// A DynamoDB Local client whose requests `counter` counts per operation (round-trip floors).
-pub fn counting_client(counter: &shared::calls::CallRecorder) -> aws_sdk_dynamodb::Client {
+pub fn counting_client(
+    counter: &shared::platform::calls::CallRecorder,
+) -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::from_conf(
         client_for(&endpoint())
             .config()
@@ -58,8 +60,8 @@ pub const WEBHOOK_FN: &str = "provider-webhook";
 /// Setup and assertions use [`client_for`], which records nothing.
 pub fn function_client(function: &str) -> aws_sdk_dynamodb::Client {
     let mut conf = client_for(&endpoint()).config().to_builder();
-    if let Ok(dir) = std::env::var(shared::calls::CALL_LOG_DIR_ENV) {
-        conf = conf.interceptor(shared::calls::CallRecorder::new(dir, function));
+    if let Ok(dir) = std::env::var(shared::platform::calls::CALL_LOG_DIR_ENV) {
+        conf = conf.interceptor(shared::platform::calls::CallRecorder::new(dir, function));
     }
     aws_sdk_dynamodb::Client::from_conf(conf.build())
 }
@@ -68,8 +70,8 @@ pub fn function_client(function: &str) -> aws_sdk_dynamodb::Client {
 /// exports `SECRETS_ENDPOINT`), through a client that records calls like [`function_client`].
 pub fn secrets_client(function: &str) -> aws_sdk_secretsmanager::Client {
     let mut conf = secrets_admin().config().to_builder();
-    if let Ok(dir) = std::env::var(shared::calls::CALL_LOG_DIR_ENV) {
-        conf = conf.interceptor(shared::calls::CallRecorder::new(dir, function));
+    if let Ok(dir) = std::env::var(shared::platform::calls::CALL_LOG_DIR_ENV) {
+        conf = conf.interceptor(shared::platform::calls::CallRecorder::new(dir, function));
     }
     aws_sdk_secretsmanager::Client::from_conf(conf.build())
 }
@@ -211,6 +213,16 @@ pub async fn seed_pending(
         .await
 }
 
+/// A balance's buckets as the API shows them (strings in the currency's scale), so a test
+/// compares them with the figures it expects, each by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BalanceView {
+    pub available: String,
+    pub locked: String,
+    pub paid_out: String,
+    pub credited: String,
+}
+
 pub struct TestEnv {
     pub store: Arc<DynamoStore>,
     pub app: App,
@@ -292,8 +304,8 @@ impl TestEnv {
             .await
     }
 
-    /// `(available, locked, paid_out, credited)` as strings in the currency's scale.
-    pub async fn balance(&self, user: &str, currency: &str) -> (String, String, String, String) {
+    /// The user's balance in `currency`, each bucket in the currency's scale.
+    pub async fn balance(&self, user: &str, currency: &str) -> BalanceView {
         let balances = self
             .store
             .balances(&UserId::parse(user).unwrap())
@@ -304,7 +316,12 @@ impl TestEnv {
             .find(|b| b.currency.code().as_str() == currency)
             .expect("balance exists");
         let f = |d| b.currency.format(d);
-        (f(b.available), f(b.locked), f(b.paid_out), f(b.credited))
+        BalanceView {
+            available: f(b.available),
+            locked: f(b.locked),
+            paid_out: f(b.paid_out),
+            credited: f(b.credited),
+        }
     }
 
     /// The outcome a provider event was recorded with, if it was (read straight from the table:
@@ -328,7 +345,7 @@ impl TestEnv {
     /// Fails the test on any violated money invariant anywhere in the table.
     pub async fn assert_conserved(&self) {
         let report = self.store.scan_all().await.expect("scan");
-        let problems = shared::check::violations(&report);
+        let problems = shared::operator::check::violations(&report);
         assert!(problems.is_empty(), "invariants violated: {problems:#?}");
     }
 
@@ -338,11 +355,11 @@ impl TestEnv {
 }
 
 /// Builds an API Gateway HTTP API (payload 2.0) event, as the JWT authorizer delivers it.
-pub struct Event {
+pub struct ApiRequest {
     value: Value,
 }
 
-impl Event {
+impl ApiRequest {
     pub fn new(method: &str, path_and_query: &str) -> Self {
         let (path, query) = path_and_query
             .split_once('?')
@@ -467,10 +484,10 @@ impl From<Response<Body>> for TestResponse {
 // Payouts: the batcher against the sandbox provider over real HTTP.
 
 use sandbox_provider::{Sandbox, SandboxConfig};
-use shared::batcher::{Batcher, BatcherConfig};
 use shared::domain::Withdrawal;
-use shared::provider::HttpProvider;
-use shared::signature::WebhookSecret;
+use shared::payouts::batcher::{Batcher, BatcherConfig};
+use shared::payouts::provider::HttpProvider;
+use shared::payouts::signature::WebhookSecret;
 use std::time::Duration;
 
 pub const WEBHOOK_SECRET: &str = "whsec_test_0123456789abcdef";
@@ -535,7 +552,7 @@ impl PayoutEnv {
 
     /// A batcher speaking to another provider (a second sandbox that never saw our batches, a
     /// wrapper that alters answers).
-    pub fn batcher_with<P: shared::provider::PayoutProvider + ?Sized + 'static>(
+    pub fn batcher_with<P: shared::payouts::provider::PayoutProvider + ?Sized + 'static>(
         &self,
         provider: Arc<P>,
         config: BatcherConfig,
@@ -586,7 +603,7 @@ impl PayoutEnv {
     }
 
     /// Runs the batcher once with a generous time budget.
-    pub async fn run(&self, config: BatcherConfig) -> shared::batcher::RunSummary {
+    pub async fn run(&self, config: BatcherConfig) -> shared::payouts::batcher::RunSummary {
         self.batcher(config)
             .run(std::time::Instant::now() + Duration::from_secs(60))
             .await
@@ -642,7 +659,7 @@ impl PayoutEnv {
 // ---------------------------------------------------------------------------------------------
 // Webhook: the provider-webhook handler, driven by signed events or by the sandbox's callbacks.
 
-use shared::webhook::WebhookProcessor;
+use shared::payouts::webhook::WebhookProcessor;
 
 impl PayoutEnv {
     pub fn webhook_app(&self, secrets: &[&str]) -> provider_webhook::App {
@@ -658,8 +675,8 @@ impl PayoutEnv {
 }
 
 /// A signed HTTP API v2 event for the webhook route, as API Gateway delivers it.
-pub fn webhook_event(body: &str, signature: Option<String>) -> Request {
-    let mut e = Event::new("POST", "/webhooks/provider").body(body);
+pub fn webhook_request(body: &str, signature: Option<String>) -> Request {
+    let mut e = ApiRequest::new("POST", "/webhooks/provider").body(body);
     if let Some(sig) = signature {
         e = e.header("payout-signature", &sig);
     }
@@ -672,11 +689,11 @@ pub fn sign(body: &str, secret: &str, at: i64) -> String {
         .sign(at, body.as_bytes())
 }
 
-pub fn now() -> i64 {
+pub fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-pub fn provider_event(id: &str, kind: &str, w: &Withdrawal, reason: Option<&str>) -> String {
+pub fn callback_body(id: &str, kind: &str, w: &Withdrawal, reason: Option<&str>) -> String {
     json!({
         "id": id,
         "type": kind,
@@ -716,7 +733,7 @@ pub async fn spawn_webhook_server<S: shared::store::PayoutStore + 'static>(
                     .get("payout-signature")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
-                let req = webhook_event(&String::from_utf8_lossy(&body), sig);
+                let req = webhook_request(&String::from_utf8_lossy(&body), sig);
                 let r = deliver(&app, req).await;
                 (axum::http::StatusCode::from_u16(r.status).unwrap(), r.body)
             }

@@ -10,11 +10,12 @@
 
 use futures::future::join_all;
 use integration_tests::conflicts::ConflictEmulator;
+use integration_tests::BalanceView;
 use integration_tests::*;
 use shared::domain::{BatchStatus, Withdrawal, WithdrawalStatus};
-use shared::signature::WebhookSecret;
+use shared::payouts::signature::WebhookSecret;
+use shared::payouts::webhook::WebhookProcessor;
 use shared::store::{BatchStore, DynamoStore};
-use shared::webhook::WebhookProcessor;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,7 +37,7 @@ async fn deliver_like_a_provider(app: &provider_webhook::App, body: &str) -> Del
     for attempt in 1..=ATTEMPTS {
         let r = deliver(
             app,
-            webhook_event(body, Some(sign(body, WEBHOOK_SECRET, now()))),
+            webhook_request(body, Some(sign(body, WEBHOOK_SECRET, now_secs()))),
         )
         .await;
         statuses.push(r.status);
@@ -115,7 +116,7 @@ async fn five_hundred_concurrent_callbacks_of_one_batch_all_apply() {
     ));
     let bodies: Vec<String> = members
         .iter()
-        .map(|w| provider_event(&format!("evt_hot_{}", w.id), "payout.paid", w, None))
+        .map(|w| callback_body(&format!("evt_hot_{}", w.id), "payout.paid", w, None))
         .collect();
     let retries_before = capture.text().matches("retrying transaction").count();
     let started = Instant::now();
@@ -195,12 +196,12 @@ async fn five_hundred_concurrent_callbacks_of_one_batch_all_apply() {
     assert_eq!(store.final_count(batch_id).await.unwrap() as usize, MEMBERS);
     assert_eq!(
         p.env.balance("hot0-0", "USD").await,
-        (
-            "50.00".into(),
-            "0.00".into(),
-            "50.00".into(),
-            "100.00".into()
-        )
+        BalanceView {
+            available: "50.00".into(),
+            locked: "0.00".into(),
+            paid_out: "50.00".into(),
+            credited: "100.00".into()
+        }
     );
     p.env.assert_conserved().await;
 }

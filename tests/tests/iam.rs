@@ -1,5 +1,5 @@
 //! Least privilege both ways, from evidence: every AWS call a function's code made during the
-//! integration tests (recorded per function by `shared::calls::CallRecorder`, see
+//! integration tests (recorded per function by `shared::platform::calls::CallRecorder`, see
 //! `function_client`) must be granted by that function's policy in template.yaml, and every
 //! grant must have been used. DynamoDB Local enforces no IAM, so without this a missing action
 //! (as `dynamodb:ConditionCheckItem` once was) shows only on AWS.
@@ -10,7 +10,7 @@
 //! common paths, so it proves nothing about unused grants).
 
 use serde_yaml_ng::Value;
-use shared::calls::Call;
+use shared::platform::calls::Call;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
@@ -162,7 +162,7 @@ fn gaps(
 #[test]
 #[ignore = "needs the records of a whole test run: scripts/test.sh runs it after the suite"]
 fn every_recorded_call_is_granted_and_every_grant_was_used() {
-    let dir = std::env::var(shared::calls::CALL_LOG_DIR_ENV)
+    let dir = std::env::var(shared::platform::calls::CALL_LOG_DIR_ENV)
         .expect("CALL_LOG_DIR names the folder the suite recorded its calls in");
     let check_unused = std::env::var("IAM_CHECK_UNUSED").map_or(true, |v| v != "0");
     let mut report = vec![];
@@ -233,7 +233,7 @@ fn the_template_grants_are_read_per_function_and_resource_kind() {
 
 #[tokio::test]
 async fn the_same_interceptor_counts_requests_per_operation_for_the_benchmark() {
-    let counter = shared::calls::CallRecorder::counting();
+    let counter = shared::platform::calls::CallRecorder::counting();
     let client = integration_tests::counting_client(&counter);
     let store = shared::store::DynamoStore::new(
         client,

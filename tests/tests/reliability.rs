@@ -13,11 +13,12 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use rust_decimal::Decimal;
 use sandbox_provider::Fault as ProviderFault;
-use shared::batcher::{Batcher, BatcherConfig};
 use shared::domain::{BatchStatus, Withdrawal, WithdrawalStatus};
+use shared::payouts::batcher::{Batcher, BatcherConfig};
+use shared::payouts::webhook::WebhookProcessor;
+use shared::requests::withdrawals::WithdrawalService;
+use shared::store::Failure;
 use shared::store::{BatchStore, Store};
-use shared::webhook::WebhookProcessor;
-use shared::withdrawals::WithdrawalService;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,7 +44,7 @@ struct Row {
 /// conservation or a payout beyond one per withdrawal, valued.
 async fn audit(env: &TestEnv, sandbox: Option<&sandbox_provider::Sandbox>) -> (usize, Decimal) {
     let report = env.store.scan_all().await.unwrap();
-    let violations = shared::check::violations(&report);
+    let violations = shared::operator::check::violations(&report);
     let mut lost = Decimal::ZERO;
     for (_, b) in &report.balances {
         let diff = b.credited - (b.available + b.locked + b.paid_out);
@@ -212,7 +213,7 @@ async fn no_overdraw_under_load() -> Row {
             loop {
                 let r = env
                     .call(
-                        Event::new("POST", "/withdrawals")
+                        ApiRequest::new("POST", "/withdrawals")
                             .user(&format!("load-{user}"))
                             .header("idempotency-key", &key)
                             .body(withdrawal_body("USD", amount))
@@ -263,7 +264,7 @@ async fn idempotency_under_concurrency() -> Row {
     let n = scale(20).max(20);
     let responses = join_all((0..n).map(|_| {
         env.call(
-            Event::new("POST", "/withdrawals")
+            ApiRequest::new("POST", "/withdrawals")
                 .user("idem")
                 .header("idempotency-key", "the-one-key")
                 .body(withdrawal_body("EUR", "33.00"))
@@ -279,7 +280,7 @@ async fn idempotency_under_concurrency() -> Row {
     let created = responses.iter().filter(|r| !r.replayed).count();
     failures += created.abs_diff(1);
     let list = env
-        .call(Event::new("GET", "/withdrawals").user("idem").build())
+        .call(ApiRequest::new("GET", "/withdrawals").user("idem").build())
         .await
         .json();
     failures += list["items"].as_array().unwrap().len().abs_diff(1);
@@ -489,7 +490,7 @@ async fn crash_scenario(name: &'static str, crash: Crash) -> Row {
     ));
     let processor = Arc::new(provider_webhook::App::from(WebhookProcessor::new(
         webhook_store.clone(),
-        vec![shared::signature::WebhookSecret::new(WEBHOOK_SECRET).unwrap()],
+        vec![shared::payouts::signature::WebhookSecret::new(WEBHOOK_SECRET).unwrap()],
         300,
     )));
     p.sandbox
@@ -504,8 +505,12 @@ async fn crash_scenario(name: &'static str, crash: Crash) -> Row {
 
     // The crashing run.
     let provider = Arc::new(
-        shared::provider::HttpProvider::new(&p.provider_url, API_KEY, Duration::from_millis(500))
-            .unwrap(),
+        shared::payouts::provider::HttpProvider::new(
+            &p.provider_url,
+            API_KEY,
+            Duration::from_millis(500),
+        )
+        .unwrap(),
     );
     let (config, deadline) = crash_config(Duration::from_millis(1500));
     let batch_faults = match &crash {
@@ -629,9 +634,11 @@ async fn crash_scenario(name: &'static str, crash: Crash) -> Row {
 async fn store_faults() -> Row {
     let env = TestEnv::with_max_open(100).await;
     env.credit("faulty", "USD", "1000").await;
-    let conflict = shared::store::StoreError::Unavailable("TransactionConflict".into());
-    let throttled =
-        shared::store::StoreError::Unavailable("ProvisionedThroughputExceededException".into());
+    let conflict =
+        shared::store::StoreError::Failed(Failure::Unavailable("TransactionConflict".into()));
+    let throttled = shared::store::StoreError::Failed(Failure::Unavailable(
+        "ProvisionedThroughputExceededException".into(),
+    ));
     let mut faults = Vec::new();
     // Every 3rd write fails before DynamoDB, every 3rd+1 after it was written; reads throttle too.
     for n in (1..=60).step_by(3) {
@@ -655,7 +662,7 @@ async fn store_faults() -> Row {
     let faulty = Arc::new(FaultyStore::new(env.store_for(REQUEST_FN), faults));
     let app = App::new(
         WithdrawalService::new(faulty.clone(), env.currencies.clone(), 100),
-        shared::auth::Authenticator::ApiGatewayJwt,
+        shared::http::auth::Authenticator::ApiGatewayJwt,
     );
     let n = scale(30).min(60);
     let mut ops = 0;
@@ -668,7 +675,7 @@ async fn store_faults() -> Row {
             ops += 1;
             let r: TestResponse = app
                 .handle(
-                    Event::new("POST", "/withdrawals")
+                    ApiRequest::new("POST", "/withdrawals")
                         .user("faulty")
                         .header("idempotency-key", &key)
                         .body(withdrawal_body("USD", "5.00"))
@@ -703,7 +710,7 @@ async fn store_faults() -> Row {
     for path in ["/balances", "/withdrawals/wd_01JZZZZZZZZZZZZZZZZZZZZZZZ"] {
         ops += 1;
         let r: TestResponse = app
-            .handle(Event::new("GET", path).user("faulty").build())
+            .handle(ApiRequest::new("GET", path).user("faulty").build())
             .await
             .into();
         if r.status != 503 {
@@ -744,17 +751,23 @@ async fn webhook_attacks() -> Row {
         } else {
             ("payout.failed", "payout.paid")
         };
-        let body = provider_event(&format!("evt-{i}"), good, w, Some("closed"));
-        let contra = provider_event(&format!("evt-{i}-contra"), bad, w, Some("late"));
+        let body = callback_body(&format!("evt-{i}"), good, w, Some("closed"));
+        let contra = callback_body(&format!("evt-{i}-contra"), bad, w, Some("late"));
         let mut expect_401 = vec![
-            webhook_event(
+            webhook_request(
                 &contra,
-                Some(sign(&contra, "whsec_attacker_guess_000", now())),
+                Some(sign(&contra, "whsec_attacker_guess_000", now_secs())),
             ),
-            webhook_event(&contra, Some(sign(&body, WEBHOOK_SECRET, now()))), // signature of another body
-            webhook_event(&contra, None),
-            webhook_event(&contra, Some(sign(&contra, WEBHOOK_SECRET, now() - 3600))), // replay outside tolerance
-            webhook_event(&contra, Some(sign(&contra, WEBHOOK_SECRET, now() + 3600))),
+            webhook_request(&contra, Some(sign(&body, WEBHOOK_SECRET, now_secs()))), // signature of another body
+            webhook_request(&contra, None),
+            webhook_request(
+                &contra,
+                Some(sign(&contra, WEBHOOK_SECRET, now_secs() - 3600)),
+            ), // replay outside tolerance
+            webhook_request(
+                &contra,
+                Some(sign(&contra, WEBHOOK_SECRET, now_secs() + 3600)),
+            ),
         ];
         for req in expect_401.drain(..) {
             ops += 1;
@@ -766,7 +779,7 @@ async fn webhook_attacks() -> Row {
         let results = join_all((0..5).map(|_| {
             deliver(
                 &app,
-                webhook_event(&body, Some(sign(&body, WEBHOOK_SECRET, now()))),
+                webhook_request(&body, Some(sign(&body, WEBHOOK_SECRET, now_secs()))),
             )
         }))
         .await;
@@ -780,7 +793,7 @@ async fn webhook_attacks() -> Row {
         ops += 1;
         let replay = deliver(
             &app,
-            webhook_event(&body, Some(sign(&body, WEBHOOK_SECRET, now() - 200))),
+            webhook_request(&body, Some(sign(&body, WEBHOOK_SECRET, now_secs() - 200))),
         )
         .await;
         if replay.json()["status"] != "duplicate" {
@@ -790,7 +803,7 @@ async fn webhook_attacks() -> Row {
         ops += 1;
         let c = deliver(
             &app,
-            webhook_event(&contra, Some(sign(&contra, WEBHOOK_SECRET, now()))),
+            webhook_request(&contra, Some(sign(&contra, WEBHOOK_SECRET, now_secs()))),
         )
         .await;
         if c.json()["status"] != "conflict" {
@@ -800,7 +813,7 @@ async fn webhook_attacks() -> Row {
         let huge = format!("{{\"pad\":\"{}\"}}", "x".repeat(300 * 1024));
         if deliver(
             &app,
-            webhook_event(&huge, Some(sign(&huge, WEBHOOK_SECRET, now()))),
+            webhook_request(&huge, Some(sign(&huge, WEBHOOK_SECRET, now_secs()))),
         )
         .await
         .status
@@ -811,7 +824,7 @@ async fn webhook_attacks() -> Row {
         let junk = "{\"id\":1}";
         if deliver(
             &app,
-            webhook_event(junk, Some(sign(junk, WEBHOOK_SECRET, now()))),
+            webhook_request(junk, Some(sign(junk, WEBHOOK_SECRET, now_secs()))),
         )
         .await
         .status
@@ -925,7 +938,7 @@ fn fuzzed_input(rt: &tokio::runtime::Runtime) -> Row {
     });
     runner
         .run(&request, |(body, key)| {
-            let mut e = Event::new("POST", "/withdrawals")
+            let mut e = ApiRequest::new("POST", "/withdrawals")
                 .user("fuzz")
                 .body(body.clone());
             if let Some(k) = &key {
@@ -967,7 +980,7 @@ fn fuzzed_input(rt: &tokio::runtime::Runtime) -> Row {
     });
     runner
         .run(&query, |(status, limit, cursor)| {
-            let mut e = Event::new("GET", "/withdrawals").user("fuzz");
+            let mut e = ApiRequest::new("GET", "/withdrawals").user("fuzz");
             let mut params = serde_json::Map::new();
             for (k, v) in [("status", status), ("limit", limit), ("cursor", cursor)] {
                 if let Some(v) = v {
@@ -1009,10 +1022,10 @@ fn fuzzed_input(rt: &tokio::runtime::Runtime) -> Row {
     runner
         .run(&(event_body, signature), |(body, sig)| {
             let header = match sig {
-                None => Some(sign(&body, WEBHOOK_SECRET, now())),
+                None => Some(sign(&body, WEBHOOK_SECRET, now_secs())),
                 Some(s) => s,
             };
-            let r = rt.block_on(deliver(&webhook, webhook_event(&body, header)));
+            let r = rt.block_on(deliver(&webhook, webhook_request(&body, header)));
             prop_assert!(r.status < 500, "{}: {}", r.status, r.body);
             if r.status == 200 {
                 prop_assert!(
@@ -1084,8 +1097,8 @@ async fn racing_operators() -> Row {
             .flagged_unrecorded(&format!("race{round}"), "40.00", 2)
             .await;
         let (rejected, retried) = tokio::join!(
-            shared::operations::reject_withdrawal(
-                &p.env.store,
+            shared::operator::operations::reject_withdrawal(
+                &*p.env.store,
                 &provider,
                 seeded[0].id,
                 "operator A",
@@ -1094,7 +1107,7 @@ async fn racing_operators() -> Row {
             async {
                 // Spread the start so either side can win: the reject asks the provider first.
                 tokio::time::sleep(Duration::from_millis((round % 6) as u64 * 8)).await;
-                shared::operations::retry_batch(&p.env.store, batch).await
+                shared::operator::operations::retry_batch(&*p.env.store, batch).await
             },
         );
         rejects += rejected.is_ok() as usize;
@@ -1149,7 +1162,7 @@ async fn forgetful_provider() -> Row {
     })
     .await;
     let batch = p.reload(&flagged[0]).await.batch_id.unwrap();
-    shared::operations::retry_batch(&p.env.store, batch)
+    shared::operator::operations::retry_batch(&*p.env.store, batch)
         .await
         .unwrap();
     seeded.extend(flagged);
@@ -1188,8 +1201,8 @@ async fn reject_all_then_retry(
     let provider = p.provider();
     let mut refused = 0;
     for w in seeded {
-        let r = shared::operations::reject_withdrawal(
-            &p.env.store,
+        let r = shared::operator::operations::reject_withdrawal(
+            &*p.env.store,
             &provider,
             w.id,
             "lost?",
@@ -1199,7 +1212,7 @@ async fn reject_all_then_retry(
         refused += r.is_err() as usize;
     }
     let batch = p.reload(&seeded[0]).await.batch_id.unwrap();
-    shared::operations::retry_batch(&p.env.store, batch)
+    shared::operator::operations::retry_batch(&*p.env.store, batch)
         .await
         .unwrap();
     p.run(stale).await;

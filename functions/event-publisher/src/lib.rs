@@ -1,15 +1,15 @@
 //! `event-publisher`: the table's stream (through an event-source mapping that passes only
 //! withdrawal and credit items) → one EventBridge event per withdrawal status change and per
 //! credit, on the stack's own bus. Thin: convert the records, hand them to
-//! `shared::events::publish`, report the first change not published as the batch item failure.
+//! `shared::publishing::events::publish`, report the first change not published as the batch item failure.
 
 use async_trait::async_trait;
 use aws_lambda_events::event::dynamodb::{Event, EventRecord};
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
-use shared::config::{ConfigError, PublisherConfig};
 use shared::domain::Currencies;
-use shared::events::{self, Change, EventBus, Image, PipelineEvent, SkippedRecords};
+use shared::platform::config::{ConfigError, PublisherConfig};
+use shared::publishing::events::{self, Change, EventBus, Image, PipelineEvent, SkippedRecords};
 use std::sync::Arc;
 
 pub struct App {
@@ -52,10 +52,10 @@ impl App {
         .await;
         if published.unreadable {
             // Alarmed on: the shard waits for an operator (`operator skip-record`).
-            shared::metrics::emit(
+            shared::platform::metrics::emit(
                 "UnreadableStreamRecords",
                 1.0,
-                shared::metrics::Unit::Count,
+                shared::platform::metrics::Unit::Count,
                 &[],
             );
         }
@@ -67,18 +67,18 @@ impl App {
             retry_from = published.retry_from.as_deref().unwrap_or("-"),
             "stream batch published"
         );
-        shared::metrics::emit(
+        shared::platform::metrics::emit(
             "EventsPublished",
             published.events as f64,
-            shared::metrics::Unit::Count,
+            shared::platform::metrics::Unit::Count,
             &[],
         );
         let mut response = DynamoDbEventResponse::default();
         if let Some(sequence_number) = published.retry_from {
-            shared::metrics::emit(
+            shared::platform::metrics::emit(
                 "EventBatchesRetried",
                 1.0,
-                shared::metrics::Unit::Count,
+                shared::platform::metrics::Unit::Count,
                 &[],
             );
             let mut failure = DynamoDbBatchItemFailure::default();

@@ -3,9 +3,9 @@
 
 use lambda_runtime::{Error, LambdaEvent};
 use serde_json::Value;
-use shared::batcher::{run_budget, Batcher, RunSummary};
-use shared::config::{ConfigError, PayoutConfig};
-use shared::provider::{HttpProvider, PayoutProvider};
+use shared::payouts::batcher::{run_budget, Batcher, RunSummary};
+use shared::payouts::provider::{HttpProvider, PayoutProvider};
+use shared::platform::config::{ConfigError, PayoutConfig};
 use shared::store::{DynamoStore, PayoutStore};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,10 +24,10 @@ impl App {
     /// after its TTL: a rotation needs no deploy) and the clients, once per cold start.
     pub async fn from_env() -> Result<Self, Error> {
         let config = PayoutConfig::from_env()?;
-        let key = shared::secrets::load(
+        let key = shared::platform::secrets::load(
             &config.api_key_secret,
             config.secrets_ttl,
-            shared::secrets::parse_api_key,
+            shared::platform::secrets::parse_api_key,
         )
         .await
         .map_err(|e| ConfigError::new("PROVIDER_API_KEY_SECRET_ARN", e))?;

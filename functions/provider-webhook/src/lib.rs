@@ -3,10 +3,10 @@
 //! processor, map the result.
 
 use lambda_http::{Body, Request, RequestExt, Response};
-use shared::api::{json_response, ApiError};
-use shared::config::{ConfigError, WebhookConfig};
+use shared::http::api::{json_response, ApiError};
+use shared::payouts::webhook::WebhookProcessor;
+use shared::platform::config::{ConfigError, WebhookConfig};
 use shared::store::{DynamoStore, PayoutStore};
-use shared::webhook::WebhookProcessor;
 use std::sync::Arc;
 use tracing::Instrument;
 
@@ -21,10 +21,10 @@ impl App {
     /// after their TTL) and the SDK client, once per cold start.
     pub async fn from_env() -> Result<Self, lambda_http::Error> {
         let config = WebhookConfig::from_env()?;
-        let secrets = shared::secrets::load(
+        let secrets = shared::platform::secrets::load(
             &config.secrets_arn,
             config.secrets_ttl,
-            shared::secrets::parse_webhook_secrets,
+            shared::platform::secrets::parse_webhook_secrets,
         )
         .await
         .map_err(|e| ConfigError::new("PROVIDER_WEBHOOK_SECRETS_ARN", e))?;
@@ -56,9 +56,19 @@ impl<S: PayoutStore + 'static> App<S> {
             };
             let status = response.status();
             if status.is_client_error() {
-                shared::metrics::emit("Webhook4xx", 1.0, shared::metrics::Unit::Count, &[]);
+                shared::platform::metrics::emit(
+                    "Webhook4xx",
+                    1.0,
+                    shared::platform::metrics::Unit::Count,
+                    &[],
+                );
             } else if status.is_server_error() {
-                shared::metrics::emit("Webhook5xx", 1.0, shared::metrics::Unit::Count, &[]);
+                shared::platform::metrics::emit(
+                    "Webhook5xx",
+                    1.0,
+                    shared::platform::metrics::Unit::Count,
+                    &[],
+                );
             }
             tracing::info!(status = status.as_u16(), "webhook done");
             response
@@ -81,7 +91,7 @@ impl<S: PayoutStore + 'static> App<S> {
         };
         let signature = req
             .headers()
-            .get(shared::signature::HEADER)
+            .get(shared::payouts::signature::HEADER)
             .and_then(|v| v.to_str().ok());
         let (outcome, event) = self
             .processor

@@ -4,12 +4,12 @@
 //! [`CreditService`], map the result.
 
 use lambda_http::{Body, Request, RequestExt, Response};
-use shared::api::{json_response, ApiError};
-use shared::auth::{AuthError, Authenticator, InternalAuth};
-use shared::config::RequestConfig;
-use shared::credits::CreditService;
 use shared::domain::{IdempotencyKey, UserId};
-use shared::withdrawals::WithdrawalService;
+use shared::http::api::{json_response, ApiError};
+use shared::http::auth::{AuthError, Authenticator, InternalAuth};
+use shared::platform::config::RequestConfig;
+use shared::requests::credits::CreditService;
+use shared::requests::withdrawals::WithdrawalService;
 use std::sync::Arc;
 use tracing::Instrument;
 

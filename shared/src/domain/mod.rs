@@ -4,8 +4,8 @@ mod amount;
 mod balance;
 mod bank_account;
 mod batch;
+mod callback;
 mod currency;
-mod event;
 mod ids;
 mod withdrawal;
 
@@ -16,8 +16,8 @@ pub use batch::{
     provider_evidence, Batch, BatchNote, BatchStatus, Member, MemberTerms, OPERATOR_ACTOR,
     PROVIDER_STATUS_ACTOR,
 };
+pub use callback::CallbackOutcome;
 pub use currency::{Currencies, Currency, CurrencyCode};
-pub use event::EventOutcome;
 pub use ids::{BatchId, CreditReference, IdempotencyKey, UserId, WithdrawalId};
 pub use withdrawal::{
     AuditEntry, InvalidTransition, Subject, Transition, Withdrawal, WithdrawalStatus,

@@ -190,7 +190,7 @@ pub struct AuditEntry {
     /// `None` for the creation.
     pub from: Option<WithdrawalStatus>,
     pub to: WithdrawalStatus,
-    /// `user`, `batcher:<run>`, `webhook`, `operator:<why>`…
+    /// `user`, `batcher:<run>`, `webhook`, `operator`, `provider-status`…
     pub by: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_id: Option<String>,

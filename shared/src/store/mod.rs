@@ -7,18 +7,40 @@ pub use dynamo::{decode_stored_item, stored_status, DynamoStore, ScanReport, Sto
 pub use schema::{TableSchema, CREDIT_TYPE, MAX_BATCH_MEMBERS, TYPE_ATTRIBUTE, WITHDRAWAL_TYPE};
 
 use crate::domain::{
-    Amount, Balance, Batch, BatchId, BatchStatus, CreditReference, Currency, EventOutcome,
+    Amount, Balance, Batch, BatchId, BatchStatus, CallbackOutcome, CreditReference, Currency,
     IdempotencyKey, Subject, Transition, UserId, Withdrawal, WithdrawalId, WithdrawalStatus,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+/// What can go wrong with a store call, split by what the caller should do next: a
+/// [`Refusal`] is the store's business answer (the same request gets it again: report it, do
+/// not retry it); a [`Failure`] is the store not answering, and [`Failure::retryable`] says
+/// whether trying again later can help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Failed(#[from] Failure),
+}
+
+impl StoreError {
+    /// Whether the same call may succeed if tried again later.
+    pub fn retryable(&self) -> bool {
+        matches!(self, Self::Failed(failure) if failure.retryable())
+    }
+}
+
+/// The store's answer "no": a condition of the write did not hold. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
     #[error("available balance is lower than the amount")]
     InsufficientFunds,
+    /// The user already has the currency's maximum of open (PENDING or SUBMITTED) withdrawals:
+    /// the API's stable code `too_many_pending` names it.
     #[error("too many open withdrawals in this currency")]
-    TooManyOpen,
+    TooManyPending,
     /// The request would take the day's total over the currency's daily limit. The message
     /// says the limit and what is left of it today.
     #[error("{0}")]
@@ -45,13 +67,27 @@ pub enum StoreError {
     /// The withdrawal was not in a state the transition starts from (someone else moved it first).
     #[error("withdrawal is {current:?}, not in a state this change applies to")]
     StateChanged { current: Option<WithdrawalStatus> },
+}
+
+/// The store did not give an answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
     /// Throttled, conflicting or timed out after our retries: safe to try again later.
     #[error("the store is busy: {0}")]
     Unavailable(String),
+    /// An item does not decode into the domain: retrying reads the same item.
     #[error("stored data is not valid: {0}")]
     Corrupt(String),
+    /// Any other error from the backend (a permission, a malformed request): a defect or a
+    /// misconfiguration, not fixed by retrying.
     #[error("store error: {0}")]
     Backend(String),
+}
+
+impl Failure {
+    pub fn retryable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
 }
 
 /// What a replayed request with the same `Idempotency-Key` gets back.
@@ -162,7 +198,7 @@ pub struct EventRecord {
     pub event_id: String,
     pub event_type: String,
     pub reference: String,
-    pub outcome: EventOutcome,
+    pub outcome: CallbackOutcome,
 }
 
 impl TransitionDetails {
@@ -243,6 +279,13 @@ pub trait Store: Send + Sync {
 pub trait PayoutStore: Store + BatchStore {}
 
 impl<T: Store + BatchStore + ?Sized> PayoutStore for T {}
+
+/// What operator actions need beyond the pipeline's ports: a withdrawal read by its id alone
+/// (a scan on DynamoDB, so never on a request path).
+#[async_trait]
+pub trait AdminStore: PayoutStore {
+    async fn find_withdrawal(&self, id: WithdrawalId) -> Result<Option<Withdrawal>, StoreError>;
+}
 
 /// What became of a change written from a [`Subject`].
 #[derive(Debug, Clone, PartialEq)]

@@ -12,13 +12,14 @@ use lambda_runtime::{Context, LambdaEvent};
 use rust_decimal::Decimal;
 use sandbox_provider::{Sandbox, SandboxConfig};
 use serde_json::{json, Value};
-use shared::batcher::{Batcher, BatcherConfig, RunSummary};
 use shared::domain::{BatchStatus, Currencies, WithdrawalStatus};
-use shared::provider::{HttpProvider, ItemStatus, PayoutProvider, StatusOutcome};
-use shared::reconcile::MismatchKind;
+use shared::payouts::batcher::{Batcher, BatcherConfig, RunSummary};
+use shared::payouts::provider::{HttpProvider, ItemStatus, PayoutProvider, StatusOutcome};
+use shared::payouts::reconcile::MismatchKind;
+use shared::payouts::webhook::WebhookProcessor;
+use shared::requests::withdrawals::WithdrawalService;
+use shared::store::Refusal;
 use shared::store::{BatchStore, DynamoStore, PayoutStore, ScanReport, Store, StoreError};
-use shared::webhook::WebhookProcessor;
-use shared::withdrawals::WithdrawalService;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -187,7 +188,7 @@ where
     P: PayoutProvider + ?Sized + 'static,
 {
     let event: Value =
-        serde_json::from_str(include_str!("../../events/scheduled-event.json")).unwrap();
+        serde_json::from_str(include_str!("../../payloads/scheduled-event.json")).unwrap();
     let mut ctx = Context::default();
     ctx.request_id = format!("sim-{}", ulid_text());
     ctx.deadline = (chrono::Utc::now().timestamp_millis() as u64) + ms(budget);
@@ -292,7 +293,7 @@ impl World {
         let mailbox = spawn_mailbox(inbox.clone()).await;
         let mut config = SandboxConfig::new(
             API_KEY,
-            shared::signature::WebhookSecret::new(WEBHOOK_SECRET).unwrap(),
+            shared::payouts::signature::WebhookSecret::new(WEBHOOK_SECRET).unwrap(),
         );
         config.webhook_url = Some(mailbox);
         config.callback_delay = Duration::ZERO;
@@ -401,7 +402,7 @@ impl World {
             None => (
                 withdrawal_request::App::new(
                     WithdrawalService::new(store, currencies, MAX_OPEN),
-                    shared::auth::Authenticator::ApiGatewayJwt,
+                    shared::http::auth::Authenticator::ApiGatewayJwt,
                 ),
                 None,
             ),
@@ -413,7 +414,7 @@ impl World {
                 (
                     withdrawal_request::App::new(
                         WithdrawalService::new(faulty.clone(), currencies, MAX_OPEN),
-                        shared::auth::Authenticator::ApiGatewayJwt,
+                        shared::http::auth::Authenticator::ApiGatewayJwt,
                     ),
                     Some(faulty),
                 )
@@ -673,7 +674,7 @@ impl World {
         // An operator whose credit got no clear answer runs it again: a reference credits once.
         while !matches!(
             result,
-            Some(Ok(_)) | Some(Err(StoreError::ReferenceReused(_)))
+            Some(Ok(_)) | Some(Err(StoreError::Refused(Refusal::ReferenceReused(_))))
         ) && tries < 3
         {
             result = attempt(None, Duration::from_secs(10)).await;
@@ -681,7 +682,7 @@ impl World {
         }
         let landed = match &result {
             Some(Ok(_)) => Some(true),
-            Some(Err(StoreError::ReferenceReused(_))) => Some(false),
+            Some(Err(StoreError::Refused(Refusal::ReferenceReused(_)))) => Some(false),
             _ => None,
         };
         if conflict && landed == Some(true) {
@@ -747,7 +748,7 @@ impl World {
             },
         };
         let (app, faulty) = self.request_app(fault);
-        let mut ev = Event::new("POST", "/withdrawals")
+        let mut ev = ApiRequest::new("POST", "/withdrawals")
             .user(&who)
             .body(request_body(&spec));
         if let Some(k) = &key {
@@ -860,7 +861,7 @@ impl World {
         };
         let (app, faulty) = self.request_app(fault);
         let hangs = fault.is_some_and(|f| matches!(f.when, When::HangBefore | When::HangAfter));
-        let req = Event::new("DELETE", &format!("/withdrawals/{id}"))
+        let req = ApiRequest::new("DELETE", &format!("/withdrawals/{id}"))
             .user(&who)
             .build();
         let resp = self.api_maybe_hanging(&app, req, hangs).await;
@@ -895,7 +896,7 @@ impl World {
         }
         let id = &mine[(pick % mine.len() as u64) as usize];
         let (app, _) = self.request_app(None);
-        let req = Event::new("GET", &format!("/withdrawals/{id}"))
+        let req = ApiRequest::new("GET", &format!("/withdrawals/{id}"))
             .user(&who)
             .build();
         let Some(r) = self.api(&app, req).await else {
@@ -930,7 +931,7 @@ impl World {
                 q.push_str(&format!("&cursor={c}"));
             }
             let Some(r) = self
-                .api(&app, Event::new("GET", &q).user(&who).build())
+                .api(&app, ApiRequest::new("GET", &q).user(&who).build())
                 .await
             else {
                 d.bad("list hung");
@@ -977,7 +978,7 @@ impl World {
         let who = user(u);
         let (app, _) = self.request_app(None);
         let Some(r) = self
-            .api(&app, Event::new("GET", "/balances").user(&who).build())
+            .api(&app, ApiRequest::new("GET", "/balances").user(&who).build())
             .await
         else {
             d.bad("balances hung");
@@ -1058,15 +1059,15 @@ impl World {
         d
     }
 
-    /// Delivers one callback (signed now, as a provider's retry is) to the webhook handler.
+    /// Delivers one callback (signed now_secs, as a provider's retry is) to the webhook handler.
     async fn deliver_one(
         &self,
         cb: &Callback,
         faulty: Option<&Arc<FaultyStore>>,
         hangs: bool,
     ) -> Option<TestResponse> {
-        let sig = sign(&cb.body, WEBHOOK_SECRET, now());
-        let req = webhook_event(&cb.body, Some(sig));
+        let sig = sign(&cb.body, WEBHOOK_SECRET, now_secs());
+        let req = webhook_request(&cb.body, Some(sig));
         let limit = if hangs {
             CALL_TIMEOUT
         } else {
@@ -1076,7 +1077,7 @@ impl World {
             Some(f) => {
                 let app = provider_webhook::App::from(WebhookProcessor::new(
                     f.clone(),
-                    vec![shared::signature::WebhookSecret::new(WEBHOOK_SECRET).unwrap()],
+                    vec![shared::payouts::signature::WebhookSecret::new(WEBHOOK_SECRET).unwrap()],
                     300,
                 ));
                 tokio::time::timeout(limit, deliver(&app, req)).await.ok()
@@ -1224,8 +1225,8 @@ impl World {
 
     async fn reject(&self, id: shared::domain::WithdrawalId) -> Done {
         let mut d = Done::default();
-        let r = shared::operations::reject_withdrawal(
-            &self.p.env.store,
+        let r = shared::operator::operations::reject_withdrawal(
+            &*self.p.env.store,
             self.provider.as_ref(),
             id,
             "operator (simulation)",
@@ -1271,7 +1272,7 @@ impl World {
             return d;
         }
         let b = &flagged[(pick % flagged.len() as u64) as usize];
-        let r = shared::operations::retry_batch(&self.p.env.store, b.id).await;
+        let r = shared::operator::operations::retry_batch(&*self.p.env.store, b.id).await;
         if r.is_ok() {
             self.stat(|s| s.operator_retries += 1);
         }
@@ -1291,7 +1292,7 @@ impl World {
         let batches = self.p.env.store.all_batches().await.expect("batches");
         let mut n = 0;
         for b in batches.iter().filter(|b| b.status.is_terminal()) {
-            let found = match shared::reconcile::batch(
+            let found = match shared::payouts::reconcile::batch(
                 self.p.env.store.as_ref(),
                 self.provider.as_ref(),
                 b,
@@ -1416,7 +1417,7 @@ impl World {
 
     async fn operator_retry_id(&self, id: shared::domain::BatchId) -> Done {
         let mut d = Done::default();
-        let r = shared::operations::retry_batch(&self.p.env.store, id).await;
+        let r = shared::operator::operations::retry_batch(&*self.p.env.store, id).await;
         if r.is_ok() {
             self.stat(|s| s.operator_retries += 1);
         }

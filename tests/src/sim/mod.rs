@@ -6,7 +6,7 @@
 //! - [`model`]: what must be true, checked after every step and at quiescence;
 //! - [`driver`]: one seed's world and the execution of each operation through the real handlers
 //!   (each function's `App::handle`), the
-//!   operator commands (`shared::operations`, `shared::reconcile`) and the sandbox provider.
+//!   operator commands (`shared::operator::operations`, `shared::payouts::reconcile`) and the sandbox provider.
 //!
 //! Determinism: the schedule — every operation, its parameters, which operations run at once,
 //! every injected fault and every choice of target — is generated from the seed before anything

@@ -273,7 +273,7 @@ impl Model {
             })
             .map(|b| b.id.to_string())
             .collect();
-        let mut bad = shared::check::violations(report);
+        let mut bad = shared::operator::check::violations(report);
         // Credits: every record is one we asked for; every certain one is there.
         let mut recorded = BTreeSet::new();
         for c in &report.credits {

@@ -2,11 +2,13 @@
 
 use futures::future::join_all;
 use futures::StreamExt;
+use integration_tests::BalanceView;
 use integration_tests::{claiming_batch, PayoutEnv, ACCOUNTS};
 use rust_decimal::Decimal;
 use sandbox_provider::Fault;
-use shared::batcher::BatcherConfig;
 use shared::domain::{BatchStatus, WithdrawalStatus};
+use shared::payouts::batcher::BatcherConfig;
+use shared::store::Refusal;
 use shared::store::{BatchStore, Store};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -68,7 +70,7 @@ async fn one_provider_call_per_currency_with_exact_totals() {
             .any(|b| Some(b.id) == w.batch_id && b.members.contains_key(&w.id)));
     }
     // Submitted funds stay locked until the provider's final word.
-    assert_eq!(p.env.balance("u-usd-a-0", "USD").await.1, "30.75");
+    assert_eq!(p.env.balance("u-usd-a-0", "USD").await.locked, "30.75");
     // A second run finds nothing new.
     let again = p.run(PayoutEnv::config()).await;
     assert_eq!(again.currencies["USD"].claimed, 0);
@@ -249,12 +251,12 @@ async fn a_definite_rejection_returns_the_funds() {
     }
     assert_eq!(
         p.env.balance("rej-0", "USD").await,
-        (
-            "400.00".into(),
-            "0.00".into(),
-            "0.00".into(),
-            "400.00".into()
-        )
+        BalanceView {
+            available: "400.00".into(),
+            locked: "0.00".into(),
+            paid_out: "0.00".into(),
+            credited: "400.00".into()
+        }
     );
     let batch = &p.env.store.all_batches().await.unwrap()[0];
     assert_eq!(batch.status, BatchStatus::Rejected);
@@ -286,7 +288,7 @@ async fn too_many_ambiguous_attempts_flag_the_batch_until_an_operator_retries_it
         assert_eq!(p.reload(w).await.status, WithdrawalStatus::Submitted);
     }
 
-    shared::operations::retry_batch(&p.env.store, batch.id)
+    shared::operator::operations::retry_batch(&*p.env.store, batch.id)
         .await
         .unwrap();
     let after = p.run(config).await;
@@ -309,8 +311,8 @@ async fn an_operator_rejection_in_a_flagged_batch_forbids_re_sending_it() {
     let batch = p.env.store.all_batches().await.unwrap()[0].clone();
     assert_eq!(batch.status, BatchStatus::NeedsOperator);
 
-    let rejected = shared::operations::reject_withdrawal(
-        &p.env.store,
+    let rejected = shared::operator::operations::reject_withdrawal(
+        &*p.env.store,
         &p.provider(),
         seeded[0].id,
         "confirmed unpaid with provider",
@@ -320,12 +322,14 @@ async fn an_operator_rejection_in_a_flagged_batch_forbids_re_sending_it() {
     .unwrap();
     assert_eq!(rejected.status, WithdrawalStatus::Rejected);
     assert_eq!(rejected.audit.last().unwrap().by, "operator");
-    assert!(shared::operations::retry_batch(&p.env.store, batch.id)
-        .await
-        .is_err());
+    assert!(
+        shared::operator::operations::retry_batch(&*p.env.store, batch.id)
+            .await
+            .is_err()
+    );
     // A settled or already-final withdrawal cannot be rejected by an operator.
-    assert!(shared::operations::reject_withdrawal(
-        &p.env.store,
+    assert!(shared::operator::operations::reject_withdrawal(
+        &*p.env.store,
         &p.provider(),
         seeded[0].id,
         "again",
@@ -334,7 +338,7 @@ async fn an_operator_rejection_in_a_flagged_batch_forbids_re_sending_it() {
     .await
     .is_err());
     assert_eq!(
-        p.env.balance("op-0", "USD").await.1,
+        p.env.balance("op-0", "USD").await.locked,
         "5.00",
         "one still locked"
     );
@@ -375,7 +379,7 @@ async fn a_run_that_died_while_claiming_or_before_sending_is_taken_over() {
     let late = p.seed("crash-late", "USD", "3.00", 2, ACCOUNTS[0]).await;
     assert!(matches!(
         p.env.store.claim(&dead, "dead-run", &late, false).await,
-        Err(shared::store::StoreError::LeaseLost)
+        Err(shared::store::StoreError::Refused(Refusal::LeaseLost))
     ));
     for w in &late {
         assert_eq!(p.reload(w).await.status, WithdrawalStatus::Pending);
@@ -455,21 +459,21 @@ async fn a_stale_accepted_batch_is_resolved_from_the_provider_status() {
     );
     assert_eq!(
         p.env.balance("st-paid-0", "USD").await,
-        (
-            "80.00".into(),
-            "0.00".into(),
-            "20.00".into(),
-            "100.00".into()
-        )
+        BalanceView {
+            available: "80.00".into(),
+            locked: "0.00".into(),
+            paid_out: "20.00".into(),
+            credited: "100.00".into()
+        }
     );
     assert_eq!(
         p.env.balance("st-fail-0", "USD").await,
-        (
-            "200.00".into(),
-            "0.00".into(),
-            "0.00".into(),
-            "200.00".into()
-        )
+        BalanceView {
+            available: "200.00".into(),
+            locked: "0.00".into(),
+            paid_out: "0.00".into(),
+            credited: "200.00".into()
+        }
     );
     assert_eq!(
         p.env.store.all_batches().await.unwrap()[0].status,
@@ -663,7 +667,7 @@ async fn every_member_of_the_largest_batch_can_be_rejected_one_by_one() {
     let rejected: Vec<Result<_, _>> = futures::stream::iter(members)
         .map(|w| {
             let store = p.env.store.clone();
-            let mut details = TransitionDetails::by(shared::operations::OPERATOR);
+            let mut details = TransitionDetails::by(shared::operator::operations::OPERATOR);
             details.failure_reason = Some(reason.clone());
             async move { store.reject_flagged_member(&w, details, quiet_before).await }
         })
@@ -687,7 +691,9 @@ async fn every_member_of_the_largest_batch_can_be_rejected_one_by_one() {
         assert_eq!(w.status, WithdrawalStatus::Rejected);
         assert_eq!(w.failure_reason.as_deref(), Some(reason.as_str()));
     }
-    let (available, locked, _, _) = p.env.balance(seeded[0].user_id.as_str(), "USD").await;
+    let BalanceView {
+        available, locked, ..
+    } = p.env.balance(seeded[0].user_id.as_str(), "USD").await;
     assert_eq!((available.as_str(), locked.as_str()), ("10.00", "0.00"));
     p.run(PayoutEnv::config()).await;
     let closed = p.env.store.batch(batch.id).await.unwrap().unwrap();
@@ -775,20 +781,20 @@ async fn a_batch_the_provider_lost_is_never_rejected_and_goes_to_an_operator() {
     }
     assert_eq!(
         p.env.balance("lost-0", "USD").await,
-        (
-            "70.00".into(),
-            "30.00".into(),
-            "0.00".into(),
-            "100.00".into()
-        )
+        BalanceView {
+            available: "70.00".into(),
+            locked: "30.00".into(),
+            paid_out: "0.00".into(),
+            credited: "100.00".into()
+        }
     );
     assert_eq!(
         p.env.store.all_batches().await.unwrap()[0].status,
         BatchStatus::NeedsOperator
     );
     // An operator cannot return what the provider accepted and paid, on its 404.
-    let refused = shared::operations::reject_withdrawal(
-        &p.env.store,
+    let refused = shared::operator::operations::reject_withdrawal(
+        &*p.env.store,
         &p.provider(),
         ws[0].id,
         "lost?",

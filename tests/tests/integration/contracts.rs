@@ -2,8 +2,8 @@
 //! workspace's functions with nothing local in it, and openapi.yaml documents every route and
 //! every error code.
 
-use integration_tests::{withdrawal_body, Event, TestEnv, DEPOSIT_CALLER};
-use shared::api::ApiError;
+use integration_tests::{withdrawal_body, ApiRequest, TestEnv, DEPOSIT_CALLER};
+use shared::http::api::ApiError;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
@@ -213,7 +213,7 @@ async fn every_documented_user_route_answers() {
     env.credit("route", "USD", "100").await;
     let created = env
         .call(
-            Event::new("POST", "/withdrawals")
+            ApiRequest::new("POST", "/withdrawals")
                 .user("route")
                 .fresh_key()
                 .body(withdrawal_body("USD", "10"))
@@ -232,7 +232,7 @@ async fn every_documented_user_route_answers() {
         let concrete = path
             .replace("{id}", &id)
             .replace("{reference}", "route-credit-1");
-        let mut event = Event::new(&method, &concrete);
+        let mut event = ApiRequest::new(&method, &concrete);
         event = if path.starts_with("/internal/") {
             // The credit API: the deposit service's IAM identity, a credit whose reference the
             // GET then finds (POST comes first in the document).

@@ -1,7 +1,9 @@
 //! Credits are idempotent by reference: the only way funds enter cannot add the same funds twice.
 
 use futures::future::join_all;
+use integration_tests::BalanceView;
 use integration_tests::{credit_record, TestEnv};
+use shared::store::Refusal;
 use shared::store::{CreditOutcome, Store, StoreError};
 
 #[tokio::test]
@@ -23,18 +25,18 @@ async fn replaying_a_credit_credits_once_and_returns_the_first_record() {
     assert_eq!(again, CreditOutcome::Replayed(recorded));
     assert_eq!(
         env.balance("cleo", "USD").await,
-        (
-            "250.00".into(),
-            "0.00".into(),
-            "0.00".into(),
-            "250.00".into()
-        )
+        BalanceView {
+            available: "250.00".into(),
+            locked: "0.00".into(),
+            paid_out: "0.00".into(),
+            credited: "250.00".into()
+        }
     );
     // Another reference is another credit.
     env.credit_ref("cleo", "USD", "250.00", "wire-0002")
         .await
         .unwrap();
-    assert_eq!(env.balance("cleo", "USD").await.3, "500.00");
+    assert_eq!(env.balance("cleo", "USD").await.credited, "500.00");
     env.assert_conserved().await;
 }
 
@@ -51,18 +53,18 @@ async fn a_reference_used_for_another_credit_is_refused_and_changes_nothing() {
     ] {
         let r = env.credit_ref(user, currency, amount, "ticket-7").await;
         assert!(
-            matches!(r, Err(StoreError::ReferenceReused(_))),
+            matches!(r, Err(StoreError::Refused(Refusal::ReferenceReused(_)))),
             "{user} {currency} {amount}: {r:?}"
         );
     }
     assert_eq!(
         env.balance("dora", "EUR").await,
-        (
-            "100.00".into(),
-            "0.00".into(),
-            "0.00".into(),
-            "100.00".into()
-        )
+        BalanceView {
+            available: "100.00".into(),
+            locked: "0.00".into(),
+            paid_out: "0.00".into(),
+            credited: "100.00".into()
+        }
     );
     let balances = env
         .store
@@ -94,7 +96,12 @@ async fn ten_concurrent_identical_credits_credit_once() {
     assert_eq!((recorded, replayed), (1, 9), "{outcomes:?}");
     assert_eq!(
         env.balance("finn", "USD").await,
-        ("75.25".into(), "0.00".into(), "0.00".into(), "75.25".into())
+        BalanceView {
+            available: "75.25".into(),
+            locked: "0.00".into(),
+            paid_out: "0.00".into(),
+            credited: "75.25".into()
+        }
     );
     env.assert_conserved().await;
 }
@@ -118,7 +125,7 @@ async fn check_finds_funds_that_entered_without_a_credit_record() {
         .send()
         .await
         .unwrap();
-    let problems = shared::check::violations(&env.store.scan_all().await.unwrap());
+    let problems = shared::operator::check::violations(&env.store.scan_all().await.unwrap());
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(
         problems[0].starts_with("gus USD: credited 15")
@@ -131,13 +138,13 @@ async fn check_finds_funds_that_entered_without_a_credit_record() {
 // the HTTP API, authorized by IAM; the same core as `operator credit`.
 
 mod api {
-    use integration_tests::{Event, TestEnv, TestResponse, DEPOSIT_CALLER};
+    use integration_tests::{ApiRequest, BalanceView, TestEnv, TestResponse, DEPOSIT_CALLER};
     use serde_json::json;
-    use shared::auth::{AllowedCallers, CallerSource, InternalAuth, LocalTokenKey};
+    use shared::http::auth::{AllowedCallers, CallerSource, InternalAuth, LocalTokenKey};
 
     async fn post(env: &TestEnv, caller: &str, body: serde_json::Value) -> TestResponse {
         env.call(
-            Event::new("POST", "/internal/credits")
+            ApiRequest::new("POST", "/internal/credits")
                 .iam_caller(caller)
                 .body(body.to_string())
                 .build(),
@@ -174,17 +181,17 @@ mod api {
         assert_eq!(again.json(), view);
         assert_eq!(
             env.balance("dora", "USD").await,
-            (
-                "120.50".into(),
-                "0.00".into(),
-                "0.00".into(),
-                "120.50".into()
-            )
+            BalanceView {
+                available: "120.50".into(),
+                locked: "0.00".into(),
+                paid_out: "0.00".into(),
+                credited: "120.50".into()
+            }
         );
         // The recorded credit, read back.
         let got = env
             .call(
-                Event::new("GET", "/internal/credits/dep-0001")
+                ApiRequest::new("GET", "/internal/credits/dep-0001")
                     .iam_caller(DEPOSIT_CALLER)
                     .build(),
             )
@@ -193,7 +200,7 @@ mod api {
         assert_eq!(got.json(), view);
         let missing = env
             .call(
-                Event::new("GET", "/internal/credits/dep-9999")
+                ApiRequest::new("GET", "/internal/credits/dep-9999")
                     .iam_caller(DEPOSIT_CALLER)
                     .build(),
             )
@@ -211,7 +218,7 @@ mod api {
         );
         let got = env
             .call(
-                Event::new("GET", "/internal/credits/wire%2F2026%2F17")
+                ApiRequest::new("GET", "/internal/credits/wire%2F2026%2F17")
                     .iam_caller(DEPOSIT_CALLER)
                     .build(),
             )
@@ -224,7 +231,7 @@ mod api {
         for path in ["dep@2026:17", "dep%402026%3A17"] {
             let got = env
                 .call(
-                    Event::new("GET", &format!("/internal/credits/{path}"))
+                    ApiRequest::new("GET", &format!("/internal/credits/{path}"))
                         .iam_caller(DEPOSIT_CALLER)
                         .build(),
                 )
@@ -272,7 +279,7 @@ mod api {
                 r.body
             );
         }
-        assert_eq!(env.balance("dora", "USD").await.3, "10.00");
+        assert_eq!(env.balance("dora", "USD").await.credited, "10.00");
         let report = env.store.scan_all().await.unwrap();
         assert_eq!(report.credits.len(), 1);
         assert_eq!(report.balances.len(), 1, "no EUR balance, nothing for eve");
@@ -283,31 +290,31 @@ mod api {
     async fn only_the_named_services_verified_by_iam_may_credit() {
         let env = TestEnv::new().await;
         let body = deposit("dep-1", "10.00").to_string();
-        let cases: Vec<(&str, Event, u16, &str)> = vec![
+        let cases: Vec<(&str, ApiRequest, u16, &str)> = vec![
             // No identity at all, and a user's verified JWT: neither is a service.
             (
                 "no authorizer context",
-                Event::new("POST", "/internal/credits"),
+                ApiRequest::new("POST", "/internal/credits"),
                 401,
                 "unauthorized",
             ),
             (
                 "a user's JWT",
-                Event::new("POST", "/internal/credits").user("dora"),
+                ApiRequest::new("POST", "/internal/credits").user("dora"),
                 401,
                 "unauthorized",
             ),
             // Verified by IAM but not named in the template's list.
             (
                 "another role",
-                Event::new("POST", "/internal/credits")
+                ApiRequest::new("POST", "/internal/credits")
                     .iam_caller("arn:aws:sts::123456789012:assumed-role/support/s"),
                 403,
                 "forbidden",
             ),
             (
                 "the same role name in another account",
-                Event::new("POST", "/internal/credits")
+                ApiRequest::new("POST", "/internal/credits")
                     .iam_caller("arn:aws:sts::999999999999:assumed-role/deposit-service/s"),
                 403,
                 "forbidden",
@@ -324,7 +331,7 @@ mod api {
         // Reading a credit needs the same.
         let r = env
             .call(
-                Event::new("GET", "/internal/credits/dep-1")
+                ApiRequest::new("GET", "/internal/credits/dep-1")
                     .user("dora")
                     .build(),
             )
@@ -334,7 +341,7 @@ mod api {
         // A service's IAM identity is not a user either.
         let r = env
             .call(
-                Event::new("GET", "/balances")
+                ApiRequest::new("GET", "/balances")
                     .iam_caller(DEPOSIT_CALLER)
                     .build(),
             )
@@ -388,7 +395,7 @@ mod api {
         // A JSON number with an exponent (serde_json would print `1e2` as `100.0`).
         let exponent = env
             .call(
-                Event::new("POST", "/internal/credits")
+                ApiRequest::new("POST", "/internal/credits")
                     .iam_caller(DEPOSIT_CALLER)
                     .body(r#"{"user_id":"dora","currency":"USD","amount":1e2,"reference":"dep-1"}"#)
                     .build(),
@@ -400,7 +407,7 @@ mod api {
         );
         let oversized = env
             .call(
-                Event::new("POST", "/internal/credits")
+                ApiRequest::new("POST", "/internal/credits")
                     .iam_caller(DEPOSIT_CALLER)
                     .body("x".repeat(20_000))
                     .build(),
@@ -409,7 +416,7 @@ mod api {
         assert_eq!(oversized.status, 413);
         let wrong_method = env
             .call(
-                Event::new("PUT", "/internal/credits")
+                ApiRequest::new("PUT", "/internal/credits")
                     .iam_caller(DEPOSIT_CALLER)
                     .build(),
             )
@@ -434,7 +441,7 @@ mod api {
         ));
         let now = chrono::Utc::now().timestamp();
         let with = |token: String| {
-            Event::new("POST", "/internal/credits")
+            ApiRequest::new("POST", "/internal/credits")
                 .header("authorization", &format!("Bearer {token}"))
                 .body(deposit("dep-local", "5.00").to_string())
                 .build()
@@ -451,6 +458,6 @@ mod api {
         let service = key.mint_service(DEPOSIT_CALLER, now, 60);
         let r = env.call(with(service)).await;
         assert_eq!(r.status, 201, "{}", r.body);
-        assert_eq!(env.balance("dora", "USD").await.3, "5.00");
+        assert_eq!(env.balance("dora", "USD").await.credited, "5.00");
     }
 }

@@ -5,11 +5,11 @@
 use event_publisher::EventBridgeBus;
 use integration_tests::events::{moto_endpoint, sdk_config, EventsEnv, FlakyBus, Received};
 use integration_tests::{
-    spawn_webhook_server, Event, PayoutEnv, TestEnv, ACCOUNTS, DEPOSIT_CALLER, WEBHOOK_SECRET,
+    spawn_webhook_server, ApiRequest, PayoutEnv, TestEnv, ACCOUNTS, DEPOSIT_CALLER, WEBHOOK_SECRET,
 };
 use serde_json::json;
-use shared::events::{EventBus, PipelineEvent};
-use shared::republish::{self, Window};
+use shared::publishing::events::{EventBus, PipelineEvent};
+use shared::publishing::republish::{self, Window};
 use shared::store::Store;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -36,7 +36,7 @@ async fn request(env: &TestEnv, user: &str, account: &str) -> String {
     let body = json!({"currency": "EUR", "amount": "60.00", "bank_account": account}).to_string();
     let r = env
         .call(
-            Event::new("POST", "/withdrawals")
+            ApiRequest::new("POST", "/withdrawals")
                 .user(user)
                 .fresh_key()
                 .body(body)
@@ -50,7 +50,7 @@ async fn request(env: &TestEnv, user: &str, account: &str) -> String {
 async fn cancel(env: &TestEnv, user: &str, id: &str) {
     let r = env
         .call(
-            Event::new("DELETE", &format!("/withdrawals/{id}"))
+            ApiRequest::new("DELETE", &format!("/withdrawals/{id}"))
                 .user(user)
                 .build(),
         )
@@ -63,7 +63,7 @@ async fn deposit(env: &TestEnv, user: &str, reference: &str) {
                       "reference": reference, "description": "SEPA in"});
     let r = env
         .call(
-            Event::new("POST", "/internal/credits")
+            ApiRequest::new("POST", "/internal/credits")
                 .iam_caller(DEPOSIT_CALLER)
                 .body(body.to_string())
                 .build(),
@@ -97,7 +97,7 @@ async fn a_whole_loop_publishes_exactly_one_event_per_state_change() {
     cancel(env, "cancelled", &cancelled).await;
     // An idempotent replay changes nothing, so it tells nobody anything.
     let keyed = || {
-        Event::new("POST", "/withdrawals")
+        ApiRequest::new("POST", "/withdrawals")
             .user("paid")
             .header("Idempotency-Key", "same")
             .body(
@@ -194,7 +194,7 @@ async fn a_whole_loop_publishes_exactly_one_event_per_state_change() {
 
     // What a consumer reads in them.
     for r in &received {
-        assert_eq!(r.source, shared::events::SOURCE);
+        assert_eq!(r.source, shared::publishing::events::SOURCE);
         let text = r.detail.to_string();
         for account in ACCOUNTS {
             assert!(!text.contains(account), "a full bank account in {text}");
@@ -272,7 +272,7 @@ async fn refused_entries_and_failed_calls_are_sent_again_and_no_event_is_lost() 
     for _ in 0..24 {
         let r = env
             .call(
-                Event::new("POST", "/withdrawals")
+                ApiRequest::new("POST", "/withdrawals")
                     .user("fay")
                     .fresh_key()
                     .body(integration_tests::withdrawal_body("USD", "10.00"))
@@ -351,7 +351,7 @@ async fn republish_since(
     store: &shared::store::DynamoStore,
     events: &EventsEnv,
     since: chrono::DateTime<chrono::Utc>,
-) -> shared::republish::Republished {
+) -> shared::publishing::republish::Republished {
     let report = store.scan_all().await.unwrap();
     let window = Window { since, until: None };
     let rebuilt = republish::rebuilt(&report.withdrawals, &report.credits, window);

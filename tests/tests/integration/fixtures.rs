@@ -1,9 +1,9 @@
 //! The committed `cargo lambda invoke` fixtures stay valid: they parse as the events Lambda
 //! delivers, their tokens verify with the local secret the scripts use, and each answers as the
-//! README says.
+//! docs/local.md says.
 
 use integration_tests::TestEnv;
-use shared::auth::{Authenticator, LocalTokenKey};
+use shared::http::auth::{Authenticator, LocalTokenKey};
 use std::path::PathBuf;
 
 fn events_dir() -> PathBuf {
@@ -53,7 +53,7 @@ async fn http_fixtures_answer_as_documented_with_the_local_token() {
         assert_eq!(r.status, status, "{file}: {}", r.body);
     }
     // The create fixture carries an Idempotency-Key: invoking it twice creates one withdrawal.
-    assert_eq!(env.balance("alice", "USD").await.1, "25.00");
+    assert_eq!(env.balance("alice", "USD").await.locked, "25.00");
     env.assert_conserved().await;
 }
 
@@ -87,14 +87,15 @@ fn the_schedule_and_webhook_fixtures_parse() {
     let _: aws_lambda_events::eventbridge::EventBridgeEvent<serde_json::Value> =
         serde_json::from_str(&read("scheduled-event.json")).unwrap();
     let event =
-        shared::webhook::ProviderEvent::parse(read("webhook-paid.body.json").as_bytes()).unwrap();
-    assert_eq!(event.kind, shared::webhook::EventKind::Paid);
+        shared::payouts::webhook::ProviderEvent::parse(read("webhook-paid.body.json").as_bytes())
+            .unwrap();
+    assert_eq!(event.kind, shared::payouts::webhook::CallbackKind::Paid);
 }
 
 mod stream {
     use super::read;
     use shared::domain::Currencies;
-    use shared::events::{publish, Change, EventBus, NoneSkipped, PipelineEvent};
+    use shared::publishing::events::{publish, Change, EventBus, NoneSkipped, PipelineEvent};
     use std::sync::Mutex;
 
     /// Takes every entry and keeps it.
@@ -122,7 +123,8 @@ mod stream {
     #[tokio::test]
     async fn the_stream_fixture_publishes_a_settlement_and_a_credit() {
         for c in changes() {
-            shared::events::event_of(&Currencies::default(), &c).expect("the fixture decodes");
+            shared::publishing::events::event_of(&Currencies::default(), &c)
+                .expect("the fixture decodes");
         }
         let bus = Recording::default();
         let out = publish(&bus, &Currencies::default(), &NoneSkipped, &changes()).await;

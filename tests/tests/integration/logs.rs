@@ -2,8 +2,8 @@
 //! and never a bank account number, a token, an API key or a webhook secret.
 
 use integration_tests::*;
-use shared::auth::{Authenticator, LocalTokenKey};
 use shared::domain::UserId;
+use shared::http::auth::{Authenticator, LocalTokenKey};
 use std::sync::Arc;
 
 #[tokio::test(flavor = "current_thread")]
@@ -26,7 +26,7 @@ async fn logs_carry_ids_and_never_secrets_or_account_numbers() {
     .await;
     let token_key = LocalTokenKey::new(b"log-test-secret-log-test-secret-x").unwrap();
     p.env.app.auth = Authenticator::LocalToken(token_key.clone());
-    let token = token_key.mint(&UserId::parse("logger").unwrap(), now(), 600);
+    let token = token_key.mint(&UserId::parse("logger").unwrap(), now_secs(), 600);
     let app = Arc::new(p.webhook_app(&[WEBHOOK_SECRET]));
     p.sandbox
         .set_webhook_url(&spawn_webhook_server(app.clone()).await);
@@ -39,7 +39,7 @@ async fn logs_carry_ids_and_never_secrets_or_account_numbers() {
         let r = p
             .env
             .call(
-                Event::new("POST", "/withdrawals")
+                ApiRequest::new("POST", "/withdrawals")
                     .header("authorization", &format!("Bearer {token}"))
                     .fresh_key()
                     .body(body)
@@ -55,7 +55,7 @@ async fn logs_carry_ids_and_never_secrets_or_account_numbers() {
             .to_string();
     p.env
         .call(
-            Event::new("POST", "/withdrawals")
+            ApiRequest::new("POST", "/withdrawals")
                 .header("authorization", &format!("Bearer {token}"))
                 .fresh_key()
                 .body(bad)
@@ -74,7 +74,10 @@ async fn logs_carry_ids_and_never_secrets_or_account_numbers() {
     // A forged webhook is logged as refused, without echoing anything secret.
     deliver(
         &app,
-        webhook_event("{}", Some(sign("{}", "whsec_wrong_secret_0000", now()))),
+        webhook_request(
+            "{}",
+            Some(sign("{}", "whsec_wrong_secret_0000", now_secs())),
+        ),
     )
     .await;
 

@@ -3,17 +3,18 @@
 //! comes back, every batch has a way out, and one bad batch never stops the others.
 
 use async_trait::async_trait;
+use integration_tests::BalanceView;
 use integration_tests::{PayoutEnv, ACCOUNTS};
 use sandbox_provider::{Fault, MemoryChange, Sandbox, SandboxConfig};
-use shared::batcher::BatcherConfig;
 use shared::domain::{BatchId, BatchStatus, Currencies, WithdrawalStatus};
-use shared::operations::{self, OperationError, RejectGround};
-use shared::provider::{
+use shared::operator::operations::{self, OperationError, RejectGround};
+use shared::payouts::batcher::BatcherConfig;
+use shared::payouts::provider::{
     HttpProvider, PayoutBatchRequest, PayoutProvider, StatusOutcome, SubmitOutcome,
 };
-use shared::reconcile::MismatchKind;
-use shared::settlement::{self, Outcome};
-use shared::signature::WebhookSecret;
+use shared::payouts::reconcile::MismatchKind;
+use shared::payouts::settlement::{self, Outcome};
+use shared::payouts::signature::WebhookSecret;
 use shared::store::{BatchStore, DynamoStore, Store};
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,7 +81,7 @@ async fn reject_refused<P: PayoutProvider + ?Sized>(
     w: &shared::domain::Withdrawal,
 ) -> String {
     refused(
-        operations::reject_withdrawal(&p.env.store, provider, w.id, "operator", Duration::ZERO)
+        operations::reject_withdrawal(&*p.env.store, provider, w.id, "operator", Duration::ZERO)
             .await,
     )
 }
@@ -98,12 +99,12 @@ async fn a_reject_planned_before_a_retry_cannot_commit_after_it() {
     // retry-batch succeeds, A's reject commits, the next run re-sends the whole batch.
     let p = PayoutEnv::new(|_| {}).await;
     let (seeded, batch) = flagged_unrecorded(&p, "race", "40.00", 2).await;
-    let plan = operations::plan_reject(&p.env.store, &p.provider(), seeded[0].id, Duration::ZERO)
+    let plan = operations::plan_reject(&*p.env.store, &p.provider(), seeded[0].id, Duration::ZERO)
         .await
         .unwrap();
     assert!(matches!(plan.ground, RejectGround::NeverRecorded { .. }));
-    operations::retry_batch(&p.env.store, batch).await.unwrap();
-    let why = refused(operations::commit_reject(&p.env.store, &plan, "A").await);
+    operations::retry_batch(&*p.env.store, batch).await.unwrap();
+    let why = refused(operations::commit_reject(&*p.env.store, &plan, "A").await);
     assert!(why.contains("batch changed"), "{why}");
 
     // Nothing moved: the batch is the batcher's again and pays both, once each.
@@ -159,7 +160,7 @@ async fn racing_reject_and_retry_never_pay_a_rejected_withdrawal() {
         let (seeded, batch) = flagged_unrecorded(&p, &format!("r{round}"), "40.00", 2).await;
         let (rejected, retried) = tokio::join!(
             operations::reject_withdrawal(
-                &p.env.store,
+                &*p.env.store,
                 &provider,
                 seeded[0].id,
                 "A",
@@ -168,7 +169,7 @@ async fn racing_reject_and_retry_never_pay_a_rejected_withdrawal() {
             async {
                 // Spread the start so either side can win: the reject asks the provider first.
                 tokio::time::sleep(Duration::from_millis((round % 6) as u64 * 8)).await;
-                operations::retry_batch(&p.env.store, batch).await
+                operations::retry_batch(&*p.env.store, batch).await
             },
         );
         assert!(
@@ -215,7 +216,7 @@ async fn a_submitted_withdrawal_is_rejected_only_on_the_providers_word() {
     let down = HttpProvider::new("http://127.0.0.1:9", "k", Duration::from_millis(300)).unwrap();
     let why = reject_refused(&p, &down, &seeded[1]).await;
     assert!(why.contains("could not be asked"), "{why}");
-    assert_eq!(p.env.balance("word-0", "USD").await.1, "50.00");
+    assert_eq!(p.env.balance("word-0", "USD").await.locked, "50.00");
     p.env.assert_conserved().await;
 }
 
@@ -233,7 +234,7 @@ async fn an_item_the_provider_reports_failed_is_rejected_as_that_failure() {
     })
     .await;
     let w = operations::reject_withdrawal(
-        &p.env.store,
+        &*p.env.store,
         &p.provider(),
         seeded[0].id,
         "checked",
@@ -243,7 +244,7 @@ async fn an_item_the_provider_reports_failed_is_rejected_as_that_failure() {
     .unwrap();
     assert_eq!(w.status, WithdrawalStatus::Rejected);
     assert!(w.failure_reason.unwrap().contains("account closed"));
-    assert_eq!(p.env.balance("failed-0", "USD").await.0, "90.00");
+    assert_eq!(p.env.balance("failed-0", "USD").await.available, "90.00");
     p.env.assert_conserved().await;
 }
 
@@ -285,7 +286,7 @@ async fn an_accepted_batch_the_provider_no_longer_knows_is_escalated_never_retur
     let why = reject_refused(&p, forgetful.as_ref(), &seeded[0]).await;
     assert!(why.contains("contradicts"), "{why}");
     // …and a retry puts it back to ACCEPTED, to be looked up again, never sent again.
-    operations::retry_batch(&p.env.store, batch.id)
+    operations::retry_batch(&*p.env.store, batch.id)
         .await
         .unwrap();
     assert_eq!(
@@ -305,7 +306,12 @@ async fn an_accepted_batch_the_provider_no_longer_knows_is_escalated_never_retur
         p.env.store.batch(batch.id).await.unwrap().unwrap().status,
         BatchStatus::Completed
     );
-    let (available, locked, paid_out, _) = p.env.balance("lost-0", "EUR").await;
+    let BalanceView {
+        available,
+        locked,
+        paid_out,
+        ..
+    } = p.env.balance("lost-0", "EUR").await;
     assert_eq!(
         (available.as_str(), locked.as_str(), paid_out.as_str()),
         ("120.00", "0.00", "30.00")
@@ -381,7 +387,7 @@ async fn a_flagged_batch_the_provider_once_found_is_never_returned_or_resent_on_
         found.history
     );
 
-    operations::retry_batch(&p.env.store, batch).await.unwrap();
+    operations::retry_batch(&*p.env.store, batch).await.unwrap();
     assert_eq!(
         p.env.store.batch(batch).await.unwrap().unwrap().status,
         BatchStatus::Accepted,
@@ -397,7 +403,9 @@ async fn a_flagged_batch_the_provider_once_found_is_never_returned_or_resent_on_
     for w in &seeded {
         assert_eq!(p.reload(w).await.status, WithdrawalStatus::Submitted);
     }
-    let (available, locked, _, _) = p.env.balance("found-0", "USD").await;
+    let BalanceView {
+        available, locked, ..
+    } = p.env.balance("found-0", "USD").await;
     assert_eq!((available.as_str(), locked.as_str()), ("96.00", "24.00"));
     p.env.assert_conserved().await;
 }
@@ -419,7 +427,7 @@ async fn the_providers_failed_item_read_by_an_operator_is_evidence_for_its_sibli
     let batch = flagged_recorded(&p, &seeded, Fault::TimeoutAfterRecord).await;
 
     let failed = operations::reject_withdrawal(
-        &p.env.store,
+        &*p.env.store,
         &p.provider(),
         seeded[1].id,
         "provider says failed",
@@ -435,7 +443,9 @@ async fn the_providers_failed_item_read_by_an_operator_is_evidence_for_its_sibli
         p.reload(&seeded[0]).await.status,
         WithdrawalStatus::Submitted
     );
-    let (available, locked, _, _) = p.env.balance("sib-0", "USD").await;
+    let BalanceView {
+        available, locked, ..
+    } = p.env.balance("sib-0", "USD").await;
     assert_eq!((available.as_str(), locked.as_str()), ("81.00", "9.00"));
     // The two pieces of evidence: the failed member's entry speaks for the provider, and the
     // status answer that reported it is kept on the batch.
@@ -460,7 +470,7 @@ async fn a_404_is_definite_only_from_the_provider_and_only_after_a_quiet_period(
     // Just sent: a queued request may still be recorded.
     let why = refused(
         operations::reject_withdrawal(
-            &p.env.store,
+            &*p.env.store,
             &p.provider(),
             seeded[0].id,
             "unpaid?",
@@ -634,20 +644,21 @@ async fn reconcile_reports_what_the_provider_says_differently() {
     .await;
     let batch = batch_of(&p.env.store, &seeded[0]).await;
     assert_eq!(batch.status, BatchStatus::Completed);
-    let agree = shared::reconcile::batch(p.env.store.as_ref(), &p.provider(), &batch)
+    let agree = shared::payouts::reconcile::batch(p.env.store.as_ref(), &p.provider(), &batch)
         .await
         .unwrap();
     assert_eq!(agree, vec![]);
 
     // A provider that does not know the batch, or reports other amounts, is reported per item.
-    let unknown = shared::reconcile::batch(p.env.store.as_ref(), &amnesiac().await, &batch)
-        .await
-        .unwrap();
+    let unknown =
+        shared::payouts::reconcile::batch(p.env.store.as_ref(), &amnesiac().await, &batch)
+            .await
+            .unwrap();
     assert_eq!(unknown.len(), 3);
     assert!(unknown
         .iter()
         .all(|m| m.kind == MismatchKind::UnknownToProvider));
-    let amounts = shared::reconcile::batch(
+    let amounts = shared::payouts::reconcile::batch(
         p.env.store.as_ref(),
         &MisreportedAmounts(p.provider()),
         &batch,
@@ -704,7 +715,7 @@ async fn reconcile_finds_a_payout_an_operator_forced_back() {
         .await
         .unwrap();
     let batch = batch_of(&p.env.store, &seeded[0]).await;
-    let found = shared::reconcile::batch(p.env.store.as_ref(), &p.provider(), &batch)
+    let found = shared::payouts::reconcile::batch(p.env.store.as_ref(), &p.provider(), &batch)
         .await
         .unwrap();
     assert_eq!(found.len(), 1);
@@ -750,7 +761,7 @@ async fn a_return_whose_callback_was_lost_is_found_by_the_second_reconcile_pass(
         (1, 2)
     );
     let batch = batch_of(&p.env.store, &seeded[0]).await;
-    let found = shared::reconcile::batch(p.env.store.as_ref(), &p.provider(), &batch)
+    let found = shared::payouts::reconcile::batch(p.env.store.as_ref(), &p.provider(), &batch)
         .await
         .unwrap();
     assert!(found
@@ -767,7 +778,7 @@ async fn check_names_a_member_returned_on_a_404_the_provider_later_contradicts()
     let p = PayoutEnv::new(|_| {}).await;
     let (seeded, batch) = flagged_unrecorded(&p, "later", "5.00", 2).await;
     operations::reject_withdrawal(
-        &p.env.store,
+        &*p.env.store,
         &p.provider(),
         seeded[0].id,
         "404",
@@ -775,7 +786,7 @@ async fn check_names_a_member_returned_on_a_404_the_provider_later_contradicts()
     )
     .await
     .unwrap();
-    let before = shared::check::violations(&p.env.store.scan_all().await.unwrap());
+    let before = shared::operator::check::violations(&p.env.store.scan_all().await.unwrap());
     assert!(before.is_empty(), "{before:?}");
     let b = p.env.store.batch(batch).await.unwrap().unwrap();
     assert!(p
@@ -784,7 +795,7 @@ async fn check_names_a_member_returned_on_a_404_the_provider_later_contradicts()
         .record_found(&b, "pb_late", shared::domain::PROVIDER_STATUS_ACTOR)
         .await
         .unwrap());
-    let after = shared::check::violations(&p.env.store.scan_all().await.unwrap());
+    let after = shared::operator::check::violations(&p.env.store.scan_all().await.unwrap());
     assert_eq!(after.len(), 1, "{after:?}");
     assert!(after[0].contains(&seeded[0].id.to_string()) && after[0].contains("pb_late"));
 }
@@ -818,7 +829,7 @@ impl PayoutProvider for FoundMeanwhile {
 async fn a_found_recorded_while_a_resend_asks_stops_the_resend() {
     let p = PayoutEnv::new(|_| {}).await;
     let (_, batch) = flagged_unrecorded(&p, "meanwhile", "6.00", 2).await;
-    operations::retry_batch(&p.env.store, batch).await.unwrap();
+    operations::retry_batch(&*p.env.store, batch).await.unwrap();
     let provider = Arc::new(FoundMeanwhile {
         inner: p.provider(),
         store: p.env.store.clone(),

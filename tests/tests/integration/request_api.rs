@@ -3,17 +3,18 @@
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use futures::future::join_all;
-use integration_tests::{withdrawal_body, Event, TestEnv, IBAN};
+use integration_tests::BalanceView;
+use integration_tests::{withdrawal_body, ApiRequest, TestEnv, IBAN};
 use serde_json::json;
-use shared::auth::{Authenticator, LocalTokenKey};
 use shared::domain::UserId;
+use shared::http::auth::{Authenticator, LocalTokenKey};
+use shared::requests::withdrawals::WithdrawalService;
 use shared::store::DynamoStore;
-use shared::withdrawals::WithdrawalService;
 use std::sync::Arc;
 
 /// A new request, with a key of its own (a test that reuses a key sets it again).
-fn create(user: &str, body: impl Into<String>) -> Event {
-    Event::new("POST", "/withdrawals")
+fn create(user: &str, body: impl Into<String>) -> ApiRequest {
+    ApiRequest::new("POST", "/withdrawals")
         .user(user)
         .fresh_key()
         .body(body)
@@ -36,18 +37,18 @@ async fn request_locks_funds_and_records_a_pending_withdrawal() {
     assert!(!r.body.contains(IBAN), "full account number leaked");
     assert_eq!(
         env.balance("alice", "USD").await,
-        (
-            "874.50".into(),
-            "125.50".into(),
-            "0.00".into(),
-            "1000.00".into()
-        )
+        BalanceView {
+            available: "874.50".into(),
+            locked: "125.50".into(),
+            paid_out: "0.00".into(),
+            credited: "1000.00".into()
+        }
     );
 
     let id = w["id"].as_str().unwrap();
     let got = env
         .call(
-            Event::new("GET", &format!("/withdrawals/{id}"))
+            ApiRequest::new("GET", &format!("/withdrawals/{id}"))
                 .user("alice")
                 .build(),
         )
@@ -56,7 +57,7 @@ async fn request_locks_funds_and_records_a_pending_withdrawal() {
     assert_eq!(got.json(), w);
 
     let balances = env
-        .call(Event::new("GET", "/balances").user("alice").build())
+        .call(ApiRequest::new("GET", "/balances").user("alice").build())
         .await;
     assert_eq!(
         balances.json(),
@@ -78,7 +79,7 @@ async fn a_json_number_amount_is_read_exactly_and_jpy_has_no_decimals() {
         env.call(create("bob", frac).build()).await.error_code(),
         "invalid_amount"
     );
-    assert_eq!(env.balance("bob", "JPY").await.0, "87655");
+    assert_eq!(env.balance("bob", "JPY").await.available, "87655");
     env.assert_conserved().await;
 }
 
@@ -98,9 +99,9 @@ async fn insufficient_funds_changes_nothing() {
         .call(create("nobody", withdrawal_body("EUR", "5")).build())
         .await;
     assert_eq!(r.error_code(), "insufficient_funds");
-    assert_eq!(env.balance("carol", "EUR").await.0, "100.00");
+    assert_eq!(env.balance("carol", "EUR").await.available, "100.00");
     let list = env
-        .call(Event::new("GET", "/withdrawals").user("carol").build())
+        .call(ApiRequest::new("GET", "/withdrawals").user("carol").build())
         .await;
     assert_eq!(list.json()["items"], json!([]));
     // Exactly the available amount is fine.
@@ -108,7 +109,7 @@ async fn insufficient_funds_changes_nothing() {
         .call(create("carol", withdrawal_body("EUR", "100")).build())
         .await;
     assert_eq!(r.status, 201);
-    assert_eq!(env.balance("carol", "EUR").await.0, "0.00");
+    assert_eq!(env.balance("carol", "EUR").await.available, "0.00");
     env.assert_conserved().await;
 }
 
@@ -162,7 +163,7 @@ async fn validation_errors_have_stable_codes_and_write_nothing() {
             .is_some_and(|m| !m.is_empty()));
     }
     assert_eq!(
-        env.balance("dave", "USD").await.1,
+        env.balance("dave", "USD").await.locked,
         "0.00",
         "nothing was locked"
     );
@@ -174,9 +175,9 @@ async fn requests_without_identity_are_401_and_users_only_see_their_own() {
     let env = TestEnv::new().await;
     env.credit("erin", "USD", "100").await;
     for req in [
-        Event::new("POST", "/withdrawals").body(withdrawal_body("USD", "10")),
-        Event::new("GET", "/balances"),
-        Event::new("GET", "/withdrawals"),
+        ApiRequest::new("POST", "/withdrawals").body(withdrawal_body("USD", "10")),
+        ApiRequest::new("GET", "/balances"),
+        ApiRequest::new("GET", "/withdrawals"),
     ] {
         let r = env.call(req.build()).await;
         assert_eq!((r.status, r.error_code().as_str()), (401, "unauthorized"));
@@ -186,34 +187,37 @@ async fn requests_without_identity_are_401_and_users_only_see_their_own() {
         .await;
     let id = created.json()["id"].as_str().unwrap().to_string();
     let path = format!("/withdrawals/{id}");
-    for req in [Event::new("GET", &path), Event::new("DELETE", &path)] {
+    for req in [
+        ApiRequest::new("GET", &path),
+        ApiRequest::new("DELETE", &path),
+    ] {
         let r = env.call(req.user("frank").build()).await;
         assert_eq!((r.status, r.error_code().as_str()), (404, "not_found"));
     }
     let r = env
-        .call(Event::new("GET", "/withdrawals").user("frank").build())
+        .call(ApiRequest::new("GET", "/withdrawals").user("frank").build())
         .await;
     assert_eq!(r.json()["items"], json!([]));
     let r = env
         .call(
-            Event::new("GET", "/withdrawals/wd_bogus")
+            ApiRequest::new("GET", "/withdrawals/wd_bogus")
                 .user("erin")
                 .build(),
         )
         .await;
     assert_eq!(r.error_code(), "not_found");
     let r = env
-        .call(Event::new("GET", "/nowhere").user("erin").build())
+        .call(ApiRequest::new("GET", "/nowhere").user("erin").build())
         .await;
     assert_eq!(r.error_code(), "not_found");
     let r = env
-        .call(Event::new("PUT", "/withdrawals").user("erin").build())
+        .call(ApiRequest::new("PUT", "/withdrawals").user("erin").build())
         .await;
     assert_eq!(
         (r.status, r.error_code().as_str()),
         (405, "method_not_allowed")
     );
-    assert_eq!(env.balance("erin", "USD").await.1, "10.00");
+    assert_eq!(env.balance("erin", "USD").await.locked, "10.00");
     env.assert_conserved().await;
 }
 
@@ -275,9 +279,13 @@ async fn idempotency_key_replays_the_first_response_and_refuses_other_bodies() {
         .await;
     assert_eq!(bad_key.error_code(), "invalid_idempotency_key");
 
-    assert_eq!(env.balance("gina", "USD").await.1, "40.00", "locked once");
+    assert_eq!(
+        env.balance("gina", "USD").await.locked,
+        "40.00",
+        "locked once"
+    );
     let list = env
-        .call(Event::new("GET", "/withdrawals").user("gina").build())
+        .call(ApiRequest::new("GET", "/withdrawals").user("gina").build())
         .await;
     assert_eq!(list.json()["items"].as_array().unwrap().len(), 1);
     env.assert_conserved().await;
@@ -300,7 +308,7 @@ async fn the_same_key_sent_in_parallel_creates_one_withdrawal() {
         assert_eq!(r.body, responses[0].body);
     }
     assert_eq!(responses.iter().filter(|r| !r.replayed).count(), 1);
-    assert_eq!(env.balance("ivy", "USD").await.1, "25.00");
+    assert_eq!(env.balance("ivy", "USD").await.locked, "25.00");
     env.assert_conserved().await;
 }
 
@@ -338,12 +346,12 @@ async fn parallel_requests_on_one_balance_never_overdraw() {
     assert_eq!((ok, refused), (25, 35));
     assert_eq!(
         env.balance("jack", "USD").await,
-        (
-            "0.00".into(),
-            "250.00".into(),
-            "0.00".into(),
-            "250.00".into()
-        )
+        BalanceView {
+            available: "0.00".into(),
+            locked: "250.00".into(),
+            paid_out: "0.00".into(),
+            credited: "250.00".into()
+        }
     );
     env.assert_conserved().await;
 }
@@ -378,7 +386,7 @@ async fn open_withdrawals_per_currency_are_capped() {
     // Cancelling one frees a slot.
     let list = env
         .call(
-            Event::new("GET", "/withdrawals?status=PENDING")
+            ApiRequest::new("GET", "/withdrawals?status=PENDING")
                 .user("kate")
                 .build(),
         )
@@ -394,7 +402,7 @@ async fn open_withdrawals_per_currency_are_capped() {
         .to_string();
     let c = env
         .call(
-            Event::new("DELETE", &format!("/withdrawals/{usd_id}"))
+            ApiRequest::new("DELETE", &format!("/withdrawals/{usd_id}"))
                 .user("kate")
                 .build(),
         )
@@ -406,7 +414,7 @@ async fn open_withdrawals_per_currency_are_capped() {
             .status,
         201
     );
-    assert_eq!(env.balance("kate", "USD").await.1, "30.00");
+    assert_eq!(env.balance("kate", "USD").await.locked, "30.00");
     env.assert_conserved().await;
 }
 
@@ -421,28 +429,28 @@ async fn cancel_returns_funds_once_and_only_while_pending() {
     let path = format!("/withdrawals/{}", w["id"].as_str().unwrap());
 
     let c = env
-        .call(Event::new("DELETE", &path).user("liam").build())
+        .call(ApiRequest::new("DELETE", &path).user("liam").build())
         .await;
     assert_eq!(c.status, 200, "{}", c.body);
     assert_eq!(c.json()["status"], "CANCELLED");
     assert_eq!(
         env.balance("liam", "EUR").await,
-        (
-            "500.00".into(),
-            "0.00".into(),
-            "0.00".into(),
-            "500.00".into()
-        )
+        BalanceView {
+            available: "500.00".into(),
+            locked: "0.00".into(),
+            paid_out: "0.00".into(),
+            credited: "500.00".into()
+        }
     );
     let again = env
-        .call(Event::new("DELETE", &path).user("liam").build())
+        .call(ApiRequest::new("DELETE", &path).user("liam").build())
         .await;
     assert_eq!(
         (again.status, again.error_code().as_str()),
         (409, "not_cancellable")
     );
     assert_eq!(
-        env.balance("liam", "EUR").await.0,
+        env.balance("liam", "EUR").await.available,
         "500.00",
         "funds returned once"
     );
@@ -454,12 +462,13 @@ async fn cancel_returns_funds_once_and_only_while_pending() {
         .json();
     let path = format!("/withdrawals/{}", w["id"].as_str().unwrap());
     let results =
-        join_all((0..8).map(|_| env.call(Event::new("DELETE", &path).user("liam").build()))).await;
+        join_all((0..8).map(|_| env.call(ApiRequest::new("DELETE", &path).user("liam").build())))
+            .await;
     assert_eq!(results.iter().filter(|r| r.status == 200).count(), 1);
     assert!(results
         .iter()
         .all(|r| r.status == 200 || r.error_code() == "not_cancellable"));
-    assert_eq!(env.balance("liam", "EUR").await.0, "500.00");
+    assert_eq!(env.balance("liam", "EUR").await.available, "500.00");
     env.assert_conserved().await;
 }
 
@@ -477,7 +486,7 @@ async fn listing_is_newest_first_paginated_and_filterable() {
     }
     let cancel = env
         .call(
-            Event::new("DELETE", &format!("/withdrawals/{}", ids[1]))
+            ApiRequest::new("DELETE", &format!("/withdrawals/{}", ids[1]))
                 .user("mia")
                 .build(),
         )
@@ -492,7 +501,7 @@ async fn listing_is_newest_first_paginated_and_filterable() {
             None => "/withdrawals?limit=2".to_string(),
         };
         let page = env
-            .call(Event::new("GET", &q).user("mia").build())
+            .call(ApiRequest::new("GET", &q).user("mia").build())
             .await
             .json();
         for w in page["items"].as_array().unwrap() {
@@ -508,7 +517,7 @@ async fn listing_is_newest_first_paginated_and_filterable() {
 
     let cancelled = env
         .call(
-            Event::new("GET", "/withdrawals?status=CANCELLED")
+            ApiRequest::new("GET", "/withdrawals?status=CANCELLED")
                 .user("mia")
                 .build(),
         )
@@ -518,7 +527,7 @@ async fn listing_is_newest_first_paginated_and_filterable() {
     assert_eq!(cancelled["items"][0]["id"], ids[1].as_str());
     let pending = env
         .call(
-            Event::new("GET", "/withdrawals?status=PENDING&limit=3")
+            ApiRequest::new("GET", "/withdrawals?status=PENDING&limit=3")
                 .user("mia")
                 .build(),
         )
@@ -533,7 +542,9 @@ async fn listing_is_newest_first_paginated_and_filterable() {
         "/withdrawals?limit=101",
         "/withdrawals?cursor=xyz",
     ] {
-        let r = env.call(Event::new("GET", bad).user("mia").build()).await;
+        let r = env
+            .call(ApiRequest::new("GET", bad).user("mia").build())
+            .await;
         assert_eq!(
             (r.status, r.error_code().as_str()),
             (400, "invalid_parameter"),
@@ -554,7 +565,7 @@ async fn local_runs_verify_a_minted_token_instead_of_trusting_claims() {
 
     let ok = env
         .call(
-            Event::new("POST", "/withdrawals")
+            ApiRequest::new("POST", "/withdrawals")
                 .header("authorization", &format!("Bearer {token}"))
                 .fresh_key()
                 .body(withdrawal_body("USD", "10"))
@@ -574,7 +585,7 @@ async fn local_runs_verify_a_minted_token_instead_of_trusting_claims() {
     ] {
         let r = env
             .call(
-                Event::new("GET", "/balances")
+                ApiRequest::new("GET", "/balances")
                     .header("authorization", &auth)
                     .build(),
             )
@@ -583,10 +594,10 @@ async fn local_runs_verify_a_minted_token_instead_of_trusting_claims() {
     }
     // Claims alone (as an unverified local proxy might add them) are not enough here.
     let r = env
-        .call(Event::new("GET", "/balances").user("nina").build())
+        .call(ApiRequest::new("GET", "/balances").user("nina").build())
         .await;
     assert_eq!(r.status, 401);
-    assert_eq!(env.balance("nina", "USD").await.1, "10.00");
+    assert_eq!(env.balance("nina", "USD").await.locked, "10.00");
 }
 
 #[tokio::test]
@@ -616,7 +627,7 @@ async fn bodies_api_gateway_hands_over_base64_are_read_and_bytes_that_are_not_js
     env.credit("alice", "USD", "100").await;
     let r = env
         .call(
-            Event::new("POST", "/withdrawals")
+            ApiRequest::new("POST", "/withdrawals")
                 .user("alice")
                 .fresh_key()
                 .base64_body(&[0xff, 0xfe, 0x00, 0x81, b'{'])
@@ -628,7 +639,7 @@ async fn bodies_api_gateway_hands_over_base64_are_read_and_bytes_that_are_not_js
     // A valid body sent base64-encoded is the same request as the plain one.
     let r = env
         .call(
-            Event::new("POST", "/withdrawals")
+            ApiRequest::new("POST", "/withdrawals")
                 .user("alice")
                 .header("idempotency-key", "b64-1")
                 .base64_body(withdrawal_body("USD", "10.00").as_bytes())
@@ -638,12 +649,12 @@ async fn bodies_api_gateway_hands_over_base64_are_read_and_bytes_that_are_not_js
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(
         env.balance("alice", "USD").await,
-        (
-            "90.00".into(),
-            "10.00".into(),
-            "0.00".into(),
-            "100.00".into()
-        )
+        BalanceView {
+            available: "90.00".into(),
+            locked: "10.00".into(),
+            paid_out: "0.00".into(),
+            credited: "100.00".into()
+        }
     );
     env.assert_conserved().await;
 }
@@ -662,7 +673,7 @@ async fn an_unsupported_method_is_405_with_the_allowed_ones() {
     ] {
         let resp = env
             .app
-            .handle(Event::new(method, path).user("alice").build())
+            .handle(ApiRequest::new(method, path).user("alice").build())
             .await;
         assert_eq!(resp.status(), 405, "{method} {path}");
         assert_eq!(resp.headers()["allow"], allow, "{method} {path}");
@@ -711,7 +722,7 @@ async fn only_plain_decimals_are_amounts_whatever_the_json_type() {
         );
     }
     assert_eq!(
-        env.balance("alice", "USD").await.0,
+        env.balance("alice", "USD").await.available,
         "1000.00",
         "refused amounts changed nothing"
     );
@@ -750,12 +761,12 @@ async fn idempotency_keys_that_are_not_ascii_are_400_and_create_nothing() {
     assert_eq!(r.error_code(), "invalid_idempotency_key");
     assert_eq!(
         env.balance("alice", "USD").await,
-        (
-            "100.00".into(),
-            "0.00".into(),
-            "0.00".into(),
-            "100.00".into()
-        )
+        BalanceView {
+            available: "100.00".into(),
+            locked: "0.00".into(),
+            paid_out: "0.00".into(),
+            credited: "100.00".into()
+        }
     );
     env.assert_conserved().await;
 }
@@ -766,7 +777,7 @@ async fn a_create_without_an_idempotency_key_is_400_and_writes_nothing() {
     env.credit("olga", "USD", "100").await;
     let r = env
         .call(
-            Event::new("POST", "/withdrawals")
+            ApiRequest::new("POST", "/withdrawals")
                 .user("olga")
                 .body(withdrawal_body("USD", "10"))
                 .build(),
@@ -780,15 +791,15 @@ async fn a_create_without_an_idempotency_key_is_400_and_writes_nothing() {
     );
     assert_eq!(
         env.balance("olga", "USD").await,
-        (
-            "100.00".into(),
-            "0.00".into(),
-            "0.00".into(),
-            "100.00".into()
-        )
+        BalanceView {
+            available: "100.00".into(),
+            locked: "0.00".into(),
+            paid_out: "0.00".into(),
+            credited: "100.00".into()
+        }
     );
     let list = env
-        .call(Event::new("GET", "/withdrawals").user("olga").build())
+        .call(ApiRequest::new("GET", "/withdrawals").user("olga").build())
         .await;
     assert_eq!(list.json()["items"], json!([]));
     env.assert_conserved().await;
@@ -836,15 +847,15 @@ async fn a_retry_after_a_lost_answer_with_the_same_key_creates_one_withdrawal() 
     );
     assert_eq!(
         env.balance("pete", "USD").await,
-        (
-            "70.00".into(),
-            "30.00".into(),
-            "0.00".into(),
-            "100.00".into()
-        )
+        BalanceView {
+            available: "70.00".into(),
+            locked: "30.00".into(),
+            paid_out: "0.00".into(),
+            credited: "100.00".into()
+        }
     );
     let list = env
-        .call(Event::new("GET", "/withdrawals").user("pete").build())
+        .call(ApiRequest::new("GET", "/withdrawals").user("pete").build())
         .await;
     let items = list.json()["items"].as_array().unwrap().clone();
     assert_eq!(items.len(), 1, "{items:?}");
@@ -923,12 +934,12 @@ async fn the_daily_limit_refuses_what_would_pass_it_and_says_what_is_left() {
     // Refusals changed nothing; a currency without a limit is not limited.
     assert_eq!(
         env.balance("quin", "USD").await,
-        (
-            "900.00".into(),
-            "100.00".into(),
-            "0.00".into(),
-            "1000.00".into()
-        )
+        BalanceView {
+            available: "900.00".into(),
+            locked: "100.00".into(),
+            paid_out: "0.00".into(),
+            credited: "1000.00".into()
+        }
     );
     assert_eq!(used_today(&env, "quin").await, Some(100.into()));
     let eur = env
@@ -948,7 +959,7 @@ async fn the_daily_limit_refuses_what_would_pass_it_and_says_what_is_left() {
         above.body
     );
     assert_eq!(used_today(&env, "rita").await, None);
-    assert_eq!(env.balance("rita", "USD").await.0, "1000.00");
+    assert_eq!(env.balance("rita", "USD").await.available, "1000.00");
     let other = env
         .call(create("rita", withdrawal_body("USD", "100")).build())
         .await;
@@ -989,12 +1000,12 @@ async fn thirty_parallel_requests_against_the_daily_limit_accept_exactly_ten() {
     assert_eq!((accepted, limited), (10, 20), "{responses:?}");
     assert_eq!(
         env.balance("sam", "USD").await,
-        (
-            "9900.00".into(),
-            "100.00".into(),
-            "0.00".into(),
-            "10000.00".into()
-        )
+        BalanceView {
+            available: "9900.00".into(),
+            locked: "100.00".into(),
+            paid_out: "0.00".into(),
+            credited: "10000.00".into()
+        }
     );
     assert_eq!(used_today(&env, "sam").await, Some(100.into()));
     env.assert_conserved().await;
@@ -1018,7 +1029,7 @@ async fn a_cancel_or_a_rejection_gives_the_allowance_back() {
 
     let cancelled = env
         .call(
-            Event::new("DELETE", &format!("/withdrawals/{id}"))
+            ApiRequest::new("DELETE", &format!("/withdrawals/{id}"))
                 .user("tina")
                 .build(),
         )
@@ -1052,12 +1063,12 @@ async fn a_cancel_or_a_rejection_gives_the_allowance_back() {
     assert_eq!(full.status, 201, "{}", full.body);
     assert_eq!(
         env.balance("tina", "USD").await,
-        (
-            "900.00".into(),
-            "100.00".into(),
-            "0.00".into(),
-            "1000.00".into()
-        )
+        BalanceView {
+            available: "900.00".into(),
+            locked: "100.00".into(),
+            paid_out: "0.00".into(),
+            credited: "1000.00".into()
+        }
     );
     env.assert_conserved().await;
 }
@@ -1084,13 +1095,13 @@ async fn an_expired_day_counter_never_blocks_a_cancel() {
     let id = r.json()["id"].as_str().unwrap().to_string();
     let cancelled = env
         .call(
-            Event::new("DELETE", &format!("/withdrawals/{id}"))
+            ApiRequest::new("DELETE", &format!("/withdrawals/{id}"))
                 .user("uma")
                 .build(),
         )
         .await;
     assert_eq!(cancelled.status, 200, "{}", cancelled.body);
-    assert_eq!(env.balance("uma", "USD").await.0, "1000.00");
+    assert_eq!(env.balance("uma", "USD").await.available, "1000.00");
     // Recreated at zero, never negative: the day's allowance is not inflated.
     assert_eq!(used_today(&env, "uma").await, Some(0.into()));
     env.assert_conserved().await;
@@ -1102,7 +1113,7 @@ async fn a_replayed_request_is_answered_in_one_round_trip() {
     // needs no second read.
     let env = TestEnv::new().await;
     env.credit("rita", "USD", "100").await;
-    let counter = shared::calls::CallRecorder::counting();
+    let counter = shared::platform::calls::CallRecorder::counting();
     let client = integration_tests::counting_client(&counter);
     let store = DynamoStore::new(client, env.store.table_name(), env.currencies.clone())
         .with_pending_shards(env.store.pending_shards());
@@ -1134,11 +1145,14 @@ async fn a_replayed_request_is_answered_in_one_round_trip() {
     let other = withdrawal_body("USD", "11.00");
     let reused = service.request(&user, other.as_bytes(), key()).await;
     assert!(
-        matches!(reused, Err(shared::api::ApiError::IdempotencyKeyReused)),
+        matches!(
+            reused,
+            Err(shared::http::api::ApiError::IdempotencyKeyReused)
+        ),
         "{reused:?}"
     );
     assert_eq!(counter.take_counts().values().sum::<u64>(), 1);
-    assert_eq!(env.balance("rita", "USD").await.1, "10.00");
+    assert_eq!(env.balance("rita", "USD").await.locked, "10.00");
     env.assert_conserved().await;
 }
 
@@ -1193,7 +1207,10 @@ async fn a_retry_under_its_key_gets_its_first_answer_whatever_the_settings_say_n
         let other = withdrawal_body("USD", "600.00");
         let reused = service.request(&user, other.as_bytes(), key()).await;
         assert!(
-            matches!(reused, Err(shared::api::ApiError::IdempotencyKeyReused)),
+            matches!(
+                reused,
+                Err(shared::http::api::ApiError::IdempotencyKeyReused)
+            ),
             "{what}: {reused:?}"
         );
         // A new key: today's settings decide.
@@ -1210,6 +1227,6 @@ async fn a_retry_under_its_key_gets_its_first_answer_whatever_the_settings_say_n
         }
     }
     // One withdrawal, one lock: nothing the retries did moved money.
-    assert_eq!(env.balance("kim", "USD").await.1, "500.00");
+    assert_eq!(env.balance("kim", "USD").await.locked, "500.00");
     env.assert_conserved().await;
 }

@@ -3,8 +3,8 @@
 //! cold start with the secret's name (never its value), and never reach a log line.
 
 use integration_tests::*;
-use shared::provider::{HttpProvider, PayoutBatchRequest, PayoutProvider, SubmitOutcome};
-use shared::secrets::{
+use shared::payouts::provider::{HttpProvider, PayoutBatchRequest, PayoutProvider, SubmitOutcome};
+use shared::platform::secrets::{
     parse_api_key, parse_webhook_secrets, ManagedSecret, SecretError, SecretValue,
 };
 use std::time::Duration;
@@ -18,7 +18,7 @@ fn unique(name: &str) -> String {
 async fn managed<T: Send + Sync>(
     function: &str,
     arn: &str,
-    parse: shared::secrets::Parse<T>,
+    parse: shared::platform::secrets::Parse<T>,
 ) -> SecretValue<T> {
     SecretValue::Managed(
         ManagedSecret::load(secrets_client(function), arn, TTL, parse)
@@ -68,18 +68,22 @@ async fn the_webhook_accepts_both_secrets_during_a_rotation_and_only_the_new_one
     let (new, old) = ("whsec_new_secret_0123456789", "whsec_old_secret_0123456789");
     let name = unique("provider-webhook-secrets");
     let arn = put_secret(&name, &format!("{new},{old}")).await;
-    let app = provider_webhook::App::from(shared::webhook::WebhookProcessor::with_secrets(
-        p.env.store_for(WEBHOOK_FN),
-        managed(WEBHOOK_FN, &arn, parse_webhook_secrets).await,
-        300,
-    ));
+    let app =
+        provider_webhook::App::from(shared::payouts::webhook::WebhookProcessor::with_secrets(
+            p.env.store_for(WEBHOOK_FN),
+            managed(WEBHOOK_FN, &arn, parse_webhook_secrets).await,
+            300,
+        ));
     let body = r#"{"id":"evt_rot","type":"payout.paid","created_at":"2026-11-30T00:00:00Z","data":{"batch_id":"bt_01JB8ZK3V7Q5G4W0N6T1R2M9XY","reference":"wd_01JB8ZK3V7Q5G4W0N6T1R2M9XY"}}"#;
     let status = |secret: &'static str| {
         let app = &app;
         async move {
-            deliver(app, webhook_event(body, Some(sign(body, secret, now()))))
-                .await
-                .status
+            deliver(
+                app,
+                webhook_request(body, Some(sign(body, secret, now_secs()))),
+            )
+            .await
+            .status
         }
     };
     assert_eq!(status(old).await, 200, "the old secret still verifies");

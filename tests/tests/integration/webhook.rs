@@ -2,6 +2,7 @@
 //! against DynamoDB Local.
 
 use futures::future::join_all;
+use integration_tests::BalanceView;
 use integration_tests::*;
 use shared::domain::{BatchStatus, Withdrawal, WithdrawalStatus};
 use shared::store::{BatchStore, Store, TableSchema};
@@ -24,7 +25,7 @@ async fn submitted(p: &PayoutEnv, prefix: &str, amount: &str, n: usize) -> Vec<W
 async fn send(app: &provider_webhook::App, body: &str) -> TestResponse {
     deliver(
         app,
-        webhook_event(body, Some(sign(body, WEBHOOK_SECRET, now()))),
+        webhook_request(body, Some(sign(body, WEBHOOK_SECRET, now_secs()))),
     )
     .await
 }
@@ -37,17 +38,17 @@ async fn signed_paid_failed_and_returned_events_move_the_money() {
     // Balances of user hp-0: credited 100, three 10.00 locked.
     assert_eq!(
         p.env.balance("hp-0", "USD").await,
-        (
-            "70.00".into(),
-            "30.00".into(),
-            "0.00".into(),
-            "100.00".into()
-        )
+        BalanceView {
+            available: "70.00".into(),
+            locked: "30.00".into(),
+            paid_out: "0.00".into(),
+            credited: "100.00".into()
+        }
     );
 
     let r = send(
         &app,
-        &provider_event("evt_paid", "payout.paid", &ws[0], None),
+        &callback_body("evt_paid", "payout.paid", &ws[0], None),
     )
     .await;
     assert_eq!(
@@ -62,7 +63,7 @@ async fn signed_paid_failed_and_returned_events_move_the_money() {
 
     let r = send(
         &app,
-        &provider_event("evt_fail", "payout.failed", &ws[1], Some("account closed")),
+        &callback_body("evt_fail", "payout.failed", &ws[1], Some("account closed")),
     )
     .await;
     assert_eq!(r.json()["status"], "applied");
@@ -74,13 +75,13 @@ async fn signed_paid_failed_and_returned_events_move_the_money() {
 
     let r = send(
         &app,
-        &provider_event("evt_paid2", "payout.paid", &ws[2], None),
+        &callback_body("evt_paid2", "payout.paid", &ws[2], None),
     )
     .await;
     assert_eq!(r.json()["status"], "applied");
     let r = send(
         &app,
-        &provider_event(
+        &callback_body(
             "evt_ret",
             "payout.returned",
             &ws[2],
@@ -94,12 +95,12 @@ async fn signed_paid_failed_and_returned_events_move_the_money() {
     // 10 paid out for good; 10 rejected and 10 returned are available again.
     assert_eq!(
         p.env.balance("hp-0", "USD").await,
-        (
-            "90.00".into(),
-            "0.00".into(),
-            "10.00".into(),
-            "100.00".into()
-        )
+        BalanceView {
+            available: "90.00".into(),
+            locked: "0.00".into(),
+            paid_out: "10.00".into(),
+            credited: "100.00".into()
+        }
     );
     let batch = p
         .env
@@ -133,30 +134,33 @@ async fn bad_signatures_are_401_and_change_nothing() {
     let p = PayoutEnv::new(|_| {}).await;
     let app = p.webhook_app(&[WEBHOOK_SECRET]);
     let ws = submitted(&p, "sig", "10.00", 1).await;
-    let body = provider_event("evt_sig", "payout.paid", &ws[0], None);
+    let body = callback_body("evt_sig", "payout.paid", &ws[0], None);
     let tampered = body.replace("payout.paid", "payout.failed");
     let cases = vec![
-        ("missing header", webhook_event(&body, None)),
+        ("missing header", webhook_request(&body, None)),
         (
             "wrong secret",
-            webhook_event(
+            webhook_request(
                 &body,
-                Some(sign(&body, "whsec_someone_else_entirely", now())),
+                Some(sign(&body, "whsec_someone_else_entirely", now_secs())),
             ),
         ),
         (
             "tampered body",
-            webhook_event(&tampered, Some(sign(&body, WEBHOOK_SECRET, now()))),
+            webhook_request(&tampered, Some(sign(&body, WEBHOOK_SECRET, now_secs()))),
         ),
         (
             "stale",
-            webhook_event(&body, Some(sign(&body, WEBHOOK_SECRET, now() - 301))),
+            webhook_request(&body, Some(sign(&body, WEBHOOK_SECRET, now_secs() - 301))),
         ),
         (
             "future",
-            webhook_event(&body, Some(sign(&body, WEBHOOK_SECRET, now() + 301))),
+            webhook_request(&body, Some(sign(&body, WEBHOOK_SECRET, now_secs() + 301))),
         ),
-        ("garbage", webhook_event(&body, Some("t=abc,v1=zz".into()))),
+        (
+            "garbage",
+            webhook_request(&body, Some("t=abc,v1=zz".into())),
+        ),
     ];
     for (name, req) in cases {
         let r = deliver(&app, req).await;
@@ -185,7 +189,7 @@ async fn repeated_and_concurrent_deliveries_apply_once() {
     let app = p.webhook_app(&[WEBHOOK_SECRET]);
     let ws = submitted(&p, "dup", "10.00", 2).await;
 
-    let body = provider_event("evt_dup", "payout.paid", &ws[0], None);
+    let body = callback_body("evt_dup", "payout.paid", &ws[0], None);
     let mut statuses = Vec::new();
     for _ in 0..5 {
         let r = send(&app, &body).await;
@@ -204,7 +208,7 @@ async fn repeated_and_concurrent_deliveries_apply_once() {
     );
 
     // The same event delivered ten times at once.
-    let body = provider_event("evt_race", "payout.paid", &ws[1], None);
+    let body = callback_body("evt_race", "payout.paid", &ws[1], None);
     let results = join_all((0..10).map(|_| send(&app, &body))).await;
     assert!(results.iter().all(|r| r.status == 200), "{results:?}");
     let applied = results
@@ -215,19 +219,19 @@ async fn repeated_and_concurrent_deliveries_apply_once() {
     // Another event id with the same meaning changes nothing either.
     let r = send(
         &app,
-        &provider_event("evt_again", "payout.paid", &ws[1], None),
+        &callback_body("evt_again", "payout.paid", &ws[1], None),
     )
     .await;
     assert_eq!(r.json()["status"], "no_change");
 
     assert_eq!(
         p.env.balance("dup-0", "USD").await,
-        (
-            "80.00".into(),
-            "0.00".into(),
-            "20.00".into(),
-            "100.00".into()
-        )
+        BalanceView {
+            available: "80.00".into(),
+            locked: "0.00".into(),
+            paid_out: "20.00".into(),
+            credited: "100.00".into()
+        }
     );
     p.env.assert_conserved().await;
 }
@@ -242,13 +246,13 @@ async fn contradicting_events_are_acknowledged_and_never_applied() {
     assert_eq!(
         send(
             &app,
-            &provider_event("e1", "payout.failed", &ws[0], Some("closed"))
+            &callback_body("e1", "payout.failed", &ws[0], Some("closed"))
         )
         .await
         .json()["status"],
         "applied"
     );
-    let r = send(&app, &provider_event("e2", "payout.paid", &ws[0], None)).await;
+    let r = send(&app, &callback_body("e2", "payout.paid", &ws[0], None)).await;
     assert_eq!(
         (r.status, r.json()["status"].as_str().unwrap()),
         (200, "conflict")
@@ -257,14 +261,14 @@ async fn contradicting_events_are_acknowledged_and_never_applied() {
 
     // paid, then failed (a return must come as payout.returned)
     assert_eq!(
-        send(&app, &provider_event("e3", "payout.paid", &ws[1], None))
+        send(&app, &callback_body("e3", "payout.paid", &ws[1], None))
             .await
             .json()["status"],
         "applied"
     );
     let r = send(
         &app,
-        &provider_event("e4", "payout.failed", &ws[1], Some("late")),
+        &callback_body("e4", "payout.failed", &ws[1], Some("late")),
     )
     .await;
     assert_eq!(r.json()["status"], "conflict");
@@ -275,7 +279,7 @@ async fn contradicting_events_are_acknowledged_and_never_applied() {
     assert_eq!(
         send(
             &app,
-            &provider_event("e5", "payout.returned", &more[0], Some("bounced"))
+            &callback_body("e5", "payout.returned", &more[0], Some("bounced"))
         )
         .await
         .json()["status"],
@@ -283,19 +287,19 @@ async fn contradicting_events_are_acknowledged_and_never_applied() {
     );
     assert_eq!(p.reload(&more[0]).await.status, WithdrawalStatus::Returned);
     assert_eq!(
-        send(&app, &provider_event("e6", "payout.paid", &more[0], None))
+        send(&app, &callback_body("e6", "payout.paid", &more[0], None))
             .await
             .json()["status"],
         "no_change"
     );
     assert_eq!(
         p.env.balance("ooo2-0", "USD").await,
-        (
-            "100.00".into(),
-            "0.00".into(),
-            "0.00".into(),
-            "100.00".into()
-        )
+        BalanceView {
+            available: "100.00".into(),
+            locked: "0.00".into(),
+            paid_out: "0.00".into(),
+            credited: "100.00".into()
+        }
     );
 
     // An amount that does not match ours is a conflict, not a settlement.
@@ -305,7 +309,7 @@ async fn contradicting_events_are_acknowledged_and_never_applied() {
     wrong.id = other[0].id;
     wrong.batch_id = other[0].batch_id;
     assert_eq!(
-        send(&app, &provider_event("e7", "payout.paid", &wrong, None))
+        send(&app, &callback_body("e7", "payout.paid", &wrong, None))
             .await
             .json()["status"],
         "conflict"
@@ -327,7 +331,7 @@ async fn unknown_withdrawals_and_malformed_bodies_change_nothing() {
     ghost.id = shared::domain::WithdrawalId::new();
     let r = send(
         &app,
-        &provider_event("evt_ghost", "payout.paid", &ghost, None),
+        &callback_body("evt_ghost", "payout.paid", &ghost, None),
     )
     .await;
     assert_eq!(
@@ -337,7 +341,7 @@ async fn unknown_withdrawals_and_malformed_bodies_change_nothing() {
     ghost.batch_id = Some(shared::domain::BatchId::new());
     let r = send(
         &app,
-        &provider_event("evt_ghost2", "payout.paid", &ghost, None),
+        &callback_body("evt_ghost2", "payout.paid", &ghost, None),
     )
     .await;
     assert_eq!(r.json()["status"], "unknown_withdrawal");
@@ -371,7 +375,7 @@ async fn unknown_withdrawals_and_malformed_bodies_change_nothing() {
     );
     let r = deliver(
         &app,
-        integration_tests::Event::new("GET", "/webhooks/provider").build(),
+        integration_tests::ApiRequest::new("GET", "/webhooks/provider").build(),
     )
     .await;
     assert_eq!(r.status, 405);
@@ -405,7 +409,7 @@ async fn the_full_loop_settles_rejects_and_returns_with_real_sandbox_callbacks()
                 .to_string();
         let r = env
             .call(
-                Event::new("POST", "/withdrawals")
+                ApiRequest::new("POST", "/withdrawals")
                     .user(user)
                     .fresh_key()
                     .body(body)
@@ -440,7 +444,7 @@ async fn the_full_loop_settles_rejects_and_returns_with_real_sandbox_callbacks()
         let mut done = true;
         for (user, status, _) in &expect {
             let list = env
-                .call(Event::new("GET", "/withdrawals").user(user).build())
+                .call(ApiRequest::new("GET", "/withdrawals").user(user).build())
                 .await
                 .json();
             if list["items"][0]["status"] != status.as_str() {
@@ -460,12 +464,12 @@ async fn the_full_loop_settles_rejects_and_returns_with_real_sandbox_callbacks()
     for (user, _, (available, locked, paid_out)) in expect {
         assert_eq!(
             env.balance(user, "EUR").await,
-            (
-                available.into(),
-                locked.into(),
-                paid_out.into(),
-                "100.00".into()
-            ),
+            BalanceView {
+                available: available.into(),
+                locked: locked.into(),
+                paid_out: paid_out.into(),
+                credited: "100.00".into()
+            },
             "{user}"
         );
     }
@@ -497,14 +501,14 @@ async fn a_webhook_body_that_is_not_utf8_is_refused_before_anything_is_read() {
     let p = PayoutEnv::new(|_| {}).await;
     let app = p.webhook_app(&[WEBHOOK_SECRET]);
     let bytes = [0xffu8, 0xfe, 0x81, b'{'];
-    let unsigned = integration_tests::Event::new("POST", "/webhooks/provider")
+    let unsigned = integration_tests::ApiRequest::new("POST", "/webhooks/provider")
         .base64_body(&bytes)
         .build();
     assert_eq!(deliver(&app, unsigned).await.status, 401);
-    let signature = shared::signature::WebhookSecret::new(WEBHOOK_SECRET)
+    let signature = shared::payouts::signature::WebhookSecret::new(WEBHOOK_SECRET)
         .unwrap()
-        .sign(now(), &bytes);
-    let signed = integration_tests::Event::new("POST", "/webhooks/provider")
+        .sign(now_secs(), &bytes);
+    let signed = integration_tests::ApiRequest::new("POST", "/webhooks/provider")
         .header("payout-signature", &signature)
         .base64_body(&bytes)
         .build();
@@ -521,8 +525,10 @@ async fn a_webhook_body_that_is_not_utf8_is_refused_before_anything_is_read() {
 /// change written without a read) and the re-evaluation's (`apply`, from a withdrawal read).
 #[tokio::test]
 async fn an_event_recorded_before_its_change_is_a_duplicate_not_an_error() {
-    use shared::domain::EventOutcome;
-    use shared::settlement::{apply, apply_event, Applied, EventRef, MemberEvent, Outcome};
+    use shared::domain::CallbackOutcome;
+    use shared::payouts::settlement::{
+        apply, apply_event, Applied, EventRef, MemberEvent, Outcome,
+    };
     use shared::store::EventRecord;
     let p = PayoutEnv::new(|_| {}).await;
     let w = submitted(&p, "late", "10.00", 1).await.remove(0);
@@ -539,7 +545,7 @@ async fn an_event_recorded_before_its_change_is_a_duplicate_not_an_error() {
             event_id: "evt_late".into(),
             event_type: "payout.paid".into(),
             reference: w.id.to_string(),
-            outcome: EventOutcome::NoChange,
+            outcome: CallbackOutcome::NoChange,
         })
         .await
         .unwrap();
@@ -554,7 +560,7 @@ async fn an_event_recorded_before_its_change_is_a_duplicate_not_an_error() {
     let result = apply_event(p.env.store.as_ref(), &member_event, "webhook").await;
     assert_eq!(
         result.map(|r| r.outcome),
-        Ok(EventOutcome::Duplicate),
+        Ok(CallbackOutcome::Duplicate),
         "the webhook's way"
     );
     assert_eq!(p.reload(&w).await.status, WithdrawalStatus::Submitted);
@@ -569,13 +575,13 @@ async fn an_event_recorded_before_its_change_is_a_duplicate_not_an_error() {
 /// event's record). Only the batch's last member adds the requests that close it.
 #[tokio::test]
 async fn each_settlement_is_two_requests_and_only_the_last_member_closes_the_batch() {
-    use shared::domain::EventOutcome;
-    use shared::settlement::{apply_event, EventRef, MemberEvent, Outcome};
+    use shared::domain::CallbackOutcome;
+    use shared::payouts::settlement::{apply_event, EventRef, MemberEvent, Outcome};
     let p = PayoutEnv::new(|_| {}).await;
     let ws = submitted(&p, "rt", "10.00", 3).await;
     let batch_id = ws[0].batch_id.expect("in a batch");
     assert!(ws.iter().all(|w| w.batch_id == Some(batch_id)));
-    let counter = shared::calls::CallRecorder::counting();
+    let counter = shared::platform::calls::CallRecorder::counting();
     let store = shared::store::DynamoStore::new(
         counting_client(&counter),
         p.env.store.table_name(),
@@ -613,14 +619,14 @@ async fn each_settlement_is_two_requests_and_only_the_last_member_closes_the_bat
         ]
     };
     let steps = [
-        ("evt_rt_paid", 0, paid(), EventOutcome::Applied),
+        ("evt_rt_paid", 0, paid(), CallbackOutcome::Applied),
         (
             "evt_rt_failed",
             1,
             Outcome::Failed {
                 reason: "closed".into(),
             },
-            EventOutcome::Applied,
+            CallbackOutcome::Applied,
         ),
         (
             "evt_rt_returned",
@@ -628,9 +634,9 @@ async fn each_settlement_is_two_requests_and_only_the_last_member_closes_the_bat
             Outcome::Returned {
                 reason: "R01".into(),
             },
-            EventOutcome::Applied,
+            CallbackOutcome::Applied,
         ),
-        ("evt_rt_paid", 0, paid(), EventOutcome::Duplicate),
+        ("evt_rt_paid", 0, paid(), CallbackOutcome::Duplicate),
     ];
     for (id, i, outcome, want) in steps {
         counter.take_counts();
@@ -650,7 +656,7 @@ async fn each_settlement_is_two_requests_and_only_the_last_member_closes_the_bat
     counter.take_counts();
     assert_eq!(
         deliver("evt_rt_last", &ws[2], paid()).await,
-        EventOutcome::Applied
+        CallbackOutcome::Applied
     );
     assert!(counter.take_counts().values().sum::<u64>() > 2);
     let closed = p.env.store.batch(batch_id).await.unwrap().unwrap();
@@ -664,7 +670,7 @@ async fn each_settlement_is_two_requests_and_only_the_last_member_closes_the_bat
 #[tokio::test]
 async fn a_repeat_is_a_duplicate_even_when_its_batch_cannot_be_read() {
     use integration_tests::faults::{Fault, FaultyStore, When};
-    use shared::webhook::WebhookProcessor;
+    use shared::payouts::webhook::WebhookProcessor;
     let p = PayoutEnv::new(|_| {}).await;
     let w = submitted(&p, "unread", "10.00", 1).await.remove(0);
     let faulty = Arc::new(FaultyStore::new(
@@ -673,19 +679,19 @@ async fn a_repeat_is_a_duplicate_even_when_its_batch_cannot_be_read() {
     ));
     let app = provider_webhook::App::from(WebhookProcessor::new(
         faulty.clone(),
-        vec![shared::signature::WebhookSecret::new(WEBHOOK_SECRET).unwrap()],
+        vec![shared::payouts::signature::WebhookSecret::new(WEBHOOK_SECRET).unwrap()],
         300,
     ));
-    let body = provider_event("evt_unread", "payout.paid", &w, None);
+    let body = callback_body("evt_unread", "payout.paid", &w, None);
     let first = deliver(
         &app,
-        webhook_event(&body, Some(sign(&body, WEBHOOK_SECRET, now()))),
+        webhook_request(&body, Some(sign(&body, WEBHOOK_SECRET, now_secs()))),
     )
     .await;
     assert_eq!(first.json()["status"], "applied");
     let again = deliver(
         &app,
-        webhook_event(&body, Some(sign(&body, WEBHOOK_SECRET, now()))),
+        webhook_request(&body, Some(sign(&body, WEBHOOK_SECRET, now_secs()))),
     )
     .await;
     assert_eq!(
@@ -703,13 +709,13 @@ async fn a_repeat_is_a_duplicate_even_when_its_batch_cannot_be_read() {
     ));
     let app = provider_webhook::App::from(WebhookProcessor::new(
         faulty,
-        vec![shared::signature::WebhookSecret::new(WEBHOOK_SECRET).unwrap()],
+        vec![shared::payouts::signature::WebhookSecret::new(WEBHOOK_SECRET).unwrap()],
         300,
     ));
-    let body = provider_event("evt_unread2", "payout.paid", &other, None);
+    let body = callback_body("evt_unread2", "payout.paid", &other, None);
     let r = deliver(
         &app,
-        webhook_event(&body, Some(sign(&body, WEBHOOK_SECRET, now()))),
+        webhook_request(&body, Some(sign(&body, WEBHOOK_SECRET, now_secs()))),
     )
     .await;
     assert_eq!(r.status, 503, "{}", r.body);
@@ -746,18 +752,18 @@ async fn a_member_entry_that_disagrees_with_its_withdrawal_moves_no_money() {
         .unwrap();
     let mut tampered = w.clone();
     tampered.amount = shared::domain::Amount::parse("12.00", &w.currency).unwrap();
-    let body = provider_event("evt_tampered", "payout.paid", &tampered, None);
+    let body = callback_body("evt_tampered", "payout.paid", &tampered, None);
     let r = send(&app, &body).await;
     assert_eq!(r.json()["status"], "conflict", "{}", r.body);
     assert_eq!(p.reload(&w).await.status, WithdrawalStatus::Submitted);
     assert_eq!(
         p.env.balance("tampered-0", "USD").await,
-        (
-            "90.00".into(),
-            "10.00".into(),
-            "0.00".into(),
-            "100.00".into()
-        )
+        BalanceView {
+            available: "90.00".into(),
+            locked: "10.00".into(),
+            paid_out: "0.00".into(),
+            credited: "100.00".into()
+        }
     );
     p.env.assert_conserved().await;
 }
@@ -768,7 +774,7 @@ async fn a_member_entry_that_disagrees_with_its_withdrawal_moves_no_money() {
 #[tokio::test]
 async fn a_failure_to_close_the_batch_does_not_fail_an_applied_event() {
     use integration_tests::faults::{Fault, FaultyStore, When};
-    use shared::webhook::WebhookProcessor;
+    use shared::payouts::webhook::WebhookProcessor;
     let p = PayoutEnv::new(|_| {}).await;
     let w = submitted(&p, "unclosed", "10.00", 1).await.remove(0);
     let faulty = Arc::new(FaultyStore::new(
@@ -777,13 +783,13 @@ async fn a_failure_to_close_the_batch_does_not_fail_an_applied_event() {
     ));
     let app = provider_webhook::App::from(WebhookProcessor::new(
         faulty.clone(),
-        vec![shared::signature::WebhookSecret::new(WEBHOOK_SECRET).unwrap()],
+        vec![shared::payouts::signature::WebhookSecret::new(WEBHOOK_SECRET).unwrap()],
         300,
     ));
-    let body = provider_event("evt_unclosed", "payout.paid", &w, None);
+    let body = callback_body("evt_unclosed", "payout.paid", &w, None);
     let r = deliver(
         &app,
-        webhook_event(&body, Some(sign(&body, WEBHOOK_SECRET, now()))),
+        webhook_request(&body, Some(sign(&body, WEBHOOK_SECRET, now_secs()))),
     )
     .await;
     assert_eq!(

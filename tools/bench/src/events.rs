@@ -7,7 +7,7 @@ use aws_lambda_events::event::dynamodb::Event as StreamEvent;
 use event_publisher::{App as Publisher, EventBridgeBus};
 use integration_tests::events::{sdk_config, Subscriber};
 use shared::domain::{Currencies, UserId};
-use shared::events::{EventBus, PipelineEvent};
+use shared::publishing::events::{EventBus, PipelineEvent};
 use shared::store::DynamoStore;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -128,7 +128,7 @@ async fn run(
     let publisher = Arc::new(Publisher::new(
         Box::new(Shared(bus.clone())),
         currencies.clone(),
-        Arc::new(shared::events::NoneSkipped),
+        Arc::new(shared::publishing::events::NoneSkipped),
     ));
     let streams = aws_sdk_dynamodbstreams::Client::new(&sdk_config(ddb_endpoint));
     let mut relay = stream_relay::Relay::for_table(streams, store.table_name())
@@ -167,8 +167,11 @@ async fn run(
     });
 
     // The workload, at a steady pace: credit, request, and cancel every second request.
-    let service =
-        shared::withdrawals::WithdrawalService::new(store.clone(), currencies.clone(), u32::MAX);
+    let service = shared::requests::withdrawals::WithdrawalService::new(
+        store.clone(),
+        currencies.clone(),
+        u32::MAX,
+    );
     let usd = currencies.get("USD").unwrap().clone();
     let mut committed: HashMap<String, Instant> = HashMap::new();
     let mut changes = 0u64;

@@ -7,20 +7,20 @@
 mod events;
 
 use integration_tests::{
-    counting_client, credit_record, fresh_table, seed_pending, withdrawal_body, Event, IBAN,
+    counting_client, credit_record, fresh_table, seed_pending, withdrawal_body, ApiRequest, IBAN,
 };
 use lambda_http::Body;
 use sandbox_provider::{Sandbox, SandboxConfig};
-use shared::auth::Authenticator;
-use shared::batcher::{Batcher, BatcherConfig};
 use shared::domain::{
     Amount, BankAccount, Currencies, Currency, IdempotencyKey, UserId, Withdrawal,
 };
-use shared::provider::HttpProvider;
-use shared::signature::WebhookSecret;
+use shared::http::auth::Authenticator;
+use shared::payouts::batcher::{Batcher, BatcherConfig};
+use shared::payouts::provider::HttpProvider;
+use shared::payouts::signature::WebhookSecret;
+use shared::payouts::webhook::WebhookProcessor;
+use shared::requests::withdrawals::{WithdrawalService, WithdrawalView};
 use shared::store::{BatchStore, CreditRecord, DynamoStore, IdempotencyRecord, Store};
-use shared::webhook::WebhookProcessor;
-use shared::withdrawals::{WithdrawalService, WithdrawalView};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +29,7 @@ const SECRET: &str = "whsec_bench_0123456789abcdef";
 
 /// Counts DynamoDB requests per operation (every HTTP attempt, retries included): the same
 /// interceptor that records the functions' calls for the IAM check.
-type Counter = shared::calls::CallRecorder;
+type Counter = shared::platform::calls::CallRecorder;
 
 /// A fresh table, its client counting requests. The helpers (tables, events, credits, seeding)
 /// are the integration tests' own (`tests/src/lib.rs`).
@@ -60,7 +60,7 @@ async fn env_with(stream: bool) -> Env {
 /// A user's request as API Gateway delivers it; every create carries a key of its own (keys
 /// are required), so each one is a new withdrawal.
 fn event(method: &str, path: &str, user: &str, body: Option<String>) -> lambda_http::Request {
-    let mut e = Event::new(method, path).user(user);
+    let mut e = ApiRequest::new(method, path).user(user);
     if let Some(b) = body {
         e = e.body(b);
     }
@@ -260,7 +260,7 @@ async fn main() {
             (&members[0], "payout.returned", "return (payout.returned)"),
         ];
         for (i, (w, kind, label)) in steps.into_iter().enumerate() {
-            let b = provider_event(&format!("evt-{i}"), kind, w);
+            let b = callback_body(&format!("evt-{i}"), kind, w);
             let now = chrono::Utc::now().timestamp();
             let sig = WebhookSecret::new(SECRET).unwrap().sign(now, b.as_bytes());
             processor
@@ -440,7 +440,7 @@ async fn main() {
     let _ = std::fs::write("target/bench-report.md", &out);
 }
 
-fn provider_event(id: &str, kind: &str, w: &Withdrawal) -> String {
+fn callback_body(id: &str, kind: &str, w: &Withdrawal) -> String {
     serde_json::json!({"id": id, "type": kind, "data": {
         "batch_id": w.batch_id.unwrap().to_string(), "reference": w.id.to_string(),
         "amount": w.amount.to_string(), "currency": w.currency.code().as_str(),

@@ -12,8 +12,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use shared::provider::{BatchState, ItemState, ItemStatus, PayoutBatchRequest};
-use shared::signature::WebhookSecret;
+use shared::payouts::provider::{BatchState, ItemState, ItemStatus, PayoutBatchRequest};
+use shared::payouts::signature::WebhookSecret;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -582,7 +582,7 @@ impl Sandbox {
                 .post(url)
                 .header("content-type", "application/json")
                 .header(
-                    shared::signature::HEADER,
+                    shared::payouts::signature::HEADER,
                     self.config.webhook_secret.sign(ts, body.as_bytes()),
                 )
                 .body(body.clone())

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use sandbox_provider::{Sandbox, SandboxConfig};
-use shared::signature::WebhookSecret;
+use shared::payouts::signature::WebhookSecret;
 use std::time::Duration;
 
 #[derive(Parser)]

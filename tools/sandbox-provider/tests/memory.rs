@@ -4,7 +4,7 @@
 
 use sandbox_provider::{Memory, Sandbox, SandboxConfig};
 use serde_json::{json, Value};
-use shared::signature::WebhookSecret;
+use shared::payouts::signature::WebhookSecret;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

@@ -229,3 +229,10 @@ impl DynamoStore {
         }
     }
 }
+
+#[async_trait::async_trait]
+impl crate::store::AdminStore for DynamoStore {
+    async fn find_withdrawal(&self, id: WithdrawalId) -> Result<Option<Withdrawal>, StoreError> {
+        DynamoStore::find_withdrawal(self, id).await
+    }
+}

@@ -10,6 +10,7 @@ use crate::domain::{
 };
 use crate::store::schema::{self, TableSchema};
 use crate::store::{AttemptResult, BatchStore, ClaimResult, StoreError, TransitionDetails};
+use crate::store::{Failure, Refusal};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::types::{
@@ -111,7 +112,7 @@ impl DynamoStore {
         }
         let count = total
             .try_into()
-            .map_err(|_| StoreError::Corrupt("final_count".into()))?;
+            .map_err(|_| StoreError::Failed(Failure::Corrupt("final_count".into())))?;
         Ok((batch, count))
     }
 }
@@ -153,7 +154,7 @@ impl BatchStore for DynamoStore {
             .map(|i| {
                 self.batch_from_item(i).map_err(|e| {
                     let id = i.get("id").and_then(|v| v.as_s().ok()).map_or("?", |v| v);
-                    StoreError::Corrupt(format!("batch {id}: {e}"))
+                    StoreError::Failed(Failure::Corrupt(format!("batch {id}: {e}")))
                 })
             })
             .collect())
@@ -211,7 +212,7 @@ impl BatchStore for DynamoStore {
         )
         .await?
         .map(|_| ())
-        .ok_or(StoreError::LeaseLost)
+        .ok_or(StoreError::Refused(Refusal::LeaseLost))
     }
 
     async fn record_attempt(
@@ -249,10 +250,9 @@ impl BatchStore for DynamoStore {
                 error,
                 max_attempts,
             } => {
-                let current = self
-                    .batch(id)
-                    .await?
-                    .ok_or_else(|| StoreError::Backend(format!("batch {id} vanished")))?;
+                let current = self.batch(id).await?.ok_or_else(|| {
+                    StoreError::Failed(Failure::Backend(format!("batch {id} vanished")))
+                })?;
                 let flag = current.attempts + 1 >= *max_attempts;
                 let to = if flag {
                     BatchStatus::NeedsOperator
@@ -268,7 +268,7 @@ impl BatchStore for DynamoStore {
         };
         self.update_batch(id, &update, "#st = :open AND lease_owner = :owner", values)
             .await?
-            .ok_or(StoreError::LeaseLost)
+            .ok_or(StoreError::Refused(Refusal::LeaseLost))
     }
 
     async fn finish_rejecting(&self, id: BatchId) -> Result<(), StoreError> {
@@ -388,9 +388,9 @@ impl BatchStore for DynamoStore {
             .await?;
         match reset {
             Some(_) => Ok(()),
-            None => Err(StoreError::BatchChanged(
+            None => Err(StoreError::Refused(Refusal::BatchChanged(
                 "not NEEDS_OPERATOR, or a member was rejected by an operator".into(),
-            )),
+            ))),
         }
     }
 
@@ -482,14 +482,14 @@ impl BatchStore for DynamoStore {
         quiet_before: DateTime<Utc>,
     ) -> Result<Withdrawal, StoreError> {
         let Some(batch) = w.batch_id else {
-            return Err(StoreError::BatchChanged(
+            return Err(StoreError::Refused(Refusal::BatchChanged(
                 "the withdrawal is in no batch".into(),
-            ));
+            )));
         };
         if w.status != WithdrawalStatus::Submitted {
-            return Err(StoreError::StateChanged {
+            return Err(StoreError::Refused(Refusal::StateChanged {
                 current: Some(w.status),
-            });
+            }));
         }
         // The batch only learns that an operator took a member (never sent again): a mark of a
         // fixed size, however many members are rejected. Who rejected and why is the member's
@@ -531,18 +531,18 @@ impl BatchStore for DynamoStore {
             Err(TxError::Cancelled(refusals)) => {
                 let refused = |g: RejectGuard| refusals.refused(g).is_some();
                 if refused(RejectGuard::BatchFlagged) {
-                    Err(StoreError::BatchChanged(
+                    Err(StoreError::Refused(Refusal::BatchChanged(
                         "the batch is no longer NEEDS_OPERATOR, was accepted, or was sent again \
                          too recently"
                             .into(),
-                    ))
+                    )))
                 } else if refused(RejectGuard::WithdrawalStatus) {
-                    Err(StoreError::StateChanged { current: None })
+                    Err(StoreError::Refused(Refusal::StateChanged { current: None }))
                 } else {
-                    Err(StoreError::Corrupt(format!(
+                    Err(StoreError::Failed(Failure::Corrupt(format!(
                         "operator reject of {} refused by its balance or counter",
                         w.id
-                    )))
+                    ))))
                 }
             }
         }
@@ -647,19 +647,21 @@ impl BatchStore for DynamoStore {
                     .unwrap_or_default();
                 if !pending.is_empty() {
                     if rounds > 8 {
-                        return Err(StoreError::Unavailable("unprocessed batch reads".into()));
+                        return Err(StoreError::Failed(Failure::Unavailable(
+                            "unprocessed batch reads".into(),
+                        )));
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(20 << rounds)).await;
                 }
             }
         }
         if out.len() != batch.members.len() {
-            return Err(StoreError::Corrupt(format!(
+            return Err(StoreError::Failed(Failure::Corrupt(format!(
                 "batch {} lists {} members, {} found",
                 batch.id,
                 batch.members.len(),
                 out.len()
-            )));
+            ))));
         }
         out.sort_by_key(|w| w.id);
         Ok(out)

@@ -9,6 +9,7 @@ use crate::domain::{
 };
 use crate::store::schema::{self, TableSchema};
 use crate::store::{ClaimResult, StoreError, TransitionDetails};
+use crate::store::{Failure, Refusal};
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
 use chrono::Utc;
 use rust_decimal::Decimal;
@@ -35,7 +36,7 @@ impl DynamoStore {
             Some(item) => Reader(&item)
                 .n(super::admin::MAX_SHARDS_ATTRIBUTE)?
                 .try_into()
-                .map_err(|_| StoreError::Corrupt("max_shards".into()))?,
+                .map_err(|_| StoreError::Failed(Failure::Corrupt("max_shards".into())))?,
             None => 0,
         };
         Ok(self.pending_shards.max(recorded))
@@ -184,9 +185,12 @@ impl DynamoStore {
                     let refused = refusals.refused_guards();
                     if refused.contains(&TxGuard::Batch) {
                         return Err(if create {
-                            StoreError::Backend(format!("batch {} already exists", batch.id))
+                            StoreError::Failed(Failure::Backend(format!(
+                                "batch {} already exists",
+                                batch.id
+                            )))
                         } else {
-                            StoreError::LeaseLost
+                            StoreError::Refused(Refusal::LeaseLost)
                         });
                     }
                     let before = remaining.len();
@@ -199,9 +203,9 @@ impl DynamoStore {
                         }
                     }
                     if keep.len() == before {
-                        return Err(StoreError::Backend(
+                        return Err(StoreError::Failed(Failure::Backend(
                             "claim cancelled without a failed condition".into(),
-                        ));
+                        )));
                     }
                     remaining = keep;
                 }

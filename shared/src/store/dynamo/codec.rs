@@ -7,6 +7,7 @@ use crate::domain::{
     WithdrawalId, WithdrawalStatus,
 };
 use crate::store::schema::{self, TableSchema};
+use crate::store::Failure;
 use crate::store::{CreditRecord, IdempotencyRecord, StoreError};
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -98,7 +99,7 @@ impl DynamoStore {
             open_count: r
                 .n("open_count")?
                 .try_into()
-                .map_err(|_| StoreError::Corrupt("open_count".into()))?,
+                .map_err(|_| StoreError::Failed(Failure::Corrupt("open_count".into())))?,
         };
         Ok((user, balance))
     }
@@ -155,7 +156,7 @@ pub(super) fn withdrawal_from_item(
         currency,
         bank_account: BankAccount::parse(r.s("bank_account")?).map_err(corrupt)?,
         status: WithdrawalStatus::parse(r.s("status")?)
-            .ok_or_else(|| StoreError::Corrupt("unknown status".into()))?,
+            .ok_or_else(|| StoreError::Failed(Failure::Corrupt("unknown status".into())))?,
         created_at: r.time("created_at")?,
         updated_at: r.time("updated_at")?,
         batch_id: r
@@ -197,10 +198,11 @@ pub(super) fn credit_from_item(
 }
 
 pub(super) fn currency(currencies: &Currencies, code: &str) -> Result<Currency, StoreError> {
-    currencies
-        .get(code)
-        .cloned()
-        .map_err(|_| StoreError::Corrupt(format!("currency {code} is not configured")))
+    currencies.get(code).cloned().map_err(|_| {
+        StoreError::Failed(Failure::Corrupt(format!(
+            "currency {code} is not configured"
+        )))
+    })
 }
 
 pub(super) fn credit_item(c: &CreditRecord) -> Item {
@@ -238,7 +240,7 @@ pub(super) fn idempotency_from_item(
         status_code: r
             .n("status_code")?
             .try_into()
-            .map_err(|_| StoreError::Corrupt("status_code".into()))?,
+            .map_err(|_| StoreError::Failed(Failure::Corrupt("status_code".into())))?,
         response_body: r.s("response_body")?.to_string(),
         created_at: r.time("created_at")?,
     })
@@ -285,11 +287,11 @@ pub(super) fn audit_to_item(e: &AuditEntry) -> AttributeValue {
 pub(super) fn audit_from_item(v: &AttributeValue) -> Result<AuditEntry, StoreError> {
     let m = v
         .as_m()
-        .map_err(|_| StoreError::Corrupt("audit entry".into()))?;
+        .map_err(|_| StoreError::Failed(Failure::Corrupt("audit entry".into())))?;
     let r = Reader(m);
     let status = |name: &str| -> Result<WithdrawalStatus, StoreError> {
         WithdrawalStatus::parse(r.s(name)?)
-            .ok_or_else(|| StoreError::Corrupt(format!("audit {name}")))
+            .ok_or_else(|| StoreError::Failed(Failure::Corrupt(format!("audit {name}"))))
     };
     Ok(AuditEntry {
         at: r.s("at")?.to_string(),
@@ -313,19 +315,20 @@ pub(super) fn n(v: impl ToString) -> AttributeValue {
 }
 
 pub(super) fn corrupt(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(e.to_string())
+    StoreError::Failed(Failure::Corrupt(e.to_string()))
 }
 
 pub(super) fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+    StoreError::Failed(Failure::Backend(e.to_string()))
 }
 
 pub(super) struct Reader<'a>(pub(super) &'a Item);
 
 impl Reader<'_> {
     pub(super) fn s(&self, name: &str) -> Result<&str, StoreError> {
-        self.opt_s(name)
-            .ok_or_else(|| StoreError::Corrupt(format!("missing string attribute {name}")))
+        self.opt_s(name).ok_or_else(|| {
+            StoreError::Failed(Failure::Corrupt(format!("missing string attribute {name}")))
+        })
     }
     pub(super) fn opt_s(&self, name: &str) -> Option<&str> {
         self.0
@@ -338,12 +341,14 @@ impl Reader<'_> {
             .get(name)
             .and_then(|v| v.as_n().ok())
             .and_then(|v| Decimal::from_str(v).ok())
-            .ok_or_else(|| StoreError::Corrupt(format!("missing number attribute {name}")))
+            .ok_or_else(|| {
+                StoreError::Failed(Failure::Corrupt(format!("missing number attribute {name}")))
+            })
     }
     pub(super) fn time(&self, name: &str) -> Result<DateTime<Utc>, StoreError> {
         DateTime::parse_from_rfc3339(self.s(name)?)
             .map(|t| t.with_timezone(&Utc))
-            .map_err(|_| StoreError::Corrupt(format!("bad timestamp {name}")))
+            .map_err(|_| StoreError::Failed(Failure::Corrupt(format!("bad timestamp {name}"))))
     }
 }
 
@@ -370,13 +375,13 @@ impl DynamoStore {
         let count = |name: &str| -> Result<u32, StoreError> {
             r.n(name)?
                 .try_into()
-                .map_err(|_| StoreError::Corrupt(name.into()))
+                .map_err(|_| StoreError::Failed(Failure::Corrupt(name.into())))
         };
         Ok(Batch {
             id: BatchId::parse(r.s("id")?).map_err(corrupt)?,
             currency,
             status: BatchStatus::parse(r.s("status")?)
-                .ok_or_else(|| StoreError::Corrupt("batch status".into()))?,
+                .ok_or_else(|| StoreError::Failed(Failure::Corrupt("batch status".into())))?,
             members,
             total: r.n("total")?,
             attempts: count("attempts")?,
@@ -387,7 +392,7 @@ impl DynamoStore {
             lease_until_ms: r
                 .n("lease_until")?
                 .try_into()
-                .map_err(|_| StoreError::Corrupt("lease_until".into()))?,
+                .map_err(|_| StoreError::Failed(Failure::Corrupt("lease_until".into())))?,
             created_at: r.time("created_at")?,
             updated_at: r.time("updated_at")?,
             accepted_at: r
@@ -433,7 +438,7 @@ pub(super) fn note_to_item(n: &BatchNote) -> AttributeValue {
 fn note_from_item(v: &AttributeValue) -> Result<BatchNote, StoreError> {
     let m = v
         .as_m()
-        .map_err(|_| StoreError::Corrupt("batch history".into()))?;
+        .map_err(|_| StoreError::Failed(Failure::Corrupt("batch history".into())))?;
     let r = Reader(m);
     Ok(BatchNote {
         at: r.s("at")?.to_string(),
@@ -475,7 +480,7 @@ pub(super) fn member_to_item(m: &Member) -> AttributeValue {
 fn member_from_item(v: &AttributeValue, currency: &Currency) -> Result<Member, StoreError> {
     let entry = v
         .as_s()
-        .map_err(|_| StoreError::Corrupt("batch member".into()))?;
+        .map_err(|_| StoreError::Failed(Failure::Corrupt("batch member".into())))?;
     let parts: Vec<&str> = entry.split(' ').collect();
     let (user, terms) = match parts[..] {
         [user] => (user, None),
@@ -491,7 +496,7 @@ fn member_from_item(v: &AttributeValue, currency: &Currency) -> Result<Member, S
             };
             (user, Some(terms))
         }
-        _ => return Err(StoreError::Corrupt("batch member".into())),
+        _ => return Err(StoreError::Failed(Failure::Corrupt("batch member".into()))),
     };
     Ok(Member {
         user_id: UserId::parse(user).map_err(corrupt)?,

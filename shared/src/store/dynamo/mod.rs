@@ -26,6 +26,7 @@ use crate::store::{
     CreditOutcome, CreditRecord, EventRecord, IdempotencyRecord, ListQuery, Page, Store,
     StoreError, TransitionDetails, Written,
 };
+use crate::store::{Failure, Refusal};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
@@ -151,13 +152,13 @@ impl DynamoStore {
             });
         }
         // The status matched but the balance (or batch) refused: the books would break.
-        Err(StoreError::Corrupt(format!(
+        Err(StoreError::Failed(Failure::Corrupt(format!(
             "{} {}: {:?} refused by {:?}",
             subject.user_id,
             subject.id,
             transition,
             refusals.codes()
-        )))
+        ))))
     }
 }
 
@@ -189,20 +190,23 @@ impl Store for DynamoStore {
             .refused(CreditGuard::Record)
             .and_then(|r| r.item())
             .ok_or_else(|| {
-                StoreError::Backend(format!("credit cancelled: {:?}", refusals.codes()))
+                StoreError::Failed(Failure::Backend(format!(
+                    "credit cancelled: {:?}",
+                    refusals.codes()
+                )))
             })?;
         let first = self.credit_from_item(first)?;
         if first.same_credit(credit) {
             Ok(CreditOutcome::Replayed(first))
         } else {
-            Err(StoreError::ReferenceReused(format!(
+            Err(StoreError::Refused(Refusal::ReferenceReused(format!(
                 "{} was credited {} {} to {} at {}",
                 first.reference,
                 first.currency.format(first.amount.value()),
                 first.currency,
                 first.user_id,
                 timestamp(&first.created_at)
-            )))
+            ))))
         }
     }
 
@@ -240,7 +244,7 @@ impl Store for DynamoStore {
                 )?)),
                 _ => None,
             };
-            return Err(StoreError::IdempotencyKeyTaken(first));
+            return Err(StoreError::Refused(Refusal::IdempotencyKeyTaken(first)));
         }
         if let Some(r) = refused(RequestGuard::DayCounter) {
             return Err(self.daily_limit_exceeded(w, r.item()));
@@ -257,14 +261,14 @@ impl Store for DynamoStore {
                 .and_then(|v| Decimal::from_str(v).ok())
                 .unwrap_or(Decimal::ZERO);
             if available >= w.amount.value() && open.is_some_and(|o| o >= max_open) {
-                return Err(StoreError::TooManyOpen);
+                return Err(StoreError::Refused(Refusal::TooManyPending));
             }
-            return Err(StoreError::InsufficientFunds);
+            return Err(StoreError::Refused(Refusal::InsufficientFunds));
         }
-        Err(StoreError::Backend(format!(
+        Err(StoreError::Failed(Failure::Backend(format!(
             "withdrawal id collision: {:?}",
             refusals.codes()
-        )))
+        ))))
     }
 
     async fn idempotency_record(
@@ -340,13 +344,13 @@ impl Store for DynamoStore {
             .await?
         {
             Change::Written(entry) => Ok(changed(w, &entry, &details, now)),
-            Change::DuplicateEvent => Err(StoreError::DuplicateEvent),
-            Change::NotFound => Err(StoreError::NotFound),
-            Change::NotAsExpected(item) => Err(StoreError::StateChanged {
+            Change::DuplicateEvent => Err(StoreError::Refused(Refusal::DuplicateEvent)),
+            Change::NotFound => Err(StoreError::Refused(Refusal::NotFound)),
+            Change::NotAsExpected(item) => Err(StoreError::Refused(Refusal::StateChanged {
                 current: Reader(&item)
                     .opt_s("status")
                     .and_then(WithdrawalStatus::parse),
-            }),
+            })),
         }
     }
 
@@ -385,7 +389,7 @@ impl Store for DynamoStore {
             .await
         {
             Ok(()) => Ok(()),
-            Err(TxError::Cancelled(_)) => Err(StoreError::DuplicateEvent),
+            Err(TxError::Cancelled(_)) => Err(StoreError::Refused(Refusal::DuplicateEvent)),
             Err(TxError::Store(e)) => Err(e),
         }
     }

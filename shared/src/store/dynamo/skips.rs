@@ -4,7 +4,7 @@ use super::codec::{s, Reader};
 use super::tx::classify;
 use super::DynamoStore;
 use crate::domain::timestamp;
-use crate::events::SkippedRecords;
+use crate::publishing::events::SkippedRecords;
 use crate::store::schema::{self, TableSchema};
 use crate::store::StoreError;
 use async_trait::async_trait;

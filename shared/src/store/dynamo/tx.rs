@@ -3,6 +3,7 @@
 
 use super::DynamoStore;
 use crate::domain::WithdrawalId;
+use crate::store::Failure;
 use crate::store::StoreError;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
@@ -57,8 +58,8 @@ impl DynamoStore {
                             )
                         });
                         if !retryable {
-                            return Err(TxError::Store(StoreError::Backend(format!(
-                                "transaction cancelled: {codes:?}"
+                            return Err(TxError::Store(StoreError::Failed(Failure::Backend(
+                                format!("transaction cancelled: {codes:?}"),
                             ))));
                         }
                         codes.join(",")
@@ -67,9 +68,9 @@ impl DynamoStore {
                         "TransactionInProgress".to_string()
                     }
                     TransactWriteItemsError::IdempotentParameterMismatchException(_) => {
-                        return Err(TxError::Store(StoreError::Backend(
+                        return Err(TxError::Store(StoreError::Failed(Failure::Backend(
                             "client request token reused with other items".into(),
-                        )))
+                        ))))
                     }
                     // Throttling and timeouts were already retried by the SDK's retry policy;
                     // retrying them again here would only multiply the wait.
@@ -78,7 +79,9 @@ impl DynamoStore {
                 Err(other) => return Err(TxError::Store(classify(other))),
             };
             if attempt >= TX_ATTEMPTS {
-                return Err(TxError::Store(StoreError::Unavailable(retry_reason)));
+                return Err(TxError::Store(StoreError::Failed(Failure::Unavailable(
+                    retry_reason,
+                ))));
             }
             tracing::debug!(attempt, reason = %retry_reason, "retrying transaction");
             tokio::time::sleep(backoff(attempt)).await;
@@ -151,7 +154,9 @@ pub(super) fn classify<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::D
 ) -> StoreError {
     match &err {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            StoreError::Unavailable(format!("{err:?}").chars().take(200).collect())
+            StoreError::Failed(Failure::Unavailable(
+                format!("{err:?}").chars().take(200).collect(),
+            ))
         }
         SdkError::ServiceError(se) => {
             let code = se.err().code().unwrap_or("Unknown").to_string();
@@ -161,14 +166,16 @@ pub(super) fn classify<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::D
                 | "RequestLimitExceeded"
                 | "TransactionConflictException"
                 | "InternalServerError"
-                | "ServiceUnavailable" => StoreError::Unavailable(code),
-                _ => StoreError::Backend(format!(
+                | "ServiceUnavailable" => StoreError::Failed(Failure::Unavailable(code)),
+                _ => StoreError::Failed(Failure::Backend(format!(
                     "{code}: {}",
                     se.err().message().unwrap_or_default()
-                )),
+                ))),
             }
         }
-        _ => StoreError::Backend(format!("{err:?}").chars().take(200).collect()),
+        _ => StoreError::Failed(Failure::Backend(
+            format!("{err:?}").chars().take(200).collect(),
+        )),
     }
 }
 

@@ -9,6 +9,7 @@ use crate::domain::{
     WithdrawalStatus,
 };
 use crate::store::schema::{self, TableSchema};
+use crate::store::Refusal;
 use crate::store::{EventRecord, IdempotencyRecord, StoreError, TransitionDetails};
 use aws_sdk_dynamodb::types::{
     AttributeValue, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
@@ -137,12 +138,11 @@ impl DynamoStore {
         details: &TransitionDetails,
         now_t: DateTime<Utc>,
     ) -> Result<(Vec<(TxGuard, TransactWriteItem)>, AuditEntry), StoreError> {
-        let to = w
-            .status
-            .apply(transition)
-            .map_err(|e| StoreError::StateChanged {
+        let to = w.status.apply(transition).map_err(|e| {
+            StoreError::Refused(Refusal::StateChanged {
                 current: Some(e.from),
-            })?;
+            })
+        })?;
         let now = timestamp(&now_t);
         let entry = AuditEntry {
             at: now.clone(),
@@ -366,12 +366,12 @@ impl DynamoStore {
     ) -> Result<TransactWriteItem, StoreError> {
         let room = limit - w.amount.value();
         if room < Decimal::ZERO {
-            return Err(StoreError::DailyLimitExceeded(format!(
+            return Err(StoreError::Refused(Refusal::DailyLimitExceeded(format!(
                 "{} {ccy} is above the daily withdrawal limit of {} {ccy}",
                 w.amount,
                 w.currency.format(limit),
                 ccy = w.currency.code()
-            )));
+            ))));
         }
         let update = Update::builder()
             .table_name(&self.table)
@@ -426,12 +426,12 @@ impl DynamoStore {
             .and_then(|v| Decimal::from_str(v).ok())
             .unwrap_or(Decimal::ZERO);
         let remaining = (limit - used).max(Decimal::ZERO);
-        StoreError::DailyLimitExceeded(format!(
+        StoreError::Refused(Refusal::DailyLimitExceeded(format!(
             "daily withdrawal limit of {} {ccy} reached: {} {ccy} left today (UTC)",
             w.currency.format(limit),
             w.currency.format(remaining),
             ccy = w.currency.code()
-        ))
+        )))
     }
 }
 

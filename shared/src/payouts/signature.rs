@@ -34,18 +34,18 @@ impl WebhookSecret {
         Ok(Self(s.to_vec()))
     }
 
-    fn mac(&self, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
+    fn mac(&self, timestamp_secs: i64, body: &[u8]) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
-        mac.update(timestamp.to_string().as_bytes());
+        mac.update(timestamp_secs.to_string().as_bytes());
         mac.update(b".");
         mac.update(body);
         mac
     }
 
-    /// The header value for `body` signed at `timestamp`.
-    pub fn sign(&self, timestamp: i64, body: &[u8]) -> String {
-        let sig = hex::encode(self.mac(timestamp, body).finalize().into_bytes());
-        format!("t={timestamp},v1={sig}")
+    /// The header value for `body` signed at `timestamp_secs`.
+    pub fn sign(&self, timestamp_secs: i64, body: &[u8]) -> String {
+        let sig = hex::encode(self.mac(timestamp_secs, body).finalize().into_bytes());
+        format!("t={timestamp_secs},v1={sig}")
     }
 }
 
@@ -61,7 +61,7 @@ pub fn verify(
     header: Option<&str>,
     body: &[u8],
     secrets: &[WebhookSecret],
-    now: i64,
+    now_secs: i64,
     tolerance_secs: i64,
 ) -> Result<(), SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
@@ -91,7 +91,7 @@ pub fn verify(
     if signatures.is_empty() {
         return Err(SignatureError::Malformed);
     }
-    if (now - t).abs() > tolerance_secs {
+    if (now_secs - t).abs() > tolerance_secs {
         return Err(SignatureError::Stale);
     }
     let matched = secrets.iter().any(|secret| {

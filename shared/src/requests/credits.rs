@@ -7,11 +7,11 @@
 //! credit sent again changes nothing and answers the first record, and another credit under a
 //! used reference is refused. Debit corrections are out of scope.
 
-use crate::api::ApiError;
 use crate::domain::timestamp;
 use crate::domain::{CreditReference, Currencies, UserId};
+use crate::http::api::ApiError;
+use crate::requests::withdrawals::parse_bounded_amount;
 use crate::store::{CreditOutcome, CreditRecord, Store};
-use crate::withdrawals::parse_bounded_amount;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::sync::Arc;

@@ -1,11 +1,12 @@
 //! The user-facing use cases of the request API: request, read, list, cancel, balances.
 //! Transport-free: the HTTP handler parses the event and calls these.
 
-use crate::api::ApiError;
 use crate::domain::{
     Amount, Balance, BankAccount, Currencies, Currency, DomainError, IdempotencyKey, Transition,
     UserId, Withdrawal, WithdrawalId, WithdrawalStatus,
 };
+use crate::http::api::ApiError;
+use crate::store::Refusal;
 use crate::store::{IdempotencyRecord, ListQuery, Store, StoreError, TransitionDetails};
 use chrono::Utc;
 use rust_decimal::Decimal;
@@ -289,7 +290,10 @@ impl WithdrawalService {
             .await
         {
             Ok(()) => {
-                crate::metrics::count("WithdrawalsRequested", withdrawal.currency.code().as_str());
+                crate::platform::metrics::count(
+                    "WithdrawalsRequested",
+                    withdrawal.currency.code().as_str(),
+                );
                 Ok(Created {
                     status_code: 201,
                     body: answer,
@@ -297,7 +301,7 @@ impl WithdrawalService {
                     withdrawal_id: withdrawal.id,
                 })
             }
-            Err(StoreError::IdempotencyKeyTaken(stored)) => {
+            Err(StoreError::Refused(Refusal::IdempotencyKeyTaken(stored))) => {
                 // The cancellation handed the first record back: one round trip. A read only
                 // when it did not (a store that does not return old items).
                 let first = match stored {
@@ -318,7 +322,7 @@ impl WithdrawalService {
                 Ok(Created::replay(first))
             }
             // Refused before the transaction was sent (an amount above the whole limit).
-            Err(e @ StoreError::DailyLimitExceeded(_)) => {
+            Err(e @ StoreError::Refused(Refusal::DailyLimitExceeded(_))) => {
                 self.replay_or(user, &key, body, e.into()).await
             }
             Err(e) => Err(e.into()),

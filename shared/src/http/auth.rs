@@ -272,33 +272,38 @@ impl LocalTokenKey {
     }
 
     /// A user's token for the user API.
-    pub fn mint(&self, user: &UserId, now: i64, ttl_secs: i64) -> String {
-        self.mint_for(user.as_str(), LOCAL_AUDIENCE, now, ttl_secs)
+    pub fn mint(&self, user: &UserId, now_secs: i64, ttl_secs: i64) -> String {
+        self.mint_for(user.as_str(), LOCAL_AUDIENCE, now_secs, ttl_secs)
     }
 
     /// A token for the internal API, for the service whose ARN is `caller`.
-    pub fn mint_service(&self, caller: &str, now: i64, ttl_secs: i64) -> String {
-        self.mint_for(caller, LOCAL_SERVICE_AUDIENCE, now, ttl_secs)
+    pub fn mint_service(&self, caller: &str, now_secs: i64, ttl_secs: i64) -> String {
+        self.mint_for(caller, LOCAL_SERVICE_AUDIENCE, now_secs, ttl_secs)
     }
 
-    fn mint_for(&self, sub: &str, audience: &str, now: i64, ttl_secs: i64) -> String {
+    fn mint_for(&self, sub: &str, audience: &str, now_secs: i64, ttl_secs: i64) -> String {
         let claims = Claims {
             sub: sub.to_string(),
             iss: LOCAL_ISSUER.into(),
             aud: audience.into(),
-            iat: now,
-            exp: now + ttl_secs,
+            iat: now_secs,
+            exp: now_secs + ttl_secs,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signs any claims")
     }
 
     /// A user's token (the user API's audience).
-    pub fn verify(&self, token: &str, now: i64) -> Result<Claims, AuthError> {
-        self.verify_for(token, LOCAL_AUDIENCE, now)
+    pub fn verify(&self, token: &str, now_secs: i64) -> Result<Claims, AuthError> {
+        self.verify_for(token, LOCAL_AUDIENCE, now_secs)
     }
 
-    pub fn verify_for(&self, token: &str, audience: &str, now: i64) -> Result<Claims, AuthError> {
+    pub fn verify_for(
+        &self,
+        token: &str,
+        audience: &str,
+        now_secs: i64,
+    ) -> Result<Claims, AuthError> {
         // Only HS256: the "alg: none" and algorithm-confusion holes stay closed.
         let mut rules = Validation::new(Algorithm::HS256);
         rules.set_issuer(&[LOCAL_ISSUER]);
@@ -318,7 +323,7 @@ impl LocalTokenKey {
                 })
             })?
             .claims;
-        if claims.exp <= now {
+        if claims.exp <= now_secs {
             return Err(AuthError::Invalid("token expired"));
         }
         Ok(claims)

@@ -4,9 +4,9 @@
 //! type that names the variable. The DynamoDB endpoint is the SDK's own
 //! `AWS_ENDPOINT_URL_DYNAMODB`, set only locally.
 
-use crate::auth::{AllowedCallers, Authenticator, CallerSource, InternalAuth, LocalTokenKey};
 use crate::domain::Currencies;
-use crate::signature::DEFAULT_TOLERANCE_SECS;
+use crate::http::auth::{AllowedCallers, Authenticator, CallerSource, InternalAuth, LocalTokenKey};
+use crate::payouts::signature::DEFAULT_TOLERANCE_SECS;
 use std::fmt::Display;
 use std::ops::RangeInclusive;
 use std::str::FromStr;
@@ -174,7 +174,11 @@ fn currencies(v: &dyn Vars) -> Result<Currencies, ConfigError> {
 /// How often a Secrets Manager value is read again (`SECRETS_TTL_SECS`, default 300): a
 /// rotation needs no deploy.
 fn secrets_ttl(v: &dyn Vars) -> Result<Duration, ConfigError> {
-    seconds(v, "SECRETS_TTL_SECS", crate::secrets::DEFAULT_TTL.as_secs())
+    seconds(
+        v,
+        "SECRETS_TTL_SECS",
+        crate::platform::secrets::DEFAULT_TTL.as_secs(),
+    )
 }
 
 /// `withdrawal-request`: the user API and the internal credit API.
@@ -191,16 +195,18 @@ pub struct RequestConfig {
 
 impl RequestConfig {
     pub fn from_vars(v: &dyn Vars) -> Result<Self, ConfigError> {
-        let local_key = match v.get(crate::auth::LOCAL_AUTH_SECRET_ENV) {
+        let local_key = match v.get(crate::http::auth::LOCAL_AUTH_SECRET_ENV) {
             Some(secret) => Some(
                 LocalTokenKey::new(secret.as_bytes())
                     .map_err(|e| ConfigError::new("LOCAL_AUTH_SECRET", e.to_string()))?,
             ),
             None => None,
         };
-        let callers =
-            AllowedCallers::parse(&v.get(crate::auth::INTERNAL_CALLERS_ENV).unwrap_or_default())
-                .map_err(|e| ConfigError::new("INTERNAL_CALLERS", e.to_string()))?;
+        let callers = AllowedCallers::parse(
+            &v.get(crate::http::auth::INTERNAL_CALLERS_ENV)
+                .unwrap_or_default(),
+        )
+        .map_err(|e| ConfigError::new("INTERNAL_CALLERS", e.to_string()))?;
         let (users, source) = match local_key {
             Some(key) => (
                 Authenticator::LocalToken(key.clone()),
@@ -453,9 +459,9 @@ macro_rules! sdk_client {
         $crate::sdk_client!($sdk, |builder| builder)
     };
     ($sdk:ident, $adjust:expr) => {{
-        let config = $crate::config::sdk_config().await;
+        let config = $crate::platform::config::sdk_config().await;
         let mut builder = ($adjust)($sdk::config::Builder::from(&config));
-        if let Some(recorder) = $crate::calls::CallRecorder::from_env() {
+        if let Some(recorder) = $crate::platform::calls::CallRecorder::from_env() {
             builder = builder.interceptor(recorder);
         }
         $sdk::Client::from_conf(builder.build())
@@ -543,7 +549,7 @@ mod tests {
         let w =
             WebhookConfig::from_vars(&with(&[("PROVIDER_WEBHOOK_SECRETS_ARN", "arn:x")])).unwrap();
         assert_eq!(w.tolerance_secs, DEFAULT_TOLERANCE_SECS);
-        assert_eq!(w.secrets_ttl, crate::secrets::DEFAULT_TTL);
+        assert_eq!(w.secrets_ttl, crate::platform::secrets::DEFAULT_TTL);
     }
 
     #[test]

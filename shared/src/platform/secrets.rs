@@ -5,7 +5,7 @@
 //!
 //! A value is never logged: errors name the secret (its ARN or name), never its content.
 
-use crate::signature::WebhookSecret;
+use crate::payouts::signature::WebhookSecret;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -162,10 +162,10 @@ impl<T: Send + Sync> ManagedSecret<T> {
             Err(e) => match cached.as_mut() {
                 Some(c) => {
                     tracing::warn!(error = %e, "could not refresh a secret; using the last value");
-                    crate::metrics::emit(
+                    crate::platform::metrics::emit(
                         "SecretRefreshFailures",
                         1.0,
-                        crate::metrics::Unit::Count,
+                        crate::platform::metrics::Unit::Count,
                         &[],
                     );
                     c.next_try = Instant::now() + RETRY_AFTER.min(self.ttl);

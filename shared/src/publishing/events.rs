@@ -8,10 +8,10 @@
 //! deduplicate, and a `sequence` that orders one withdrawal's events (EventBridge does not
 //! promise delivery order).
 
-use crate::credits::CreditView;
 use crate::domain::{Currencies, Withdrawal, WithdrawalStatus};
+use crate::requests::credits::CreditView;
+use crate::requests::withdrawals::WithdrawalView;
 use crate::store::{decode_stored_item, stored_status, CreditRecord, StoreError, StoredItem};
-use crate::withdrawals::WithdrawalView;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::json;
@@ -24,7 +24,7 @@ pub const MAX_ENTRIES_PER_CALL: usize = 10;
 
 pub type Image = HashMap<String, AttributeValue>;
 
-/// Every `detail-type` the pipeline publishes (the README's catalogue).
+/// Every `detail-type` the pipeline publishes (the catalogue in docs/events.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
     Withdrawal(WithdrawalStatus),

@@ -6,7 +6,7 @@
 //! [`events::credit_event`]).
 
 use crate::domain::{Withdrawal, WithdrawalStatus};
-use crate::events::{self, EventBus, PipelineEvent};
+use crate::publishing::events::{self, EventBus, PipelineEvent};
 use crate::store::CreditRecord;
 use chrono::{DateTime, Utc};
 

@@ -2,7 +2,7 @@
 //! The API is documented in docs/provider-api.md; the sandbox provider implements the same.
 
 use crate::domain::{Batch, BatchId, Withdrawal};
-use crate::secrets::SecretValue;
+use crate::platform::secrets::SecretValue;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;

@@ -1,9 +1,9 @@
 use std::fmt;
 
-/// What one provider event did, recorded with the event so its repeats are recognised (and
+/// What one provider callback event did, recorded with the event so its repeats are recognised (and
 /// answered, with HTTP 200 for every one, so the provider stops retrying).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum EventOutcome {
+pub enum CallbackOutcome {
     /// It moved the withdrawal (the record is written by the same transaction).
     Applied,
     /// The withdrawal already was where the event puts it.
@@ -17,8 +17,8 @@ pub enum EventOutcome {
     UnknownWithdrawal,
 }
 
-impl EventOutcome {
-    pub const ALL: [EventOutcome; 5] = [
+impl CallbackOutcome {
+    pub const ALL: [CallbackOutcome; 5] = [
         Self::Applied,
         Self::NoChange,
         Self::Duplicate,
@@ -41,7 +41,7 @@ impl EventOutcome {
     }
 }
 
-impl fmt::Display for EventOutcome {
+impl fmt::Display for CallbackOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -53,9 +53,9 @@ mod tests {
 
     #[test]
     fn outcomes_round_trip_through_their_stored_names() {
-        for o in EventOutcome::ALL {
-            assert_eq!(EventOutcome::parse(o.as_str()), Some(o));
+        for o in CallbackOutcome::ALL {
+            assert_eq!(CallbackOutcome::parse(o.as_str()), Some(o));
         }
-        assert_eq!(EventOutcome::parse("applied "), None);
+        assert_eq!(CallbackOutcome::parse("applied "), None);
     }
 }

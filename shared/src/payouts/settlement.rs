@@ -4,14 +4,16 @@
 //!
 //! Provider events are deduplicated here and nowhere else: an event is recorded by the same
 //! transaction as the change it makes, or on its own when it changes nothing, so every repeat
-//! finds its record and is answered [`EventOutcome::Duplicate`].
+//! finds its record and is answered [`CallbackOutcome::Duplicate`].
 
 use crate::domain::{
-    Amount, BatchId, Currency, EventOutcome, Transition, Withdrawal, WithdrawalId, WithdrawalStatus,
+    Amount, BatchId, CallbackOutcome, Currency, Transition, Withdrawal, WithdrawalId,
+    WithdrawalStatus,
 };
 use crate::store::{
     BatchStore, EventRecord, PayoutStore, Store, StoreError, TransitionDetails, Written,
 };
+use crate::store::{Failure, Refusal};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -87,22 +89,22 @@ pub async fn apply<S: Store + ?Sized>(
                 }
                 return Ok(Applied::Changed(Box::new(updated)));
             }
-            Err(StoreError::StateChanged { .. }) => {
+            Err(StoreError::Refused(Refusal::StateChanged { .. })) => {
                 current = store
                     .withdrawal(&current.user_id, current.id)
                     .await?
-                    .ok_or(StoreError::NotFound)?;
+                    .ok_or(StoreError::Refused(Refusal::NotFound))?;
             }
             // The event's record exists (another delivery wrote it, with its change or alone):
             // the transaction changed nothing, and the provider is answered `duplicate`.
-            Err(StoreError::DuplicateEvent) => return Ok(Applied::Duplicate),
+            Err(StoreError::Refused(Refusal::DuplicateEvent)) => return Ok(Applied::Duplicate),
             Err(e) => return Err(e),
         }
     }
-    Err(StoreError::Unavailable(format!(
+    Err(StoreError::Failed(Failure::Unavailable(format!(
         "withdrawal {} kept changing",
         w.id
-    )))
+    ))))
 }
 
 /// A provider event about one batch member, as the webhook parsed it.
@@ -120,7 +122,7 @@ pub struct MemberEvent<'a> {
 /// What an event did, and the currency of its batch once that was found (for metrics).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventResult {
-    pub outcome: EventOutcome,
+    pub outcome: CallbackOutcome,
     pub currency: Option<String>,
 }
 
@@ -140,7 +142,7 @@ pub async fn apply_event<S: PayoutStore + ?Sized>(
         // removed, a throttled partition): a repeat is still answered `duplicate`, not 500.
         Err(err) => match store.event_recorded(e.event.id).await {
             Ok(true) => Ok(EventResult {
-                outcome: EventOutcome::Duplicate,
+                outcome: CallbackOutcome::Duplicate,
                 currency: None,
             }),
             _ => Err(err),
@@ -154,17 +156,17 @@ async fn apply_member_event<S: PayoutStore + ?Sized>(
     actor: &str,
 ) -> Result<EventResult, StoreError> {
     let Some((batch, final_before)) = store.batch_with_final_count(e.batch_id).await? else {
-        return record_unchanged(store, e, EventOutcome::UnknownWithdrawal, None).await;
+        return record_unchanged(store, e, CallbackOutcome::UnknownWithdrawal, None).await;
     };
     let currency = Some(batch.currency.code().to_string());
     let Some(member) = batch.members.get(&e.reference) else {
-        return record_unchanged(store, e, EventOutcome::UnknownWithdrawal, currency).await;
+        return record_unchanged(store, e, CallbackOutcome::UnknownWithdrawal, currency).await;
     };
     let (status, transition) = expected(&e.outcome);
     let applied = match batch.subject(e.reference, status) {
         Some(subject) => {
             if reported_mismatch(subject.amount, &subject.currency, e.amount, e.currency) {
-                return record_unchanged(store, e, EventOutcome::Conflict, currency).await;
+                return record_unchanged(store, e, CallbackOutcome::Conflict, currency).await;
             }
             let details = details_for(&e.outcome, transition, actor, Some(e.event), e.reference);
             match store
@@ -180,18 +182,19 @@ async fn apply_member_event<S: PayoutStore + ?Sized>(
                         close_if_final(store, batch.id).await;
                     }
                     return Ok(EventResult {
-                        outcome: EventOutcome::Applied,
+                        outcome: CallbackOutcome::Applied,
                         currency,
                     });
                 }
                 Written::DuplicateEvent => Applied::Duplicate,
                 Written::NotFound => {
-                    return record_unchanged(store, e, EventOutcome::UnknownWithdrawal, currency)
+                    return record_unchanged(store, e, CallbackOutcome::UnknownWithdrawal, currency)
                         .await
                 }
                 Written::NotAsExpected(w) => {
                     if reported_mismatch(w.amount, &w.currency, e.amount, e.currency) {
-                        return record_unchanged(store, e, EventOutcome::Conflict, currency).await;
+                        return record_unchanged(store, e, CallbackOutcome::Conflict, currency)
+                            .await;
                     }
                     apply(store, &w, &e.outcome, actor, Some(e.event)).await?
                 }
@@ -200,10 +203,11 @@ async fn apply_member_event<S: PayoutStore + ?Sized>(
         None => {
             // An entry from before members carried their terms: the withdrawal is read.
             let Some(w) = store.withdrawal(&member.user_id, e.reference).await? else {
-                return record_unchanged(store, e, EventOutcome::UnknownWithdrawal, currency).await;
+                return record_unchanged(store, e, CallbackOutcome::UnknownWithdrawal, currency)
+                    .await;
             };
             if reported_mismatch(w.amount, &w.currency, e.amount, e.currency) {
-                return record_unchanged(store, e, EventOutcome::Conflict, currency).await;
+                return record_unchanged(store, e, CallbackOutcome::Conflict, currency).await;
             }
             apply(store, &w, &e.outcome, actor, Some(e.event)).await?
         }
@@ -212,20 +216,20 @@ async fn apply_member_event<S: PayoutStore + ?Sized>(
         Applied::Changed(_) => {
             close_if_final(store, batch.id).await;
             return Ok(EventResult {
-                outcome: EventOutcome::Applied,
+                outcome: CallbackOutcome::Applied,
                 currency,
             });
         }
         Applied::Duplicate => {
             return Ok(EventResult {
-                outcome: EventOutcome::Duplicate,
+                outcome: CallbackOutcome::Duplicate,
                 currency,
             })
         }
-        Applied::AlreadyDone(_) => EventOutcome::NoChange,
+        Applied::AlreadyDone(_) => CallbackOutcome::NoChange,
         Applied::Conflict(current) => {
             tracing::error!(withdrawal_id = %e.reference, %current, event_type = e.event.event_type, "conflicting provider event");
-            EventOutcome::Conflict
+            CallbackOutcome::Conflict
         }
     };
     record_unchanged(store, e, outcome, currency).await
@@ -243,7 +247,7 @@ async fn close_if_final<S: BatchStore + ?Sized>(store: &S, id: BatchId) {
 async fn record_unchanged<S: Store + ?Sized>(
     store: &S,
     e: &MemberEvent<'_>,
-    outcome: EventOutcome,
+    outcome: CallbackOutcome,
     currency: Option<String>,
 ) -> Result<EventResult, StoreError> {
     let record = EventRecord {
@@ -254,7 +258,7 @@ async fn record_unchanged<S: Store + ?Sized>(
     };
     let outcome = match store.record_event(&record).await {
         Ok(()) => outcome,
-        Err(StoreError::DuplicateEvent) => EventOutcome::Duplicate,
+        Err(StoreError::Refused(Refusal::DuplicateEvent)) => CallbackOutcome::Duplicate,
         Err(err) => return Err(err),
     };
     Ok(EventResult { outcome, currency })
@@ -278,7 +282,7 @@ fn details_for(
             event_id: e.id.to_string(),
             event_type: e.event_type.to_string(),
             reference: id.to_string(),
-            outcome: EventOutcome::Applied,
+            outcome: CallbackOutcome::Applied,
         });
     }
     match (outcome, transition) {
@@ -393,7 +397,7 @@ mod tests {
         assert_eq!(first.failure_reason, None);
         let last = details_for(&returned(), Transition::Return, "webhook", Some(event), id);
         let record = last.record_event.expect("recorded");
-        assert_eq!(record.outcome, EventOutcome::Applied);
+        assert_eq!(record.outcome, CallbackOutcome::Applied);
         assert_eq!(record.reference, id.to_string());
         assert_eq!(last.failure_reason.as_deref(), Some("x"));
         let paid = details_for(

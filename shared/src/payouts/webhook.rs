@@ -2,12 +2,12 @@
 //! [`settlement::apply_event`] (which deduplicates and applies it).
 //! Every delivery pattern — repeats, races, reordering, late arrival — changes money at most once.
 
-use crate::api::ApiError;
-use crate::domain::{BatchId, EventOutcome, WithdrawalId};
-use crate::metrics;
-use crate::secrets::SecretValue;
-use crate::settlement::{self, EventRef, MemberEvent, Outcome};
-use crate::signature::{self, WebhookSecret};
+use crate::domain::{BatchId, CallbackOutcome, WithdrawalId};
+use crate::http::api::ApiError;
+use crate::payouts::settlement::{self, EventRef, MemberEvent, Outcome};
+use crate::payouts::signature::{self, WebhookSecret};
+use crate::platform::metrics;
+use crate::platform::secrets::SecretValue;
 use crate::store::{PayoutStore, StoreError};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -15,13 +15,13 @@ use std::sync::Arc;
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
+pub enum CallbackKind {
     Paid,
     Failed,
     Returned,
 }
 
-impl EventKind {
+impl CallbackKind {
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "payout.paid" => Some(Self::Paid),
@@ -43,7 +43,7 @@ impl EventKind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderEvent {
     pub id: String,
-    pub kind: EventKind,
+    pub kind: CallbackKind,
     pub batch_id: BatchId,
     pub reference: WithdrawalId,
     pub amount: Option<String>,
@@ -73,7 +73,7 @@ impl ProviderEvent {
         let invalid = |m: &str| ApiError::InvalidJson(m.to_string());
         let raw: Raw =
             serde_json::from_slice(body).map_err(|_| invalid("event is not valid JSON"))?;
-        let kind = EventKind::parse(&raw.kind).ok_or_else(|| {
+        let kind = CallbackKind::parse(&raw.kind).ok_or_else(|| {
             ApiError::UnknownEventType(format!(
                 "unknown event type {:?}",
                 raw.kind.chars().take(64).collect::<String>()
@@ -101,11 +101,11 @@ impl ProviderEvent {
     fn outcome(&self) -> Outcome {
         let reason = || self.reason.clone().unwrap_or_else(|| "not given".into());
         match self.kind {
-            EventKind::Paid => Outcome::Paid {
+            CallbackKind::Paid => Outcome::Paid {
                 provider_reference: self.provider_reference.clone(),
             },
-            EventKind::Failed => Outcome::Failed { reason: reason() },
-            EventKind::Returned => Outcome::Returned { reason: reason() },
+            CallbackKind::Failed => Outcome::Failed { reason: reason() },
+            CallbackKind::Returned => Outcome::Returned { reason: reason() },
         }
     }
 }
@@ -140,8 +140,8 @@ impl<S: PayoutStore + 'static> WebhookProcessor<S> {
         &self,
         signature_header: Option<&str>,
         body: &[u8],
-        now: i64,
-    ) -> Result<(EventOutcome, ProviderEvent), ApiError> {
+        now_secs: i64,
+    ) -> Result<(CallbackOutcome, ProviderEvent), ApiError> {
         if body.len() > MAX_BODY_BYTES {
             return Err(ApiError::PayloadTooLarge(MAX_BODY_BYTES));
         }
@@ -150,17 +150,22 @@ impl<S: PayoutStore + 'static> WebhookProcessor<S> {
             tracing::error!(error = %e, "webhook secrets unavailable");
             ApiError::TryAgain
         })?;
-        signature::verify(signature_header, body, &secrets, now, self.tolerance_secs).map_err(
-            |e| {
-                tracing::warn!(reason = %e, "webhook signature refused");
-                ApiError::InvalidSignature
-            },
-        )?;
+        signature::verify(
+            signature_header,
+            body,
+            &secrets,
+            now_secs,
+            self.tolerance_secs,
+        )
+        .map_err(|e| {
+            tracing::warn!(reason = %e, "webhook signature refused");
+            ApiError::InvalidSignature
+        })?;
         let event = ProviderEvent::parse(body)?;
         let handled = self.apply(&event).await.map_err(ApiError::from)?;
         let level_error = matches!(
             handled,
-            EventOutcome::Conflict | EventOutcome::UnknownWithdrawal
+            CallbackOutcome::Conflict | CallbackOutcome::UnknownWithdrawal
         );
         if level_error {
             tracing::error!(event_id = %event.id, event_type = event.kind.as_str(), batch_id = %event.batch_id, withdrawal_id = %event.reference, outcome = handled.as_str(), "webhook event not applied");
@@ -170,7 +175,7 @@ impl<S: PayoutStore + 'static> WebhookProcessor<S> {
         Ok((handled, event))
     }
 
-    async fn apply(&self, event: &ProviderEvent) -> Result<EventOutcome, StoreError> {
+    async fn apply(&self, event: &ProviderEvent) -> Result<CallbackOutcome, StoreError> {
         let member_event = MemberEvent {
             event: EventRef {
                 id: &event.id,
@@ -185,17 +190,17 @@ impl<S: PayoutStore + 'static> WebhookProcessor<S> {
         let result = settlement::apply_event(self.store.as_ref(), &member_event, "webhook").await?;
         let ccy = result.currency.as_deref().unwrap_or("-");
         match result.outcome {
-            EventOutcome::Applied => {
+            CallbackOutcome::Applied => {
                 let name = match event.kind {
-                    EventKind::Paid => "WithdrawalsSettled",
-                    EventKind::Failed => "WithdrawalsRejected",
-                    EventKind::Returned => "WithdrawalsReturned",
+                    CallbackKind::Paid => "WithdrawalsSettled",
+                    CallbackKind::Failed => "WithdrawalsRejected",
+                    CallbackKind::Returned => "WithdrawalsReturned",
                 };
                 metrics::count(name, ccy);
             }
-            EventOutcome::Conflict => metrics::count("WebhookConflicts", ccy),
-            EventOutcome::UnknownWithdrawal => metrics::count("WebhookUnknownWithdrawal", "-"),
-            EventOutcome::NoChange | EventOutcome::Duplicate => {}
+            CallbackOutcome::Conflict => metrics::count("WebhookConflicts", ccy),
+            CallbackOutcome::UnknownWithdrawal => metrics::count("WebhookUnknownWithdrawal", "-"),
+            CallbackOutcome::NoChange | CallbackOutcome::Duplicate => {}
         }
         Ok(result.outcome)
     }
@@ -219,7 +224,7 @@ mod tests {
             ProviderEvent::parse(body("payout.paid").as_bytes())
                 .unwrap()
                 .kind,
-            EventKind::Paid
+            CallbackKind::Paid
         );
         assert_eq!(
             ProviderEvent::parse(body("payout.refunded").as_bytes())

@@ -6,17 +6,18 @@
 //! is never paid twice; and only a definite rejection returns funds — an ambiguous outcome keeps
 //! the batch open for the next run.
 
-pub use crate::config::BatcherConfig;
 use crate::domain::{
     provider_evidence, Batch, BatchId, BatchStatus, Currencies, Member, Transition,
     WithdrawalStatus,
 };
-use crate::metrics;
-use crate::provider::{
+use crate::payouts::provider::{
     BatchState, ItemStatus, PayoutBatchRequest, PayoutProvider, StatusOutcome, SubmitOutcome,
 };
-use crate::reconcile::{self, ReconcileError};
-use crate::settlement::{self, Applied, Outcome};
+use crate::payouts::reconcile::{self, ReconcileError};
+use crate::payouts::settlement::{self, Applied, Outcome};
+pub use crate::platform::config::BatcherConfig;
+use crate::platform::metrics;
+use crate::store::Refusal;
 use crate::store::{AttemptResult, PayoutStore, StoreError, TransitionDetails};
 use chrono::Utc;
 use serde::Serialize;
@@ -354,7 +355,7 @@ where
             let create = members.is_empty();
             let result = match self.store.claim(&batch, &run.owner, chunk, create).await {
                 Ok(r) => r,
-                Err(StoreError::LeaseLost) => {
+                Err(StoreError::Refused(Refusal::LeaseLost)) => {
                     tracing::warn!(batch_id = %batch.id, "lost the claiming lease");
                     break;
                 }
@@ -382,7 +383,7 @@ where
                 Ok(())
             }
             // Taken over after our lease ran out: the other run sends it.
-            Err(StoreError::LeaseLost) => Ok(()),
+            Err(StoreError::Refused(Refusal::LeaseLost)) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -410,7 +411,7 @@ where
                     .await
                 {
                     Ok(_) => {}
-                    Err(StoreError::LeaseLost) => return Ok(()),
+                    Err(StoreError::Refused(Refusal::LeaseLost)) => return Ok(()),
                     Err(e) => return Err(e),
                 }
                 let c = run.counts(&ccy);
@@ -499,7 +500,7 @@ where
             .await;
         let recorded = match recorded {
             Ok(b) => b,
-            Err(StoreError::LeaseLost) => {
+            Err(StoreError::Refused(Refusal::LeaseLost)) => {
                 tracing::warn!(batch_id = %batch.id, "lease lost before recording the provider's answer");
                 return Ok(());
             }
@@ -589,7 +590,7 @@ where
             details.failure_reason = Some(reason.clone());
             match self.store.transition(&w, Transition::Reject, details).await {
                 Ok(_) => run.counts(&ccy).rejected += 1,
-                Err(StoreError::StateChanged { .. }) => {}
+                Err(StoreError::Refused(Refusal::StateChanged { .. })) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -881,6 +882,7 @@ fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Failure;
 
     #[test]
     fn the_budget_runs_to_the_deadline_or_falls_back() {
@@ -971,7 +973,11 @@ mod tests {
         run.counts("EUR").resent = 2;
         let mut usd = run.part("USD");
         usd.counts("USD").claimed = 500;
-        usd.failed(Some("USD"), None, &StoreError::Backend("boom".into()));
+        usd.failed(
+            Some("USD"),
+            None,
+            &StoreError::Failed(Failure::Backend("boom".into())),
+        );
         usd.summary.stopped_early = true;
         run.merge(usd);
         let usd = &run.summary.currencies["USD"];

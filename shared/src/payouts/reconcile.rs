@@ -3,8 +3,8 @@
 //! failure there that we settled, a batch or item it does not know, an amount that differs.
 
 use crate::domain::{Batch, WithdrawalStatus};
-use crate::provider::{ItemStatus, PayoutProvider, StatusOutcome};
-use crate::settlement;
+use crate::payouts::provider::{ItemStatus, PayoutProvider, StatusOutcome};
+use crate::payouts::settlement;
 use crate::store::{BatchStore, StoreError};
 use std::fmt;
 

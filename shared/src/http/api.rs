@@ -3,6 +3,7 @@
 
 use crate::domain::DomainError;
 use crate::store::StoreError;
+use crate::store::{Failure, Refusal};
 use lambda_http::http::StatusCode;
 use lambda_http::{Body, Response};
 
@@ -182,28 +183,30 @@ impl From<DomainError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::InsufficientFunds => Self::InsufficientFunds,
-            StoreError::TooManyOpen => Self::TooManyPending,
-            StoreError::DailyLimitExceeded(message) => Self::DailyLimitExceeded(message),
-            StoreError::NotFound => Self::NotFound,
+            StoreError::Refused(Refusal::InsufficientFunds) => Self::InsufficientFunds,
+            StoreError::Refused(Refusal::TooManyPending) => Self::TooManyPending,
+            StoreError::Refused(Refusal::DailyLimitExceeded(message)) => {
+                Self::DailyLimitExceeded(message)
+            }
+            StoreError::Refused(Refusal::NotFound) => Self::NotFound,
             // The first credit's details stay in the log, not in the answer.
-            StoreError::ReferenceReused(first) => {
+            StoreError::Refused(Refusal::ReferenceReused(first)) => {
                 tracing::info!(%first, "credit reference reused");
                 Self::ReferenceReused
             }
-            StoreError::StateChanged { current } => {
+            StoreError::Refused(Refusal::StateChanged { current }) => {
                 Self::NotCancellable(current.map_or("gone".into(), |s| s.to_string()))
             }
-            StoreError::Unavailable(reason) => {
+            StoreError::Failed(Failure::Unavailable(reason)) => {
                 tracing::warn!(%reason, "store unavailable");
                 Self::TryAgain
             }
-            StoreError::IdempotencyKeyTaken(_)
-            | StoreError::DuplicateEvent
-            | StoreError::LeaseLost
-            | StoreError::BatchChanged(_)
-            | StoreError::Corrupt(_)
-            | StoreError::Backend(_) => {
+            StoreError::Refused(Refusal::IdempotencyKeyTaken(_))
+            | StoreError::Refused(Refusal::DuplicateEvent)
+            | StoreError::Refused(Refusal::LeaseLost)
+            | StoreError::Refused(Refusal::BatchChanged(_))
+            | StoreError::Failed(Failure::Corrupt(_))
+            | StoreError::Failed(Failure::Backend(_)) => {
                 tracing::error!(error = %e, "store failure");
                 Self::Internal
             }
