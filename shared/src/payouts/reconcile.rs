@@ -2,8 +2,8 @@
 //! Catches what no single callback can show: a payout the provider made that we returned, a
 //! failure there that we settled, a batch or item it does not know, an amount that differs.
 
-use crate::domain::{Batch, WithdrawalStatus};
-use crate::payouts::provider::{ItemStatus, PayoutProvider, StatusOutcome};
+use crate::domain::{Batch, Withdrawal, WithdrawalStatus};
+use crate::payouts::provider::{BatchState, ItemStatus, PayoutProvider, StatusOutcome};
 use crate::payouts::settlement;
 use crate::store::{BatchStore, StoreError};
 use std::fmt;
@@ -84,63 +84,61 @@ where
         StatusOutcome::NotFound => None,
         StatusOutcome::Ambiguous { error } => return Err(ReconcileError::Provider(error)),
     };
-    let mut out = Vec::new();
-    for w in members.iter().filter(|w| !w.status.is_open()) {
-        let mismatch = |kind: MismatchKind, theirs: &str| Mismatch {
-            batch_id: batch.id.to_string(),
-            withdrawal_id: w.id.to_string(),
-            ours: w.status,
-            theirs: theirs.to_string(),
-            kind,
-        };
-        let reference = w.id.to_string();
-        let listed = state.as_ref().map_or(0, |s| {
-            s.items.iter().filter(|i| i.reference == reference).count()
-        });
-        if listed > 1 {
-            out.push(mismatch(
-                MismatchKind::DuplicateAtProvider,
-                &format!("listed {listed} times"),
-            ));
-            continue;
-        }
-        let item = state.as_ref().and_then(|s| {
-            s.items
-                .iter()
-                .find(|i| i.reference == reference)
-                .map(|i| (i, s.currency.as_str()))
-        });
-        use WithdrawalStatus::*;
-        let Some((item, currency)) = item else {
-            // Never recorded there: right for a rejected or cancelled withdrawal, wrong for one
-            // we consider paid.
-            if matches!(w.status, Settled | Returned) {
-                out.push(mismatch(MismatchKind::UnknownToProvider, "not found"));
-            }
-            continue;
-        };
-        let theirs = format!("{:?}", item.status).to_lowercase();
-        if settlement::reported_mismatch(w.amount, &w.currency, Some(&item.amount), Some(currency))
-        {
-            out.push(mismatch(
-                MismatchKind::AmountDiffers,
-                &format!("{theirs} {} {currency}", item.amount),
-            ));
-            continue;
-        }
-        let kind = match (&item.status, w.status) {
-            (ItemStatus::Paid | ItemStatus::Returned, Rejected | Cancelled) => {
-                Some(MismatchKind::PaidButNotHere)
-            }
-            (ItemStatus::Failed, Settled | Returned) => Some(MismatchKind::FailedButSettledHere),
-            (ItemStatus::Returned, Settled) => Some(MismatchKind::ReturnNotApplied),
-            (ItemStatus::Paid, Returned) => Some(MismatchKind::ReturnedOnlyHere),
-            (ItemStatus::Pending, _) => Some(MismatchKind::PendingThere),
-            _ => None,
-        };
-        if let Some(kind) = kind {
-            out.push(mismatch(kind, &theirs));
-        }
+    Ok(members
+        .iter()
+        .filter(|w| !w.status.is_open())
+        .filter_map(|w| compare(batch, w, state.as_ref()))
+        .collect())
+}
+
+/// One final member against the provider's report of its batch (`None`: never recorded there).
+fn compare(batch: &Batch, w: &Withdrawal, state: Option<&BatchState>) -> Option<Mismatch> {
+    let mismatch = |kind: MismatchKind, theirs: &str| Mismatch {
+        batch_id: batch.id.to_string(),
+        withdrawal_id: w.id.to_string(),
+        ours: w.status,
+        theirs: theirs.to_string(),
+        kind,
+    };
+    let reference = w.id.to_string();
+    let listed = state.map_or(0, |s| {
+        s.items.iter().filter(|i| i.reference == reference).count()
+    });
+    if listed > 1 {
+        return Some(mismatch(
+            MismatchKind::DuplicateAtProvider,
+            &format!("listed {listed} times"),
+        ));
     }
-    Ok(out)
+    let item = state.and_then(|s| {
+        s.items
+            .iter()
+            .find(|i| i.reference == reference)
+            .map(|i| (i, s.currency.as_str()))
+    });
+    use WithdrawalStatus::*;
+    let Some((item, currency)) = item else {
+        // Never recorded there: right for a rejected or cancelled withdrawal, wrong for one
+        // we consider paid.
+        return matches!(w.status, Settled | Returned)
+            .then(|| mismatch(MismatchKind::UnknownToProvider, "not found"));
+    };
+    let theirs = format!("{:?}", item.status).to_lowercase();
+    if settlement::reported_mismatch(w.amount, &w.currency, Some(&item.amount), Some(currency)) {
+        return Some(mismatch(
+            MismatchKind::AmountDiffers,
+            &format!("{theirs} {} {currency}", item.amount),
+        ));
+    }
+    let kind = match (&item.status, w.status) {
+        (ItemStatus::Paid | ItemStatus::Returned, Rejected | Cancelled) => {
+            Some(MismatchKind::PaidButNotHere)
+        }
+        (ItemStatus::Failed, Settled | Returned) => Some(MismatchKind::FailedButSettledHere),
+        (ItemStatus::Returned, Settled) => Some(MismatchKind::ReturnNotApplied),
+        (ItemStatus::Paid, Returned) => Some(MismatchKind::ReturnedOnlyHere),
+        (ItemStatus::Pending, _) => Some(MismatchKind::PendingThere),
+        _ => None,
+    };
+    kind.map(|kind| mismatch(kind, &theirs))
 }

@@ -212,9 +212,21 @@ async fn apply_member_event<S: PayoutStore + ?Sized>(
             apply(store, &w, &e.outcome, actor, Some(e.event)).await?
         }
     };
+    answer_applied(store, e, batch.id, applied, currency).await
+}
+
+/// The answer for an event applied through [`apply`] (the member's entry could not carry it):
+/// a change may have made the batch final; anything else is recorded with the event.
+async fn answer_applied<S: PayoutStore + ?Sized>(
+    store: &S,
+    e: &MemberEvent<'_>,
+    batch_id: BatchId,
+    applied: Applied,
+    currency: Option<String>,
+) -> Result<EventResult, StoreError> {
     let outcome = match applied {
         Applied::Changed(_) => {
-            close_if_final(store, batch.id).await;
+            close_if_final(store, batch_id).await;
             return Ok(EventResult {
                 outcome: CallbackOutcome::Applied,
                 currency,

@@ -130,15 +130,52 @@ async fn run(
         currencies.clone(),
         Arc::new(shared::publishing::events::NoneSkipped),
     ));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let relay_task = spawn_relay(publisher, &store, ddb_endpoint, stop.clone()).await;
+    let (changes, committed) = workload(&store, &currencies, users).await;
+    // Everything published, then the relay stops.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while put_at.lock().unwrap().len() < changes as usize && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let records = relay_task.await.unwrap();
+    let received = subscriber.drain().await.len() as u64;
+    let calls = *bus.calls.lock().unwrap();
+    let at = put_at.lock().unwrap();
+    let latency_ms: Vec<f64> = committed
+        .iter()
+        .filter_map(|(id, c)| {
+            at.get(id)
+                .map(|p| p.saturating_duration_since(*c).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    let call_ms = bus.call_ms.lock().unwrap().clone();
+    Run {
+        changes,
+        received: if in_process { changes } else { received },
+        calls,
+        records,
+        latency_ms,
+        call_ms,
+    }
+}
+
+/// The local relay feeding the publisher until `stop` is set and a pass finds nothing; the
+/// task returns how many records it handed over.
+async fn spawn_relay(
+    publisher: Arc<Publisher>,
+    store: &DynamoStore,
+    ddb_endpoint: &str,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<usize> {
     let streams = aws_sdk_dynamodbstreams::Client::new(&sdk_config(ddb_endpoint));
     let mut relay = stream_relay::Relay::for_table(streams, store.table_name())
         .await
         .unwrap();
     // As template.yaml's mapping: up to 100 records, or what came within a second.
     relay.batching_window = Duration::from_secs(1);
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let relay_task = tokio::spawn(async move {
+    tokio::spawn(async move {
         let invoke = move |event: StreamEvent| {
             let publisher = publisher.clone();
             Box::pin(async move { Ok(publisher.handle(event).await) })
@@ -158,15 +195,22 @@ async fn run(
             }
             records += d.records;
             if d.invocations == 0 {
-                if stop2.load(std::sync::atomic::Ordering::SeqCst) {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
                     return records;
                 }
                 tokio::time::sleep(POLL).await;
             }
         }
-    });
+    })
+}
 
-    // The workload, at a steady pace: credit, request, and cancel every second request.
+/// The workload, at a steady pace: credit, request, and cancel every second request. Returns
+/// the changes made and when each withdrawal change committed.
+async fn workload(
+    store: &Arc<DynamoStore>,
+    currencies: &Currencies,
+    users: usize,
+) -> (u64, HashMap<String, Instant>) {
     let service = shared::requests::withdrawals::WithdrawalService::new(
         store.clone(),
         currencies.clone(),
@@ -200,30 +244,5 @@ async fn run(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // Everything published, then the relay stops.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while put_at.lock().unwrap().len() < changes as usize && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let records = relay_task.await.unwrap();
-    let received = subscriber.drain().await.len() as u64;
-    let calls = *bus.calls.lock().unwrap();
-    let at = put_at.lock().unwrap();
-    let latency_ms: Vec<f64> = committed
-        .iter()
-        .filter_map(|(id, c)| {
-            at.get(id)
-                .map(|p| p.saturating_duration_since(*c).as_secs_f64() * 1000.0)
-        })
-        .collect();
-    let call_ms = bus.call_ms.lock().unwrap().clone();
-    Run {
-        changes,
-        received: if in_process { changes } else { received },
-        calls,
-        records,
-        latency_ms,
-        call_ms,
-    }
+    (changes, committed)
 }

@@ -540,25 +540,8 @@ impl Sandbox {
         request: &PayoutBatchRequest,
         state: &ItemState,
     ) {
-        let item = request
-            .items
-            .iter()
-            .find(|i| i.reference == state.reference);
         let event_id = format!("evt_{}", ulid::Ulid::new());
-        let body = json!({
-            "id": event_id,
-            "type": event_type,
-            "created_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            "data": {
-                "batch_id": request.batch_id,
-                "reference": state.reference,
-                "amount": item.map(|i| i.amount.clone()),
-                "currency": request.currency,
-                "provider_reference": state.provider_reference,
-                "reason": state.reason,
-            }
-        })
-        .to_string();
+        let body = callback_body(&event_id, event_type, request, state);
         let index = {
             let mut inner = self.inner.lock().unwrap();
             inner.events.push(SentEvent {
@@ -618,6 +601,33 @@ impl Sandbox {
     }
 }
 
+/// The signed body of one callback: the item's news, as the provider API documents it.
+fn callback_body(
+    event_id: &str,
+    event_type: &str,
+    request: &PayoutBatchRequest,
+    state: &ItemState,
+) -> String {
+    let item = request
+        .items
+        .iter()
+        .find(|i| i.reference == state.reference);
+    json!({
+        "id": event_id,
+        "type": event_type,
+        "created_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "data": {
+            "batch_id": request.batch_id,
+            "reference": state.reference,
+            "amount": item.map(|i| i.amount.clone()),
+            "currency": request.currency,
+            "provider_reference": state.provider_reference,
+            "reason": state.reason,
+        }
+    })
+    .to_string()
+}
+
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,
@@ -626,29 +636,45 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// A refused submit: its status, code and message.
+type Refused = (StatusCode, &'static str, &'static str);
+
+/// The batch a submit carries, once its caller, its body and its key are as the API requires.
+fn submitted_batch(
+    sb: &Sandbox,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<PayoutBatchRequest, Refused> {
+    if !sb.authorized(headers) {
+        return Err((StatusCode::UNAUTHORIZED, "unauthorized", "bad api key"));
+    }
+    let Ok(req) = serde_json::from_slice::<PayoutBatchRequest>(body) else {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "unreadable batch",
+        ));
+    };
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
+    if key != Some(req.batch_id.as_str()) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Idempotency-Key must equal batch_id",
+        ));
+    }
+    Ok(req)
+}
+
 async fn submit(
     State(sb): State<Sandbox>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if !sb.authorized(&headers) {
-        return error(StatusCode::UNAUTHORIZED, "unauthorized", "bad api key");
-    }
-    let Ok(req) = serde_json::from_slice::<PayoutBatchRequest>(&body) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "unreadable batch",
-        );
+    let req = match submitted_batch(&sb, &headers, &body) {
+        Ok(req) => req,
+        Err((status, code, message)) => return error(status, code, message),
     };
-    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
-    if key != Some(req.batch_id.as_str()) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "Idempotency-Key must equal batch_id",
-        );
-    }
     let fault = {
         let mut inner = sb.inner.lock().unwrap();
         inner.submit_calls += 1;

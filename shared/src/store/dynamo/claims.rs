@@ -267,29 +267,7 @@ impl DynamoStore {
             ]);
             self.put_new(item)?
         } else {
-            let mut set = vec!["updated_at = :now".to_string()];
-            let mut update = Update::builder()
-                .table_name(&self.table)
-                .set_key(Some(Self::batch_key(batch.id)))
-                .condition_expression("#st = :claiming AND lease_owner = :owner")
-                .expression_attribute_names("#st", "status")
-                .expression_attribute_values(":claiming", s(BatchStatus::Claiming.as_str()))
-                .expression_attribute_values(":owner", s(owner))
-                .expression_attribute_values(":now", s(&now))
-                .expression_attribute_values(":sum", n(sum))
-                .expression_attribute_values(":count", n(remaining.len()));
-            for (i, (wd, user)) in members.into_iter().enumerate() {
-                set.push(format!("members.#m{i} = :m{i}"));
-                update = update
-                    .expression_attribute_names(format!("#m{i}"), wd)
-                    .expression_attribute_values(format!(":m{i}"), user);
-            }
-            // `total` is a DynamoDB reserved word.
-            let expr = format!("SET {} ADD #tot :sum, member_count :count", set.join(", "));
-            update = update.expression_attribute_names("#tot", "total");
-            TransactWriteItem::builder()
-                .update(update.update_expression(expr).build().map_err(backend)?)
-                .build()
+            self.batch_extension(batch, owner, members, remaining.len(), sum, &now)?
         };
         items.push((TxGuard::Batch, batch_item));
         if create {
@@ -302,6 +280,41 @@ impl DynamoStore {
             items.push((TxGuard::BatchCounter, self.put_new(counter)?));
         }
         Ok((items, claimed))
+    }
+
+    /// Adds a chunk's members to the batch this run is still claiming into (under its lease).
+    fn batch_extension(
+        &self,
+        batch: &Batch,
+        owner: &str,
+        members: HashMap<String, AttributeValue>,
+        count: usize,
+        sum: Decimal,
+        now: &str,
+    ) -> Result<TransactWriteItem, StoreError> {
+        let mut set = vec!["updated_at = :now".to_string()];
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(Self::batch_key(batch.id)))
+            .condition_expression("#st = :claiming AND lease_owner = :owner")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":claiming", s(BatchStatus::Claiming.as_str()))
+            .expression_attribute_values(":owner", s(owner))
+            .expression_attribute_values(":now", s(now))
+            .expression_attribute_values(":sum", n(sum))
+            .expression_attribute_values(":count", n(count));
+        for (i, (wd, user)) in members.into_iter().enumerate() {
+            set.push(format!("members.#m{i} = :m{i}"));
+            update = update
+                .expression_attribute_names(format!("#m{i}"), wd)
+                .expression_attribute_values(format!(":m{i}"), user);
+        }
+        // `total` is a DynamoDB reserved word.
+        let expr = format!("SET {} ADD #tot :sum, member_count :count", set.join(", "));
+        update = update.expression_attribute_names("#tot", "total");
+        Ok(TransactWriteItem::builder()
+            .update(update.update_expression(expr).build().map_err(backend)?)
+            .build())
     }
 
     /// The items of the claim transaction the batcher sends for `chunk`. Public so the benchmark

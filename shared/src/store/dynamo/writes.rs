@@ -5,8 +5,8 @@ use super::codec::{audit_to_item, backend, idempotency_item, n, s, Item};
 use super::tx::TxGuard;
 use super::DynamoStore;
 use crate::domain::{
-    timestamp, AuditEntry, BalanceEffect, Currency, Subject, Transition, UserId, Withdrawal,
-    WithdrawalStatus,
+    timestamp, AuditEntry, BalanceEffect, BatchId, Currency, Subject, Transition, UserId,
+    Withdrawal, WithdrawalStatus,
 };
 use crate::store::schema::{self, TableSchema};
 use crate::store::Refusal;
@@ -152,6 +152,54 @@ impl DynamoStore {
             event_id: details.event_id.clone(),
             reason: details.failure_reason.clone(),
         };
+        let update = self.status_change(w, to, details, &entry, &now)?;
+        let mut items = vec![(
+            TxGuard::Withdrawal(w.id),
+            TransactWriteItem::builder().update(update).build(),
+        )];
+        let effect = transition.balance_effect();
+        if effect != BalanceEffect::None {
+            items.push((
+                TxGuard::Balance,
+                self.balance_update(
+                    &w.user_id,
+                    &w.currency,
+                    effect,
+                    w.amount.value(),
+                    &now,
+                    None,
+                )?,
+            ));
+        }
+        if matches!(transition, Transition::Cancel | Transition::Reject) {
+            if let Some(day) = w.limit_day {
+                items.push((TxGuard::DayCounter, self.day_counter_give_back(w, day)?));
+            }
+        }
+        let member_finishes = matches!(transition, Transition::Settle | Transition::Reject)
+            && w.status == WithdrawalStatus::Submitted;
+        if let (true, Some(batch)) = (member_finishes, w.batch_id) {
+            items.push((
+                TxGuard::BatchCounter,
+                self.final_count_shard(w, batch, &now)?,
+            ));
+        }
+        if let Some(event) = &details.record_event {
+            items.push((TxGuard::Event, self.event_put(event, &now_t)?));
+        }
+        Ok((items, entry))
+    }
+
+    /// The withdrawal's own update: the status change conditioned on the exact status, amount
+    /// and batch the subject expects, with its audit entry appended and the details it carries.
+    fn status_change(
+        &self,
+        w: &Subject,
+        to: WithdrawalStatus,
+        details: &TransitionDetails,
+        entry: &AuditEntry,
+        now: &str,
+    ) -> Result<Update, StoreError> {
         let mut set = vec![
             "#st = :to",
             "#ua = :now",
@@ -165,9 +213,9 @@ impl DynamoStore {
             .expression_attribute_names("#au", "audit")
             .expression_attribute_values(":to", s(to.as_str()))
             .expression_attribute_values(":from", s(w.status.as_str()))
-            .expression_attribute_values(":now", s(&now))
+            .expression_attribute_values(":now", s(now))
             .expression_attribute_values(":empty", AttributeValue::L(vec![]))
-            .expression_attribute_values(":audit", AttributeValue::L(vec![audit_to_item(&entry)]))
+            .expression_attribute_values(":audit", AttributeValue::L(vec![audit_to_item(entry)]))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         if let Some(reason) = &details.failure_reason {
             set.push("#fr = :fr");
@@ -207,61 +255,37 @@ impl DynamoStore {
                 .expression_attribute_names("#wbi", "batch_id")
                 .expression_attribute_values(":wbi", s(batch.to_string()));
         }
-        let update = update
+        update
             .update_expression(expression)
             .condition_expression(condition)
             .build()
-            .map_err(backend)?;
-        let mut items = vec![(
-            TxGuard::Withdrawal(w.id),
-            TransactWriteItem::builder().update(update).build(),
-        )];
-        let effect = transition.balance_effect();
-        if effect != BalanceEffect::None {
-            items.push((
-                TxGuard::Balance,
-                self.balance_update(
-                    &w.user_id,
-                    &w.currency,
-                    effect,
-                    w.amount.value(),
-                    &now,
-                    None,
-                )?,
-            ));
-        }
-        if matches!(transition, Transition::Cancel | Transition::Reject) {
-            if let Some(day) = w.limit_day {
-                items.push((TxGuard::DayCounter, self.day_counter_give_back(w, day)?));
-            }
-        }
-        let member_finishes = matches!(transition, Transition::Settle | Transition::Reject)
-            && w.status == WithdrawalStatus::Submitted;
-        if let (true, Some(batch)) = (member_finishes, w.batch_id) {
-            items.push((
-                TxGuard::BatchCounter,
-                TransactWriteItem::builder()
-                    .update(
-                        Update::builder()
-                            .table_name(&self.table)
-                            .key(schema::PK, s(TableSchema::batch_pk(batch)))
-                            .key(schema::SK, s(TableSchema::batch_counter_sk(w.id)))
-                            // No existence condition: a shard is created by its first
-                            // settlement. The withdrawal's conditional status change in the same
-                            // transaction is what makes each member count once.
-                            .update_expression("ADD final_count :one SET updated_at = :now")
-                            .expression_attribute_values(":one", n(1))
-                            .expression_attribute_values(":now", s(&now))
-                            .build()
-                            .map_err(backend)?,
-                    )
-                    .build(),
-            ));
-        }
-        if let Some(event) = &details.record_event {
-            items.push((TxGuard::Event, self.event_put(event, &now_t)?));
-        }
-        Ok((items, entry))
+            .map_err(backend)
+    }
+
+    /// A member's shard of its batch's final counter, counted when the member settles or is
+    /// rejected.
+    fn final_count_shard(
+        &self,
+        w: &Subject,
+        batch: BatchId,
+        now: &str,
+    ) -> Result<TransactWriteItem, StoreError> {
+        Ok(TransactWriteItem::builder()
+            .update(
+                Update::builder()
+                    .table_name(&self.table)
+                    .key(schema::PK, s(TableSchema::batch_pk(batch)))
+                    .key(schema::SK, s(TableSchema::batch_counter_sk(w.id)))
+                    // No existence condition: a shard is created by its first
+                    // settlement. The withdrawal's conditional status change in the same
+                    // transaction is what makes each member count once.
+                    .update_expression("ADD final_count :one SET updated_at = :now")
+                    .expression_attribute_values(":one", n(1))
+                    .expression_attribute_values(":now", s(now))
+                    .build()
+                    .map_err(backend)?,
+            )
+            .build())
     }
 
     pub(super) fn event_put(
