@@ -10,8 +10,10 @@
 
 use futures::future::join_all;
 use integration_tests::conflicts::ConflictEmulator;
-use integration_tests::BalanceView;
-use integration_tests::*;
+use integration_tests::{
+    callback_body, deliver, function_client, now_secs, sign, webhook_request, BalanceView,
+    LogCapture, PayoutEnv, ACCOUNTS, WEBHOOK_FN, WEBHOOK_SECRET,
+};
 use shared::domain::{BatchStatus, Withdrawal, WithdrawalStatus};
 use shared::payouts::signature::WebhookSecret;
 use shared::payouts::webhook::WebhookProcessor;

@@ -8,7 +8,11 @@
 
 use futures::future::join_all;
 use integration_tests::faults::{Fault as StoreFault, FaultyStore, When};
-use integration_tests::*;
+use integration_tests::{
+    callback_body, deliver, now_secs, sign, spawn_webhook_server, webhook_request, withdrawal_body,
+    ApiRequest, PayoutEnv, TestEnv, TestResponse, ACCOUNTS, API_KEY, BATCHER_FN, IBAN, REQUEST_FN,
+    WEBHOOK_FN, WEBHOOK_SECRET,
+};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use rust_decimal::Decimal;

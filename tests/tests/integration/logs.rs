@@ -1,7 +1,10 @@
 //! What the functions log: JSON lines that carry the request, user, withdrawal and batch ids,
 //! and never a bank account number, a token, an API key or a webhook secret.
 
-use integration_tests::*;
+use integration_tests::{
+    deliver, now_secs, sign, spawn_webhook_server, webhook_request, ApiRequest, LogCapture,
+    PayoutEnv, ACCOUNTS, API_KEY, WEBHOOK_SECRET,
+};
 use shared::domain::UserId;
 use shared::http::auth::{Authenticator, LocalTokenKey};
 use std::sync::Arc;

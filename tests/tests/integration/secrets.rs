@@ -2,7 +2,10 @@
 //! after their TTL so a rotation needs no deploy, keep working through a failed refresh, fail a
 //! cold start with the secret's name (never its value), and never reach a log line.
 
-use integration_tests::*;
+use integration_tests::{
+    deliver, now_secs, put_secret, secrets_admin, secrets_client, sign, webhook_request,
+    LogCapture, PayoutEnv, API_KEY, BATCHER_FN, WEBHOOK_FN,
+};
 use shared::payouts::provider::{HttpProvider, PayoutBatchRequest, PayoutProvider, SubmitOutcome};
 use shared::platform::secrets::{
     parse_api_key, parse_webhook_secrets, ManagedSecret, SecretError, SecretValue,
