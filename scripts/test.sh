@@ -26,7 +26,7 @@ rm -rf "$CALL_LOG_DIR"
 log "cargo test --workspace"
 out="$LOCAL_DIR/test-output.log"
 rm -f target/reliability-report.md target/simulation-report.md
-# Each reliability scenario adds its row to this table (tests/tests/reliability.rs).
+# Each reliability scenario adds its row to this table (tests/tests/reliability/).
 export RELIABILITY_REPORT="$ROOT/target/reliability-report.md"
 cargo test --workspace "$@" 2>&1 | tee "$out"
 
@@ -39,7 +39,7 @@ else
   log "IAM check skipped: a partial run (arguments given; IAM_CHECK=1 runs it anyway)"
 fi
 if [ -f target/reliability-report.md ]; then
-  printf '\nReliability suite (tests/tests/reliability.rs):\n'
+  printf '\nReliability suite (tests/tests/reliability/):\n'
   # The header, then the rows in scenario order (the tests finish in any order).
   head -n 2 target/reliability-report.md
   tail -n +3 target/reliability-report.md | sort -V
