@@ -7,7 +7,7 @@ use crate::domain::{
     WithdrawalStatus, OPERATOR_ACTOR, PROVIDER_STATUS_ACTOR,
 };
 use crate::payouts::provider::{BatchState, ItemStatus, PayoutProvider, StatusOutcome};
-use crate::payouts::settlement::{self, Applied, Outcome};
+use crate::payouts::settlement::{self, Applied, ProviderWord};
 use crate::store::{AdminStore, PayoutStore, Refusal, StoreError, TransitionDetails};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -228,7 +228,7 @@ pub async fn commit_reject<S: PayoutStore + ?Sized>(
             .await
             .map_err(refused),
         RejectGround::FailedAtProvider { reason: theirs } => {
-            let outcome = Outcome::Failed {
+            let outcome = ProviderWord::Failed {
                 reason: format!("{reason} (provider: {theirs})"),
             };
             // The provider's word, applied on an operator's request: its actor says so, so it

@@ -15,8 +15,10 @@ use crate::store::{
 };
 use crate::store::{Failure, Refusal};
 
+/// What the provider says became of one item — from a callback or its status endpoint: paid,
+/// failed, or returned by the bank. Final words; a pending item is not one.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub enum ProviderWord {
     Paid {
         provider_reference: Option<String>,
     },
@@ -68,7 +70,7 @@ pub struct EventRef<'a> {
 pub async fn apply<S: Store + ?Sized>(
     store: &S,
     w: &Withdrawal,
-    outcome: &Outcome,
+    outcome: &ProviderWord,
     actor: &str,
     event: Option<EventRef<'_>>,
 ) -> Result<Applied, StoreError> {
@@ -83,7 +85,9 @@ pub async fn apply<S: Store + ?Sized>(
         match store.transition(&current, transition, details).await {
             Ok(updated) => {
                 // A return that overtook its "paid" settles first, then returns.
-                if matches!(outcome, Outcome::Returned { .. }) && transition == Transition::Settle {
+                if matches!(outcome, ProviderWord::Returned { .. })
+                    && transition == Transition::Settle
+                {
                     current = updated;
                     continue;
                 }
@@ -116,7 +120,7 @@ pub struct MemberEvent<'a> {
     /// The amount and currency the provider reports, checked against ours.
     pub amount: Option<&'a str>,
     pub currency: Option<&'a str>,
-    pub outcome: Outcome,
+    pub outcome: ProviderWord,
 }
 
 /// What an event did, and the currency of its batch once that was found (for metrics).
@@ -279,14 +283,14 @@ async fn record_unchanged<S: Store + ?Sized>(
 /// The transition details for one step towards `outcome`. A return that overtook its "paid"
 /// settles first; only the step that completes the outcome records the event.
 fn details_for(
-    outcome: &Outcome,
+    outcome: &ProviderWord,
     transition: Transition,
     actor: &str,
     event: Option<EventRef<'_>>,
     id: WithdrawalId,
 ) -> TransitionDetails {
     let completes =
-        !(matches!(outcome, Outcome::Returned { .. }) && transition == Transition::Settle);
+        !(matches!(outcome, ProviderWord::Returned { .. }) && transition == Transition::Settle);
     let mut details = TransitionDetails::by(actor);
     details.event_id = event.map(|e| e.id.to_string());
     if completes {
@@ -298,11 +302,11 @@ fn details_for(
         });
     }
     match (outcome, transition) {
-        (Outcome::Paid { provider_reference }, _) => {
+        (ProviderWord::Paid { provider_reference }, _) => {
             details.provider_reference = provider_reference.clone();
         }
-        (Outcome::Returned { .. }, Transition::Settle) => {}
-        (Outcome::Failed { reason } | Outcome::Returned { reason }, _) => {
+        (ProviderWord::Returned { .. }, Transition::Settle) => {}
+        (ProviderWord::Failed { reason } | ProviderWord::Returned { reason }, _) => {
             details.failure_reason = Some(reason.clone());
         }
     }
@@ -319,24 +323,24 @@ enum Step {
 /// The state an outcome most often finds its withdrawal in, and the step from there: a payment
 /// or failure finds it submitted, a return finds it settled. A settlement is written for this
 /// expectation without reading the withdrawal first.
-fn expected(outcome: &Outcome) -> (WithdrawalStatus, Transition) {
+fn expected(outcome: &ProviderWord) -> (WithdrawalStatus, Transition) {
     match outcome {
-        Outcome::Paid { .. } => (WithdrawalStatus::Submitted, Transition::Settle),
-        Outcome::Failed { .. } => (WithdrawalStatus::Submitted, Transition::Reject),
-        Outcome::Returned { .. } => (WithdrawalStatus::Settled, Transition::Return),
+        ProviderWord::Paid { .. } => (WithdrawalStatus::Submitted, Transition::Settle),
+        ProviderWord::Failed { .. } => (WithdrawalStatus::Submitted, Transition::Reject),
+        ProviderWord::Returned { .. } => (WithdrawalStatus::Settled, Transition::Return),
     }
 }
 
-fn next_step(status: WithdrawalStatus, outcome: &Outcome) -> Step {
+fn next_step(status: WithdrawalStatus, outcome: &ProviderWord) -> Step {
     use WithdrawalStatus::*;
     match (outcome, status) {
-        (Outcome::Paid { .. }, Submitted) => Step::Go(Transition::Settle),
-        (Outcome::Paid { .. }, Settled | Returned) => Step::Done,
-        (Outcome::Failed { .. }, Submitted) => Step::Go(Transition::Reject),
-        (Outcome::Failed { .. }, Rejected) => Step::Done,
-        (Outcome::Returned { .. }, Submitted) => Step::Go(Transition::Settle),
-        (Outcome::Returned { .. }, Settled) => Step::Go(Transition::Return),
-        (Outcome::Returned { .. }, Returned) => Step::Done,
+        (ProviderWord::Paid { .. }, Submitted) => Step::Go(Transition::Settle),
+        (ProviderWord::Paid { .. }, Settled | Returned) => Step::Done,
+        (ProviderWord::Failed { .. }, Submitted) => Step::Go(Transition::Reject),
+        (ProviderWord::Failed { .. }, Rejected) => Step::Done,
+        (ProviderWord::Returned { .. }, Submitted) => Step::Go(Transition::Settle),
+        (ProviderWord::Returned { .. }, Settled) => Step::Go(Transition::Return),
+        (ProviderWord::Returned { .. }, Returned) => Step::Done,
         _ => Step::Conflict,
     }
 }
@@ -346,16 +350,16 @@ mod tests {
     use super::*;
     use WithdrawalStatus::*;
 
-    fn paid() -> Outcome {
-        Outcome::Paid {
+    fn paid() -> ProviderWord {
+        ProviderWord::Paid {
             provider_reference: None,
         }
     }
-    fn failed() -> Outcome {
-        Outcome::Failed { reason: "x".into() }
+    fn failed() -> ProviderWord {
+        ProviderWord::Failed { reason: "x".into() }
     }
-    fn returned() -> Outcome {
-        Outcome::Returned { reason: "x".into() }
+    fn returned() -> ProviderWord {
+        ProviderWord::Returned { reason: "x".into() }
     }
 
     #[test]
@@ -413,7 +417,7 @@ mod tests {
         assert_eq!(record.reference, id.to_string());
         assert_eq!(last.failure_reason.as_deref(), Some("x"));
         let paid = details_for(
-            &Outcome::Paid {
+            &ProviderWord::Paid {
                 provider_reference: Some("p1".into()),
             },
             Transition::Settle,

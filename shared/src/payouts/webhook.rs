@@ -4,7 +4,7 @@
 
 use crate::domain::{BatchId, CallbackOutcome, WithdrawalId};
 use crate::http::api::ApiError;
-use crate::payouts::settlement::{self, EventRef, MemberEvent, Outcome};
+use crate::payouts::settlement::{self, EventRef, MemberEvent, ProviderWord};
 use crate::payouts::signature::{self, WebhookSecret};
 use crate::platform::metrics;
 use crate::platform::secrets::SecretValue;
@@ -98,14 +98,14 @@ impl ProviderEvent {
         })
     }
 
-    fn outcome(&self) -> Outcome {
+    fn outcome(&self) -> ProviderWord {
         let reason = || self.reason.clone().unwrap_or_else(|| "not given".into());
         match self.kind {
-            CallbackKind::Paid => Outcome::Paid {
+            CallbackKind::Paid => ProviderWord::Paid {
                 provider_reference: self.provider_reference.clone(),
             },
-            CallbackKind::Failed => Outcome::Failed { reason: reason() },
-            CallbackKind::Returned => Outcome::Returned { reason: reason() },
+            CallbackKind::Failed => ProviderWord::Failed { reason: reason() },
+            CallbackKind::Returned => ProviderWord::Returned { reason: reason() },
         }
     }
 }

@@ -4,7 +4,7 @@
 use crate::domain::{Batch, BatchStatus};
 use crate::payouts::provider::{BatchState, ItemStatus, PayoutProvider, StatusOutcome};
 use crate::payouts::reconcile::{self, ReconcileError};
-use crate::payouts::settlement::{self, Applied, Outcome};
+use crate::payouts::settlement::{self, Applied, ProviderWord};
 use crate::platform::metrics;
 use crate::store::{PayoutStore, StoreError};
 use chrono::Utc;
@@ -53,13 +53,13 @@ where
                     unresolved += 1;
                     continue;
                 }
-                ItemStatus::Paid => Outcome::Paid {
+                ItemStatus::Paid => ProviderWord::Paid {
                     provider_reference: item.provider_reference.clone(),
                 },
-                ItemStatus::Failed => Outcome::Failed {
+                ItemStatus::Failed => ProviderWord::Failed {
                     reason: item.reason.clone().unwrap_or_else(|| "failed".into()),
                 },
-                ItemStatus::Returned => Outcome::Returned {
+                ItemStatus::Returned => ProviderWord::Returned {
                     reason: item.reason.clone().unwrap_or_else(|| "returned".into()),
                 },
             };

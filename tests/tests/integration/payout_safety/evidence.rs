@@ -11,7 +11,7 @@ use shared::domain::{BatchStatus, Currencies, WithdrawalStatus};
 use shared::operator::operations::{self};
 use shared::payouts::batcher::BatcherConfig;
 use shared::payouts::provider::HttpProvider;
-use shared::payouts::settlement::{self, Outcome};
+use shared::payouts::settlement::{self, ProviderWord};
 use shared::store::{BatchStore, DynamoStore, Store};
 use std::sync::Arc;
 use std::time::Duration;
@@ -193,7 +193,7 @@ async fn a_batch_with_a_final_member_is_never_resent_even_on_a_404() {
     // A callback for one member reached us (the provider has the batch, whatever its status
     // endpoint says).
     let member = p.reload(&seeded[0]).await;
-    let paid = Outcome::Paid {
+    let paid = ProviderWord::Paid {
         provider_reference: Some("po_1".into()),
     };
     settlement::apply(p.env.store.as_ref(), &member, &paid, "webhook", None)

@@ -8,7 +8,7 @@ use shared::domain::WithdrawalStatus;
 use shared::operator::operations::{self, RejectGround};
 use shared::payouts::batcher::BatcherConfig;
 use shared::payouts::provider::HttpProvider;
-use shared::payouts::settlement::{self, Outcome};
+use shared::payouts::settlement::{self, ProviderWord};
 use shared::store::BatchStore;
 use std::time::Duration;
 
@@ -52,7 +52,7 @@ async fn a_404_for_a_batch_whose_sibling_the_provider_paid_rejects_nothing() {
     let applied = settlement::apply(
         p.env.store.as_ref(),
         &paid,
-        &Outcome::Paid {
+        &ProviderWord::Paid {
             provider_reference: Some("po_lost".into()),
         },
         "webhook",

@@ -131,12 +131,12 @@ async fn the_full_loop_settles_rejects_and_returns_with_real_sandbox_callbacks()
 async fn an_event_recorded_before_its_change_is_a_duplicate_not_an_error() {
     use shared::domain::CallbackOutcome;
     use shared::payouts::settlement::{
-        apply, apply_event, Applied, EventRef, MemberEvent, Outcome,
+        apply, apply_event, Applied, EventRef, MemberEvent, ProviderWord,
     };
     use shared::store::EventRecord;
     let p = PayoutEnv::new(|_| {}).await;
     let w = submitted(&p, "late", "10.00", 1).await.remove(0);
-    let paid = Outcome::Paid {
+    let paid = ProviderWord::Paid {
         provider_reference: None,
     };
     let event = EventRef {
@@ -180,7 +180,7 @@ async fn an_event_recorded_before_its_change_is_a_duplicate_not_an_error() {
 #[tokio::test]
 async fn each_settlement_is_two_requests_and_only_the_last_member_closes_the_batch() {
     use shared::domain::CallbackOutcome;
-    use shared::payouts::settlement::{apply_event, EventRef, MemberEvent, Outcome};
+    use shared::payouts::settlement::{apply_event, EventRef, MemberEvent, ProviderWord};
     let p = PayoutEnv::new(|_| {}).await;
     let ws = submitted(&p, "rt", "10.00", 3).await;
     let batch_id = ws[0].batch_id.expect("in a batch");
@@ -191,14 +191,14 @@ async fn each_settlement_is_two_requests_and_only_the_last_member_closes_the_bat
         p.env.store.table_name(),
         p.env.currencies.clone(),
     );
-    let deliver = |id: &'static str, w: &Withdrawal, outcome: Outcome| {
+    let deliver = |id: &'static str, w: &Withdrawal, outcome: ProviderWord| {
         let store = store.clone();
         let (reference, event_type) = (
             w.id,
             match outcome {
-                Outcome::Paid { .. } => "payout.paid",
-                Outcome::Failed { .. } => "payout.failed",
-                Outcome::Returned { .. } => "payout.returned",
+                ProviderWord::Paid { .. } => "payout.paid",
+                ProviderWord::Failed { .. } => "payout.failed",
+                ProviderWord::Returned { .. } => "payout.returned",
             },
         );
         async move {
@@ -213,7 +213,7 @@ async fn each_settlement_is_two_requests_and_only_the_last_member_closes_the_bat
             apply_event(&store, &e, "webhook").await.unwrap().outcome
         }
     };
-    let paid = || Outcome::Paid {
+    let paid = || ProviderWord::Paid {
         provider_reference: Some("p".into()),
     };
     let two = || {
@@ -227,7 +227,7 @@ async fn each_settlement_is_two_requests_and_only_the_last_member_closes_the_bat
         (
             "evt_rt_failed",
             1,
-            Outcome::Failed {
+            ProviderWord::Failed {
                 reason: "closed".into(),
             },
             CallbackOutcome::Applied,
@@ -235,7 +235,7 @@ async fn each_settlement_is_two_requests_and_only_the_last_member_closes_the_bat
         (
             "evt_rt_returned",
             0,
-            Outcome::Returned {
+            ProviderWord::Returned {
                 reason: "R01".into(),
             },
             CallbackOutcome::Applied,
