@@ -32,7 +32,7 @@ const SECRET: &str = "whsec_bench_0123456789abcdef";
 type Counter = shared::platform::calls::CallRecorder;
 
 /// A fresh table, its client counting requests. The helpers (tables, events, credits, seeding)
-/// are the integration tests' own (`tests/src/lib.rs`).
+/// are the integration tests' own (the `integration_tests` crate, `tests/src/`).
 struct Env {
     store: Arc<DynamoStore>,
     counter: Counter,
