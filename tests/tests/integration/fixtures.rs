@@ -6,12 +6,12 @@ use integration_tests::TestEnv;
 use shared::http::auth::{Authenticator, LocalTokenKey};
 use std::path::PathBuf;
 
-fn events_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("events")
+fn payloads_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("payloads")
 }
 
 fn read(name: &str) -> String {
-    std::fs::read_to_string(events_dir().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    std::fs::read_to_string(payloads_dir().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 /// The local token secret as scripts/lib.sh exports it.
