@@ -11,16 +11,7 @@ use std::sync::Arc;
 
 #[tokio::test(flavor = "current_thread")]
 async fn logs_carry_ids_and_never_secrets_or_account_numbers() {
-    let capture = LogCapture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_current_span(true)
-        .with_span_list(true)
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (capture, _guard) = LogCapture::on_this_thread();
 
     let mut p = PayoutEnv::new(|c| {
         c.callback_delay = std::time::Duration::from_millis(10);
@@ -112,7 +103,7 @@ async fn logs_carry_ids_and_never_secrets_or_account_numbers() {
         .lines()
         .filter(|l| l.contains("request done"))
         .collect();
-    assert!(request_lines.len() >= 4);
+    assert!(request_lines.len() >= 4, "{logs}");
     assert!(
         request_lines
             .iter()

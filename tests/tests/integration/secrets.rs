@@ -104,13 +104,7 @@ async fn the_webhook_accepts_both_secrets_during_a_rotation_and_only_the_new_one
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_failed_refresh_keeps_the_last_value_and_logs_the_name_never_the_value() {
-    let capture = LogCapture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (capture, _guard) = LogCapture::on_this_thread();
 
     let value = "api-key-value-that-must-never-be-logged";
     let name = unique("refresh-blip");
