@@ -48,6 +48,11 @@ request "$BOB" USD 5000 "$PAID_ACCOUNT" demo-4; echo
 step "   bob requests USD 10.00 and cancels it"
 W5=$(request "$BOB" USD 10.00 "$PAID_ACCOUNT" demo-5 | field '["id"]')
 curl -s -X DELETE "$API/withdrawals/$W5" -H "Authorization: Bearer $BOB"; echo
+step "   An operator pauses JPY (a bank incident): bob's JPY request is refused at once, then JPY is resumed"
+"$OP" pause --currency JPY --reason "demo: bank incident"
+paused=$(request "$BOB" JPY 1000 "$PAID_ACCOUNT" demo-6); echo "$paused"
+case "$paused" in *'"currency_paused"'*) ;; *) echo "DEMO FAILED: a paused currency took a request" >&2; exit 1 ;; esac
+"$OP" resume --currency JPY --reason "demo: incident over"
 step "   Balances while pending (alice)"
 curl -s "$API/balances" -H "Authorization: Bearer $ALICE"; echo
 
@@ -104,17 +109,18 @@ expected="$W1 withdrawal.requested withdrawal.submitted withdrawal.settled
 $W2 withdrawal.requested withdrawal.submitted withdrawal.rejected
 $W3 withdrawal.requested withdrawal.submitted withdrawal.settled withdrawal.returned
 $W5 withdrawal.requested withdrawal.cancelled
-demo-deposit-1 credit.recorded"
+demo-deposit-1 credit.recorded
+JPY currency.paused currency.resumed"
 events_file="$STACK_DIR/events.jsonl"
 : >"$events_file"
 events_ok=""
 for _ in $(seq 1 60); do
   read_events "$AWS_ENDPOINT_URL_EVENTBRIDGE" "$EVENTS_QUEUE_URL" >>"$events_file"
-  got=$(python3 - "$events_file" "$W1" "$W2" "$W3" "$W5" demo-deposit-1 <<'PY'
+  got=$(python3 - "$events_file" "$W1" "$W2" "$W3" "$W5" demo-deposit-1 JPY <<'PY'
 import json, sys
 events = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 for subject in sys.argv[2:]:
-    mine = [e for e in events if subject in (e["detail"].get("withdrawal", {}).get("id"), e["detail"].get("credit", {}).get("reference"))]
+    mine = [e for e in events if subject in (e["detail"].get("withdrawal", {}).get("id"), e["detail"].get("credit", {}).get("reference"), e["detail"].get("currency"))]
     mine.sort(key=lambda e: e["detail"].get("sequence", 0))
     print(subject, " ".join(e["detail-type"] for e in mine))
 PY
@@ -126,9 +132,9 @@ python3 - "$events_file" <<'PY'
 import json, sys
 for l in open(sys.argv[1]):
     e = json.loads(l); d = e["detail"]; w = d.get("withdrawal") or {}; c = d.get("credit") or {}
-    print("   %-21s %-31s %-9s %s %s %s" % (e["detail-type"], w.get("id") or c.get("reference"),
-          d.get("previous_status") or "-", w.get("currency") or c.get("currency"),
-          w.get("amount") or c.get("amount"), w.get("bank_account", "")))
+    print("   %-21s %-31s %-9s %s %s %s" % (e["detail-type"], w.get("id") or c.get("reference") or d.get("actor"),
+          d.get("previous_status") or "-", w.get("currency") or c.get("currency") or d.get("currency"),
+          w.get("amount") or c.get("amount") or d.get("reason"), w.get("bank_account", "")))
 PY
 [ -n "$events_ok" ] || { printf 'DEMO FAILED: the subscriber did not receive exactly the expected events:\n%s\nwanted:\n%s\n' "$got" "$expected" >&2; exit 1; }
 

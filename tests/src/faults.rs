@@ -4,8 +4,8 @@
 
 use async_trait::async_trait;
 use shared::domain::{
-    Balance, Batch, BatchId, BatchStatus, CreditReference, Currency, IdempotencyKey, Subject,
-    Transition, UserId, Withdrawal, WithdrawalId,
+    Balance, Batch, BatchId, BatchStatus, CreditReference, Currency, CurrencyCode, IdempotencyKey,
+    Subject, Transition, UserId, Withdrawal, WithdrawalId,
 };
 use shared::store::Failure;
 use shared::store::{
@@ -315,5 +315,15 @@ impl BatchStore for FaultyStore {
     }
     async fn all_batches(&self) -> Result<Vec<Batch>, StoreError> {
         faulty!(self, "all_batches", self.inner.all_batches())
+    }
+    async fn paused_currencies(
+        &self,
+        currencies: &[CurrencyCode],
+    ) -> Result<std::collections::BTreeSet<CurrencyCode>, StoreError> {
+        faulty!(
+            self,
+            "paused_currencies",
+            self.inner.paused_currencies(currencies)
+        )
     }
 }

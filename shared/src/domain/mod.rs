@@ -5,6 +5,7 @@ mod balance;
 mod bank_account;
 mod batch;
 mod callback;
+mod control;
 mod currency;
 mod ids;
 mod withdrawal;
@@ -17,6 +18,7 @@ pub use batch::{
     PROVIDER_STATUS_ACTOR,
 };
 pub use callback::CallbackOutcome;
+pub use control::{Control, ControlChange, ControlSubject};
 pub use currency::{Currencies, Currency, CurrencyCode};
 pub use ids::{BatchId, CreditReference, IdempotencyKey, UserId, WithdrawalId};
 pub use withdrawal::{

@@ -48,6 +48,13 @@ pub enum ApiError {
     TooManyPending,
     #[error("{0}")]
     DailyLimitExceeded(String),
+    /// An operator blocked the caller's withdrawals; the reason stays with the operators.
+    #[error("withdrawals are blocked for this account; contact support")]
+    WithdrawalsBlocked,
+    /// An operator paused the currency (a provider or bank incident); requests are taken again
+    /// once it is resumed.
+    #[error("withdrawals of this currency are paused; try again later")]
+    CurrencyPaused,
     #[error("only a PENDING withdrawal can be cancelled; this one is {0}")]
     NotCancellable(String),
     #[error("request body is larger than {0} bytes")]
@@ -64,7 +71,7 @@ pub enum ApiError {
 
 impl ApiError {
     /// Every code the API can return, for documentation and tests.
-    pub const CODES: [&'static str; 24] = [
+    pub const CODES: [&'static str; 26] = [
         "invalid_json",
         "invalid_currency",
         "invalid_amount",
@@ -83,6 +90,8 @@ impl ApiError {
         "insufficient_funds",
         "too_many_pending",
         "daily_limit_exceeded",
+        "withdrawals_blocked",
+        "currency_paused",
         "not_cancellable",
         "payload_too_large",
         "idempotency_key_reused",
@@ -111,6 +120,8 @@ impl ApiError {
             Self::InsufficientFunds => "insufficient_funds",
             Self::TooManyPending => "too_many_pending",
             Self::DailyLimitExceeded(_) => "daily_limit_exceeded",
+            Self::WithdrawalsBlocked => "withdrawals_blocked",
+            Self::CurrencyPaused => "currency_paused",
             Self::NotCancellable(_) => "not_cancellable",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
@@ -133,12 +144,13 @@ impl ApiError {
             | Self::MissingIdempotencyKey
             | Self::UnknownEventType(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized | Self::InvalidSignature => StatusCode::UNAUTHORIZED,
-            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Forbidden | Self::WithdrawalsBlocked => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::InsufficientFunds
             | Self::TooManyPending
             | Self::DailyLimitExceeded(_)
+            | Self::CurrencyPaused
             | Self::NotCancellable(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::IdempotencyKeyReused | Self::ReferenceReused => StatusCode::UNPROCESSABLE_ENTITY,
@@ -189,6 +201,8 @@ impl From<StoreError> for ApiError {
                 Self::DailyLimitExceeded(message)
             }
             StoreError::Refused(Refusal::NotFound) => Self::NotFound,
+            StoreError::Refused(Refusal::UserBlocked) => Self::WithdrawalsBlocked,
+            StoreError::Refused(Refusal::CurrencyPaused) => Self::CurrencyPaused,
             // The first credit's details stay in the log, not in the answer.
             StoreError::Refused(Refusal::ReferenceReused(first)) => {
                 tracing::info!(%first, "credit reference reused");
@@ -205,6 +219,7 @@ impl From<StoreError> for ApiError {
             | StoreError::Refused(Refusal::DuplicateEvent)
             | StoreError::Refused(Refusal::LeaseLost)
             | StoreError::Refused(Refusal::BatchChanged(_))
+            | StoreError::Refused(Refusal::ControlUnchanged(_))
             | StoreError::Failed(Failure::Corrupt(_))
             | StoreError::Failed(Failure::Backend(_)) => {
                 tracing::error!(error = %e, "store failure");

@@ -1,4 +1,6 @@
-//! What operators run against the table: money-moving actions and the invariant check.
+//! What operators run against the table: money-moving actions, the switches (pause, block)
+//! and the invariant check.
 
 pub mod check;
+pub mod controls;
 pub mod operations;

@@ -1,5 +1,5 @@
-//! Events out: what the rest of the platform hears. One event per withdrawal status change and
-//! one per credit, derived from the table's stream, which holds exactly what was committed, in
+//! Events out: what the rest of the platform hears. One event per withdrawal status change, one
+//! per credit and one per change of an operator's switch (a pause, a block), derived from the table's stream, which holds exactly what was committed, in
 //! commit order per item. Nothing on the money path publishes anything: a commit cannot be
 //! lost between the table and the bus, and a failed publish never undoes a commit.
 //!
@@ -8,7 +8,7 @@
 //! deduplicate, and a `sequence` that orders one withdrawal's events (EventBridge does not
 //! promise delivery order).
 
-use crate::domain::{Currencies, Withdrawal, WithdrawalStatus};
+use crate::domain::{Control, ControlSubject, Currencies, Withdrawal, WithdrawalStatus};
 use crate::requests::credits::CreditView;
 use crate::requests::withdrawals::WithdrawalView;
 use crate::store::{decode_stored_item, stored_status, CreditRecord, StoreError, StoredItem};
@@ -29,10 +29,14 @@ pub type Image = HashMap<String, AttributeValue>;
 pub enum EventKind {
     Withdrawal(WithdrawalStatus),
     CreditRecorded,
+    CurrencyPaused,
+    CurrencyResumed,
+    UserBlocked,
+    UserUnblocked,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::Withdrawal(WithdrawalStatus::Pending),
         EventKind::Withdrawal(WithdrawalStatus::Submitted),
         EventKind::Withdrawal(WithdrawalStatus::Settled),
@@ -40,6 +44,10 @@ impl EventKind {
         EventKind::Withdrawal(WithdrawalStatus::Returned),
         EventKind::Withdrawal(WithdrawalStatus::Cancelled),
         EventKind::CreditRecorded,
+        EventKind::CurrencyPaused,
+        EventKind::CurrencyResumed,
+        EventKind::UserBlocked,
+        EventKind::UserUnblocked,
     ];
 
     pub fn detail_type(&self) -> &'static str {
@@ -52,6 +60,10 @@ impl EventKind {
             Self::Withdrawal(WithdrawalStatus::Returned) => "withdrawal.returned",
             Self::Withdrawal(WithdrawalStatus::Cancelled) => "withdrawal.cancelled",
             Self::CreditRecorded => "credit.recorded",
+            Self::CurrencyPaused => "currency.paused",
+            Self::CurrencyResumed => "currency.resumed",
+            Self::UserBlocked => "user.blocked",
+            Self::UserUnblocked => "user.unblocked",
         }
     }
 }
@@ -97,6 +109,18 @@ pub fn event_of(
             Ok(Some(withdrawal_event(&w, previous)))
         }
         StoredItem::Credit(c) if change.old.is_none() => Ok(Some(credit_event(&c))),
+        // Each change of a switch counts itself: a rewrite without a change makes no event.
+        StoredItem::Control(c) => {
+            let before =
+                change
+                    .old
+                    .as_ref()
+                    .and_then(|old| match decode_stored_item(currencies, old) {
+                        Ok(StoredItem::Control(b)) => Some(b.changes),
+                        _ => None,
+                    });
+            Ok((before != Some(c.changes)).then(|| control_event(&c)))
+        }
         StoredItem::Credit(_) | StoredItem::Other => Ok(None),
     }
 }
@@ -138,6 +162,44 @@ pub fn credit_event(c: &CreditRecord) -> PipelineEvent {
         detail: json!({"event_id": event_id, "credit": view, "occurred_at": occurred_at}),
         event_id,
         occurred_at,
+    }
+}
+
+/// The event of switch `c`'s last change: who paused, resumed, blocked or unblocked, and why.
+pub fn control_event(c: &Control) -> PipelineEvent {
+    let kind = match (&c.subject, c.on) {
+        (ControlSubject::Currency(_), true) => EventKind::CurrencyPaused,
+        (ControlSubject::Currency(_), false) => EventKind::CurrencyResumed,
+        (ControlSubject::User(_), true) => EventKind::UserBlocked,
+        (ControlSubject::User(_), false) => EventKind::UserUnblocked,
+    };
+    let (event_id, about) = match &c.subject {
+        ControlSubject::Currency(code) => (
+            format!("pause.{code}.{}", c.changes),
+            json!({"currency": code.as_str()}),
+        ),
+        ControlSubject::User(user) => (
+            format!("block.{}.{}", user.as_str(), c.changes),
+            json!({"user_id": user.as_str()}),
+        ),
+    };
+    let occurred_at = crate::domain::timestamp(&c.at);
+    let mut detail = json!({
+        "event_id": event_id,
+        "actor": c.by,
+        "reason": c.reason,
+        "occurred_at": occurred_at,
+        // Orders one switch's events: its number of changes so far.
+        "sequence": c.changes,
+    });
+    if let (Some(d), Some(a)) = (detail.as_object_mut(), about.as_object()) {
+        d.extend(a.clone());
+    }
+    PipelineEvent {
+        kind,
+        event_id,
+        occurred_at,
+        detail,
     }
 }
 

@@ -4,11 +4,14 @@ mod dynamo;
 mod schema;
 
 pub use dynamo::{decode_stored_item, stored_status, DynamoStore, ScanReport, StoredItem};
-pub use schema::{TableSchema, CREDIT_TYPE, MAX_BATCH_MEMBERS, TYPE_ATTRIBUTE, WITHDRAWAL_TYPE};
+pub use schema::{
+    TableSchema, CONTROL_TYPE, CREDIT_TYPE, MAX_BATCH_MEMBERS, TYPE_ATTRIBUTE, WITHDRAWAL_TYPE,
+};
 
 use crate::domain::{
-    Amount, Balance, Batch, BatchId, BatchStatus, CallbackOutcome, CreditReference, Currency,
-    IdempotencyKey, Subject, Transition, UserId, Withdrawal, WithdrawalId, WithdrawalStatus,
+    Amount, Balance, Batch, BatchId, BatchStatus, CallbackOutcome, Control, ControlChange,
+    ControlSubject, CreditReference, Currency, CurrencyCode, IdempotencyKey, Subject, Transition,
+    UserId, Withdrawal, WithdrawalId, WithdrawalStatus,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -67,6 +70,15 @@ pub enum Refusal {
     /// The withdrawal was not in a state the transition starts from (someone else moved it first).
     #[error("withdrawal is {current:?}, not in a state this change applies to")]
     StateChanged { current: Option<WithdrawalStatus> },
+    /// An operator blocked this user's withdrawals (`operator block-user`).
+    #[error("withdrawals are blocked for this user")]
+    UserBlocked,
+    /// An operator paused this currency's withdrawals (`operator pause`).
+    #[error("withdrawals of this currency are paused")]
+    CurrencyPaused,
+    /// The switch is already as asked (paused, resumed, blocked, unblocked): nothing written.
+    #[error("{0} is already so")]
+    ControlUnchanged(String),
 }
 
 /// The store did not give an answer.
@@ -287,6 +299,19 @@ pub trait AdminStore: PayoutStore {
     async fn find_withdrawal(&self, id: WithdrawalId) -> Result<Option<Withdrawal>, StoreError>;
 }
 
+/// The operator's switches: a currency's pause, a user's block. The request path never reads
+/// them: its transaction checks them ([`Store::request_withdrawal`] refuses with
+/// [`Refusal::UserBlocked`] or [`Refusal::CurrencyPaused`]); the batcher reads the pauses once a
+/// run ([`BatchStore::paused_currencies`]).
+#[async_trait]
+pub trait ControlStore: Send + Sync {
+    /// Writes the change, conditioned on the switch being the other way (else
+    /// [`Refusal::ControlUnchanged`]); returns the switch as written.
+    async fn set_control(&self, change: &ControlChange) -> Result<Control, StoreError>;
+    /// The switch as stored; `None` when it was never changed (off).
+    async fn control(&self, subject: &ControlSubject) -> Result<Option<Control>, StoreError>;
+}
+
 /// What became of a change written from a [`Subject`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Written {
@@ -465,4 +490,9 @@ pub trait BatchStore: Send + Sync {
 
     /// Every batch (operator listing).
     async fn all_batches(&self) -> Result<Vec<Batch>, StoreError>;
+    /// Which of `currencies` an operator paused (`operator pause`): one read a run.
+    async fn paused_currencies(
+        &self,
+        currencies: &[CurrencyCode],
+    ) -> Result<std::collections::BTreeSet<CurrencyCode>, StoreError>;
 }

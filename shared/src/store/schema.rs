@@ -33,6 +33,11 @@ pub const DAY_FORMAT: &str = "%Y-%m-%d";
 pub const TYPE_ATTRIBUTE: &str = "type";
 pub const WITHDRAWAL_TYPE: &str = "WITHDRAWAL";
 pub const CREDIT_TYPE: &str = "CREDIT";
+/// An operator's switch: a user's block, or shard 0 of a currency's pause (the one that
+/// carries its history and makes its events).
+pub const CONTROL_TYPE: &str = "CONTROL";
+/// The other shards of a currency's pause: the same flag, no history, no events.
+pub const PAUSE_SHARD_TYPE: &str = "PAUSE_SHARD";
 /// Epoch seconds; DynamoDB's TTL deletes the item some time after.
 pub const TTL_ATTRIBUTE: &str = "expires_at";
 
@@ -105,6 +110,22 @@ impl TableSchema {
     pub fn pending_pk(currency: CurrencyCode, shard: u32) -> String {
         format!("PENDING#{currency}#{shard}")
     }
+    /// A currency's pause, one item per shard, all written by the same transaction. Every
+    /// request's transaction checks one shard (picked by its withdrawal id) without writing it:
+    /// a check of one item is 2 RCU, so one item would cap a currency at 1,500 requests/s
+    /// (3,000 RCU/s a partition); four carry 6,000/s. See docs/scaling.md.
+    pub fn pause_pk(currency: CurrencyCode) -> String {
+        format!("PAUSE#{currency}")
+    }
+    pub const PAUSE_PK_PREFIX: &'static str = "PAUSE#";
+    pub const PAUSE_SHARDS: u32 = 4;
+    pub fn pause_sk(shard: u32) -> String {
+        format!("SHARD#{shard}")
+    }
+    /// The shard of a currency's pause that holds its history (and the one the batcher reads).
+    pub const PAUSE_HISTORY_SHARD: u32 = 0;
+    /// A user's block, beside their balances: checked by each of their requests' transactions.
+    pub const BLOCK_SK: &'static str = "BLOCK";
     /// Table-wide settings that must outlive any one function's configuration.
     pub const META_PK: &'static str = "META";
     /// The most pending-index shards any request function was ever configured with

@@ -9,6 +9,7 @@
 
 mod batcher;
 mod contracts;
+mod controls;
 mod credits;
 mod events;
 mod fixtures;

@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 use shared::domain::{BatchId, UserId, WithdrawalId};
 use shared::http::auth::{LocalTokenKey, LOCAL_AUTH_SECRET_ENV};
+use shared::operator::controls::{self, Target};
 use shared::operator::{check, operations};
 use shared::payouts::reconcile;
 use shared::platform::config::StoreConfig;
@@ -123,6 +124,37 @@ enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Stop new withdrawals of a currency (a provider or bank incident): requests are refused
+    /// (`currency_paused`) and the batcher claims nothing new; money already out is still
+    /// tracked. Takes effect on the next request.
+    Pause {
+        #[arg(long)]
+        currency: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Take withdrawals of a paused currency again.
+    Resume {
+        #[arg(long)]
+        currency: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Refuse a user's new withdrawals (`withdrawals_blocked`); their open ones go on unless an
+    /// operator acts on them.
+    BlockUser {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Take a blocked user's withdrawals again.
+    UnblockUser {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -212,6 +244,24 @@ async fn run(cli: Cli) -> CliResult {
         } => return republish_events(&store, Window { since, until }, dry_run).await,
         Command::SkipRecord { sequence, reason } => skip_record(&store, &sequence, &reason).await?,
         Command::Check => return check(&store).await,
+        Command::Pause { currency, reason } => {
+            switch(&store, Target::Currency(&currency), true, Some(&reason)).await?
+        }
+        Command::Resume { currency, reason } => {
+            switch(
+                &store,
+                Target::Currency(&currency),
+                false,
+                reason.as_deref(),
+            )
+            .await?
+        }
+        Command::BlockUser { user, reason } => {
+            switch(&store, Target::User(&user), true, Some(&reason)).await?
+        }
+        Command::UnblockUser { user, reason } => {
+            switch(&store, Target::User(&user), false, reason.as_deref()).await?
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -431,12 +481,37 @@ async fn skip_record(
     sequence: &str,
     reason: &str,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let by = std::env::var("USER").map_or_else(|_| "operator".into(), |u| format!("operator:{u}"));
+    let by = operator_name();
     if store.skip_stream_record(sequence, &by, reason).await? {
         println!("stream record {sequence} will be passed over by event-publisher's next retry");
     } else {
         println!("stream record {sequence} was already skipped: nothing changed");
     }
+    Ok(())
+}
+
+/// Who is acting, for the records: the login running the command.
+fn operator_name() -> String {
+    std::env::var("USER").map_or_else(|_| "operator".into(), |u| format!("operator:{u}"))
+}
+
+/// Pause, resume, block or unblock, and print the switch as written.
+async fn switch(
+    store: &DynamoStore,
+    target: Target<'_>,
+    on: bool,
+    reason: Option<&str>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let by = operator_name();
+    let control = controls::switch(store, store.currencies(), target, on, reason, &by).await?;
+    println!(
+        "{} {} by {} at {}{}",
+        control.subject,
+        control.change_name(),
+        control.by,
+        shared::domain::timestamp(&control.at),
+        control.reason.map(|r| format!(": {r}")).unwrap_or_default()
+    );
     Ok(())
 }
 

@@ -10,14 +10,14 @@
 //! provider call and what its answer leads to), `status` (asking the provider about batches
 //! already sent), `run` (one run's state).
 
-use crate::domain::{Batch, BatchStatus, Currencies};
+use crate::domain::{Batch, BatchStatus, Currencies, CurrencyCode};
 use crate::payouts::provider::PayoutProvider;
 pub use crate::platform::config::BatcherConfig;
 use crate::platform::metrics;
 use crate::store::{PayoutStore, StoreError};
 use chrono::Utc;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -75,6 +75,9 @@ pub struct CurrencySummary {
     pub reconcile_mismatches: u32,
     /// Batches or steps of this currency that failed; the run went on with the rest.
     pub errors: u32,
+    /// An operator paused the currency (or its pause could not be read): nothing new was
+    /// claimed; open batches, status checks and reconciliation went on.
+    pub paused: bool,
 }
 
 /// A failure the run isolated: it is logged, counted and the run goes on.
@@ -165,6 +168,7 @@ where
         // provider calls, so one currency's index reads and provider call overlap another's
         // claim transactions (the bench's batcher ÷ raw). Each works on its own share of the
         // summary, merged back after.
+        let paused = &self.paused(&mut run).await;
         let parts: Vec<Run> = self
             .currencies
             .iter()
@@ -175,7 +179,9 @@ where
                 .into_iter()
                 .zip(self.currencies.iter())
                 .map(|(mut part, currency)| async move {
-                    if !part.out_of_time(&self.config) {
+                    if paused.contains(&currency.code()) {
+                        part.counts(currency.code().as_str()).paused = true;
+                    } else if !part.out_of_time(&self.config) {
                         if let Err(e) = self.batch_currency(&mut part, currency).await {
                             part.failed(Some(currency.code().as_str()), None, &e);
                         }
@@ -199,6 +205,20 @@ where
         );
         tracing::info!(summary = %serde_json::to_string(&run.summary).unwrap_or_default(), "batcher run done");
         Ok(run.summary)
+    }
+
+    /// The currencies an operator paused, read once a run. A pause that cannot be read pauses
+    /// every currency for this run: claiming what an operator may have stopped is the one
+    /// mistake that cannot be taken back (the provider pays it).
+    async fn paused(&self, run: &mut Run) -> BTreeSet<CurrencyCode> {
+        let all: Vec<CurrencyCode> = self.currencies.iter().map(|c| c.code()).collect();
+        match self.store.paused_currencies(&all).await {
+            Ok(paused) => paused,
+            Err(e) => {
+                run.failed(None, None, &e);
+                all.into_iter().collect()
+            }
+        }
     }
 
     fn lease_until_ms(&self, run: &Run) -> i64 {

@@ -5,17 +5,15 @@ use super::admin::ScanFilter;
 use super::codec::{backend, n, note, s, Item, Reader};
 use super::tx::{classify, TxError, TxGuard};
 use crate::domain::{
-    timestamp, Batch, BatchId, BatchStatus, Currency, Transition, Withdrawal, WithdrawalId,
-    WithdrawalStatus,
+    timestamp, Batch, BatchId, BatchStatus, Currency, CurrencyCode, Transition, Withdrawal,
+    WithdrawalId, WithdrawalStatus,
 };
 use crate::store::schema::{self, TableSchema};
 use crate::store::{AttemptResult, BatchStore, ClaimResult, StoreError, TransitionDetails};
 use crate::store::{Failure, Refusal};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, KeysAndAttributes, ReturnValue, TransactWriteItem, Update,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, TransactWriteItem, Update};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
@@ -618,42 +616,8 @@ impl BatchStore for DynamoStore {
             .map(|(id, member)| Self::withdrawal_key(&member.user_id, *id))
             .collect();
         let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(100) {
-            let mut pending: Vec<Item> = chunk.to_vec();
-            let mut rounds = 0;
-            while !pending.is_empty() {
-                rounds += 1;
-                let ka = KeysAndAttributes::builder()
-                    .set_keys(Some(pending))
-                    .consistent_read(true)
-                    .build()
-                    .map_err(backend)?;
-                let resp = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.table, ka)
-                    .send()
-                    .await
-                    .map_err(classify)?;
-                if let Some(items) = resp.responses.as_ref().and_then(|r| r.get(&self.table)) {
-                    for item in items {
-                        out.push(self.withdrawal_from_item(item)?);
-                    }
-                }
-                pending = resp
-                    .unprocessed_keys
-                    .and_then(|mut u| u.remove(&self.table))
-                    .map(|ka| ka.keys)
-                    .unwrap_or_default();
-                if !pending.is_empty() {
-                    if rounds > 8 {
-                        return Err(StoreError::Failed(Failure::Unavailable(
-                            "unprocessed batch reads".into(),
-                        )));
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(20 << rounds)).await;
-                }
-            }
+        for item in self.batch_get(keys).await? {
+            out.push(self.withdrawal_from_item(&item)?);
         }
         if out.len() != batch.members.len() {
             return Err(StoreError::Failed(Failure::Corrupt(format!(
@@ -665,6 +629,13 @@ impl BatchStore for DynamoStore {
         }
         out.sort_by_key(|w| w.id);
         Ok(out)
+    }
+
+    async fn paused_currencies(
+        &self,
+        currencies: &[CurrencyCode],
+    ) -> Result<std::collections::BTreeSet<CurrencyCode>, StoreError> {
+        self.paused(currencies).await
     }
 
     async fn all_batches(&self) -> Result<Vec<Batch>, StoreError> {

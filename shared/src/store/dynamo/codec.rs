@@ -3,8 +3,8 @@
 use super::DynamoStore;
 use crate::domain::{
     timestamp, Amount, AuditEntry, Balance, BankAccount, Batch, BatchId, BatchNote, BatchStatus,
-    CreditReference, Currencies, Currency, IdempotencyKey, Member, MemberTerms, UserId, Withdrawal,
-    WithdrawalId, WithdrawalStatus,
+    Control, ControlSubject, CreditReference, Currencies, Currency, CurrencyCode, IdempotencyKey,
+    Member, MemberTerms, UserId, Withdrawal, WithdrawalId, WithdrawalStatus,
 };
 use crate::store::schema::{self, TableSchema};
 use crate::store::Failure;
@@ -118,6 +118,8 @@ impl DynamoStore {
 pub enum StoredItem {
     Withdrawal(Box<Withdrawal>),
     Credit(CreditRecord),
+    /// A currency's pause (its history shard) or a user's block.
+    Control(Control),
     /// Balances, batches, idempotency keys, events, counters: no one outside hears of them.
     Other,
 }
@@ -138,6 +140,7 @@ pub fn decode_stored_item(currencies: &Currencies, item: &Item) -> Result<Stored
             withdrawal_from_item(currencies, item)?,
         ))),
         Some(schema::CREDIT_TYPE) => Ok(StoredItem::Credit(credit_from_item(currencies, item)?)),
+        Some(schema::CONTROL_TYPE) => Ok(StoredItem::Control(control_from_item(item)?)),
         _ => Ok(StoredItem::Other),
     }
 }
@@ -303,6 +306,43 @@ pub(super) fn audit_from_item(v: &AttributeValue) -> Result<AuditEntry, StoreErr
         by: r.s("by")?.to_string(),
         event_id: r.opt_s("event_id").map(str::to_string),
         reason: r.opt_s("reason").map(str::to_string),
+    })
+}
+
+/// The key of a switch's item: a user's block, or shard `shard` of a currency's pause.
+pub(super) fn control_key_parts(subject: &ControlSubject, shard: u32) -> (String, String) {
+    match subject {
+        ControlSubject::Currency(c) => (TableSchema::pause_pk(*c), TableSchema::pause_sk(shard)),
+        ControlSubject::User(u) => (TableSchema::user_pk(u), TableSchema::BLOCK_SK.to_string()),
+    }
+}
+
+pub(super) fn control_key(subject: &ControlSubject, shard: u32) -> Item {
+    let (pk, sk) = control_key_parts(subject, shard);
+    HashMap::from([
+        (schema::PK.to_string(), s(pk)),
+        (schema::SK.to_string(), s(sk)),
+    ])
+}
+
+/// Whether a switch is on: `on` is a BOOL, absent on an item never switched.
+pub(super) const CONTROL_ON: &str = "on";
+
+pub(super) fn control_from_item(item: &Item) -> Result<Control, StoreError> {
+    let r = Reader(item);
+    let subject = match (r.opt_s("currency"), r.opt_s("user_id")) {
+        (Some(c), None) => ControlSubject::Currency(CurrencyCode::parse(c).map_err(corrupt)?),
+        (None, Some(u)) => ControlSubject::User(UserId::parse(u).map_err(corrupt)?),
+        _ => return Err(corrupt("a switch names one currency or one user")),
+    };
+    Ok(Control {
+        subject,
+        on: matches!(item.get(CONTROL_ON), Some(AttributeValue::Bool(true))),
+        reason: r.opt_s("reason").map(str::to_string),
+        by: r.s("by")?.to_string(),
+        at: r.time("at")?,
+        changes: rust_decimal::prelude::ToPrimitive::to_u32(&r.n("changes")?)
+            .ok_or_else(|| corrupt("a switch's change count"))?,
     })
 }
 

@@ -10,6 +10,7 @@ mod admin;
 mod batches;
 mod claims;
 mod codec;
+mod controls;
 mod skips;
 mod tx;
 mod writes;
@@ -28,9 +29,10 @@ use crate::store::{
 };
 use crate::store::{Failure, Refusal};
 use async_trait::async_trait;
+use aws_sdk_dynamodb::types::KeysAndAttributes;
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
-use codec::{credit_item, idempotency_from_item, s, Item, Reader};
+use codec::{backend, credit_item, idempotency_from_item, s, Item, Reader};
 use rust_decimal::Decimal;
 use std::str::FromStr;
 use tx::{classify, TxError, TxGuard};
@@ -110,6 +112,51 @@ impl DynamoStore {
             .await
             .map_err(classify)?;
         Ok(out.item)
+    }
+}
+
+impl DynamoStore {
+    /// Items by key, read consistently, 100 keys a call (BatchGetItem's limit), keys DynamoDB
+    /// left unprocessed asked again with a growing pause. In no particular order; a key without
+    /// an item is simply absent.
+    pub(super) async fn batch_get(&self, keys: Vec<Item>) -> Result<Vec<Item>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(100) {
+            let mut pending: Vec<Item> = chunk.to_vec();
+            let mut rounds = 0;
+            while !pending.is_empty() {
+                rounds += 1;
+                let ka = KeysAndAttributes::builder()
+                    .set_keys(Some(pending))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(backend)?;
+                let resp = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, ka)
+                    .send()
+                    .await
+                    .map_err(classify)?;
+                if let Some(items) = resp.responses.and_then(|mut r| r.remove(&self.table)) {
+                    out.extend(items);
+                }
+                pending = resp
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(&self.table))
+                    .map(|ka| ka.keys)
+                    .unwrap_or_default();
+                if !pending.is_empty() {
+                    if rounds > 8 {
+                        return Err(StoreError::Failed(Failure::Unavailable(
+                            "unprocessed batch reads".into(),
+                        )));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20 << rounds)).await;
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -245,6 +292,13 @@ impl Store for DynamoStore {
                 _ => None,
             };
             return Err(StoreError::Refused(Refusal::IdempotencyKeyTaken(first)));
+        }
+        // An operator's switch before the user's own limits: the answer says what to wait for.
+        if refused(RequestGuard::UserBlock).is_some() {
+            return Err(StoreError::Refused(Refusal::UserBlocked));
+        }
+        if refused(RequestGuard::CurrencyPause).is_some() {
+            return Err(StoreError::Refused(Refusal::CurrencyPaused));
         }
         if let Some(r) = refused(RequestGuard::DayCounter) {
             return Err(self.daily_limit_exceeded(w, r.item()));

@@ -5,8 +5,8 @@ use super::codec::{audit_to_item, backend, idempotency_item, n, s, Item};
 use super::tx::TxGuard;
 use super::DynamoStore;
 use crate::domain::{
-    timestamp, AuditEntry, BalanceEffect, BatchId, Currency, Subject, Transition, UserId,
-    Withdrawal, WithdrawalStatus,
+    timestamp, AuditEntry, BalanceEffect, BatchId, ControlSubject, Currency, Subject, Transition,
+    UserId, Withdrawal, WithdrawalStatus,
 };
 use crate::store::schema::{self, TableSchema};
 use crate::store::Refusal;
@@ -313,8 +313,8 @@ impl DynamoStore {
     }
 
     /// The items of a withdrawal request's single transaction: the balance lock, the withdrawal,
-    /// with a key the idempotency record and, when the currency has a daily limit, the day's
-    /// counter. Public so the benchmark can send exactly these items through the bare SDK.
+    /// with a key the idempotency record, the checks that neither the user is blocked nor the
+    /// currency paused and, when the currency has a daily limit, the day's counter. Public so the benchmark can send exactly these items through the bare SDK.
     #[doc(hidden)]
     pub fn request_items(
         &self,
@@ -359,6 +359,19 @@ impl DynamoStore {
                 self.put_new(idempotency_item(rec))?,
             ));
         }
+        // The operator's switches, checked without a read: a block of the user, a pause of the
+        // currency (on one of its shards, so requests spread their reads over them).
+        items.push((
+            RequestGuard::UserBlock,
+            self.control_check(&ControlSubject::User(w.user_id.clone()), 0)?,
+        ));
+        items.push((
+            RequestGuard::CurrencyPause,
+            self.control_check(
+                &ControlSubject::Currency(w.currency.code()),
+                w.id.shard(TableSchema::PAUSE_SHARDS),
+            )?,
+        ));
         if let (Some(day), Some(limit)) = (w.limit_day, w.currency.daily_limit()) {
             items.push((
                 RequestGuard::DayCounter,
@@ -488,6 +501,8 @@ pub(super) enum RequestGuard {
     Balance,
     Withdrawal,
     IdempotencyKey,
+    UserBlock,
+    CurrencyPause,
     DayCounter,
 }
 
