@@ -353,3 +353,47 @@ async fn the_switches_add_no_round_trip_to_a_request_accepted_or_refused() {
     assert_eq!(env.balance("ida", "USD").await.locked, "10.00");
     assert_eq!(env.balance("ida", "EUR").await.locked, "0.00");
 }
+
+#[tokio::test]
+async fn a_pause_the_batcher_cannot_read_pauses_every_currency_for_that_run() {
+    use integration_tests::faults::{Fault, FaultyStore, When};
+    let p = PayoutEnv::new(|_| {}).await;
+    let env = &p.env;
+    env.credit("uma", "USD", "100").await;
+    let pending = id_of(&request(env, "uma", "USD", "10").await);
+    let faulty = std::sync::Arc::new(FaultyStore::new(
+        env.store_for(integration_tests::BATCHER_FN),
+        vec![Fault::new("paused_currencies", 1, When::Before)],
+    ));
+    let batcher = shared::payouts::batcher::Batcher::new(
+        faulty.clone(),
+        std::sync::Arc::new(p.provider()),
+        env.currencies.clone(),
+        PayoutEnv::config(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let summary = batcher.run(deadline).await.unwrap();
+    assert_eq!(
+        faulty.fired(),
+        vec!["paused_currencies#1:Before".to_string()]
+    );
+    assert!(
+        summary
+            .currencies
+            .values()
+            .all(|c| c.paused && c.claimed == 0),
+        "{summary:?}"
+    );
+    assert_eq!(summary.errors.len(), 1, "the unread pause is reported");
+    assert_eq!(
+        status(env, "uma", &pending).await,
+        WithdrawalStatus::Pending
+    );
+    // The next run reads it (nothing is paused) and claims as usual.
+    let summary = batcher.run(deadline).await.unwrap();
+    assert_eq!(summary.currencies["USD"].claimed, 1);
+    assert_eq!(
+        status(env, "uma", &pending).await,
+        WithdrawalStatus::Submitted
+    );
+}
