@@ -17,6 +17,7 @@ request() { # token currency amount account key
     -d "{\"currency\":\"$2\",\"amount\":\"$3\",\"bank_account\":\"$4\"}"
 }
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
+status() { curl -s "$API/withdrawals/$2" -H "Authorization: Bearer $1" | field '["status"]'; }
 
 step "0. Funds in: the deposit service credits bob USD 250.00 (POST /internal/credits; IAM deployed, a local service token here)"
 DEPOSITS=$("$OP" token --service "$LOCAL_DEPOSIT_CALLER")
@@ -53,6 +54,13 @@ step "   An operator pauses JPY (a bank incident): bob's JPY request is refused 
 paused=$(request "$BOB" JPY 1000 "$PAID_ACCOUNT" demo-6); echo "$paused"
 case "$paused" in *'"currency_paused"'*) ;; *) echo "DEMO FAILED: a paused currency took a request" >&2; exit 1 ;; esac
 "$OP" resume --currency JPY --reason "demo: incident over"
+step "   alice asks for USD 600.00, above the local review threshold (USD 500): held in REVIEW until an operator approves it"
+W6=$(request "$ALICE" USD 600.00 "$PAID_ACCOUNT" demo-7 | tee /dev/stderr | field '["id"]'); echo
+"$OP" reviews --currency USD
+case "$(status "$ALICE" "$W6")" in
+  REVIEW) "$OP" approve --withdrawal "$W6" ;;
+  *) echo "   (already decided: a re-run of the demo on the same table)" ;;
+esac
 step "   Balances while pending (alice)"
 curl -s "$API/balances" -H "Authorization: Bearer $ALICE"; echo
 
@@ -60,12 +68,11 @@ step "2. Batcher run (cargo lambda invoke payout-batcher): one provider call per
 cargo lambda invoke payout-batcher --invoke-port "$WATCH_PORT" --data-file tests/payloads/scheduled-event.json
 
 step "3. Waiting for the sandbox's signed callbacks"
-status() { curl -s "$API/withdrawals/$2" -H "Authorization: Bearer $1" | field '["status"]'; }
 ok=""
 for _ in $(seq 1 60); do
-  s1=$(status "$ALICE" "$W1"); s2=$(status "$BOB" "$W2"); s3=$(status "$ALICE" "$W3")
-  echo "   $W1 $s1 | $W2 $s2 | $W3 $s3"
-  if [ "$s1" = SETTLED ] && [ "$s2" = REJECTED ] && [ "$s3" = RETURNED ]; then ok=1; break; fi
+  s1=$(status "$ALICE" "$W1"); s2=$(status "$BOB" "$W2"); s3=$(status "$ALICE" "$W3"); s6=$(status "$ALICE" "$W6")
+  echo "   $W1 $s1 | $W2 $s2 | $W3 $s3 | $W6 $s6"
+  if [ "$s1" = SETTLED ] && [ "$s2" = REJECTED ] && [ "$s3" = RETURNED ] && [ "$s6" = SETTLED ]; then ok=1; break; fi
   sleep 1
 done
 
@@ -109,6 +116,7 @@ expected="$W1 withdrawal.requested withdrawal.submitted withdrawal.settled
 $W2 withdrawal.requested withdrawal.submitted withdrawal.rejected
 $W3 withdrawal.requested withdrawal.submitted withdrawal.settled withdrawal.returned
 $W5 withdrawal.requested withdrawal.cancelled
+$W6 withdrawal.held_for_review withdrawal.approved withdrawal.submitted withdrawal.settled
 demo-deposit-1 credit.recorded
 JPY currency.paused currency.resumed"
 events_file="$STACK_DIR/events.jsonl"
@@ -116,7 +124,7 @@ events_file="$STACK_DIR/events.jsonl"
 events_ok=""
 for _ in $(seq 1 60); do
   read_events "$AWS_ENDPOINT_URL_EVENTBRIDGE" "$EVENTS_QUEUE_URL" >>"$events_file"
-  got=$(python3 - "$events_file" "$W1" "$W2" "$W3" "$W5" demo-deposit-1 JPY <<'PY'
+  got=$(python3 - "$events_file" "$W1" "$W2" "$W3" "$W5" "$W6" demo-deposit-1 JPY <<'PY'
 import json, sys
 events = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 for subject in sys.argv[2:]:
@@ -138,6 +146,6 @@ for l in open(sys.argv[1]):
 PY
 [ -n "$events_ok" ] || { printf 'DEMO FAILED: the subscriber did not receive exactly the expected events:\n%s\nwanted:\n%s\n' "$got" "$expected" >&2; exit 1; }
 
-[ -n "$ok" ] || { echo "DEMO FAILED: withdrawals did not reach SETTLED / REJECTED / RETURNED" >&2; exit 1; }
+[ -n "$ok" ] || { echo "DEMO FAILED: withdrawals did not reach SETTLED / REJECTED / RETURNED / SETTLED (approved)" >&2; exit 1; }
 echo
 echo "demo finished: every withdrawal reached its expected state"

@@ -144,6 +144,20 @@ impl TestEnv {
         item.get("outcome")?.as_s().ok().cloned()
     }
 
+    /// The request use case over this env's table through a client whose DynamoDB requests
+    /// the returned recorder counts per operation (the round-trip floors), `max_open` 5.
+    pub fn counted_service(&self) -> (shared::platform::calls::CallRecorder, WithdrawalService) {
+        let counter = shared::platform::calls::CallRecorder::counting();
+        let store = DynamoStore::new(
+            crate::counting_client(&counter),
+            self.store.table_name(),
+            self.currencies.clone(),
+        )
+        .with_pending_shards(self.store.pending_shards());
+        let service = WithdrawalService::new(Arc::new(store), self.currencies.clone(), 5);
+        (counter, service)
+    }
+
     /// Fails the test on any violated money invariant anywhere in the table.
     pub async fn assert_conserved(&self) {
         let report = self.store.scan_all().await.expect("scan");

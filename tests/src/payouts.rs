@@ -29,7 +29,15 @@ pub struct PayoutEnv {
 
 impl PayoutEnv {
     pub async fn new(configure: impl FnOnce(&mut SandboxConfig)) -> Self {
-        let env = TestEnv::with_max_open(u32::MAX).await;
+        Self::with_currencies(shared::domain::Currencies::default(), configure).await
+    }
+
+    /// With `currencies` configured as `CURRENCIES` and `REVIEW_THRESHOLDS` would.
+    pub async fn with_currencies(
+        currencies: shared::domain::Currencies,
+        configure: impl FnOnce(&mut SandboxConfig),
+    ) -> Self {
+        let env = TestEnv::with_config(u32::MAX, currencies).await;
         let mut config = SandboxConfig::new(API_KEY, WebhookSecret::new(WEBHOOK_SECRET).unwrap());
         config.hang = Duration::from_millis(1500);
         configure(&mut config);

@@ -110,7 +110,7 @@ fn simulation() {
          | idempotent replays answered | {} |\n\
          | faults injected | {faults}: store {} (of which crashes {}), provider calls {}, provider memory {}, callbacks never delivered {} |\n\
          | callbacks delivered / duplicated / unanswered (5xx or timed out) | {} / {} / {} |\n\
-         | operator rejects done / refused, retries | {} / {}, {} |\n\
+         | held for review; operator rejects / approvals done, refused, retries | {}; {} / {}, {}, {} |\n\
          | final: settled / returned / rejected / cancelled | {} / {} / {} / {} |\n\
          | documented waits at quiescence (lost batch / pending items) | {} / {} |\n\
          | returns reported by reconcile (callback never delivered) | {} |\n\
@@ -137,7 +137,9 @@ fn simulation() {
         total.callbacks_delivered,
         total.callbacks_duplicated,
         total.webhook_5xx,
+        total.held_for_review,
         total.operator_rejects,
+        total.operator_approvals,
         total.operator_refusals,
         total.operator_retries,
         total.settled,

@@ -45,6 +45,8 @@ pub struct Currency {
     max_withdrawal: Decimal,
     /// Most a user may request per UTC day in this currency; `None`: no daily limit.
     daily_limit: Option<Decimal>,
+    /// Withdrawals above this are held for an operator's review; `None`: none are.
+    review_above: Option<Decimal>,
 }
 
 impl Currency {
@@ -65,6 +67,17 @@ impl Currency {
     /// back); `None` when the currency has no daily limit.
     pub fn daily_limit(&self) -> Option<Decimal> {
         self.daily_limit
+    }
+
+    /// The amount above which a withdrawal waits in REVIEW for an operator (`REVIEW_THRESHOLDS`);
+    /// `None` when nothing is reviewed.
+    pub fn review_above(&self) -> Option<Decimal> {
+        self.review_above
+    }
+    /// Whether a withdrawal of `amount` is held for review: strictly above the threshold, so a
+    /// threshold of 10000 lets 10000.00 through.
+    pub fn needs_review(&self, amount: Decimal) -> bool {
+        self.review_above.is_some_and(|t| amount > t)
     }
 
     /// Formats a quantity of this currency with exactly its scale ("125.50", "1000").
@@ -146,12 +159,47 @@ impl Currencies {
                 min_withdrawal: min,
                 max_withdrawal: max,
                 daily_limit: (daily > Decimal::ZERO).then_some(daily),
+                review_above: None,
             });
         }
         if list.is_empty() {
             return Err("no currency configured".into());
         }
         Ok(Self { list })
+    }
+
+    /// Sets review thresholds from `CODE:amount` entries, comma separated (the format of
+    /// `REVIEW_THRESHOLDS`); a currency left out has none. Refused: an unconfigured currency,
+    /// one named twice, an amount that is not positive or has more decimals than its currency.
+    pub fn with_review_thresholds(mut self, config: &str) -> Result<Self, String> {
+        let mut seen: Vec<CurrencyCode> = Vec::new();
+        for entry in config.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let Some((code, amount)) = entry.split_once(':') else {
+                return Err(format!("review threshold {entry:?} is not CODE:amount"));
+            };
+            let code = CurrencyCode::parse(code).map_err(|e| e.to_string())?;
+            let currency = self
+                .list
+                .iter_mut()
+                .find(|c| c.code == code)
+                .ok_or_else(|| format!("{code}: review threshold for a currency not configured"))?;
+            let amount =
+                Decimal::from_str(amount).map_err(|e| format!("{code}: review threshold: {e}"))?;
+            if amount <= Decimal::ZERO {
+                return Err(format!("{code}: review threshold must be above 0"));
+            }
+            if amount.normalize().scale() > currency.scale {
+                return Err(format!(
+                    "{code}: review threshold has more decimals than the scale"
+                ));
+            }
+            if seen.contains(&code) {
+                return Err(format!("{code}: review threshold set twice"));
+            }
+            seen.push(code);
+            currency.review_above = Some(amount);
+        }
+        Ok(self)
     }
 
     /// Accepts only a configured code, in its exact upper-case spelling.
@@ -205,6 +253,36 @@ mod tests {
         assert!(Currencies::parse_config("JPY:0:0.5:10").is_err());
         let c = Currencies::parse_config("GBP:2:0.01:100").unwrap();
         assert_eq!(c.get("GBP").unwrap().format(Decimal::new(5, 1)), "0.50");
+    }
+
+    #[test]
+    fn review_thresholds_hold_amounts_strictly_above_them() {
+        let c = Currencies::default()
+            .with_review_thresholds("USD:10000, JPY:1000000")
+            .unwrap();
+        let usd = c.get("USD").unwrap();
+        assert!(!usd.needs_review(Decimal::new(1000000, 2)));
+        assert!(usd.needs_review(Decimal::new(1000001, 2)));
+        assert_eq!(c.get("EUR").unwrap().review_above(), None);
+        assert!(!c.get("EUR").unwrap().needs_review(Decimal::new(50000, 0)));
+        assert!(Currencies::default()
+            .iter()
+            .all(|c| c.review_above().is_none()));
+        for bad in [
+            "USD",
+            "GBP:100",
+            "USD:0",
+            "USD:-5",
+            "USD:10.001",
+            "JPY:100.5",
+            "USD:x",
+            "USD:10,USD:20",
+        ] {
+            assert!(
+                Currencies::default().with_review_thresholds(bad).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

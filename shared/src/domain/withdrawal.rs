@@ -2,9 +2,12 @@ use super::{Amount, BalanceEffect, BankAccount, BatchId, Currency, UserId, Withd
 use chrono::{DateTime, NaiveDate, Utc};
 use std::fmt;
 
-/// Life of a withdrawal (a "burn"). Funds are locked while it is `Pending` or `Submitted`.
+/// Life of a withdrawal (a "burn"). Funds are locked while it is `Review`, `Pending` or
+/// `Submitted`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum WithdrawalStatus {
+    /// Above its currency's review threshold: held for an operator's approval, never claimed.
+    Review,
     Pending,
     Submitted,
     Settled,
@@ -14,7 +17,8 @@ pub enum WithdrawalStatus {
 }
 
 impl WithdrawalStatus {
-    pub const ALL: [WithdrawalStatus; 6] = [
+    pub const ALL: [WithdrawalStatus; 7] = [
+        Self::Review,
         Self::Pending,
         Self::Submitted,
         Self::Settled,
@@ -25,6 +29,7 @@ impl WithdrawalStatus {
 
     pub fn as_str(&self) -> &'static str {
         match self {
+            Self::Review => "REVIEW",
             Self::Pending => "PENDING",
             Self::Submitted => "SUBMITTED",
             Self::Settled => "SETTLED",
@@ -40,7 +45,7 @@ impl WithdrawalStatus {
 
     /// Open withdrawals hold locked funds and count against the per-currency cap.
     pub fn is_open(&self) -> bool {
-        matches!(self, Self::Pending | Self::Submitted)
+        matches!(self, Self::Review | Self::Pending | Self::Submitted)
     }
 
     pub fn apply(self, t: Transition) -> Result<Self, InvalidTransition> {
@@ -69,6 +74,9 @@ impl WithdrawalStatus {
     pub fn mark_returned(self) -> Result<Self, InvalidTransition> {
         self.apply(Transition::Return)
     }
+    pub fn approve(self) -> Result<Self, InvalidTransition> {
+        self.apply(Transition::Approve)
+    }
 }
 
 impl fmt::Display for WithdrawalStatus {
@@ -90,6 +98,8 @@ pub enum Transition {
     Cancel,
     /// The bank sent a settled payout back.
     Return,
+    /// An operator released a withdrawal held for review to the batcher.
+    Approve,
 }
 
 impl Transition {
@@ -98,9 +108,10 @@ impl Transition {
         match self {
             Self::Submit => &[Pending],
             Self::Settle => &[Submitted],
-            Self::Reject => &[Pending, Submitted],
-            Self::Cancel => &[Pending],
+            Self::Reject => &[Review, Pending, Submitted],
+            Self::Cancel => &[Review, Pending],
             Self::Return => &[Settled],
+            Self::Approve => &[Review],
         }
     }
 
@@ -112,13 +123,15 @@ impl Transition {
             Self::Reject => Rejected,
             Self::Cancel => Cancelled,
             Self::Return => Returned,
+            Self::Approve => Pending,
         }
     }
 
     /// What the transition does to the owner's balance.
     pub fn balance_effect(&self) -> BalanceEffect {
         match self {
-            Self::Submit => BalanceEffect::None,
+            // Funds stay locked: approval only makes the withdrawal claimable.
+            Self::Submit | Self::Approve => BalanceEffect::None,
             Self::Settle => BalanceEffect::PayOut,
             Self::Reject | Self::Cancel => BalanceEffect::Unlock,
             Self::Return => BalanceEffect::Return,
@@ -205,7 +218,8 @@ impl serde::Serialize for WithdrawalStatus {
 }
 
 impl Withdrawal {
-    /// A fresh request: `Pending`, funds about to be locked.
+    /// A fresh request, funds about to be locked: `Review` when its amount is above the
+    /// currency's review threshold, else `Pending`.
     pub fn new(
         user_id: UserId,
         currency: Currency,
@@ -213,6 +227,11 @@ impl Withdrawal {
         bank_account: BankAccount,
         now: DateTime<Utc>,
     ) -> Self {
+        let status = if currency.needs_review(amount.value()) {
+            WithdrawalStatus::Review
+        } else {
+            WithdrawalStatus::Pending
+        };
         Self {
             id: WithdrawalId::new(),
             user_id,
@@ -220,7 +239,7 @@ impl Withdrawal {
             currency,
             amount,
             bank_account,
-            status: WithdrawalStatus::Pending,
+            status,
             created_at: now,
             updated_at: now,
             batch_id: None,
@@ -229,7 +248,7 @@ impl Withdrawal {
             audit: vec![AuditEntry {
                 at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 from: None,
-                to: WithdrawalStatus::Pending,
+                to: status,
                 by: "user".into(),
                 event_id: None,
                 reason: None,
@@ -260,6 +279,9 @@ mod tests {
         assert_eq!(Pending.reject(), Ok(Rejected));
         assert_eq!(Pending.cancel(), Ok(Cancelled));
         assert_eq!(Settled.mark_returned(), Ok(Returned));
+        assert_eq!(Review.approve(), Ok(Pending));
+        assert_eq!(Review.reject(), Ok(Rejected));
+        assert_eq!(Review.cancel(), Ok(Cancelled));
     }
 
     #[test]
@@ -270,6 +292,7 @@ mod tests {
             Transition::Reject,
             Transition::Cancel,
             Transition::Return,
+            Transition::Approve,
         ];
         let mut allowed = 0;
         for from in WithdrawalStatus::ALL {
@@ -283,7 +306,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(allowed, 6, "exactly the six lifecycle edges are allowed");
+        assert_eq!(allowed, 9, "exactly the nine lifecycle edges are allowed");
         // Final states never move except a settled payout coming back.
         for t in all {
             assert!(Rejected.apply(t).is_err());
@@ -297,6 +320,10 @@ mod tests {
         assert!(
             Submitted.cancel().is_err(),
             "a claimed withdrawal cannot be cancelled"
+        );
+        assert!(
+            Review.submit().is_err(),
+            "a held withdrawal is never claimed before approval"
         );
     }
 

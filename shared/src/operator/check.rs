@@ -171,13 +171,14 @@ fn batch_gaps(report: &ScanReport) -> Vec<String> {
     problems
 }
 
-/// A complete trail starts with the creation as PENDING, chains each entry's `from` to the
+/// A complete trail starts with the creation (as PENDING, or REVIEW when held), chains each entry's `from` to the
 /// previous `to`, and ends in the withdrawal's current status.
 fn audit_gap(w: &Withdrawal) -> Option<String> {
     let Some(first) = w.audit.first() else {
         return Some("is empty".into());
     };
-    if first.from.is_some() || first.to != crate::domain::WithdrawalStatus::Pending {
+    use crate::domain::WithdrawalStatus::{Pending, Review};
+    if first.from.is_some() || !matches!(first.to, Pending | Review) {
         return Some("does not start with the creation".into());
     }
     for pair in w.audit.windows(2) {

@@ -32,8 +32,9 @@ pub const SEND_QUIET_PERIOD: Duration = Duration::from_secs(15 * 60);
 /// Why a reject may go ahead, established before the write (and re-checked by it).
 #[derive(Debug, Clone, PartialEq)]
 pub enum RejectGround {
-    /// Not yet claimed into a batch: the write is conditional on PENDING.
-    Pending,
+    /// Not yet claimed into a batch (PENDING, or held in REVIEW): the write is conditional
+    /// on that status.
+    Unclaimed,
     /// In a NEEDS_OPERATOR batch the provider never accepted and now says it never recorded
     /// (404), with no send attempt for the quiet period: the write is conditional on all of
     /// that still holding, and marks the batch so it is never re-sent.
@@ -61,16 +62,13 @@ where
     S: AdminStore + ?Sized,
     P: PayoutProvider + ?Sized,
 {
-    let w = store
-        .find_withdrawal(id)
-        .await?
-        .ok_or_else(|| OperationError::Refused(format!("withdrawal {id} not found")))?;
+    let w = existing(store, id).await?;
     let ground = match w.status {
-        WithdrawalStatus::Pending => RejectGround::Pending,
+        WithdrawalStatus::Review | WithdrawalStatus::Pending => RejectGround::Unclaimed,
         WithdrawalStatus::Submitted => submitted_ground(store, provider, &w, quiet).await?,
         other => {
             return Err(OperationError::Refused(format!(
-                "withdrawal is {other}; only PENDING or SUBMITTED ones can be rejected"
+                "withdrawal is {other}; only REVIEW, PENDING or SUBMITTED ones can be rejected"
             )))
         }
     };
@@ -219,7 +217,7 @@ pub async fn commit_reject<S: PayoutStore + ?Sized>(
         e => OperationError::Store(e),
     };
     match &plan.ground {
-        RejectGround::Pending => store
+        RejectGround::Unclaimed => store
             .transition(w, Transition::Reject, details)
             .await
             .map_err(refused),
@@ -241,7 +239,7 @@ pub async fn commit_reject<S: PayoutStore + ?Sized>(
     }
 }
 
-/// Rejects a withdrawal and returns its funds: while PENDING, or when the provider says its
+/// Rejects a withdrawal and returns its funds: while held in REVIEW or PENDING, or when the provider says its
 /// batch was never recorded (and the batch waits for an operator) or the item failed.
 pub async fn reject_withdrawal<S, P>(
     store: &S,
@@ -256,6 +254,47 @@ where
 {
     let plan = plan_reject(store, provider, id, quiet).await?;
     commit_reject(store, &plan, reason).await
+}
+
+/// The withdrawal an operator names, or a refusal saying it does not exist.
+async fn existing<S: AdminStore + ?Sized>(
+    store: &S,
+    id: WithdrawalId,
+) -> Result<Withdrawal, OperationError> {
+    store
+        .find_withdrawal(id)
+        .await?
+        .ok_or_else(|| OperationError::Refused(format!("withdrawal {id} not found")))
+}
+
+/// Releases a withdrawal held for review to the batcher: REVIEW → PENDING, conditional on
+/// REVIEW in the same write (a cancel or another operator's decision first makes it fail),
+/// with `by` in its audit trail. Its funds stay locked; the next batcher run claims it.
+pub async fn approve_withdrawal<S: AdminStore + ?Sized>(
+    store: &S,
+    id: WithdrawalId,
+    by: &str,
+) -> Result<Withdrawal, OperationError> {
+    let w = existing(store, id).await?;
+    if w.status != WithdrawalStatus::Review {
+        return Err(OperationError::Refused(format!(
+            "withdrawal is {}; only REVIEW ones are approved",
+            w.status
+        )));
+    }
+    match store
+        .transition(&w, Transition::Approve, TransitionDetails::by(by))
+        .await
+    {
+        Ok(approved) => Ok(approved),
+        Err(StoreError::Refused(Refusal::StateChanged { current })) => {
+            Err(OperationError::Refused(format!(
+                "the withdrawal changed while approving (now {}): nothing changed; look again",
+                current.map_or("unknown".to_string(), |s| s.to_string())
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Puts a flagged batch back in the batcher's hands: one the provider never accepted goes back

@@ -366,6 +366,8 @@ mod tests {
     fn next_step_for_every_outcome_and_status() {
         use Step::*;
         let table = [
+            // A provider's word for a withdrawal it was never sent is a conflict.
+            (paid(), Review, Conflict),
             (paid(), Pending, Conflict),
             (paid(), Submitted, Go(Transition::Settle)),
             (paid(), Settled, Done),
@@ -373,12 +375,14 @@ mod tests {
             (paid(), Cancelled, Conflict),
             // Paid, then the bank sent it back: the "paid" is already reflected.
             (paid(), Returned, Done),
+            (failed(), Review, Conflict),
             (failed(), Pending, Conflict),
             (failed(), Submitted, Go(Transition::Reject)),
             (failed(), Settled, Conflict),
             (failed(), Rejected, Done),
             (failed(), Cancelled, Conflict),
             (failed(), Returned, Conflict),
+            (returned(), Review, Conflict),
             (returned(), Pending, Conflict),
             // A return that overtook its "paid": settle first, then return.
             (returned(), Submitted, Go(Transition::Settle)),

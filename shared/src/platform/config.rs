@@ -162,12 +162,19 @@ impl StoreConfig {
     }
 }
 
+/// `CURRENCIES` and, on top of them, `REVIEW_THRESHOLDS` (empty or unset: nothing is reviewed).
 fn currencies(v: &dyn Vars) -> Result<Currencies, ConfigError> {
-    match v.get("CURRENCIES") {
+    let currencies = match v.get("CURRENCIES") {
         Some(c) if !c.trim().is_empty() => {
-            Currencies::parse_config(&c).map_err(|e| ConfigError::new("CURRENCIES", e))
+            Currencies::parse_config(&c).map_err(|e| ConfigError::new("CURRENCIES", e))?
         }
-        _ => Ok(Currencies::default()),
+        _ => Currencies::default(),
+    };
+    match v.get("REVIEW_THRESHOLDS") {
+        Some(r) => currencies
+            .with_review_thresholds(&r)
+            .map_err(|e| ConfigError::new("REVIEW_THRESHOLDS", e)),
+        None => Ok(currencies),
     }
 }
 
@@ -564,6 +571,10 @@ mod tests {
                 "MAX_OPEN_WITHDRAWALS",
             ),
             (with(&[("CURRENCIES", "USD:x")]), "CURRENCIES"),
+            (
+                with(&[("REVIEW_THRESHOLDS", "GBP:100")]),
+                "REVIEW_THRESHOLDS",
+            ),
         ];
         for (vars, variable) in cases {
             let (got, message) = refused(StoreConfig::from_vars(&vars));

@@ -27,7 +27,10 @@ pub type Image = HashMap<String, AttributeValue>;
 /// Every `detail-type` the pipeline publishes (the catalogue in docs/events.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
+    /// A withdrawal entered this status (PENDING from REVIEW is [`Self::WithdrawalApproved`]).
     Withdrawal(WithdrawalStatus),
+    /// An operator released a held withdrawal to the batcher.
+    WithdrawalApproved,
     CreditRecorded,
     CurrencyPaused,
     CurrencyResumed,
@@ -36,7 +39,9 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 13] = [
+        EventKind::Withdrawal(WithdrawalStatus::Review),
+        EventKind::WithdrawalApproved,
         EventKind::Withdrawal(WithdrawalStatus::Pending),
         EventKind::Withdrawal(WithdrawalStatus::Submitted),
         EventKind::Withdrawal(WithdrawalStatus::Settled),
@@ -54,6 +59,9 @@ impl EventKind {
         match self {
             // A new withdrawal is pending: consumers hear that it was requested.
             Self::Withdrawal(WithdrawalStatus::Pending) => "withdrawal.requested",
+            // Requested above the review threshold: requested, and waiting for an operator.
+            Self::Withdrawal(WithdrawalStatus::Review) => "withdrawal.held_for_review",
+            Self::WithdrawalApproved => "withdrawal.approved",
             Self::Withdrawal(WithdrawalStatus::Submitted) => "withdrawal.submitted",
             Self::Withdrawal(WithdrawalStatus::Settled) => "withdrawal.settled",
             Self::Withdrawal(WithdrawalStatus::Rejected) => "withdrawal.rejected",
@@ -144,8 +152,14 @@ pub fn withdrawal_event(w: &Withdrawal, previous: Option<WithdrawalStatus>) -> P
         // Orders one withdrawal's events: its number of status changes so far.
         "sequence": w.audit.len(),
     });
+    let approved = w.status == WithdrawalStatus::Pending
+        && entry.is_some_and(|e| e.from == Some(WithdrawalStatus::Review));
     PipelineEvent {
-        kind: EventKind::Withdrawal(w.status),
+        kind: if approved {
+            EventKind::WithdrawalApproved
+        } else {
+            EventKind::Withdrawal(w.status)
+        },
         event_id,
         occurred_at,
         detail,

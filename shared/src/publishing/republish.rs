@@ -34,15 +34,15 @@ pub fn as_of(w: &Withdrawal, index: usize) -> Option<Withdrawal> {
         then.updated_at = at.with_timezone(&Utc);
     }
     use WithdrawalStatus::*;
-    if matches!(entry.to, Pending | Cancelled)
-        || (entry.to == Rejected && entry.from == Some(Pending))
+    if matches!(entry.to, Review | Pending | Cancelled)
+        || (entry.to == Rejected && matches!(entry.from, Some(Review | Pending)))
     {
         then.batch_id = None;
     }
-    if matches!(entry.to, Pending | Submitted | Cancelled) {
+    if matches!(entry.to, Review | Pending | Submitted | Cancelled) {
         then.provider_reference = None;
     }
-    if matches!(entry.to, Pending | Submitted | Settled) {
+    if matches!(entry.to, Review | Pending | Submitted | Settled) {
         then.failure_reason = None;
     }
     Some(then)

@@ -297,6 +297,13 @@ impl<T: Store + BatchStore + ?Sized> PayoutStore for T {}
 #[async_trait]
 pub trait AdminStore: PayoutStore {
     async fn find_withdrawal(&self, id: WithdrawalId) -> Result<Option<Withdrawal>, StoreError>;
+    /// Withdrawals of `currency` held for review, oldest first, at most `limit` (the sparse
+    /// index: eventually consistent, so one just requested may show a moment later).
+    async fn in_review(
+        &self,
+        currency: &Currency,
+        limit: usize,
+    ) -> Result<Vec<Withdrawal>, StoreError>;
 }
 
 /// The operator's switches: a currency's pause, a user's block. The request path never reads

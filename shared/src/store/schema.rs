@@ -110,6 +110,12 @@ impl TableSchema {
     pub fn pending_pk(currency: CurrencyCode, shard: u32) -> String {
         format!("PENDING#{currency}#{shard}")
     }
+    /// Withdrawals held for review share this key in the same sparse index, one per currency:
+    /// operators list them (`operator reviews`) without a scan, and the batcher, reading only
+    /// `PENDING#…` keys, never sees them. Reviews are rare (large amounts), so one key is enough.
+    pub fn review_pk(currency: CurrencyCode) -> String {
+        format!("REVIEW#{currency}")
+    }
     /// A currency's pause, one item per shard, all written by the same transaction. Every
     /// request's transaction checks one shard (picked by its withdrawal id) without writing it:
     /// a check of one item is 2 RCU, so one item would cap a currency at 1,500 requests/s

@@ -74,7 +74,8 @@ fn reachable(from: WithdrawalStatus, to: WithdrawalStatus) -> bool {
         return true;
     }
     match from {
-        S::Pending => true,
+        S::Review => true,
+        S::Pending => to != S::Review,
         S::Submitted => matches!(to, S::Settled | S::Rejected | S::Returned),
         S::Settled => to == S::Returned,
         S::Rejected | S::Cancelled | S::Returned => false,
@@ -336,7 +337,7 @@ impl Model {
                 {
                     self.contract_broken.insert(id.clone());
                 }
-                (S::Rejected | S::Cancelled | S::Pending, Some(_)) => {
+                (S::Rejected | S::Cancelled | S::Pending | S::Review, Some(_)) => {
                     bad.push(format!("{id}: paid by the provider but {} here", w.status))
                 }
                 (S::Settled | S::Returned, None) => bad.push(format!(
@@ -394,6 +395,8 @@ mod tests {
     #[test]
     fn statuses_only_move_forward() {
         assert!(reachable(S::Pending, S::Returned));
+        assert!(reachable(S::Review, S::Settled));
+        assert!(!reachable(S::Pending, S::Review));
         assert!(reachable(S::Submitted, S::Rejected));
         assert!(!reachable(S::Submitted, S::Cancelled));
         assert!(!reachable(S::Settled, S::Rejected));

@@ -167,7 +167,9 @@ pub enum Op {
     DropCallback {
         pick: u64,
     },
-    OperatorReject {
+    /// An operator approves a withdrawal held in REVIEW (a third of the time, when one is) or
+    /// rejects an open one.
+    OperatorDecision {
         pick: u64,
     },
     OperatorRetry {
@@ -213,7 +215,7 @@ impl Op {
             Op::ProviderMemory(_) => "provider-memory",
             Op::Deliver { .. } => "deliver",
             Op::DropCallback { .. } => "drop-callback",
-            Op::OperatorReject { .. } => "operator-reject",
+            Op::OperatorDecision { .. } => "operator-decision",
             Op::OperatorRetry { .. } => "operator-retry",
             Op::Reconcile => "reconcile",
             Op::TimePasses => "time-passes",
@@ -484,7 +486,7 @@ fn op(rng: &mut Rng, nested: bool, forgetting: Forgetting) -> Op {
         12 => Op::DropCallback {
             pick: rng.next_u64(),
         },
-        13 => Op::OperatorReject {
+        13 => Op::OperatorDecision {
             pick: rng.next_u64(),
         },
         14 => Op::OperatorRetry {

@@ -294,18 +294,7 @@ async fn the_switches_add_no_round_trip_to_a_request_accepted_or_refused() {
     switch(&env, Target::Currency("EUR"), true, Some("incident"))
         .await
         .unwrap();
-    let counter = shared::platform::calls::CallRecorder::counting();
-    let store = shared::store::DynamoStore::new(
-        integration_tests::counting_client(&counter),
-        env.store.table_name(),
-        env.currencies.clone(),
-    )
-    .with_pending_shards(env.store.pending_shards());
-    let service = shared::requests::withdrawals::WithdrawalService::new(
-        std::sync::Arc::new(store),
-        env.currencies.clone(),
-        5,
-    );
+    let (counter, service) = env.counted_service();
     let user = shared::domain::UserId::parse("ida").unwrap();
     let key = |k: &str| shared::domain::IdempotencyKey::parse(k).unwrap();
     let one_transaction = || vec![("TransactWriteItems".to_string(), 1)];

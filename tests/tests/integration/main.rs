@@ -16,5 +16,6 @@ mod fixtures;
 mod logs;
 mod payout_safety;
 mod request_api;
+mod reviews;
 mod secrets;
 mod webhook;

@@ -11,7 +11,7 @@ use shared::platform::config::StoreConfig;
 use shared::platform::metrics;
 use shared::publishing::republish::{self, Window};
 use shared::requests::credits::CreditService;
-use shared::store::{BatchStore, DynamoStore, Store};
+use shared::store::{AdminStore, BatchStore, DynamoStore, Store};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -79,7 +79,19 @@ enum Command {
         #[arg(long)]
         since: Option<chrono::DateTime<chrono::Utc>>,
     },
-    /// Reject a withdrawal and return its funds: PENDING, or SUBMITTED when the provider says
+    /// Withdrawals held for review (above their currency's REVIEW_THRESHOLDS), oldest first.
+    Reviews {
+        /// Only this currency (default: every configured one).
+        #[arg(long)]
+        currency: Option<String>,
+    },
+    /// Release a withdrawal held for review to the batcher (REVIEW → PENDING); its funds stay
+    /// locked until it is paid, rejected or cancelled.
+    Approve {
+        #[arg(long)]
+        withdrawal: String,
+    },
+    /// Reject a withdrawal and return its funds: REVIEW or PENDING, or SUBMITTED when the provider says
     /// its batch was never recorded (and the batch needs an operator) or the item failed.
     Reject {
         #[arg(long)]
@@ -215,6 +227,16 @@ async fn run(cli: Cli) -> CliResult {
         Command::RetryBatch { id } => {
             operations::retry_batch(&store, BatchId::parse(&id)?).await?;
             println!("batch {id} will be re-sent by the next batcher run");
+        }
+        Command::Reviews { currency } => reviews(&store, currency.as_deref()).await?,
+        Command::Approve { withdrawal } => {
+            let w = operations::approve_withdrawal(
+                &store,
+                WithdrawalId::parse(&withdrawal)?,
+                &operator_name(),
+            )
+            .await?;
+            println!("{} {} {} {}", w.id, w.status, w.currency, w.amount);
         }
         Command::Reject { withdrawal, reason } => {
             let app = batcher_app().await?;
@@ -402,6 +424,31 @@ async fn batches(store: &DynamoStore) -> Result<(), Box<dyn std::error::Error>> 
                 .map(|e| format!(" last_error: {e}"))
                 .unwrap_or_default()
         );
+    }
+    Ok(())
+}
+
+/// What waits for an operator's decision, per currency, oldest first.
+async fn reviews(
+    store: &DynamoStore,
+    only: Option<&str>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let currencies: Vec<_> = match only {
+        Some(code) => vec![store.currencies().get(code)?.clone()],
+        None => store.currencies().iter().cloned().collect(),
+    };
+    for currency in &currencies {
+        for w in store.in_review(currency, 1000).await? {
+            println!(
+                "{} {} {} {} user {} since {}",
+                w.id,
+                w.status,
+                w.currency,
+                w.amount,
+                w.user_id.as_str(),
+                shared::domain::timestamp(&w.created_at)
+            );
+        }
     }
     Ok(())
 }

@@ -1,9 +1,10 @@
 //! Table creation and operator scans; nothing on a request, batch or webhook path uses these.
 
+use super::claims::SortKeys;
 use super::codec::{n, s, Item};
 use super::tx::classify;
 use super::DynamoStore;
-use crate::domain::{Balance, UserId, Withdrawal, WithdrawalId};
+use crate::domain::{Balance, Currency, UserId, Withdrawal, WithdrawalId};
 use crate::store::schema::{self, TableSchema};
 use crate::store::{CreditRecord, StoreError};
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
@@ -234,5 +235,18 @@ impl DynamoStore {
 impl crate::store::AdminStore for DynamoStore {
     async fn find_withdrawal(&self, id: WithdrawalId) -> Result<Option<Withdrawal>, StoreError> {
         DynamoStore::find_withdrawal(self, id).await
+    }
+
+    async fn in_review(
+        &self,
+        currency: &Currency,
+        limit: usize,
+    ) -> Result<Vec<Withdrawal>, StoreError> {
+        let pk = TableSchema::review_pk(currency.code());
+        self.index_items(&pk, SortKeys::after(None), limit)
+            .await?
+            .iter()
+            .map(|item| self.withdrawal_from_item(item))
+            .collect()
     }
 }

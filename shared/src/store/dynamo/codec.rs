@@ -68,19 +68,30 @@ impl DynamoStore {
             "audit",
             AttributeValue::L(w.audit.iter().map(audit_to_item).collect()),
         );
-        if w.status == WithdrawalStatus::Pending {
-            // Sparse index: only pending withdrawals carry these, so the batcher reads exactly
-            // what is due, oldest first.
-            put(
-                schema::PENDING_PK,
-                s(TableSchema::pending_pk(
-                    w.currency.code(),
-                    w.id.shard(self.pending_shards),
-                )),
-            );
+        if let Some(index_pk) = self.waiting_index_pk(w.status, &w.currency, w.id) {
+            put(schema::PENDING_PK, s(index_pk));
             put(schema::PENDING_SK, s(w.id.to_string()));
         }
         item
+    }
+
+    /// Sparse index: only withdrawals waiting for someone carry its keys. Pending ones under
+    /// their currency's shard (the batcher reads exactly what is due, oldest first), held ones
+    /// under their currency's review key (what operators have to decide).
+    pub(super) fn waiting_index_pk(
+        &self,
+        status: WithdrawalStatus,
+        currency: &Currency,
+        id: WithdrawalId,
+    ) -> Option<String> {
+        match status {
+            WithdrawalStatus::Pending => Some(TableSchema::pending_pk(
+                currency.code(),
+                id.shard(self.pending_shards),
+            )),
+            WithdrawalStatus::Review => Some(TableSchema::review_pk(currency.code())),
+            _ => None,
+        }
     }
 
     pub(super) fn withdrawal_from_item(&self, item: &Item) -> Result<Withdrawal, StoreError> {

@@ -235,8 +235,22 @@ impl DynamoStore {
                 .expression_attribute_names("#bi", "batch_id")
                 .expression_attribute_values(":bi", s(batch.to_string()));
         }
+        // The sparse index follows the status: an approval moves the withdrawal from its
+        // currency's review key to a pending shard; leaving either takes it out.
+        let was_waiting = self.waiting_index_pk(w.status, &w.currency, w.id).is_some();
+        let waits = self.waiting_index_pk(to, &w.currency, w.id);
+        let leaves_index = was_waiting && waits.is_none();
+        if let Some(index_pk) = waits {
+            set.push("#ipk = :ipk");
+            set.push("#isk = :isk");
+            update = update
+                .expression_attribute_names("#ipk", schema::PENDING_PK)
+                .expression_attribute_names("#isk", schema::PENDING_SK)
+                .expression_attribute_values(":ipk", s(index_pk))
+                .expression_attribute_values(":isk", s(w.id.to_string()));
+        }
         let mut expression = format!("SET {}", set.join(", "));
-        if w.status == WithdrawalStatus::Pending {
+        if leaves_index {
             expression.push_str(&format!(
                 " REMOVE {}, {}",
                 schema::PENDING_PK,

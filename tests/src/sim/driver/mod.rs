@@ -37,6 +37,8 @@ const RUN_BUDGET: Duration = Duration::from_secs(30);
 const CALL_TIMEOUT: Duration = Duration::from_millis(600);
 /// `USD` has a daily limit per user, so `daily_limit_exceeded` is reachable.
 pub const CURRENCIES: &str = "USD:2:1:50000:900,EUR:2:1:50000,JPY:0:100:5000000";
+/// EUR requests above 70 (about one in nine) wait in REVIEW for an operator's decision.
+pub const REVIEW_THRESHOLDS: &str = "EUR:70";
 pub const MAX_OPEN: u32 = 4;
 
 /// Counts for the report.
@@ -60,7 +62,10 @@ pub struct Stats {
     pub callbacks_dropped: u64,
     pub webhook_5xx: u64,
     pub operator_rejects: u64,
+    pub operator_approvals: u64,
     pub operator_refusals: u64,
+    /// Withdrawals that started in REVIEW (above the review threshold).
+    pub held_for_review: u64,
     pub operator_retries: u64,
     pub run_errors: u64,
     /// At quiescence: withdrawals left waiting for the provider's answer (documented).
@@ -100,7 +105,9 @@ impl Stats {
             callbacks_dropped,
             webhook_5xx,
             operator_rejects,
+            operator_approvals,
             operator_refusals,
+            held_for_review,
             operator_retries,
             run_errors,
             waiting_lost,
@@ -208,7 +215,10 @@ impl Done {
 
 impl World {
     pub async fn new(seed: u64) -> Self {
-        let currencies = Currencies::parse_config(CURRENCIES).unwrap();
+        let currencies = Currencies::parse_config(CURRENCIES)
+            .unwrap()
+            .with_review_thresholds(REVIEW_THRESHOLDS)
+            .unwrap();
         let env = TestEnv::with_config(MAX_OPEN, currencies).await;
         let inbox = Arc::new(Mutex::new(Vec::new()));
         let mailbox = spawn_mailbox(inbox.clone()).await;
@@ -503,7 +513,7 @@ impl World {
                     }
                     d
                 }
-                Op::OperatorReject { pick } => self.operator_reject(*pick).await,
+                Op::OperatorDecision { pick } => self.operator_decision(*pick).await,
                 Op::OperatorRetry { pick } => self.operator_retry(*pick).await,
                 Op::Reconcile => self.reconcile().await.0,
                 Op::TimePasses => {

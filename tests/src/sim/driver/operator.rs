@@ -1,4 +1,4 @@
-//! Operator commands: reject, retry, reconcile.
+//! Operator commands: approve, reject, retry, reconcile.
 
 use super::{Done, World};
 use crate::sim::model::Fact;
@@ -9,9 +9,23 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 impl World {
-    pub(super) async fn operator_reject(&self, pick: u64) -> Done {
-        let mut d = Done::default();
+    /// A third of the time, when any withdrawal is held in REVIEW, an approval of one of them;
+    /// otherwise a reject of an open one (held ones included).
+    pub(super) async fn operator_decision(&self, pick: u64) -> Done {
         let report = self.scan().await;
+        let mut held: Vec<_> = report
+            .withdrawals
+            .iter()
+            .filter(|w| w.status == WithdrawalStatus::Review)
+            .map(|w| w.id)
+            .collect();
+        held.sort();
+        if !held.is_empty() && pick.is_multiple_of(3) {
+            return self
+                .approve(held[(pick / 3 % held.len() as u64) as usize])
+                .await;
+        }
+        let mut d = Done::default();
         let flagged: BTreeSet<_> = report
             .batches
             .iter()
@@ -64,6 +78,30 @@ impl World {
             Err(e) => {
                 self.stat(|s| s.operator_refusals += 1);
                 d.line(format!("operator reject {id}: {e}"));
+            }
+        }
+        d
+    }
+
+    pub(super) async fn approve(&self, id: shared::domain::WithdrawalId) -> Done {
+        let mut d = Done::default();
+        let r = shared::operator::operations::approve_withdrawal(
+            &*self.p.env.store,
+            id,
+            "operator:simulation",
+        )
+        .await;
+        match r {
+            Ok(w) => {
+                self.stat(|s| s.operator_approvals += 1);
+                if w.status != WithdrawalStatus::Pending {
+                    d.bad(format!("operator approve of {id} left it {}", w.status));
+                }
+                d.line(format!("operator approve {id}: done"));
+            }
+            Err(e) => {
+                self.stat(|s| s.operator_refusals += 1);
+                d.line(format!("operator approve {id}: {e}"));
             }
         }
         d

@@ -1,6 +1,6 @@
 //! The drive to quiescence and the checks that must hold once nothing is left to do.
 
-use super::World;
+use super::{Done, World};
 use crate::sim::model::Model;
 use crate::sim::ops::BatcherCfg;
 use crate::sim::rng::Rng;
@@ -39,7 +39,18 @@ impl World {
         tokio::time::sleep_until(until.into()).await;
         let mut last = String::new();
         for round in 0..12 {
-            let mut d = self.deliver_all(&mut rng).await;
+            // Every held withdrawal is decided: most approved (then paid as usual), some rejected.
+            let mut d = Done::default();
+            for w in self.scan().await.withdrawals.iter() {
+                if w.status == WithdrawalStatus::Review {
+                    d.merge(if rng.percent(70) {
+                        self.approve(w.id).await
+                    } else {
+                        self.reject(w.id).await
+                    });
+                }
+            }
+            d.merge(self.deliver_all(&mut rng).await);
             for cfg in [BatcherCfg::Normal, BatcherCfg::Escalate] {
                 d.merge(self.batcher(1, cfg).await);
                 d.merge(self.deliver_all(&mut rng).await);
@@ -62,16 +73,17 @@ impl World {
             let report = self.scan().await;
             bad.extend(model.check(&report, &self.ledger(), &self.lost_unheard()));
             let fp = Self::state_fingerprint(&report);
-            let busy = report
-                .withdrawals
-                .iter()
-                .any(|w| w.status == WithdrawalStatus::Pending)
-                || report.batches.iter().any(|b| {
-                    matches!(
-                        b.status,
-                        BatchStatus::Claiming | BatchStatus::Open | BatchStatus::Rejecting
-                    )
-                });
+            let busy = report.withdrawals.iter().any(|w| {
+                matches!(
+                    w.status,
+                    WithdrawalStatus::Pending | WithdrawalStatus::Review
+                )
+            }) || report.batches.iter().any(|b| {
+                matches!(
+                    b.status,
+                    BatchStatus::Claiming | BatchStatus::Open | BatchStatus::Rejecting
+                )
+            });
             if fp == last && !busy {
                 break;
             }
@@ -119,9 +131,15 @@ impl World {
     ) -> BTreeSet<String> {
         let mut waiting = BTreeSet::new();
         for w in &report.withdrawals {
+            if w.audit
+                .first()
+                .is_some_and(|e| e.to == WithdrawalStatus::Review)
+            {
+                self.stat(|s| s.held_for_review += 1);
+            }
             match w.status {
-                WithdrawalStatus::Pending => {
-                    bad.push(format!("{}: still PENDING at quiescence", w.id))
+                WithdrawalStatus::Pending | WithdrawalStatus::Review => {
+                    bad.push(format!("{}: still {} at quiescence", w.id, w.status))
                 }
                 WithdrawalStatus::Submitted => {
                     let Some(b) = w.batch_id.and_then(|b| batches.get(&b)) else {

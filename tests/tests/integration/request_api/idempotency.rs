@@ -8,7 +8,6 @@ use serde_json::json;
 use shared::domain::UserId;
 use shared::http::auth::Authenticator;
 use shared::requests::withdrawals::WithdrawalService;
-use shared::store::DynamoStore;
 use std::sync::Arc;
 
 #[tokio::test]
@@ -227,11 +226,7 @@ async fn a_replayed_request_is_answered_in_one_round_trip() {
     // needs no second read.
     let env = TestEnv::new().await;
     env.credit("rita", "USD", "100").await;
-    let counter = shared::platform::calls::CallRecorder::counting();
-    let client = integration_tests::counting_client(&counter);
-    let store = DynamoStore::new(client, env.store.table_name(), env.currencies.clone())
-        .with_pending_shards(env.store.pending_shards());
-    let service = WithdrawalService::new(Arc::new(store), env.currencies.clone(), 5);
+    let (counter, service) = env.counted_service();
     let user = UserId::parse("rita").unwrap();
     let key = || shared::domain::IdempotencyKey::parse("once").unwrap();
     let body = withdrawal_body("USD", "10.00");
