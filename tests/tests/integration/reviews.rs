@@ -410,3 +410,53 @@ async fn a_held_request_is_still_one_round_trip() {
     assert!(held.body.contains("\"REVIEW\""), "{}", held.body);
     assert_eq!(env.balance("ola", "USD").await.locked, "2500.00");
 }
+
+#[tokio::test]
+async fn an_approval_lands_where_every_batcher_reads_whatever_the_operators_shard_setting() {
+    use shared::store::DynamoStore;
+    use std::sync::Arc;
+    let p = reviewed_env().await;
+    let env = &p.env;
+    // One user each: three of them would pass one user's daily limit.
+    let users = ["sam", "sal", "sia"];
+    let mut held = Vec::new();
+    for user in users {
+        env.credit(user, "USD", "5000").await;
+        let (id, status) = request(env, user, "USD", "1000.50").await;
+        assert_eq!(status, "REVIEW");
+        held.push(id);
+    }
+    // The operator's PENDING_SHARDS (64) is above what any request function recorded.
+    let operator_store = DynamoStore::new(
+        env.store.client().clone(),
+        env.store.table_name(),
+        env.currencies.clone(),
+    )
+    .with_pending_shards(64);
+    for id in &held {
+        operations::approve_withdrawal(&operator_store, WithdrawalId::parse(id).unwrap(), OPERATOR)
+            .await
+            .unwrap();
+    }
+    // A batcher that reads only what it knows of: its own setting (1) and the recorded mark.
+    let batcher_store = Arc::new(
+        DynamoStore::new(
+            integration_tests::function_client(integration_tests::BATCHER_FN),
+            env.store.table_name(),
+            env.currencies.clone(),
+        )
+        .with_pending_shards(1),
+    );
+    let summary = p
+        .batcher_on(batcher_store, PayoutEnv::config())
+        .run(std::time::Instant::now() + Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(summary.currencies["USD"].claimed, 3, "{summary:?}");
+    for (user, id) in users.iter().zip(&held) {
+        assert_eq!(
+            stored(env, user, id).await.status,
+            WithdrawalStatus::Submitted
+        );
+    }
+}

@@ -68,7 +68,9 @@ impl DynamoStore {
             "audit",
             AttributeValue::L(w.audit.iter().map(audit_to_item).collect()),
         );
-        if let Some(index_pk) = self.waiting_index_pk(w.status, &w.currency, w.id) {
+        if let Some(index_pk) =
+            Self::waiting_index_pk(w.status, &w.currency, w.id, self.pending_shards)
+        {
             put(schema::PENDING_PK, s(index_pk));
             put(schema::PENDING_SK, s(w.id.to_string()));
         }
@@ -76,19 +78,18 @@ impl DynamoStore {
     }
 
     /// Sparse index: only withdrawals waiting for someone carry its keys. Pending ones under
-    /// their currency's shard (the batcher reads exactly what is due, oldest first), held ones
-    /// under their currency's review key (what operators have to decide).
+    /// one of `shards` shards of their currency (the batcher reads exactly what is due, oldest
+    /// first), held ones under their currency's review key (what operators have to decide).
     pub(super) fn waiting_index_pk(
-        &self,
         status: WithdrawalStatus,
         currency: &Currency,
         id: WithdrawalId,
+        shards: u32,
     ) -> Option<String> {
         match status {
-            WithdrawalStatus::Pending => Some(TableSchema::pending_pk(
-                currency.code(),
-                id.shard(self.pending_shards),
-            )),
+            WithdrawalStatus::Pending => {
+                Some(TableSchema::pending_pk(currency.code(), id.shard(shards)))
+            }
             WithdrawalStatus::Review => Some(TableSchema::review_pk(currency.code())),
             _ => None,
         }

@@ -236,9 +236,12 @@ impl DynamoStore {
                 .expression_attribute_values(":bi", s(batch.to_string()));
         }
         // The sparse index follows the status: an approval moves the withdrawal from its
-        // currency's review key to a pending shard; leaving either takes it out.
-        let was_waiting = self.waiting_index_pk(w.status, &w.currency, w.id).is_some();
-        let waits = self.waiting_index_pk(to, &w.currency, w.id);
+        // currency's review key to a pending shard; leaving either takes it out. An approval
+        // lands on shard 0, which every batcher reads whatever its PENDING_SHARDS: the
+        // operator's own setting may be higher than any request function's, and a shard above
+        // the recorded `max_shards` would never be read (approvals are rare: no hot key).
+        let was_waiting = Self::waiting_index_pk(w.status, &w.currency, w.id, 1).is_some();
+        let waits = Self::waiting_index_pk(to, &w.currency, w.id, 1);
         let leaves_index = was_waiting && waits.is_none();
         if let Some(index_pk) = waits {
             set.push("#ipk = :ipk");
