@@ -177,8 +177,8 @@ else:
     elif not any(f'"{dlq}"' in refs(a["Properties"].get("Dimensions", [])) for a in of_type("AWS::CloudWatch::Alarm").values()):
         findings.append(f"{dlq}: the on-failure queue has no alarm")
     patterns = [json.loads(f["Pattern"]) for f in m.get("FilterCriteria", {}).get("Filters", [])]
-    if patterns != [{"dynamodb": {"NewImage": {"type": {"S": ["WITHDRAWAL", "CREDIT", "CONTROL"]}}}}]:
-        findings.append(f"stream mapping: filter {patterns} is not withdrawal, credit and switch items")
+    if patterns != [{"dynamodb": {"NewImage": {"type": {"S": ["WITHDRAWAL", "CREDIT", "CONTROL", "BENEFICIARY"]}}}}]:
+        findings.append(f"stream mapping: filter {patterns} is not withdrawal, credit, switch and beneficiary items")
     role = resources[resources[fn]["Properties"]["Role"]["Fn::GetAtt"][0]]["Properties"]
     managed = refs(role.get("ManagedPolicyArns", []))
     if "DynamoDBExecutionRole" in managed or "AWSLambdaInvocation" in managed:

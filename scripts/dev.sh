@@ -102,6 +102,7 @@ EVENT_BUS_NAME=$EVENT_BUS
 AWS_ENDPOINT_URL_EVENTBRIDGE=$SECRETS_ENDPOINT
 EVENTS_QUEUE_URL=$EVENTS_QUEUE_URL
 REVIEW_THRESHOLDS=${REVIEW_THRESHOLDS:-USD:500,EUR:500,JPY:100000}
+BENEFICIARY_COOLING_OFF_SECS=${BENEFICIARY_COOLING_OFF_SECS:-0}
 RUST_LOG=info
 ENV
 if [ "$FUNCTIONS" = arm64 ]; then
@@ -320,10 +321,15 @@ The pipeline is running. In another shell, from $ROOT:
   set -a; source .local/stack-$WATCH_PORT/lambda.env; set +a
   TOKEN=\$(./target/debug/operator token --user alice)
 
-  # 1. request a withdrawal (the Idempotency-Key makes a retry safe)
+  # 1. register a bank account (locally usable at once: BENEFICIARY_COOLING_OFF_SECS=0), then
+  #    request a withdrawal to it (the Idempotency-Key makes a retry safe)
+  B=\$(curl -s -X POST localhost:$WATCH_PORT/beneficiaries -H "Authorization: Bearer \$TOKEN" \\
+       -H 'Idempotency-Key: account-1' \\
+       -d '{"bank_account":"$PAID_ACCOUNT","holder_name":"Alice Example"}' |
+       python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
   curl -s -X POST localhost:$WATCH_PORT/withdrawals -H "Authorization: Bearer \$TOKEN" \\
        -H 'Idempotency-Key: demo-1' \\
-       -d '{"currency":"USD","amount":"125.50","bank_account":"$PAID_ACCOUNT"}'
+       -d "{\"currency\":\"USD\",\"amount\":\"125.50\",\"beneficiary_id\":\"\$B\"}"
 
   # 2. run the batcher now instead of waiting for the schedule
   cargo lambda invoke payout-batcher --invoke-port $WATCH_PORT --data-file tests/payloads/scheduled-event.json

@@ -78,7 +78,15 @@ impl TestEnv {
         )
     }
 
-    /// Credits under a reference of its own (every call is a new credit).
+    /// Registers `account` for `user` as a new beneficiary, usable at once; its id.
+    pub async fn beneficiary(&self, user: &str, account: &str) -> String {
+        let id = shared::domain::BeneficiaryId::new().to_string();
+        crate::register_beneficiary(self.store.as_ref(), user, account, &id).await;
+        id
+    }
+
+    /// Credits under a reference of its own (every call is a new credit), and registers the
+    /// test beneficiary ([`crate::BENEFICIARY`], [`IBAN`]) for the user.
     pub async fn credit(&self, user: &str, currency: &str, amount: &str) {
         let reference = format!("test-{}", ulid::Ulid::new());
         let outcome = self
@@ -96,6 +104,7 @@ impl TestEnv {
         amount: &str,
         reference: &str,
     ) -> Result<CreditOutcome, StoreError> {
+        crate::register_beneficiary(self.store.as_ref(), user, IBAN, crate::BENEFICIARY).await;
         self.store
             .credit(&credit_record(
                 self.currencies.get(currency).unwrap(),
@@ -258,8 +267,11 @@ impl ApiRequest {
     }
 }
 
+/// A withdrawal to the test beneficiary ([`crate::BENEFICIARY`], the user's [`IBAN`]): every
+/// user [`TestEnv::credit`] funds has it registered.
 pub fn withdrawal_body(currency: &str, amount: &str) -> String {
-    json!({"currency": currency, "amount": amount, "bank_account": IBAN}).to_string()
+    json!({"currency": currency, "amount": amount, "beneficiary_id": crate::BENEFICIARY})
+        .to_string()
 }
 
 #[derive(Debug, Clone)]

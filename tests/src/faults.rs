@@ -4,8 +4,8 @@
 
 use async_trait::async_trait;
 use shared::domain::{
-    Balance, Batch, BatchId, BatchStatus, CreditReference, Currency, CurrencyCode, IdempotencyKey,
-    Subject, Transition, UserId, Withdrawal, WithdrawalId,
+    Balance, BankAccount, Batch, BatchId, BatchStatus, Beneficiary, BeneficiaryId, CreditReference,
+    Currency, CurrencyCode, IdempotencyKey, Subject, Transition, UserId, Withdrawal, WithdrawalId,
 };
 use shared::store::Failure;
 use shared::store::{
@@ -175,12 +175,56 @@ impl Store for FaultyStore {
     async fn record_event(&self, e: &EventRecord) -> Result<(), StoreError> {
         faulty!(self, "record_event", self.inner.record_event(e))
     }
+    async fn add_beneficiary(
+        &self,
+        b: &Beneficiary,
+        i: &IdempotencyRecord,
+        max: u32,
+    ) -> Result<(), StoreError> {
+        faulty!(
+            self,
+            "add_beneficiary",
+            self.inner.add_beneficiary(b, i, max)
+        )
+    }
+    async fn beneficiary(
+        &self,
+        u: &UserId,
+        id: BeneficiaryId,
+    ) -> Result<Option<Beneficiary>, StoreError> {
+        faulty!(self, "beneficiary", self.inner.beneficiary(u, id))
+    }
+    async fn beneficiaries(&self, u: &UserId) -> Result<Vec<Beneficiary>, StoreError> {
+        faulty!(self, "beneficiaries", self.inner.beneficiaries(u))
+    }
+    async fn remove_beneficiary(
+        &self,
+        u: &UserId,
+        id: BeneficiaryId,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Beneficiary, StoreError> {
+        faulty!(
+            self,
+            "remove_beneficiary",
+            self.inner.remove_beneficiary(u, id, at)
+        )
+    }
 }
 
 #[async_trait]
 impl BatchStore for FaultyStore {
     fn claim_chunk(&self) -> usize {
         self.inner.claim_chunk()
+    }
+    async fn beneficiary_accounts(
+        &self,
+        keys: &[(UserId, BeneficiaryId)],
+    ) -> Result<std::collections::HashMap<(UserId, BeneficiaryId), BankAccount>, StoreError> {
+        faulty!(
+            self,
+            "beneficiary_accounts",
+            self.inner.beneficiary_accounts(keys)
+        )
     }
     async fn pending(
         &self,

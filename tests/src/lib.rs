@@ -21,7 +21,7 @@ pub use clients::{
 };
 pub use logs::LogCapture;
 pub use payouts::{claiming_batch, PayoutEnv, ACCOUNTS, API_KEY, WEBHOOK_SECRET};
-pub use tables::{credit_record, fresh_table, seed_pending};
+pub use tables::{credit_record, fresh_table, register_beneficiary, seed_pending, BENEFICIARY};
 pub use webhook::{callback_body, deliver, now_secs, sign, spawn_webhook_server, webhook_request};
 
 pub const IBAN: &str = "DE89370400440532013000";

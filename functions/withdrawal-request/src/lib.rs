@@ -1,13 +1,14 @@
 //! `withdrawal-request`: the user API behind API Gateway's HTTP API (payload v2), and on the same
 //! API the internal credit API for the platform's own services (`/internal/credits`, IAM).
-//! Thin: authenticate, route, hand the parsed request to [`WithdrawalService`] or
-//! [`CreditService`], map the result.
+//! Thin: authenticate, route, hand the parsed request to [`WithdrawalService`],
+//! [`BeneficiaryService`] or [`CreditService`], map the result.
 
 use lambda_http::{Body, Request, RequestExt, Response};
 use shared::domain::{IdempotencyKey, UserId};
 use shared::http::api::{json_response, ApiError};
 use shared::http::auth::{AuthError, Authenticator, InternalAuth};
 use shared::platform::config::RequestConfig;
+use shared::requests::beneficiaries::{BeneficiaryRules, BeneficiaryService};
 use shared::requests::credits::CreditService;
 use shared::requests::withdrawals::WithdrawalService;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 #[derive(Clone)]
 pub struct App {
     pub service: WithdrawalService,
+    pub beneficiaries: BeneficiaryService,
     pub auth: Authenticator,
     pub credits: CreditService,
     pub internal: InternalAuth,
@@ -31,6 +33,7 @@ impl App {
     pub fn new(service: WithdrawalService, auth: Authenticator) -> Self {
         Self {
             credits: CreditService::new(service.store(), service.currencies().clone()),
+            beneficiaries: BeneficiaryService::new(service.store(), BeneficiaryRules::default()),
             service,
             auth,
             internal: InternalAuth::closed(),
@@ -39,6 +42,12 @@ impl App {
 
     pub fn with_internal(mut self, internal: InternalAuth) -> Self {
         self.internal = internal;
+        self
+    }
+
+    /// Beneficiaries added under `rules` (cooling-off, maximum per user) instead of the defaults.
+    pub fn with_beneficiary_rules(mut self, rules: BeneficiaryRules) -> Self {
+        self.beneficiaries = BeneficiaryService::new(self.service.store(), rules);
         self
     }
 
@@ -55,7 +64,9 @@ impl App {
             config.store.currencies,
             config.store.max_open_per_currency,
         );
-        Ok(Self::new(service, config.users).with_internal(config.internal))
+        Ok(Self::new(service, config.users)
+            .with_internal(config.internal)
+            .with_beneficiary_rules(config.beneficiaries))
     }
 
     /// Handles one request. Never fails: every outcome is an HTTP response.
@@ -72,6 +83,7 @@ impl App {
             route = tracing::field::Empty,
             user_id = tracing::field::Empty,
             withdrawal_id = tracing::field::Empty,
+            beneficiary_id = tracing::field::Empty,
             status = tracing::field::Empty,
         );
         async move {
@@ -103,7 +115,11 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     }
     let known = matches!(
         segments.as_slice(),
-        ["withdrawals"] | ["withdrawals", _] | ["balances"]
+        ["withdrawals"]
+            | ["withdrawals", _]
+            | ["balances"]
+            | ["beneficiaries"]
+            | ["beneficiaries", _]
     );
     if !known {
         return Err(ApiError::NotFound);
@@ -154,6 +170,35 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
                 to_json(&service.cancel(&user, id).await?)?,
             ))
         }
+        ("POST", ["beneficiaries"]) => {
+            span.record("route", "add_beneficiary");
+            let key = idempotency_key(req)?;
+            let added = app.beneficiaries.add(&user, body_bytes(req)?, key).await?;
+            span.record("beneficiary_id", added.beneficiary_id.to_string());
+            let mut resp = json_response(added.status_code, added.body);
+            if added.replayed {
+                resp.headers_mut().insert(
+                    "idempotent-replayed",
+                    "true".parse().expect("static header"),
+                );
+            }
+            Ok(resp)
+        }
+        ("GET", ["beneficiaries"]) => {
+            span.record("route", "list_beneficiaries");
+            Ok(json_response(
+                200,
+                to_json(&app.beneficiaries.list(&user).await?)?,
+            ))
+        }
+        ("DELETE", ["beneficiaries", id]) => {
+            span.record("route", "remove_beneficiary");
+            span.record("beneficiary_id", *id);
+            Ok(json_response(
+                200,
+                to_json(&app.beneficiaries.remove(&user, id).await?)?,
+            ))
+        }
         ("GET", ["balances"]) => {
             span.record("route", "balances");
             Ok(json_response(
@@ -165,6 +210,8 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
         (_, ["withdrawals", _]) => Err(ApiError::MethodNotAllowed {
             allow: "GET, DELETE",
         }),
+        (_, ["beneficiaries"]) => Err(ApiError::MethodNotAllowed { allow: "GET, POST" }),
+        (_, ["beneficiaries", _]) => Err(ApiError::MethodNotAllowed { allow: "DELETE" }),
         _ => Err(ApiError::MethodNotAllowed { allow: "GET" }),
     }
 }

@@ -134,6 +134,7 @@ macro_rules! ulid_id {
 
 ulid_id!(WithdrawalId, "wd_", "withdrawal");
 ulid_id!(BatchId, "bt_", "batch");
+ulid_id!(BeneficiaryId, "bn_", "beneficiary");
 
 #[cfg(test)]
 mod tests {

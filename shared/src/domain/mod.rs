@@ -4,6 +4,7 @@ mod amount;
 mod balance;
 mod bank_account;
 mod batch;
+mod beneficiary;
 mod callback;
 mod control;
 mod currency;
@@ -17,10 +18,11 @@ pub use batch::{
     provider_evidence, Batch, BatchNote, BatchStatus, Member, MemberTerms, OPERATOR_ACTOR,
     PROVIDER_STATUS_ACTOR,
 };
+pub use beneficiary::{Beneficiary, BeneficiaryDetails, Destination};
 pub use callback::CallbackOutcome;
 pub use control::{Control, ControlChange, ControlSubject};
 pub use currency::{Currencies, Currency, CurrencyCode};
-pub use ids::{BatchId, CreditReference, IdempotencyKey, UserId, WithdrawalId};
+pub use ids::{BatchId, BeneficiaryId, CreditReference, IdempotencyKey, UserId, WithdrawalId};
 pub use withdrawal::{
     AuditEntry, InvalidTransition, Subject, Transition, Withdrawal, WithdrawalStatus,
 };
@@ -46,4 +48,7 @@ pub enum DomainError {
     InvalidBankAccount(String),
     #[error("{0}")]
     InvalidId(String),
+    /// A beneficiary's holder name or label that cannot be shown or sent as it is.
+    #[error("{0}")]
+    InvalidBeneficiary(String),
 }

@@ -1,4 +1,4 @@
-use super::{Amount, BalanceEffect, BankAccount, BatchId, Currency, UserId, WithdrawalId};
+use super::{Amount, BalanceEffect, BatchId, Currency, Destination, UserId, WithdrawalId};
 use chrono::{DateTime, NaiveDate, Utc};
 use std::fmt;
 
@@ -153,7 +153,7 @@ pub struct Withdrawal {
     pub user_id: UserId,
     pub currency: Currency,
     pub amount: Amount,
-    pub bank_account: BankAccount,
+    pub destination: Destination,
     pub status: WithdrawalStatus,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -224,7 +224,7 @@ impl Withdrawal {
         user_id: UserId,
         currency: Currency,
         amount: Amount,
-        bank_account: BankAccount,
+        destination: Destination,
         now: DateTime<Utc>,
     ) -> Self {
         let status = if currency.needs_review(amount.value()) {
@@ -238,7 +238,7 @@ impl Withdrawal {
             limit_day: currency.daily_limit().map(|_| now.date_naive()),
             currency,
             amount,
-            bank_account,
+            destination,
             status,
             created_at: now,
             updated_at: now,

@@ -24,6 +24,20 @@ pub enum ApiError {
     #[error("{0}")]
     InvalidParameter(String),
     #[error("{0}")]
+    InvalidBeneficiary(String),
+    /// A withdrawal names a registered beneficiary, never an account of its own.
+    #[error("name a registered beneficiary (beneficiary_id); a bank_account is not accepted")]
+    BeneficiaryRequired,
+    #[error("no such beneficiary among yours")]
+    UnknownBeneficiary,
+    #[error("this beneficiary was removed")]
+    BeneficiaryRemoved,
+    /// Added too recently; the message says from when it can be used.
+    #[error("{0}")]
+    BeneficiaryCoolingOff(String),
+    #[error("at most {0} beneficiaries; remove one first")]
+    TooManyBeneficiaries(u32),
+    #[error("{0}")]
     InvalidIdempotencyKey(String),
     #[error(
         "an Idempotency-Key header is required: without one a retried request could withdraw twice"
@@ -71,7 +85,7 @@ pub enum ApiError {
 
 impl ApiError {
     /// Every code the API can return, for documentation and tests.
-    pub const CODES: [&'static str; 26] = [
+    pub const CODES: [&'static str; 32] = [
         "invalid_json",
         "invalid_currency",
         "invalid_amount",
@@ -79,6 +93,12 @@ impl ApiError {
         "amount_above_maximum",
         "invalid_bank_account",
         "invalid_parameter",
+        "invalid_beneficiary",
+        "beneficiary_required",
+        "unknown_beneficiary",
+        "beneficiary_removed",
+        "beneficiary_cooling_off",
+        "too_many_beneficiaries",
         "invalid_idempotency_key",
         "missing_idempotency_key",
         "unauthorized",
@@ -109,6 +129,12 @@ impl ApiError {
             Self::AmountAboveMaximum(_) => "amount_above_maximum",
             Self::InvalidBankAccount(_) => "invalid_bank_account",
             Self::InvalidParameter(_) => "invalid_parameter",
+            Self::InvalidBeneficiary(_) => "invalid_beneficiary",
+            Self::BeneficiaryRequired => "beneficiary_required",
+            Self::UnknownBeneficiary => "unknown_beneficiary",
+            Self::BeneficiaryRemoved => "beneficiary_removed",
+            Self::BeneficiaryCoolingOff(_) => "beneficiary_cooling_off",
+            Self::TooManyBeneficiaries(_) => "too_many_beneficiaries",
             Self::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
             Self::MissingIdempotencyKey => "missing_idempotency_key",
             Self::Unauthorized => "unauthorized",
@@ -140,6 +166,8 @@ impl ApiError {
             | Self::AmountAboveMaximum(_)
             | Self::InvalidBankAccount(_)
             | Self::InvalidParameter(_)
+            | Self::InvalidBeneficiary(_)
+            | Self::BeneficiaryRequired
             | Self::InvalidIdempotencyKey(_)
             | Self::MissingIdempotencyKey
             | Self::UnknownEventType(_) => StatusCode::BAD_REQUEST,
@@ -151,9 +179,14 @@ impl ApiError {
             | Self::TooManyPending
             | Self::DailyLimitExceeded(_)
             | Self::CurrencyPaused
+            | Self::BeneficiaryCoolingOff(_)
+            | Self::TooManyBeneficiaries(_)
             | Self::NotCancellable(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::IdempotencyKeyReused | Self::ReferenceReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::IdempotencyKeyReused
+            | Self::ReferenceReused
+            | Self::UnknownBeneficiary
+            | Self::BeneficiaryRemoved => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TryAgain => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -188,6 +221,7 @@ impl From<DomainError> for ApiError {
             DomainError::AmountAboveMaximum { .. } => Self::AmountAboveMaximum(msg),
             DomainError::InvalidBankAccount(_) => Self::InvalidBankAccount(msg),
             DomainError::InvalidId(_) => Self::InvalidParameter(msg),
+            DomainError::InvalidBeneficiary(_) => Self::InvalidBeneficiary(msg),
         }
     }
 }
@@ -203,6 +237,16 @@ impl From<StoreError> for ApiError {
             StoreError::Refused(Refusal::NotFound) => Self::NotFound,
             StoreError::Refused(Refusal::UserBlocked) => Self::WithdrawalsBlocked,
             StoreError::Refused(Refusal::CurrencyPaused) => Self::CurrencyPaused,
+            StoreError::Refused(Refusal::UnknownBeneficiary) => Self::UnknownBeneficiary,
+            StoreError::Refused(Refusal::BeneficiaryRemoved) => Self::BeneficiaryRemoved,
+            StoreError::Refused(Refusal::BeneficiaryCoolingOff { usable_from }) => {
+                Self::BeneficiaryCoolingOff(format!(
+                    "this beneficiary was added recently: it can be used from {usable_from}"
+                ))
+            }
+            StoreError::Refused(Refusal::TooManyBeneficiaries(max)) => {
+                Self::TooManyBeneficiaries(max)
+            }
             // The first credit's details stay in the log, not in the answer.
             StoreError::Refused(Refusal::ReferenceReused(first)) => {
                 tracing::info!(%first, "credit reference reused");

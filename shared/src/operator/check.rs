@@ -254,7 +254,9 @@ mod tests {
             user.clone(),
             usd.clone(),
             amt,
-            BankAccount::parse("DE89370400440532013000").unwrap(),
+            crate::domain::Destination::Account(
+                BankAccount::parse("DE89370400440532013000").unwrap(),
+            ),
             Utc::now(),
         );
         assert_eq!(audit_gap(&w), None);
@@ -270,6 +272,7 @@ mod tests {
             credits: vec![credit_of(&user, "100", "c-1")],
             batches: vec![],
             unreadable: vec![],
+            beneficiaries: vec![],
         };
         assert!(violations(&good).is_empty(), "{:?}", violations(&good));
 
@@ -279,6 +282,7 @@ mod tests {
             credits: good.credits.clone(),
             batches: vec![],
             unreadable: vec![],
+            beneficiaries: vec![],
         };
         assert_eq!(violations(&orphan_lock).len(), 2);
 
@@ -290,6 +294,7 @@ mod tests {
             credits: good.credits.clone(),
             batches: vec![],
             unreadable: vec![],
+            beneficiaries: vec![],
         };
         assert_eq!(violations(&report).len(), 1);
     }
@@ -335,7 +340,9 @@ mod tests {
             user.clone(),
             usd.clone(),
             crate::domain::Amount::parse("10.00", &usd).unwrap(),
-            BankAccount::parse("DE89370400440532013000").unwrap(),
+            crate::domain::Destination::Account(
+                BankAccount::parse("DE89370400440532013000").unwrap(),
+            ),
             chrono::Utc::now(),
         );
         let mut batch = Batch::claiming(usd, "run", 0);

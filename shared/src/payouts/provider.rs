@@ -16,7 +16,7 @@ pub struct PayoutBatchRequest {
     pub items: Vec<PayoutItem>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 pub struct PayoutItem {
     /// Our withdrawal id.
     pub reference: String,
@@ -25,24 +25,43 @@ pub struct PayoutItem {
     pub bank_account: String,
 }
 
+/// Without the account: a request or item printed in a log or a panic names none.
+impl std::fmt::Debug for PayoutItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PayoutItem")
+            .field("reference", &self.reference)
+            .field("amount", &self.amount)
+            .field("bank_account", &"<redacted>")
+            .finish()
+    }
+}
+
 impl PayoutBatchRequest {
     /// The same batch always produces the same request (members sorted by id), so a re-send
-    /// under the same idempotency key is byte-for-byte the first one.
-    pub fn new(batch: &Batch, members: &[Withdrawal]) -> Self {
+    /// under the same idempotency key is byte-for-byte the first one. Each member's account is
+    /// the one on the withdrawal (a beneficiary's, copied there by the claim); a member without
+    /// one is named in the error and nothing is sent.
+    pub fn new(batch: &Batch, members: &[Withdrawal]) -> Result<Self, String> {
         let mut items: Vec<PayoutItem> = members
             .iter()
-            .map(|w| PayoutItem {
-                reference: w.id.to_string(),
-                amount: w.amount.to_string(),
-                bank_account: w.bank_account.expose().to_string(),
+            .map(|w| {
+                let account = w
+                    .destination
+                    .account()
+                    .ok_or_else(|| format!("member {} has no account recorded", w.id))?;
+                Ok(PayoutItem {
+                    reference: w.id.to_string(),
+                    amount: w.amount.to_string(),
+                    bank_account: account.expose().to_string(),
+                })
             })
-            .collect();
+            .collect::<Result<_, String>>()?;
         items.sort_by(|a, b| a.reference.cmp(&b.reference));
-        Self {
+        Ok(Self {
             batch_id: batch.id.to_string(),
             currency: batch.currency.code().to_string(),
             items,
-        }
+        })
     }
 }
 

@@ -7,6 +7,7 @@
 use crate::domain::Currencies;
 use crate::http::auth::{AllowedCallers, Authenticator, CallerSource, InternalAuth, LocalTokenKey};
 use crate::payouts::signature::DEFAULT_TOLERANCE_SECS;
+use crate::requests::beneficiaries::BeneficiaryRules;
 use std::fmt::Display;
 use std::ops::RangeInclusive;
 use std::str::FromStr;
@@ -198,6 +199,9 @@ pub struct RequestConfig {
     /// The credit API's callers (`INTERNAL_CALLERS`: IAM role or user ARNs; none admits
     /// nobody).
     pub internal: InternalAuth,
+    /// `BENEFICIARY_COOLING_OFF_SECS` (default a day; at most 30 days) and
+    /// `MAX_BENEFICIARIES` (default 10, 1 to 100).
+    pub beneficiaries: BeneficiaryRules,
 }
 
 impl RequestConfig {
@@ -221,10 +225,25 @@ impl RequestConfig {
             ),
             None => (Authenticator::ApiGatewayJwt, CallerSource::ApiGatewayIam),
         };
+        let cooling_off: u64 = number(
+            v,
+            "BENEFICIARY_COOLING_OFF_SECS",
+            crate::requests::beneficiaries::DEFAULT_COOLING_OFF_SECS,
+            0..=30 * 24 * 3600,
+        )?;
         Ok(Self {
             store: StoreConfig::from_vars(v)?,
             users,
             internal: InternalAuth::new(source, callers),
+            beneficiaries: BeneficiaryRules {
+                cooling_off: chrono::Duration::seconds(cooling_off as i64),
+                max_per_user: number(
+                    v,
+                    "MAX_BENEFICIARIES",
+                    crate::requests::beneficiaries::DEFAULT_MAX_BENEFICIARIES,
+                    1..=100,
+                )?,
+            },
         })
     }
 

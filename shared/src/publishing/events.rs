@@ -1,5 +1,6 @@
 //! Events out: what the rest of the platform hears. One event per withdrawal status change, one
-//! per credit and one per change of an operator's switch (a pause, a block), derived from the table's stream, which holds exactly what was committed, in
+//! per credit, one per beneficiary added or removed and one per change of an operator's switch
+//! (a pause, a block), derived from the table's stream, which holds exactly what was committed, in
 //! commit order per item. Nothing on the money path publishes anything: a commit cannot be
 //! lost between the table and the bus, and a failed publish never undoes a commit.
 //!
@@ -8,7 +9,10 @@
 //! deduplicate, and a `sequence` that orders one withdrawal's events (EventBridge does not
 //! promise delivery order).
 
-use crate::domain::{Control, ControlSubject, Currencies, Withdrawal, WithdrawalStatus};
+use crate::domain::{
+    Beneficiary, Control, ControlSubject, Currencies, Withdrawal, WithdrawalStatus,
+};
+use crate::requests::beneficiaries::BeneficiaryView;
 use crate::requests::credits::CreditView;
 use crate::requests::withdrawals::WithdrawalView;
 use crate::store::{decode_stored_item, stored_status, CreditRecord, StoreError, StoredItem};
@@ -36,10 +40,14 @@ pub enum EventKind {
     CurrencyResumed,
     UserBlocked,
     UserUnblocked,
+    /// A user registered a destination (masked): the platform tells the user, so one added by
+    /// someone else is removed within its cooling-off.
+    BeneficiaryAdded,
+    BeneficiaryRemoved,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 13] = [
+    pub const ALL: [EventKind; 15] = [
         EventKind::Withdrawal(WithdrawalStatus::Review),
         EventKind::WithdrawalApproved,
         EventKind::Withdrawal(WithdrawalStatus::Pending),
@@ -53,6 +61,8 @@ impl EventKind {
         EventKind::CurrencyResumed,
         EventKind::UserBlocked,
         EventKind::UserUnblocked,
+        EventKind::BeneficiaryAdded,
+        EventKind::BeneficiaryRemoved,
     ];
 
     pub fn detail_type(&self) -> &'static str {
@@ -72,6 +82,8 @@ impl EventKind {
             Self::CurrencyResumed => "currency.resumed",
             Self::UserBlocked => "user.blocked",
             Self::UserUnblocked => "user.unblocked",
+            Self::BeneficiaryAdded => "beneficiary.added",
+            Self::BeneficiaryRemoved => "beneficiary.removed",
         }
     }
 }
@@ -129,7 +141,45 @@ pub fn event_of(
                     });
             Ok((before != Some(c.changes)).then(|| control_event(&c)))
         }
+        // Added (a new item) or removed (the mark appears): a beneficiary changes nothing else.
+        StoredItem::Beneficiary(b) => {
+            let was_removed = change.old.as_ref().map(|old| {
+                matches!(decode_stored_item(currencies, old), Ok(StoredItem::Beneficiary(o)) if o.is_removed())
+            });
+            Ok(match was_removed {
+                None => Some(beneficiary_event(&b)),
+                Some(false) if b.is_removed() => Some(beneficiary_event(&b)),
+                Some(_) => None,
+            })
+        }
         StoredItem::Credit(_) | StoredItem::Other => Ok(None),
+    }
+}
+
+/// The event of beneficiary `b` having been added, or removed once it is: the account masked.
+pub fn beneficiary_event(b: &Beneficiary) -> PipelineEvent {
+    let (kind, event_id, occurred_at) = match &b.removed_at {
+        None => (
+            EventKind::BeneficiaryAdded,
+            format!("{}.added", b.id),
+            crate::domain::timestamp(&b.created_at),
+        ),
+        Some(at) => (
+            EventKind::BeneficiaryRemoved,
+            format!("{}.removed", b.id),
+            crate::domain::timestamp(at),
+        ),
+    };
+    PipelineEvent {
+        kind,
+        detail: json!({
+            "event_id": event_id,
+            "user_id": b.user_id.as_str(),
+            "beneficiary": BeneficiaryView::from(b),
+            "occurred_at": occurred_at,
+        }),
+        event_id,
+        occurred_at,
     }
 }
 

@@ -3,9 +3,11 @@
 //! and a credit record is its own event, so each event the publisher would have put in a time
 //! window can be made again, with the publisher's own `event_id` (consumers' deduplication holds)
 //! and built by the publisher's own functions ([`events::withdrawal_event`],
-//! [`events::credit_event`]).
+//! [`events::credit_event`], [`events::beneficiary_event`]). A beneficiary keeps both its times,
+//! so its `beneficiary.added` (the user's warning of a new destination) and its removal can be
+//! made again too.
 
-use crate::domain::{Withdrawal, WithdrawalStatus};
+use crate::domain::{Beneficiary, Destination, Withdrawal, WithdrawalStatus};
 use crate::publishing::events::{self, EventBus, PipelineEvent};
 use crate::store::CreditRecord;
 use chrono::{DateTime, Utc};
@@ -42,6 +44,13 @@ pub fn as_of(w: &Withdrawal, index: usize) -> Option<Withdrawal> {
     if matches!(entry.to, Review | Pending | Submitted | Cancelled) {
         then.provider_reference = None;
     }
+    // A beneficiary's account is copied onto the withdrawal by the claim, which also sets the
+    // batch: out of a batch, the event named the beneficiary alone.
+    if then.batch_id.is_none() {
+        if let Destination::Beneficiary { account, .. } = &mut then.destination {
+            *account = None;
+        }
+    }
     if matches!(entry.to, Review | Pending | Submitted | Settled) {
         then.failure_reason = None;
     }
@@ -53,6 +62,7 @@ pub fn as_of(w: &Withdrawal, index: usize) -> Option<Withdrawal> {
 pub fn rebuilt(
     withdrawals: &[Withdrawal],
     credits: &[CreditRecord],
+    beneficiaries: &[Beneficiary],
     window: Window,
 ) -> Vec<PipelineEvent> {
     let mut out: Vec<(DateTime<Utc>, usize, PipelineEvent)> = Vec::new();
@@ -76,6 +86,19 @@ pub fn rebuilt(
     }
     for c in credits.iter().filter(|c| window.holds(c.created_at)) {
         out.push((c.created_at, 0, events::credit_event(c)));
+    }
+    for b in beneficiaries {
+        if window.holds(b.created_at) {
+            // As it was when added: not yet removed.
+            let added = Beneficiary {
+                removed_at: None,
+                ..b.clone()
+            };
+            out.push((b.created_at, 0, events::beneficiary_event(&added)));
+        }
+        if let Some(at) = b.removed_at.filter(|at| window.holds(*at)) {
+            out.push((at, 1, events::beneficiary_event(b)));
+        }
     }
     out.sort_by(|a, b| (a.0, a.1, &a.2.event_id).cmp(&(b.0, b.1, &b.2.event_id)));
     out.into_iter().map(|(_, _, e)| e).collect()
@@ -115,7 +138,9 @@ mod tests {
             UserId::parse("ann").unwrap(),
             usd.clone(),
             crate::domain::Amount::parse("10.00", &usd).unwrap(),
-            BankAccount::parse("DE89370400440532013000").unwrap(),
+            crate::domain::Destination::Account(
+                BankAccount::parse("DE89370400440532013000").unwrap(),
+            ),
             "2026-12-01T10:00:00Z".parse().unwrap(),
         );
         for (at, from, to, by) in [
@@ -154,6 +179,7 @@ mod tests {
         let all = rebuilt(
             std::slice::from_ref(&w),
             &[],
+            &[],
             Window {
                 since: "2026-12-01T00:00:00Z".parse().unwrap(),
                 until: None,
@@ -185,8 +211,62 @@ mod tests {
             since: "2026-12-01T10:05:00Z".parse().unwrap(),
             until: Some("2026-12-01T10:06:00Z".parse().unwrap()),
         };
-        let one = rebuilt(std::slice::from_ref(&w), &[], window);
+        let one = rebuilt(std::slice::from_ref(&w), &[], &[], window);
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].event_id, format!("{}.SUBMITTED", w.id));
+    }
+
+    #[test]
+    fn a_beneficiary_is_rebuilt_as_added_then_removed_and_a_claimed_account_only_from_the_claim() {
+        use crate::domain::{Beneficiary, BeneficiaryDetails};
+        let details = BeneficiaryDetails::parse("DE89370400440532013000", "Ann Lee", None).unwrap();
+        let mut b = Beneficiary::new(
+            UserId::parse("ann").unwrap(),
+            details,
+            "2026-12-01T09:00:00Z".parse().unwrap(),
+            chrono::Duration::zero(),
+        );
+        b.removed_at = Some("2026-12-01T11:00:00Z".parse().unwrap());
+        let window = |since: &str| Window {
+            since: since.parse().unwrap(),
+            until: None,
+        };
+        let both = rebuilt(
+            &[],
+            &[],
+            std::slice::from_ref(&b),
+            window("2026-12-01T00:00:00Z"),
+        );
+        let kinds: Vec<_> = both.iter().map(|e| e.event_id.clone()).collect();
+        assert_eq!(
+            kinds,
+            [format!("{}.added", b.id), format!("{}.removed", b.id)]
+        );
+        assert!(both[0].detail["beneficiary"]["removed_at"].is_null());
+        assert_eq!(both[1], events::beneficiary_event(&b));
+        assert!(!both[0]
+            .detail
+            .to_string()
+            .contains("DE89370400440532013000"));
+        let late = rebuilt(
+            &[],
+            &[],
+            std::slice::from_ref(&b),
+            window("2026-12-01T10:00:00Z"),
+        );
+        assert_eq!(late.len(), 1);
+
+        // A withdrawal to it: requested with the beneficiary only, the account from the claim.
+        let mut w = withdrawal();
+        w.destination = Destination::Beneficiary {
+            id: b.id,
+            account: Some(BankAccount::parse("DE89370400440532013000").unwrap()),
+        };
+        w.batch_id = Some(crate::domain::BatchId::new());
+        assert_eq!(
+            as_of(&w, 0).unwrap().destination,
+            Destination::beneficiary(b.id)
+        );
+        assert_eq!(as_of(&w, 1).unwrap().destination, w.destination);
     }
 }

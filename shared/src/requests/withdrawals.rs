@@ -2,12 +2,12 @@
 //! Transport-free: the HTTP handler parses the event and calls these.
 
 use crate::domain::{
-    Amount, Balance, BankAccount, Currencies, Currency, DomainError, IdempotencyKey, Transition,
-    UserId, Withdrawal, WithdrawalId, WithdrawalStatus,
+    Amount, Balance, BeneficiaryId, Currencies, Currency, Destination, DomainError, IdempotencyKey,
+    Transition, UserId, Withdrawal, WithdrawalId, WithdrawalStatus,
 };
 use crate::http::api::ApiError;
 use crate::store::Refusal;
-use crate::store::{IdempotencyRecord, ListQuery, Store, StoreError, TransitionDetails};
+use crate::store::{IdempotencyRecord, ListQuery, Resource, Store, StoreError, TransitionDetails};
 use chrono::Utc;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -20,17 +20,31 @@ use std::sync::Arc;
 pub struct WithdrawalRequest {
     pub currency: Currency,
     pub amount: Amount,
-    pub bank_account: BankAccount,
+    /// One of the caller's registered beneficiaries: the request's transaction checks that it
+    /// is theirs, not removed and past its cooling-off.
+    pub beneficiary: BeneficiaryId,
 }
 
-/// The request body's shape, before any of its values is read.
+/// The request body's shape, before any of its values is read. `bank_account` is known only to
+/// be refused with its own code: money goes only to a registered beneficiary.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRequest<'a> {
     currency: String,
     #[serde(borrow)]
     amount: &'a RawValue,
-    bank_account: String,
+    beneficiary_id: Option<String>,
+    #[serde(default, rename = "bank_account")]
+    _bank_account: Option<serde::de::IgnoredAny>,
+}
+
+impl RawRequest<'_> {
+    fn beneficiary(&self) -> Result<BeneficiaryId, ApiError> {
+        match (&self.beneficiary_id, &self._bank_account) {
+            (Some(id), None) => Ok(BeneficiaryId::parse(id)?),
+            _ => Err(ApiError::BeneficiaryRequired),
+        }
+    }
 }
 
 impl WithdrawalRequest {
@@ -39,36 +53,35 @@ impl WithdrawalRequest {
     pub fn parse(body: &[u8], currencies: &Currencies) -> Result<Self, ApiError> {
         let raw: RawRequest = serde_json::from_slice(body)
             .map_err(|e| ApiError::InvalidJson(format!("request body: {e}")))?;
+        let beneficiary = raw.beneficiary()?;
         let currency = currencies.get(&raw.currency)?.clone();
         let amount = parse_bounded_amount(raw.amount, &currency)?;
-        let bank_account = BankAccount::parse(&raw.bank_account)?;
         Ok(Self {
             currency,
             amount,
-            bank_account,
+            beneficiary,
         })
     }
 
-    /// Same request ⇔ same fingerprint, whatever the JSON spelling (`"10"` vs `10.00`, IBAN
-    /// spacing).
+    /// Same request ⇔ same fingerprint, whatever the JSON spelling (`"10"` vs `10.00`).
     pub fn fingerprint(&self) -> String {
         fingerprint(
             self.currency.code().as_str(),
             self.amount.value(),
-            &self.bank_account,
+            self.beneficiary,
         )
     }
 }
 
 /// The one fingerprint formula: the currency code, the amount in that currency's scale, the
-/// account as its owner entered it (normalized).
-fn fingerprint(currency: &str, amount: Decimal, bank_account: &BankAccount) -> String {
+/// beneficiary.
+fn fingerprint(currency: &str, amount: Decimal, beneficiary: BeneficiaryId) -> String {
     let mut h = Sha256::new();
     h.update(currency);
     h.update(b"|");
     h.update(amount.to_string());
     h.update(b"|");
-    h.update(bank_account.expose());
+    h.update(beneficiary.to_string());
     hex::encode(h.finalize())
 }
 
@@ -78,7 +91,7 @@ fn fingerprint(currency: &str, amount: Decimal, bank_account: &BankAccount) -> S
 struct Asked {
     currency: String,
     amount: Decimal,
-    bank_account: BankAccount,
+    beneficiary: BeneficiaryId,
 }
 
 impl Asked {
@@ -88,10 +101,11 @@ impl Asked {
             quoted if quoted.starts_with('"') => serde_json::from_str::<String>(quoted).ok()?,
             bare => bare.to_string(),
         };
+        let beneficiary = raw.beneficiary().ok()?;
         Some(Self {
             currency: raw.currency,
             amount: Decimal::from_str_exact(&text).ok()?,
-            bank_account: BankAccount::parse(&raw.bank_account).ok()?,
+            beneficiary,
         })
     }
 
@@ -109,7 +123,7 @@ impl Asked {
         }
         let mut amount = self.amount;
         amount.rescale(shown.scale());
-        fingerprint(&self.currency, amount, &self.bank_account) == first.fingerprint
+        fingerprint(&self.currency, amount, self.beneficiary) == first.fingerprint
     }
 }
 
@@ -148,14 +162,18 @@ pub(crate) fn parse_bounded_amount(
     Ok(amount)
 }
 
-/// The JSON shape of a withdrawal in every response. The bank account is always masked.
+/// The JSON shape of a withdrawal in every response. The bank account is always masked, and
+/// shown once known: a withdrawal to a beneficiary has it from its claim into a batch on.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct WithdrawalView {
     pub id: String,
     pub status: String,
     pub currency: String,
     pub amount: String,
-    pub bank_account: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub beneficiary_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub bank_account: Option<String>,
     pub created_at: String,
     pub updated_at: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -173,7 +191,8 @@ impl From<&Withdrawal> for WithdrawalView {
             status: w.status.to_string(),
             currency: w.currency.code().to_string(),
             amount: w.amount.to_string(),
-            bank_account: w.bank_account.masked(),
+            beneficiary_id: w.destination.beneficiary_id().map(|b| b.to_string()),
+            bank_account: w.destination.account().map(|a| a.masked()),
             created_at: crate::domain::timestamp(&w.created_at),
             updated_at: crate::domain::timestamp(&w.updated_at),
             batch_id: w.batch_id.map(|b| b.to_string()),
@@ -216,14 +235,18 @@ pub struct Created {
 }
 
 impl Created {
-    /// The first answer for a key, given again.
-    fn replay(first: IdempotencyRecord) -> Self {
-        Self {
+    /// The first answer for a key, given again; a key that first created something else is
+    /// another request.
+    fn replay(first: IdempotencyRecord) -> Result<Self, ApiError> {
+        let Resource::Withdrawal(withdrawal_id) = first.resource else {
+            return Err(ApiError::IdempotencyKeyReused);
+        };
+        Ok(Self {
             status_code: first.status_code,
             body: first.response_body,
             replayed: true,
-            withdrawal_id: first.withdrawal_id,
-        }
+            withdrawal_id,
+        })
     }
 }
 
@@ -270,7 +293,7 @@ impl WithdrawalService {
             user.clone(),
             req.currency.clone(),
             req.amount,
-            req.bank_account.clone(),
+            Destination::beneficiary(req.beneficiary),
             Utc::now(),
         );
         let answer = serde_json::to_string(&WithdrawalView::from(&withdrawal))
@@ -279,7 +302,7 @@ impl WithdrawalService {
             user_id: user.clone(),
             key: key.clone(),
             fingerprint: req.fingerprint(),
-            withdrawal_id: withdrawal.id,
+            resource: Resource::Withdrawal(withdrawal.id),
             status_code: 201,
             response_body: answer.clone(),
             created_at: withdrawal.created_at,
@@ -302,24 +325,14 @@ impl WithdrawalService {
                 })
             }
             Err(StoreError::Refused(Refusal::IdempotencyKeyTaken(stored))) => {
-                // The cancellation handed the first record back: one round trip. A read only
-                // when it did not (a store that does not return old items).
-                let first = match stored {
-                    Some(first) => *first,
-                    None => self
-                        .store
-                        .idempotency_record(user, &key)
-                        .await?
-                        // Expired between the write and this read: the client may retry.
-                        .ok_or(ApiError::TryAgain)?,
-                };
+                let first = super::first_record(&*self.store, user, &key, stored).await?;
                 // The same request, also when today's scale spells its amount otherwise.
                 let same = first.fingerprint == req.fingerprint()
                     || Asked::parse(body).is_some_and(|asked| asked.repeats(&first));
                 if !same {
                     return Err(ApiError::IdempotencyKeyReused);
                 }
-                Ok(Created::replay(first))
+                Created::replay(first)
             }
             // Refused before the transaction was sent (an amount above the whole limit).
             Err(e @ StoreError::Refused(Refusal::DailyLimitExceeded(_))) => {
@@ -345,7 +358,7 @@ impl WithdrawalService {
             return Err(refusal);
         };
         match Asked::parse(body) {
-            Some(asked) if asked.repeats(&first) => Ok(Created::replay(first)),
+            Some(asked) if asked.repeats(&first) => Created::replay(first),
             _ => Err(ApiError::IdempotencyKeyReused),
         }
     }
@@ -442,27 +455,20 @@ fn status_names() -> String {
 mod tests {
     use super::*;
 
+    const B: &str = "bn_01J0000000000000000000TEST";
+
     fn parse(body: &str) -> Result<WithdrawalRequest, ApiError> {
-        WithdrawalRequest::parse(body.as_bytes(), &Currencies::default())
+        WithdrawalRequest::parse(body.replace("$B", B).as_bytes(), &Currencies::default())
     }
 
     #[test]
     fn string_and_number_amounts_parse_to_the_same_request() {
-        let a = parse(
-            r#"{"currency":"USD","amount":"125.50","bank_account":"DE89370400440532013000"}"#,
-        )
-        .unwrap();
-        let b = parse(
-            r#"{"currency":"USD","amount":125.5,"bank_account":"DE89 3704 0044 0532 0130 00"}"#,
-        )
-        .unwrap();
+        let a = parse(r#"{"currency":"USD","amount":"125.50","beneficiary_id":"$B"}"#).unwrap();
+        let b = parse(r#"{"currency":"USD","amount":125.5,"beneficiary_id":"$B"}"#).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.fingerprint(), b.fingerprint());
         // A number with more digits than an f64 holds is still read exactly.
-        let c = parse(
-            r#"{"currency":"USD","amount":49999.99,"bank_account":"DE89370400440532013000"}"#,
-        )
-        .unwrap();
+        let c = parse(r#"{"currency":"USD","amount":49999.99,"beneficiary_id":"$B"}"#).unwrap();
         assert_eq!(c.amount.to_string(), "49999.99");
     }
 
@@ -472,40 +478,54 @@ mod tests {
             (r#"{"currency":"USD""#, "invalid_json"),
             (r#"[]"#, "invalid_json"),
             (
-                r#"{"currency":"USD","amount":"1","bank_account":"DE89370400440532013000","x":1}"#,
+                r#"{"currency":"USD","amount":"1","beneficiary_id":"$B","x":1}"#,
                 "invalid_json",
             ),
             (
-                r#"{"currency":"GBP","amount":"1","bank_account":"DE89370400440532013000"}"#,
+                r#"{"currency":"GBP","amount":"1","beneficiary_id":"$B"}"#,
                 "invalid_currency",
             ),
             (
-                r#"{"currency":"USD","amount":"1.001","bank_account":"DE89370400440532013000"}"#,
+                r#"{"currency":"USD","amount":"1.001","beneficiary_id":"$B"}"#,
                 "invalid_amount",
             ),
             (
-                r#"{"currency":"USD","amount":true,"bank_account":"DE89370400440532013000"}"#,
+                r#"{"currency":"USD","amount":true,"beneficiary_id":"$B"}"#,
                 "invalid_amount",
             ),
             (
-                r#"{"currency":"USD","amount":-5,"bank_account":"DE89370400440532013000"}"#,
+                r#"{"currency":"USD","amount":-5,"beneficiary_id":"$B"}"#,
                 "invalid_amount",
             ),
             (
-                r#"{"currency":"USD","amount":"0.99","bank_account":"DE89370400440532013000"}"#,
+                r#"{"currency":"USD","amount":"0.99","beneficiary_id":"$B"}"#,
                 "amount_below_minimum",
             ),
             (
-                r#"{"currency":"USD","amount":"50000.01","bank_account":"DE89370400440532013000"}"#,
+                r#"{"currency":"USD","amount":"50000.01","beneficiary_id":"$B"}"#,
                 "amount_above_maximum",
             ),
             (
-                r#"{"currency":"JPY","amount":"99","bank_account":"DE89370400440532013000"}"#,
+                r#"{"currency":"JPY","amount":"99","beneficiary_id":"$B"}"#,
                 "amount_below_minimum",
             ),
+            // Money goes only to a registered beneficiary: an account of the body's own is
+            // refused, alone or beside a beneficiary, valid or not.
             (
-                r#"{"currency":"USD","amount":"10","bank_account":"DE89370400440532013001"}"#,
-                "invalid_bank_account",
+                r#"{"currency":"USD","amount":"10","bank_account":"DE89370400440532013000"}"#,
+                "beneficiary_required",
+            ),
+            (
+                r#"{"currency":"USD","amount":"10","beneficiary_id":"$B","bank_account":"DE89370400440532013000"}"#,
+                "beneficiary_required",
+            ),
+            (
+                r#"{"currency":"USD","amount":"10"}"#,
+                "beneficiary_required",
+            ),
+            (
+                r#"{"currency":"USD","amount":"10","beneficiary_id":"bn_nope"}"#,
+                "invalid_parameter",
             ),
         ];
         for (body, code) in cases {

@@ -5,13 +5,15 @@ mod schema;
 
 pub use dynamo::{decode_stored_item, stored_status, DynamoStore, ScanReport, StoredItem};
 pub use schema::{
-    TableSchema, CONTROL_TYPE, CREDIT_TYPE, MAX_BATCH_MEMBERS, TYPE_ATTRIBUTE, WITHDRAWAL_TYPE,
+    TableSchema, BENEFICIARY_TYPE, CONTROL_TYPE, CREDIT_TYPE, MAX_BATCH_MEMBERS, TYPE_ATTRIBUTE,
+    WITHDRAWAL_TYPE,
 };
 
 use crate::domain::{
-    Amount, Balance, Batch, BatchId, BatchStatus, CallbackOutcome, Control, ControlChange,
-    ControlSubject, CreditReference, Currency, CurrencyCode, IdempotencyKey, Subject, Transition,
-    UserId, Withdrawal, WithdrawalId, WithdrawalStatus,
+    Amount, Balance, BankAccount, Batch, BatchId, BatchStatus, Beneficiary, BeneficiaryId,
+    CallbackOutcome, Control, ControlChange, ControlSubject, CreditReference, Currency,
+    CurrencyCode, IdempotencyKey, Subject, Transition, UserId, Withdrawal, WithdrawalId,
+    WithdrawalStatus,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -79,6 +81,18 @@ pub enum Refusal {
     /// The switch is already as asked (paused, resumed, blocked, unblocked): nothing written.
     #[error("{0} is already so")]
     ControlUnchanged(String),
+    /// The caller has no beneficiary of that id (another user's is the same: it lives under
+    /// its owner's key, where the caller's check cannot find it).
+    #[error("no such beneficiary")]
+    UnknownBeneficiary,
+    #[error("the beneficiary was removed")]
+    BeneficiaryRemoved,
+    /// Added too recently: usable from the instant given (RFC 3339).
+    #[error("the beneficiary can be used from {usable_from}")]
+    BeneficiaryCoolingOff { usable_from: String },
+    /// The user already has the configured maximum of beneficiaries.
+    #[error("at most {0} beneficiaries")]
+    TooManyBeneficiaries(u32),
 }
 
 /// The store did not give an answer.
@@ -109,10 +123,19 @@ pub struct IdempotencyRecord {
     pub key: IdempotencyKey,
     /// Hash of the normalised request; a different body under the same key is refused.
     pub fingerprint: String,
-    pub withdrawal_id: WithdrawalId,
+    /// What the first request made.
+    pub resource: Resource,
     pub status_code: u16,
     pub response_body: String,
     pub created_at: DateTime<Utc>,
+}
+
+/// What a request under an idempotency key created. One key space per user for both: a key
+/// reused on the other route is another request (its fingerprint differs), refused as reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    Withdrawal(WithdrawalId),
+    Beneficiary(BeneficiaryId),
 }
 
 /// One credit, as recorded under its reference. The record is the credit's audit entry: who
@@ -199,6 +222,9 @@ pub struct TransitionDetails {
     pub provider_reference: Option<String>,
     /// Set by the claim into a batch.
     pub batch_id: Option<BatchId>,
+    /// Set by the claim of a withdrawal to a beneficiary: the beneficiary's account, copied
+    /// onto the withdrawal, so every send reads it from the withdrawal itself.
+    pub bank_account: Option<BankAccount>,
     /// Record this provider event in the same write, so a repeated delivery is recognised and
     /// cannot apply twice.
     pub record_event: Option<EventRecord>,
@@ -284,6 +310,36 @@ pub trait Store: Send + Sync {
 
     /// Records a processed event that changed nothing; `DuplicateEvent` if it already was.
     async fn record_event(&self, event: &EventRecord) -> Result<(), StoreError>;
+
+    /// One atomic write: the beneficiary, its idempotency record and its owner's count (refused
+    /// with [`Refusal::TooManyBeneficiaries`] at `max`). A used key is
+    /// [`Refusal::IdempotencyKeyTaken`] with the first record.
+    async fn add_beneficiary(
+        &self,
+        beneficiary: &Beneficiary,
+        idempotency: &IdempotencyRecord,
+        max: u32,
+    ) -> Result<(), StoreError>;
+
+    /// One of the user's beneficiaries, removed or not (one consistent read).
+    async fn beneficiary(
+        &self,
+        user: &UserId,
+        id: BeneficiaryId,
+    ) -> Result<Option<Beneficiary>, StoreError>;
+
+    /// The user's beneficiaries that are not removed, oldest first.
+    async fn beneficiaries(&self, user: &UserId) -> Result<Vec<Beneficiary>, StoreError>;
+
+    /// Marks the beneficiary removed and counts it out, in one write conditional on it not being
+    /// removed ([`Refusal::BeneficiaryRemoved`]; [`Refusal::NotFound`] without one). Returns it
+    /// as written. Withdrawals already naming it are not touched.
+    async fn remove_beneficiary(
+        &self,
+        user: &UserId,
+        id: BeneficiaryId,
+        at: DateTime<Utc>,
+    ) -> Result<Beneficiary, StoreError>;
 }
 
 /// Everything the payout side uses — the batcher and the webhook — as one bound: a store of
@@ -497,6 +553,13 @@ pub trait BatchStore: Send + Sync {
 
     /// Every batch (operator listing).
     async fn all_batches(&self) -> Result<Vec<Batch>, StoreError>;
+    /// The accounts of these beneficiaries, removed or not (what a withdrawal named when it was
+    /// requested is what it is paid to), in as few reads as the keys allow (100 a read). A key
+    /// with no beneficiary is absent from the answer.
+    async fn beneficiary_accounts(
+        &self,
+        keys: &[(UserId, BeneficiaryId)],
+    ) -> Result<std::collections::HashMap<(UserId, BeneficiaryId), BankAccount>, StoreError>;
     /// Which of `currencies` an operator paused (`operator pause`): one read a run.
     async fn paused_currencies(
         &self,

@@ -1,6 +1,8 @@
 //! The single table's key layout. Every key string is built here and nowhere else.
 
-use crate::domain::{BatchId, CreditReference, CurrencyCode, IdempotencyKey, UserId, WithdrawalId};
+use crate::domain::{
+    BatchId, BeneficiaryId, CreditReference, CurrencyCode, IdempotencyKey, UserId, WithdrawalId,
+};
 
 /// DynamoDB's limit for one item: 400 KB, attribute names and values together.
 const ITEM_LIMIT_BYTES: usize = 400 * 1024;
@@ -36,6 +38,8 @@ pub const CREDIT_TYPE: &str = "CREDIT";
 /// An operator's switch: a user's block, or shard 0 of a currency's pause (the one that
 /// carries its history and makes its events).
 pub const CONTROL_TYPE: &str = "CONTROL";
+/// A user's registered destination (its events: added, removed).
+pub const BENEFICIARY_TYPE: &str = "BENEFICIARY";
 /// The other shards of a currency's pause: the same flag, no history, no events.
 pub const PAUSE_SHARD_TYPE: &str = "PAUSE_SHARD";
 /// Epoch seconds; DynamoDB's TTL deletes the item some time after.
@@ -59,6 +63,16 @@ impl TableSchema {
         format!("DAY#{currency}#{}", day.format(DAY_FORMAT))
     }
     pub const WITHDRAWAL_SK_PREFIX: &'static str = "WD#";
+    /// A beneficiary lives under its owner's key: a withdrawal's check of
+    /// `USER#<caller>/BENEFICIARY#<id>` can only ever find the caller's own, so ownership is
+    /// structural, not a compared attribute.
+    pub fn beneficiary_sk(id: BeneficiaryId) -> String {
+        format!("{}{id}", Self::BENEFICIARY_SK_PREFIX)
+    }
+    pub const BENEFICIARY_SK_PREFIX: &'static str = "BENEFICIARY#";
+    /// How many beneficiaries a user has (not removed): the add's condition against the
+    /// configured maximum, beside the balances.
+    pub const BENEFICIARY_COUNT_SK: &'static str = "BENEFICIARIES";
     pub const BALANCE_SK_PREFIX: &'static str = "BAL#";
     /// User ids cannot contain `#`, so the key after the second `#` is unambiguous.
     pub fn idempotency_pk(user: &UserId, key: &IdempotencyKey) -> String {

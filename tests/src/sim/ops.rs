@@ -43,7 +43,8 @@ impl Invalid {
             Self::Currency => "invalid_currency",
             Self::BelowMinimum => "amount_below_minimum",
             Self::AboveMaximum => "amount_above_maximum",
-            Self::BankAccount => "invalid_bank_account",
+            // An account in the body is refused whatever it is: only beneficiaries are paid.
+            Self::BankAccount => "beneficiary_required",
             Self::ExtraField | Self::Json => "invalid_json",
             Self::Amount => "invalid_amount",
         }

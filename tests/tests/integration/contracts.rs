@@ -225,11 +225,18 @@ async fn every_documented_user_route_answers() {
     env.credit_ref("route", "USD", "5", "route-credit-1")
         .await
         .unwrap();
+    let beneficiary = env
+        .beneficiary("route", integration_tests::ACCOUNTS[1])
+        .await;
     for (method, path) in openapi_routes() {
         if path.starts_with("/webhooks") {
             continue; // the webhook handler's routes are exercised in webhook.rs
         }
         let concrete = path
+            .replace(
+                "/beneficiaries/{id}",
+                &format!("/beneficiaries/{beneficiary}"),
+            )
             .replace("{id}", &id)
             .replace("{reference}", "route-credit-1");
         let mut event = ApiRequest::new(&method, &concrete);
@@ -239,6 +246,11 @@ async fn every_documented_user_route_answers() {
             event.iam_caller(DEPOSIT_CALLER).body(
                 r#"{"user_id":"route","currency":"USD","amount":"5","reference":"route-credit-1"}"#,
             )
+        } else if method == "POST" && path == "/beneficiaries" {
+            event
+                .user("route")
+                .fresh_key()
+                .body(r#"{"bank_account":"DE89370400440532013000","holder_name":"Route Test"}"#)
         } else if method == "POST" {
             event
                 .user("route")

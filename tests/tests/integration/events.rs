@@ -15,16 +15,24 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// `(detail-type, subject)` pairs: the subject is the withdrawal id or the credit's reference.
+/// `(detail-type, subject)` pairs: the subject is the withdrawal id, the credit's reference or,
+/// for a beneficiary, `beneficiary:<its user>`.
 fn pairs(received: &[Received]) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = received
         .iter()
         .map(|r| {
+            let owner = r.detail["beneficiary"]["id"].as_str().map(|_| {
+                format!(
+                    "beneficiary:{}",
+                    r.detail["user_id"].as_str().unwrap_or("?")
+                )
+            });
             let subject = r.detail["withdrawal"]["id"]
                 .as_str()
                 .or(r.detail["credit"]["reference"].as_str())
-                .unwrap_or("?")
-                .to_string();
+                .map(str::to_string)
+                .or(owner)
+                .unwrap_or_else(|| "?".into());
             (r.detail_type.clone(), subject)
         })
         .collect();
@@ -33,7 +41,13 @@ fn pairs(received: &[Received]) -> Vec<(String, String)> {
 }
 
 async fn request(env: &TestEnv, user: &str, account: &str) -> String {
-    let body = json!({"currency": "EUR", "amount": "60.00", "bank_account": account}).to_string();
+    let beneficiary = env.beneficiary(user, account).await;
+    request_to(env, user, &beneficiary).await
+}
+
+async fn request_to(env: &TestEnv, user: &str, beneficiary: &str) -> String {
+    let body =
+        json!({"currency": "EUR", "amount": "60.00", "beneficiary_id": beneficiary}).to_string();
     let r = env
         .call(
             ApiRequest::new("POST", "/withdrawals")
@@ -95,13 +109,21 @@ async fn a_whole_loop_publishes_exactly_one_event_per_state_change() {
     let returned = request(env, "returned", ACCOUNTS[2]).await;
     let cancelled = request(env, "cancelled", ACCOUNTS[0]).await;
     cancel(env, "cancelled", &cancelled).await;
+    // A second beneficiary of `paid`'s, added and removed: both heard, the account masked.
+    integration_tests::register_beneficiary(
+        env.store.as_ref(),
+        "paid",
+        ACCOUNTS[0],
+        integration_tests::BENEFICIARY,
+    )
+    .await;
     // An idempotent replay changes nothing, so it tells nobody anything.
     let keyed = || {
         ApiRequest::new("POST", "/withdrawals")
             .user("paid")
             .header("Idempotency-Key", "same")
             .body(
-                json!({"currency": "EUR", "amount": "1.00", "bank_account": ACCOUNTS[0]})
+                json!({"currency": "EUR", "amount": "1.00", "beneficiary_id": integration_tests::BENEFICIARY})
                     .to_string(),
             )
             .build()
@@ -111,6 +133,15 @@ async fn a_whole_loop_publishes_exactly_one_event_per_state_change() {
     assert_eq!((first.status, again.status), (201, 201), "{}", again.body);
     assert_eq!(again.json()["id"], first.json()["id"]);
     let small = first.json()["id"].as_str().unwrap().to_string();
+    let spare = env.beneficiary("paid", ACCOUNTS[3]).await;
+    let removed = env
+        .call(
+            ApiRequest::new("DELETE", &format!("/beneficiaries/{spare}"))
+                .user("paid")
+                .build(),
+        )
+        .await;
+    assert_eq!(removed.status, 200, "{}", removed.body);
 
     p.run(PayoutEnv::config()).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -177,9 +208,22 @@ async fn a_whole_loop_publishes_exactly_one_event_per_state_change() {
     ));
     for user in users {
         want.push(("credit.recorded".into(), format!("dep-{user}")));
+        // The beneficiary each user's request named.
+        want.push(("beneficiary.added".into(), format!("beneficiary:{user}")));
     }
+    // `paid`'s: the keyed request's, and the spare one added and removed.
+    want.push(("beneficiary.added".into(), "beneficiary:paid".into()));
+    want.push(("beneficiary.added".into(), "beneficiary:paid".into()));
+    want.push(("beneficiary.removed".into(), "beneficiary:paid".into()));
     want.sort();
     assert_eq!(pairs(&received), want, "exactly one event per state change");
+    let gone = received
+        .iter()
+        .find(|r| r.detail_type == "beneficiary.removed")
+        .unwrap();
+    assert_eq!(gone.event_id(), format!("{spare}.removed"));
+    assert_eq!(gone.detail["beneficiary"]["bank_account"], "NL91…4300");
+    assert!(gone.detail["beneficiary"]["removed_at"].is_string());
 
     // Published in stream order: moto hands each PutEvents to the queue as it is made, so each
     // withdrawal's events arrive in its sequence order.
@@ -296,6 +340,8 @@ async fn refused_entries_and_failed_calls_are_sent_again_and_no_event_is_lost() 
             .map(|r| r.event_id().to_string())
             .expect("the credit's event"),
     );
+    // The test beneficiary `credit` registered for fay.
+    want.insert(format!("{}.added", integration_tests::BENEFICIARY));
     assert_eq!(
         distinct,
         want.iter().map(String::as_str).collect(),
@@ -354,7 +400,12 @@ async fn republish_since(
 ) -> shared::publishing::republish::Republished {
     let report = store.scan_all().await.unwrap();
     let window = Window { since, until: None };
-    let rebuilt = republish::rebuilt(&report.withdrawals, &report.credits, window);
+    let rebuilt = republish::rebuilt(
+        &report.withdrawals,
+        &report.credits,
+        &report.beneficiaries,
+        window,
+    );
     let client = aws_sdk_eventbridge::Client::new(&sdk_config(&moto_endpoint()));
     republish::republish(&EventBridgeBus::new(client, &events.bus_name), &rebuilt).await
 }
@@ -373,9 +424,19 @@ async fn events_lost_past_the_retry_bound_are_republished_from_the_table_once_ea
     let env = &p.env;
     deposit(env, "ora", "dep-ora").await;
     deposit(env, "otto", "dep-otto").await;
-    let paid = request(env, "ora", ACCOUNTS[0]).await;
-    let cancelled = request(env, "otto", ACCOUNTS[0]).await;
+    let ora_b = env.beneficiary("ora", ACCOUNTS[0]).await;
+    let otto_b = env.beneficiary("otto", ACCOUNTS[0]).await;
+    let paid = request_to(env, "ora", &ora_b).await;
+    let cancelled = request_to(env, "otto", &otto_b).await;
     cancel(env, "otto", &cancelled).await;
+    let removed = env
+        .call(
+            ApiRequest::new("DELETE", &format!("/beneficiaries/{otto_b}"))
+                .user("otto")
+                .build(),
+        )
+        .await;
+    assert_eq!(removed.status, 200, "{}", removed.body);
     p.run(PayoutEnv::config()).await;
     p.settle_from_status().await;
 
@@ -394,6 +455,10 @@ async fn events_lost_past_the_retry_bound_are_republished_from_the_table_once_ea
         format!("{paid}.SETTLED"),
         format!("{cancelled}.PENDING"),
         format!("{cancelled}.CANCELLED"),
+        // The user's warning of a new destination is never lost for good either.
+        format!("{ora_b}.added"),
+        format!("{otto_b}.added"),
+        format!("{otto_b}.removed"),
     ]
     .into_iter()
     .map(|id| (id, 1))
@@ -416,6 +481,19 @@ async fn events_lost_past_the_retry_bound_are_republished_from_the_table_once_ea
     assert_eq!(requested.detail_type, "withdrawal.requested");
     assert_eq!(requested.detail["withdrawal"]["status"], "PENDING");
     assert_eq!(requested.detail["actor"], "user");
+    // As the publisher sent it: the beneficiary alone, the account only from the claim on.
+    assert_eq!(
+        requested.detail["withdrawal"]["beneficiary_id"],
+        ora_b.as_str()
+    );
+    assert!(requested.detail["withdrawal"]["bank_account"].is_null());
+    let added = received
+        .iter()
+        .find(|r| r.event_id() == format!("{otto_b}.added"))
+        .unwrap();
+    assert_eq!(added.detail_type, "beneficiary.added");
+    assert!(added.detail["beneficiary"]["removed_at"].is_null());
+    assert!(!added.detail.to_string().contains(ACCOUNTS[0]));
 }
 
 /// A record the publisher cannot read (a credit in a currency its configuration no longer

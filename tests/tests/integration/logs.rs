@@ -28,8 +28,10 @@ async fn logs_carry_ids_and_never_secrets_or_account_numbers() {
     p.env.credit("logger", "EUR", "500").await;
     let mut ids = Vec::new();
     for account in [ACCOUNTS[0], ACCOUNTS[1], ACCOUNTS[4]] {
-        let body = serde_json::json!({"currency":"EUR","amount":"50.00","bank_account": account})
-            .to_string();
+        let beneficiary = p.env.beneficiary("logger", account).await;
+        let body =
+            serde_json::json!({"currency":"EUR","amount":"50.00","beneficiary_id": beneficiary})
+                .to_string();
         let r = p
             .env
             .call(

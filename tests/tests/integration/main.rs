@@ -8,6 +8,7 @@
 //! suite, on the calls every binary recorded).
 
 mod batcher;
+mod beneficiaries;
 mod contracts;
 mod controls;
 mod credits;

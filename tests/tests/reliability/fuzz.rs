@@ -2,8 +2,8 @@
 
 use super::{audit, scale, scenario, Row};
 use integration_tests::{
-    deliver, now_secs, sign, webhook_request, ApiRequest, PayoutEnv, TestEnv, ACCOUNTS, IBAN,
-    WEBHOOK_SECRET,
+    deliver, now_secs, sign, webhook_request, ApiRequest, PayoutEnv, TestEnv, ACCOUNTS,
+    BENEFICIARY, IBAN, WEBHOOK_SECRET,
 };
 use proptest::prelude::{any, prop_assert, prop_oneof, Just, Strategy};
 use proptest::test_runner::{Config, TestRunner};
@@ -87,20 +87,31 @@ fn request_strategy() -> impl Strategy<Value = (String, Option<String>)> {
         any::<bool>().prop_map(|b| serde_json::json!(b)),
         Just(serde_json::Value::Null),
     ];
-    let account = prop_oneof![
+    // The user's registered one, an id that is nobody's, an arbitrary string.
+    let beneficiary = prop_oneof![
+        2 => Just(BENEFICIARY.to_string()),
+        1 => Just(shared::domain::BeneficiaryId::new().to_string()),
+        1 => any::<String>()
+    ];
+    // Sometimes an account of the body's own too, which is always refused.
+    let account = proptest::option::of(prop_oneof![
         Just(IBAN.to_string()),
         Just(ACCOUNTS[4].to_string()),
         "[A-Z]{2}[0-9]{2}[A-Z0-9]{10,30}",
         any::<String>()
-    ];
+    ]);
     let structured = (
         currency,
         amount,
+        beneficiary,
         account,
         proptest::option::of(("[a-z_]{1,8}", any::<String>())),
     )
-        .prop_map(|(c, a, b, extra)| {
-            let mut m = serde_json::json!({"currency": c, "amount": a, "bank_account": b});
+        .prop_map(|(c, a, b, account, extra)| {
+            let mut m = serde_json::json!({"currency": c, "amount": a, "beneficiary_id": b});
+            if let Some(account) = account {
+                m["bank_account"] = serde_json::Value::String(account);
+            }
             if let Some((k, v)) = extra {
                 m[k] = serde_json::Value::String(v);
             }
@@ -122,15 +133,11 @@ fn request_strategy() -> impl Strategy<Value = (String, Option<String>)> {
         ),
         ("[1-9][0-9]{2,5}", Just("JPY")),
     ];
-    let valid = (
-        valid_amount,
-        proptest::sample::select(ACCOUNTS.to_vec()),
-        "[!-~]{8,64}",
-    )
-        .prop_map(|((amount, currency), account, key)| {
-            let body = serde_json::json!({"currency": currency, "amount": amount, "bank_account": account});
-            (body.to_string(), Some(key))
-        });
+    let valid = (valid_amount, "[!-~]{8,64}").prop_map(|((amount, currency), key)| {
+        let body =
+            serde_json::json!({"currency": currency, "amount": amount, "beneficiary_id": BENEFICIARY});
+        (body.to_string(), Some(key))
+    });
     prop_oneof![1 => valid, 1 => (body, key)]
 }
 

@@ -230,7 +230,9 @@ async fn workload(
             UserId::parse(&user).unwrap(),
             usd.clone(),
             shared::domain::Amount::parse("10", &usd).unwrap(),
-            shared::domain::BankAccount::parse(super::IBAN).unwrap(),
+            shared::domain::Destination::Account(
+                shared::domain::BankAccount::parse(super::IBAN).unwrap(),
+            ),
             chrono::Utc::now(),
         );
         use shared::store::Store;

@@ -7,12 +7,13 @@
 mod events;
 
 use integration_tests::{
-    counting_client, credit_record, fresh_table, seed_pending, withdrawal_body, ApiRequest, IBAN,
+    counting_client, credit_record, fresh_table, register_beneficiary, seed_pending,
+    withdrawal_body, ApiRequest, BENEFICIARY, IBAN,
 };
 use lambda_http::Body;
 use sandbox_provider::{Sandbox, SandboxConfig};
 use shared::domain::{
-    Amount, BankAccount, Currencies, Currency, IdempotencyKey, UserId, Withdrawal,
+    Amount, BeneficiaryId, Currencies, Currency, Destination, IdempotencyKey, UserId, Withdrawal,
 };
 use shared::http::auth::Authenticator;
 use shared::payouts::batcher::{Batcher, BatcherConfig};
@@ -161,6 +162,7 @@ async fn round_trips() -> String {
     );
     let usd = e.currencies.get("USD").unwrap().clone();
     e.store.credit(&credit("rt", &usd, "100000")).await.unwrap();
+    register_beneficiary(e.store.as_ref(), "rt", IBAN, BENEFICIARY).await;
     e.counter.take_counts();
     let mut rows: Vec<Row> = Vec::new();
     request_steps(&e, &app, &mut rows).await;
@@ -327,6 +329,7 @@ async fn handler_overhead(samples: usize) -> String {
     let usd = e2.currencies.get("USD").unwrap().clone();
     for u in ["h", "r"] {
         e2.store.credit(&credit(u, &usd, "1000000")).await.unwrap();
+        register_beneficiary(e2.store.as_ref(), u, IBAN, BENEFICIARY).await;
     }
     let (mut handler_ms, mut raw_ms) = (Vec::new(), Vec::new());
     for i in 0..samples + 20 {
@@ -345,7 +348,7 @@ async fn handler_overhead(samples: usize) -> String {
             UserId::parse("r").unwrap(),
             usd.clone(),
             Amount::parse("1.00", &usd).unwrap(),
-            BankAccount::parse(IBAN).unwrap(),
+            Destination::beneficiary(BeneficiaryId::parse(BENEFICIARY).unwrap()),
             chrono::Utc::now(),
         );
         // The handler's items exactly: the keyed path records the key and the first response.
@@ -353,7 +356,7 @@ async fn handler_overhead(samples: usize) -> String {
             user_id: w.user_id.clone(),
             key: IdempotencyKey::parse(&format!("bench-{}", ulid::Ulid::new())).unwrap(),
             fingerprint: "0".repeat(64),
-            withdrawal_id: w.id,
+            resource: shared::store::Resource::Withdrawal(w.id),
             status_code: 201,
             response_body: serde_json::to_string(&WithdrawalView::from(&w)).unwrap(),
             created_at: w.created_at,

@@ -492,7 +492,12 @@ async fn republish_events(store: &DynamoStore, window: Window, dry_run: bool) ->
     for u in &report.unreadable {
         eprintln!("UNREADABLE {u}: its events are not republished");
     }
-    let events = republish::rebuilt(&report.withdrawals, &report.credits, window);
+    let events = republish::rebuilt(
+        &report.withdrawals,
+        &report.credits,
+        &report.beneficiaries,
+        window,
+    );
     for e in &events {
         println!("{} {} {}", e.occurred_at, e.kind.detail_type(), e.event_id);
     }

@@ -183,6 +183,8 @@ pub struct LedgerEntry {
     pub amount: String,
     pub currency: String,
     pub provider_reference: String,
+    /// The account the item was paid to, as sent.
+    pub bank_account: String,
     pub returned: bool,
 }
 
@@ -196,6 +198,12 @@ impl LedgerEntry {
             amount: item.amount.clone(),
             currency: request.currency.clone(),
             provider_reference: item.provider_reference.clone().unwrap_or_default(),
+            bank_account: request
+                .items
+                .iter()
+                .find(|i| i.reference == item.reference)
+                .map(|i| i.bank_account.clone())
+                .unwrap_or_default(),
             returned: false,
         }
     }

@@ -17,12 +17,13 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 /// The mapping's filter (template.yaml's `FilterCriteria`, held against this by a test): only
-/// withdrawal, credit and switch items, as written (a removed item has no new image and is dropped).
+/// withdrawal, credit, switch and beneficiary items, as written (a removed item has no new image and is dropped).
 pub fn filter_pattern() -> Value {
     json!({"dynamodb": {"NewImage": {shared::store::TYPE_ATTRIBUTE: {"S": [
         shared::store::WITHDRAWAL_TYPE,
         shared::store::CREDIT_TYPE,
         shared::store::CONTROL_TYPE,
+        shared::store::BENEFICIARY_TYPE,
     ]}}}})
 }
 

@@ -1,9 +1,9 @@
 //! Claiming: pending withdrawals of one currency into batches, a chunk per transaction.
 
-use crate::domain::{Batch, BatchStatus, Member};
+use crate::domain::{Batch, BatchStatus, Destination, Member, Withdrawal};
 use crate::payouts::provider::PayoutProvider;
 use crate::store::Refusal;
-use crate::store::{PayoutStore, StoreError};
+use crate::store::{Failure, PayoutStore, StoreError};
 
 use super::{Batcher, Run, BATCHES_PER_READ};
 
@@ -30,16 +30,65 @@ where
                 return Ok(());
             };
             after = Some(last.id);
+            let more = candidates.len() == page;
+            let candidates = self.with_accounts(run, currency, candidates).await?;
             for members in candidates.chunks(self.config.max_batch_size) {
                 if run.out_of_time(&self.config) {
                     return Ok(());
                 }
                 self.claim_batch(run, currency, members).await?;
             }
-            if candidates.len() < page {
+            if !more {
                 return Ok(());
             }
         }
+    }
+
+    /// The page's withdrawals to beneficiaries with each beneficiary's account, from one bulk
+    /// read of the page's distinct beneficiaries (100 a read), so the claim can copy it onto the
+    /// withdrawal. A beneficiary is never deleted (a removal only marks it), so one not found
+    /// is a damaged table: that withdrawal stays pending, unpaid, logged for an operator (its
+    /// owner can still cancel it, an operator reject it).
+    async fn with_accounts(
+        &self,
+        run: &mut Run,
+        currency: &crate::domain::Currency,
+        candidates: Vec<Withdrawal>,
+    ) -> Result<Vec<Withdrawal>, StoreError> {
+        let keys: Vec<_> = candidates
+            .iter()
+            .filter_map(|w| w.destination.unresolved().map(|id| (w.user_id.clone(), id)))
+            .collect();
+        if keys.is_empty() {
+            return Ok(candidates);
+        }
+        let accounts = self.store.beneficiary_accounts(&keys).await?;
+        let mut out = Vec::with_capacity(candidates.len());
+        for mut w in candidates {
+            if let Some(id) = w.destination.unresolved() {
+                let Some(account) = accounts.get(&(w.user_id.clone(), id)) else {
+                    // Counted, and a run error too: `BatchErrors` is alarmed, and these funds
+                    // stay locked until an operator or the user acts.
+                    let ccy = currency.code().to_string();
+                    run.counts(&ccy).unresolved += 1;
+                    run.failed(
+                        Some(&ccy),
+                        None,
+                        &StoreError::Failed(Failure::Corrupt(format!(
+                            "withdrawal {} names beneficiary {id}, not found or unreadable: not claimed",
+                            w.id
+                        ))),
+                    );
+                    continue;
+                };
+                w.destination = Destination::Beneficiary {
+                    id,
+                    account: Some(account.clone()),
+                };
+            }
+            out.push(w);
+        }
+        Ok(out)
     }
 
     /// Claims `candidates` into a new batch, chunk by chunk, and sends what it claimed.

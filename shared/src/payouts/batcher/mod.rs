@@ -57,6 +57,9 @@ pub struct CurrencySummary {
     pub rejected: u32,
     /// Pending withdrawals another run (or a cancel) took first.
     pub skipped: u32,
+    /// Pending withdrawals whose beneficiary could not be found: left pending, not claimed
+    /// (never paid elsewhere); each is logged with its ids for an operator.
+    pub unresolved: u32,
     /// Sends (or status checks before a re-send) with an unknown outcome in this run.
     pub ambiguous: u32,
     /// Batches waiting for an operator.

@@ -92,7 +92,8 @@ where
         batch: &Batch,
         members: &[crate::domain::Withdrawal],
     ) -> Result<(), StoreError> {
-        let request = PayoutBatchRequest::new(batch, members);
+        let request = PayoutBatchRequest::new(batch, members)
+            .map_err(|e| StoreError::Failed(crate::store::Failure::Corrupt(e)))?;
         let started = Instant::now();
         let outcome = self.provider.submit_batch(&request).await;
         let latency_ms = started.elapsed().as_millis() as u64;

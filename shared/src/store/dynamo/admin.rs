@@ -38,6 +38,8 @@ pub struct ScanReport {
     pub batches: Vec<crate::domain::Batch>,
     /// Items that could not be read back as domain values.
     pub unreadable: Vec<String>,
+    /// Removed ones too (their removal is an event `operator republish` can rebuild).
+    pub beneficiaries: Vec<crate::domain::Beneficiary>,
 }
 
 impl DynamoStore {
@@ -150,7 +152,8 @@ impl DynamoStore {
         Ok(true)
     }
 
-    /// Reads every balance and withdrawal (operator `check` only; the request path never scans).
+    /// Reads every balance, withdrawal, credit, batch and beneficiary (operator tools only; the
+    /// request path never scans).
     pub async fn scan_all(&self) -> Result<ScanReport, StoreError> {
         let mut report = ScanReport::default();
         for item in self.scan(None).await? {
@@ -167,6 +170,12 @@ impl DynamoStore {
                 Some(sk) if sk.starts_with(TableSchema::WITHDRAWAL_SK_PREFIX) => {
                     match self.withdrawal_from_item(&item) {
                         Ok(w) => report.withdrawals.push(w),
+                        Err(e) => report.unreadable.push(format!("{label}: {e}")),
+                    }
+                }
+                Some(sk) if sk.starts_with(TableSchema::BENEFICIARY_SK_PREFIX) => {
+                    match super::codec::beneficiary_from_item(&item) {
+                        Ok(b) => report.beneficiaries.push(b),
                         Err(e) => report.unreadable.push(format!("{label}: {e}")),
                     }
                 }

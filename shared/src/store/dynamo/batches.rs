@@ -631,6 +631,19 @@ impl BatchStore for DynamoStore {
         Ok(out)
     }
 
+    async fn beneficiary_accounts(
+        &self,
+        keys: &[(crate::domain::UserId, crate::domain::BeneficiaryId)],
+    ) -> Result<
+        std::collections::HashMap<
+            (crate::domain::UserId, crate::domain::BeneficiaryId),
+            crate::domain::BankAccount,
+        >,
+        StoreError,
+    > {
+        self.accounts_of(keys).await
+    }
+
     async fn paused_currencies(
         &self,
         currencies: &[CurrencyCode],

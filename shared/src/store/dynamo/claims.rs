@@ -233,8 +233,20 @@ impl DynamoStore {
         let mut items = Vec::with_capacity(remaining.len() + 2);
         let mut claimed = Vec::with_capacity(remaining.len());
         for w in remaining {
+            if let Some(beneficiary) = w.destination.unresolved() {
+                // The batcher resolves every destination before it claims: a member without an
+                // account could not be paid.
+                return Err(StoreError::Failed(Failure::Backend(format!(
+                    "{}: beneficiary {beneficiary} not resolved before the claim",
+                    w.id
+                ))));
+            }
             let details = TransitionDetails {
                 batch_id: Some(batch.id),
+                bank_account: match &w.destination {
+                    crate::domain::Destination::Beneficiary { account, .. } => account.clone(),
+                    crate::domain::Destination::Account(_) => None,
+                },
                 ..TransitionDetails::by(&actor)
             };
             let (tx, entry) =

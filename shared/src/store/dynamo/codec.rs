@@ -3,12 +3,13 @@
 use super::DynamoStore;
 use crate::domain::{
     timestamp, Amount, AuditEntry, Balance, BankAccount, Batch, BatchId, BatchNote, BatchStatus,
-    Control, ControlSubject, CreditReference, Currencies, Currency, CurrencyCode, IdempotencyKey,
-    Member, MemberTerms, UserId, Withdrawal, WithdrawalId, WithdrawalStatus,
+    Beneficiary, BeneficiaryDetails, BeneficiaryId, Control, ControlSubject, CreditReference,
+    Currencies, Currency, CurrencyCode, Destination, IdempotencyKey, Member, MemberTerms, UserId,
+    Withdrawal, WithdrawalId, WithdrawalStatus,
 };
 use crate::store::schema::{self, TableSchema};
 use crate::store::Failure;
-use crate::store::{CreditRecord, IdempotencyRecord, StoreError};
+use crate::store::{CreditRecord, IdempotencyRecord, Resource, StoreError};
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
@@ -48,7 +49,12 @@ impl DynamoStore {
         put("user_id", s(w.user_id.as_str()));
         put("currency", s(w.currency.code().as_str()));
         put("amount", n(w.amount.value()));
-        put("bank_account", s(w.bank_account.expose()));
+        if let Some(id) = w.destination.beneficiary_id() {
+            put("beneficiary_id", s(id.to_string()));
+        }
+        if let Some(account) = w.destination.account() {
+            put("bank_account", s(account.expose()));
+        }
         put("status", s(w.status.as_str()));
         put("created_at", s(timestamp(&w.created_at)));
         put("updated_at", s(timestamp(&w.updated_at)));
@@ -132,6 +138,7 @@ pub enum StoredItem {
     Credit(CreditRecord),
     /// A currency's pause (its history shard) or a user's block.
     Control(Control),
+    Beneficiary(Box<Beneficiary>),
     /// Balances, batches, idempotency keys, events, counters: no one outside hears of them.
     Other,
 }
@@ -153,6 +160,9 @@ pub fn decode_stored_item(currencies: &Currencies, item: &Item) -> Result<Stored
         ))),
         Some(schema::CREDIT_TYPE) => Ok(StoredItem::Credit(credit_from_item(currencies, item)?)),
         Some(schema::CONTROL_TYPE) => Ok(StoredItem::Control(control_from_item(item)?)),
+        Some(schema::BENEFICIARY_TYPE) => Ok(StoredItem::Beneficiary(Box::new(
+            beneficiary_from_item(item)?,
+        ))),
         _ => Ok(StoredItem::Other),
     }
 }
@@ -169,7 +179,7 @@ pub(super) fn withdrawal_from_item(
         user_id: UserId::parse(r.s("user_id")?).map_err(corrupt)?,
         amount,
         currency,
-        bank_account: BankAccount::parse(r.s("bank_account")?).map_err(corrupt)?,
+        destination: destination_from_item(&r)?,
         status: WithdrawalStatus::parse(r.s("status")?)
             .ok_or_else(|| StoreError::Failed(Failure::Corrupt("unknown status".into())))?,
         created_at: r.time("created_at")?,
@@ -192,6 +202,84 @@ pub(super) fn withdrawal_from_item(
             }
             _ => Vec::new(),
         },
+    })
+}
+
+/// A withdrawal names a beneficiary (with its account once claimed), or, recorded before
+/// beneficiaries, the account alone.
+fn destination_from_item(r: &Reader) -> Result<Destination, StoreError> {
+    let account = r
+        .opt_s("bank_account")
+        .map(BankAccount::parse)
+        .transpose()
+        .map_err(corrupt)?;
+    match (r.opt_s("beneficiary_id"), account) {
+        (Some(id), account) => Ok(Destination::Beneficiary {
+            id: BeneficiaryId::parse(id).map_err(corrupt)?,
+            account,
+        }),
+        (None, Some(account)) => Ok(Destination::Account(account)),
+        (None, None) => Err(StoreError::Failed(Failure::Corrupt(
+            "withdrawal without a destination".into(),
+        ))),
+    }
+}
+
+impl DynamoStore {
+    pub(super) fn beneficiary_key(user: &UserId, id: BeneficiaryId) -> Item {
+        HashMap::from([
+            (schema::PK.to_string(), s(TableSchema::user_pk(user))),
+            (schema::SK.to_string(), s(TableSchema::beneficiary_sk(id))),
+        ])
+    }
+}
+
+/// `usable_from` is kept twice: as text (shown) and in epoch milliseconds, what the request's
+/// condition compares with its own time (a condition cannot parse a date).
+pub(super) const USABLE_FROM_MS: &str = "usable_from_ms";
+pub(super) const REMOVED_AT: &str = "removed_at";
+
+pub(super) fn beneficiary_item(b: &Beneficiary) -> Item {
+    let mut item = DynamoStore::beneficiary_key(&b.user_id, b.id);
+    item.extend([
+        (
+            schema::TYPE_ATTRIBUTE.to_string(),
+            s(schema::BENEFICIARY_TYPE),
+        ),
+        ("id".into(), s(b.id.to_string())),
+        ("user_id".into(), s(b.user_id.as_str())),
+        ("bank_account".into(), s(b.details.bank_account.expose())),
+        ("holder_name".into(), s(&b.details.holder_name)),
+        ("created_at".into(), s(timestamp(&b.created_at))),
+        ("usable_from".into(), s(timestamp(&b.usable_from))),
+        (USABLE_FROM_MS.into(), n(b.usable_from.timestamp_millis())),
+    ]);
+    if let Some(label) = &b.details.label {
+        item.insert("label".into(), s(label));
+    }
+    if let Some(at) = &b.removed_at {
+        item.insert(REMOVED_AT.into(), s(timestamp(at)));
+    }
+    item
+}
+
+pub(super) fn beneficiary_from_item(item: &Item) -> Result<Beneficiary, StoreError> {
+    let r = Reader(item);
+    Ok(Beneficiary {
+        id: BeneficiaryId::parse(r.s("id")?).map_err(corrupt)?,
+        user_id: UserId::parse(r.s("user_id")?).map_err(corrupt)?,
+        details: BeneficiaryDetails::parse(
+            r.s("bank_account")?,
+            r.s("holder_name")?,
+            r.opt_s("label"),
+        )
+        .map_err(corrupt)?,
+        created_at: r.time("created_at")?,
+        usable_from: r.time("usable_from")?,
+        removed_at: r
+            .opt_s(REMOVED_AT)
+            .map(|_| r.time(REMOVED_AT))
+            .transpose()?,
     })
 }
 
@@ -251,7 +339,12 @@ pub(super) fn idempotency_from_item(
         user_id: user.clone(),
         key: key.clone(),
         fingerprint: r.s("fingerprint")?.to_string(),
-        withdrawal_id: WithdrawalId::parse(r.s("withdrawal_id")?).map_err(corrupt)?,
+        resource: match r.opt_s("beneficiary_id") {
+            Some(id) => Resource::Beneficiary(BeneficiaryId::parse(id).map_err(corrupt)?),
+            None => {
+                Resource::Withdrawal(WithdrawalId::parse(r.s("withdrawal_id")?).map_err(corrupt)?)
+            }
+        },
         status_code: r
             .n("status_code")?
             .try_into()
@@ -262,7 +355,12 @@ pub(super) fn idempotency_from_item(
 }
 
 pub(super) fn idempotency_item(rec: &IdempotencyRecord) -> Item {
+    let resource = match rec.resource {
+        Resource::Withdrawal(id) => ("withdrawal_id".to_string(), s(id.to_string())),
+        Resource::Beneficiary(id) => ("beneficiary_id".to_string(), s(id.to_string())),
+    };
     HashMap::from([
+        resource,
         (
             schema::PK.to_string(),
             s(TableSchema::idempotency_pk(&rec.user_id, &rec.key)),
@@ -270,7 +368,6 @@ pub(super) fn idempotency_item(rec: &IdempotencyRecord) -> Item {
         (schema::SK.to_string(), s(TableSchema::SINGLETON_SK)),
         ("type".into(), s("IDEMPOTENCY")),
         ("fingerprint".into(), s(&rec.fingerprint)),
-        ("withdrawal_id".into(), s(rec.withdrawal_id.to_string())),
         ("status_code".into(), n(rec.status_code)),
         ("response_body".into(), s(&rec.response_body)),
         ("created_at".into(), s(timestamp(&rec.created_at))),

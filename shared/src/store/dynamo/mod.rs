@@ -4,10 +4,12 @@
 //! - `writes`: the conditional write builders (balances, transitions, requests, events);
 //! - `claims`: the pending index and claims; `batches`: the rest of the batch store;
 //! - `admin`: table creation and operator scans;
+//! - `beneficiaries`: registered destinations and the request's check of one;
 //! - this file: the struct and the `Store` impl.
 
 mod admin;
 mod batches;
+mod beneficiaries;
 mod claims;
 mod codec;
 mod controls;
@@ -19,8 +21,9 @@ pub use admin::ScanReport;
 pub use codec::{decode_stored_item, stored_status, StoredItem};
 
 use crate::domain::{
-    timestamp, AuditEntry, Balance, BalanceEffect, CreditReference, Currencies, IdempotencyKey,
-    Subject, Transition, UserId, Withdrawal, WithdrawalId, WithdrawalStatus,
+    timestamp, AuditEntry, Balance, BalanceEffect, Beneficiary, BeneficiaryId, CreditReference,
+    Currencies, IdempotencyKey, Subject, Transition, UserId, Withdrawal, WithdrawalId,
+    WithdrawalStatus,
 };
 use crate::store::schema::{self, TableSchema};
 use crate::store::{
@@ -300,6 +303,10 @@ impl Store for DynamoStore {
         if refused(RequestGuard::CurrencyPause).is_some() {
             return Err(StoreError::Refused(Refusal::CurrencyPaused));
         }
+        // Where the money would go before whether there is enough of it.
+        if let Some(r) = refused(RequestGuard::Beneficiary) {
+            return Err(Self::beneficiary_refusal(r.item()));
+        }
         if let Some(r) = refused(RequestGuard::DayCounter) {
             return Err(self.daily_limit_exceeded(w, r.item()));
         }
@@ -446,6 +453,37 @@ impl Store for DynamoStore {
             Err(TxError::Cancelled(_)) => Err(StoreError::Refused(Refusal::DuplicateEvent)),
             Err(TxError::Store(e)) => Err(e),
         }
+    }
+
+    async fn add_beneficiary(
+        &self,
+        beneficiary: &Beneficiary,
+        idempotency: &IdempotencyRecord,
+        max: u32,
+    ) -> Result<(), StoreError> {
+        self.add_beneficiary_item(beneficiary, idempotency, max)
+            .await
+    }
+
+    async fn beneficiary(
+        &self,
+        user: &UserId,
+        id: BeneficiaryId,
+    ) -> Result<Option<Beneficiary>, StoreError> {
+        self.beneficiary_item(user, id).await
+    }
+
+    async fn beneficiaries(&self, user: &UserId) -> Result<Vec<Beneficiary>, StoreError> {
+        self.active_beneficiaries(user).await
+    }
+
+    async fn remove_beneficiary(
+        &self,
+        user: &UserId,
+        id: BeneficiaryId,
+        at: DateTime<Utc>,
+    ) -> Result<Beneficiary, StoreError> {
+        self.remove_beneficiary_item(user, id, at).await
     }
 
     async fn balances(&self, user: &UserId) -> Result<Vec<Balance>, StoreError> {

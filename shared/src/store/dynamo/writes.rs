@@ -235,6 +235,12 @@ impl DynamoStore {
                 .expression_attribute_names("#bi", "batch_id")
                 .expression_attribute_values(":bi", s(batch.to_string()));
         }
+        if let Some(account) = &details.bank_account {
+            set.push("#ba = :ba");
+            update = update
+                .expression_attribute_names("#ba", "bank_account")
+                .expression_attribute_values(":ba", s(account.expose()));
+        }
         // The sparse index follows the status: an approval moves the withdrawal from its
         // currency's review key to a pending shard; leaving either takes it out. An approval
         // lands on shard 0, which every batcher reads whatever its PENDING_SHARDS: the
@@ -266,6 +272,10 @@ impl DynamoStore {
         update = update
             .expression_attribute_names("#amt", "amount")
             .expression_attribute_values(":amt", n(w.amount.value()));
+        // The account is copied once, by the claim, and never overwritten.
+        if details.bank_account.is_some() {
+            condition.push_str(" AND attribute_not_exists(#ba)");
+        }
         if let (Some(batch), false) = (w.batch_id, w.status == WithdrawalStatus::Pending) {
             condition.push_str(" AND #wbi = :wbi");
             update = update
@@ -331,7 +341,8 @@ impl DynamoStore {
 
     /// The items of a withdrawal request's single transaction: the balance lock, the withdrawal,
     /// with a key the idempotency record, the checks that neither the user is blocked nor the
-    /// currency paused and, when the currency has a daily limit, the day's counter. Public so the benchmark can send exactly these items through the bare SDK.
+    /// currency paused, the check of the beneficiary it names and, when the currency has a daily
+    /// limit, the day's counter. Public so the benchmark can send exactly these items through the bare SDK.
     #[doc(hidden)]
     pub fn request_items(
         &self,
@@ -389,6 +400,12 @@ impl DynamoStore {
                 w.id.shard(TableSchema::PAUSE_SHARDS),
             )?,
         ));
+        if let Some(beneficiary) = w.destination.beneficiary_id() {
+            items.push((
+                RequestGuard::Beneficiary,
+                self.beneficiary_check(&w.user_id, beneficiary, w.created_at)?,
+            ));
+        }
         if let (Some(day), Some(limit)) = (w.limit_day, w.currency.daily_limit()) {
             items.push((
                 RequestGuard::DayCounter,
@@ -509,6 +526,14 @@ pub(super) fn changed(
     if let Some(batch) = details.batch_id {
         updated.batch_id = Some(batch);
     }
+    if let (Some(account), crate::domain::Destination::Beneficiary { id, .. }) =
+        (&details.bank_account, &updated.destination)
+    {
+        updated.destination = crate::domain::Destination::Beneficiary {
+            id: *id,
+            account: Some(account.clone()),
+        };
+    }
     updated
 }
 
@@ -520,6 +545,8 @@ pub(super) enum RequestGuard {
     IdempotencyKey,
     UserBlock,
     CurrencyPause,
+    /// The beneficiary it names: the caller's, not removed, past its cooling-off.
+    Beneficiary,
     DayCounter,
 }
 

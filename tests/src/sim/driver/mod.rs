@@ -154,6 +154,11 @@ fn user(n: usize) -> String {
     format!("u{n}")
 }
 
+/// The beneficiary every simulated user has registered for `ACCOUNTS[account]` (usable at once).
+fn beneficiary(account: usize) -> String {
+    format!("bn_01J{account:0>23}")
+}
+
 fn ulid_text() -> String {
     ulid::Ulid::new().to_string()
 }
@@ -246,6 +251,17 @@ impl World {
         let provider =
             Arc::new(HttpProvider::new(&p.provider_url, API_KEY, PROVIDER_TIMEOUT).unwrap());
         let webhook = p.webhook_app(&[WEBHOOK_SECRET]);
+        for u in 0..crate::sim::ops::USERS {
+            for (i, account) in ACCOUNTS.iter().enumerate() {
+                crate::register_beneficiary(
+                    p.env.store.as_ref(),
+                    &user(u),
+                    account,
+                    &beneficiary(i),
+                )
+                .await;
+            }
+        }
         Self {
             seed,
             request_store: p.env.store_for(REQUEST_FN),

@@ -308,7 +308,10 @@ impl World {
             let ids = model.key_ids(&u, &k);
             match rec {
                 Some(r) => {
-                    let id = r.withdrawal_id.to_string();
+                    let id = match r.resource {
+                        shared::store::Resource::Withdrawal(id) => id.to_string(),
+                        shared::store::Resource::Beneficiary(id) => id.to_string(),
+                    };
                     if !ids.is_empty() && ids != BTreeSet::from([id.clone()]) {
                         bad.push(format!("{u} key {k}: answered {ids:?}, recorded {id}"));
                     }

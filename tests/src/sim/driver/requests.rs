@@ -421,8 +421,7 @@ impl World {
 fn request_body(spec: &RequestSpec) -> String {
     let ccy = CCYS[spec.ccy];
     let yen = ccy == "JPY";
-    let mut v =
-        json!({"currency": ccy, "amount": spec.amount, "bank_account": ACCOUNTS[spec.account]});
+    let mut v = json!({"currency": ccy, "amount": spec.amount, "beneficiary_id": super::beneficiary(spec.account)});
     match spec.invalid {
         None => {}
         Some(Invalid::Currency) => v["currency"] = json!("GBP"),

@@ -216,7 +216,8 @@ fn attribute_size(v: &aws_sdk_dynamodb::types::AttributeValue) -> usize {
 /// `MAX_BATCH_MEMBERS` pending USD 1.00 withdrawals, 10 per user, every user id as long as a
 /// user id can be: the largest batch record there can be.
 async fn seed_largest_batch(p: &PayoutEnv) -> Vec<shared::domain::Withdrawal> {
-    use shared::domain::{Amount, BankAccount, UserId, Withdrawal};
+    use integration_tests::BENEFICIARY;
+    use shared::domain::{Amount, BeneficiaryId, Destination, UserId, Withdrawal};
     use shared::store::MAX_BATCH_MEMBERS;
     let usd = p.env.currencies.get("USD").unwrap().clone();
     let amount = Amount::parse("1.00", &usd).unwrap();
@@ -230,7 +231,7 @@ async fn seed_largest_batch(p: &PayoutEnv) -> Vec<shared::domain::Withdrawal> {
     for u in &users {
         p.env.credit(u.as_str(), "USD", "10.00").await;
     }
-    let account = BankAccount::parse(ACCOUNTS[0]).unwrap();
+    let account = Destination::beneficiary(BeneficiaryId::parse(BENEFICIARY).unwrap());
     futures::stream::iter(0..MAX_BATCH_MEMBERS)
         .map(|i| {
             let w = Withdrawal::new(
@@ -441,7 +442,8 @@ async fn lowering_pending_shards_strands_no_withdrawal() {
 
 #[tokio::test]
 async fn pending_pages_are_exactly_the_oldest_across_unevenly_filled_shards() {
-    use shared::domain::{Amount, BankAccount, UserId, Withdrawal};
+    use integration_tests::BENEFICIARY;
+    use shared::domain::{Amount, BeneficiaryId, Destination, UserId, Withdrawal};
     // The page reads each shard a share at a time and only the shard that bounds what is
     // known further: one shard holding most of the backlog must still come out oldest first,
     // with no withdrawal skipped or repeated between pages.
@@ -449,7 +451,7 @@ async fn pending_pages_are_exactly_the_oldest_across_unevenly_filled_shards() {
     let store = &p.env.store;
     let usd = p.env.currencies.get("USD").unwrap().clone();
     p.env.credit("skew", "USD", "1000.00").await;
-    let account = BankAccount::parse(ACCOUNTS[0]).unwrap();
+    let account = Destination::beneficiary(BeneficiaryId::parse(BENEFICIARY).unwrap());
     let shards = store.pending_shards();
     assert!(shards >= 2, "the test needs shards to fill unevenly");
     let mut per_shard = vec![0; shards as usize];

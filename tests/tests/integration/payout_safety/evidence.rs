@@ -260,7 +260,10 @@ async fn one_unreadable_batch_does_not_stop_the_other_currencies() {
         shared::domain::UserId::parse("gbp-user").unwrap(),
         orphan.currency.clone(),
         shared::domain::Amount::parse("5.00", &orphan.currency).unwrap(),
-        shared::domain::BankAccount::parse(ACCOUNTS[0]).unwrap(),
+        // Recorded with its account inline (as before beneficiaries): claimed here directly.
+        shared::domain::Destination::Account(
+            shared::domain::BankAccount::parse(ACCOUNTS[0]).unwrap(),
+        ),
         chrono::Utc::now(),
     );
     wide.credit(&integration_tests::credit_record(

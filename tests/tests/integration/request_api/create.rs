@@ -3,7 +3,7 @@
 use super::create;
 use futures::future::join_all;
 use integration_tests::BalanceView;
-use integration_tests::{withdrawal_body, ApiRequest, TestEnv, IBAN};
+use integration_tests::{withdrawal_body, ApiRequest, TestEnv, BENEFICIARY, IBAN};
 use serde_json::json;
 use shared::requests::withdrawals::WithdrawalService;
 use shared::store::DynamoStore;
@@ -22,7 +22,9 @@ async fn request_locks_funds_and_records_a_pending_withdrawal() {
     assert_eq!(w["status"], "PENDING");
     assert_eq!(w["amount"], "125.50");
     assert_eq!(w["currency"], "USD");
-    assert_eq!(w["bank_account"], "DE89…3000");
+    // The request names the beneficiary; its account (masked) shows once the batcher claims it.
+    assert_eq!(w["beneficiary_id"], BENEFICIARY);
+    assert!(w.get("bank_account").is_none(), "{w}");
     assert!(!r.body.contains(IBAN), "full account number leaked");
     assert_eq!(
         env.balance("alice", "USD").await,
@@ -59,11 +61,11 @@ async fn request_locks_funds_and_records_a_pending_withdrawal() {
 async fn a_json_number_amount_is_read_exactly_and_jpy_has_no_decimals() {
     let env = TestEnv::new().await;
     env.credit("bob", "JPY", "100000").await;
-    let body = format!(r#"{{"currency":"JPY","amount":12345,"bank_account":"{IBAN}"}}"#);
+    let body = format!(r#"{{"currency":"JPY","amount":12345,"beneficiary_id":"{BENEFICIARY}"}}"#);
     let r = env.call(create("bob", body).build()).await;
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(r.json()["amount"], "12345");
-    let frac = format!(r#"{{"currency":"JPY","amount":"100.5","bank_account":"{IBAN}"}}"#);
+    let frac = format!(r#"{{"currency":"JPY","amount":"100.5","beneficiary_id":"{BENEFICIARY}"}}"#);
     assert_eq!(
         env.call(create("bob", frac).build()).await.error_code(),
         "invalid_amount"
@@ -84,6 +86,7 @@ async fn insufficient_funds_changes_nothing() {
         (409, "insufficient_funds")
     );
     // A user who was never credited has nothing to withdraw either.
+    integration_tests::register_beneficiary(env.store.as_ref(), "nobody", IBAN, BENEFICIARY).await;
     let r = env
         .call(create("nobody", withdrawal_body("EUR", "5")).build())
         .await;
@@ -107,14 +110,14 @@ async fn validation_errors_have_stable_codes_and_write_nothing() {
     let env = TestEnv::new().await;
     env.credit("dave", "USD", "100000").await;
     let big = format!(
-        r#"{{"currency":"USD","amount":"10","bank_account":"{IBAN}","pad":"{}"}}"#,
+        r#"{{"currency":"USD","amount":"10","beneficiary_id":"{BENEFICIARY}","pad":"{}"}}"#,
         "x".repeat(17 * 1024)
     );
     let cases: Vec<(String, u16, &str)> = vec![
         ("{not json".into(), 400, "invalid_json"),
         ("".into(), 400, "invalid_json"),
         (
-            json!({"currency":"USD","amount":"10","bank_account":IBAN,"user_id":"mallory"})
+            json!({"currency":"USD","amount":"10","beneficiary_id":BENEFICIARY,"user_id":"mallory"})
                 .to_string(),
             400,
             "invalid_json",
@@ -132,10 +135,9 @@ async fn validation_errors_have_stable_codes_and_write_nothing() {
             "amount_above_maximum",
         ),
         (
-            json!({"currency":"USD","amount":"10","bank_account":"DE89370400440532013001"})
-                .to_string(),
+            json!({"currency":"USD","amount":"10","bank_account":IBAN}).to_string(),
             400,
-            "invalid_bank_account",
+            "beneficiary_required",
         ),
         (big, 413, "payload_too_large"),
     ];
@@ -309,14 +311,16 @@ async fn only_plain_decimals_are_amounts_whatever_the_json_type() {
         r#""0x10""#,
         r#""5.""#,
     ] {
-        let body = format!(r#"{{"currency":"USD","amount":{amount},"bank_account":"{IBAN}"}}"#);
+        let body =
+            format!(r#"{{"currency":"USD","amount":{amount},"beneficiary_id":"{BENEFICIARY}"}}"#);
         let r = env.call(create("alice", body).build()).await;
         assert_eq!(r.status, 400, "{amount}: {}", r.body);
         assert_eq!(r.error_code(), "invalid_amount", "{amount}");
     }
     // A bare NaN or Infinity is not JSON at all: refused before any amount is read.
     for amount in ["NaN", "Infinity", "-Infinity"] {
-        let body = format!(r#"{{"currency":"USD","amount":{amount},"bank_account":"{IBAN}"}}"#);
+        let body =
+            format!(r#"{{"currency":"USD","amount":{amount},"beneficiary_id":"{BENEFICIARY}"}}"#);
         let r = env.call(create("alice", body).build()).await;
         assert_eq!(
             (r.status, r.error_code().as_str()),
@@ -333,7 +337,7 @@ async fn only_plain_decimals_are_amounts_whatever_the_json_type() {
         .call(
             create(
                 "alice",
-                format!(r#"{{"currency":"USD","amount":12.5,"bank_account":"{IBAN}"}}"#),
+                format!(r#"{{"currency":"USD","amount":12.5,"beneficiary_id":"{BENEFICIARY}"}}"#),
             )
             .build(),
         )

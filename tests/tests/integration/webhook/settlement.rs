@@ -32,8 +32,9 @@ async fn the_full_loop_settles_rejects_and_returns_with_real_sandbox_callbacks()
         ("returned", ACCOUNTS[2]),
     ] {
         env.credit(user, "EUR", "100").await;
+        let beneficiary = env.beneficiary(user, account).await;
         let body =
-            serde_json::json!({"currency": "EUR", "amount": "60.00", "bank_account": account})
+            serde_json::json!({"currency": "EUR", "amount": "60.00", "beneficiary_id": beneficiary})
                 .to_string();
         let r = env
             .call(
