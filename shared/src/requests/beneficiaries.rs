@@ -194,11 +194,22 @@ impl BeneficiaryService {
     /// Removes one of the caller's beneficiaries: no new withdrawal may name it. Withdrawals
     /// already requested to it are not redirected, nor stopped: each is paid to the account its
     /// owner chose when asking, unless the owner cancels it (while it is not yet claimed).
-    /// Anything not the caller's, or not an id, is `not_found`; removing twice is
-    /// `beneficiary_removed`.
+    /// Anything not the caller's, or not an id, is `not_found`. Removing one already removed
+    /// answers it as it is (its first `removed_at`), as a DELETE should: a client retrying after
+    /// a lost answer learns it is gone, and nothing is written or published again.
     pub async fn remove(&self, user: &UserId, id: &str) -> Result<BeneficiaryView, ApiError> {
         let id = BeneficiaryId::parse(id).map_err(|_| ApiError::NotFound)?;
-        let removed = self.store.remove_beneficiary(user, id, Utc::now()).await?;
-        Ok(BeneficiaryView::from(&removed))
+        match self.store.remove_beneficiary(user, id, Utc::now()).await {
+            Ok(removed) => Ok(BeneficiaryView::from(&removed)),
+            Err(StoreError::Refused(Refusal::BeneficiaryRemoved)) => {
+                let stored = self
+                    .store
+                    .beneficiary(user, id)
+                    .await?
+                    .ok_or(ApiError::NotFound)?;
+                Ok(BeneficiaryView::from(&stored))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
