@@ -117,15 +117,7 @@ impl TestEnv {
 
     /// The user's balance in `currency`, each bucket in the currency's scale.
     pub async fn balance(&self, user: &str, currency: &str) -> BalanceView {
-        let balances = self
-            .store
-            .balances(&UserId::parse(user).unwrap())
-            .await
-            .unwrap();
-        let b = balances
-            .iter()
-            .find(|b| b.currency.code().as_str() == currency)
-            .expect("balance exists");
+        let b = self.stored_balance(user, currency).await;
         let f = |d| b.currency.format(d);
         BalanceView {
             available: f(b.available),
@@ -176,6 +168,40 @@ impl TestEnv {
 
     pub async fn call(&self, req: Request) -> TestResponse {
         TestResponse::from(self.app.handle(req).await)
+    }
+
+    /// `req` answered by the user API over the same table under other settings (`CURRENCIES`,
+    /// `WITHDRAWAL_FEES`… as a later deploy would set them).
+    pub async fn call_with(&self, currencies: &Currencies, req: Request) -> TestResponse {
+        let store = Arc::new(
+            DynamoStore::new(
+                self.store.client().clone(),
+                self.store.table_name(),
+                currencies.clone(),
+            )
+            .with_pending_shards(self.store.pending_shards()),
+        );
+        let app = App::new(
+            WithdrawalService::new(store, currencies.clone(), 5),
+            Authenticator::ApiGatewayJwt,
+        );
+        TestResponse::from(app.handle(req).await)
+    }
+
+    /// The fees bucket of the user's balance in `currency`, in the currency's scale.
+    pub async fn fees_paid(&self, user: &str, currency: &str) -> String {
+        let b = self.stored_balance(user, currency).await;
+        b.currency.format(b.fees)
+    }
+
+    async fn stored_balance(&self, user: &str, currency: &str) -> shared::domain::Balance {
+        self.store
+            .balances(&UserId::parse(user).unwrap())
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|b| b.currency.code().as_str() == currency)
+            .expect("balance exists")
     }
 }
 

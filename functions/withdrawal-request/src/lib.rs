@@ -157,6 +157,13 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
                 .await?;
             Ok(json_response(200, to_json(&page)?))
         }
+        ("GET", ["withdrawals", "quote"]) => {
+            span.record("route", "quote");
+            let q = req.query_string_parameters();
+            let quote = service.quote(q.first("currency"), q.first("amount"))?;
+            Ok(json_response(200, to_json(&quote)?))
+        }
+        (_, ["withdrawals", "quote"]) => Err(ApiError::MethodNotAllowed { allow: "GET" }),
         ("GET", ["withdrawals", id]) => {
             span.record("route", "get");
             span.record("withdrawal_id", *id);

@@ -3,32 +3,39 @@ use rust_decimal::Decimal;
 
 /// One user's funds in one currency.
 ///
-/// `available + locked + paid_out == credited` always holds: money only enters through a credit,
-/// and every other movement shifts it between the three buckets.
+/// `available + locked + paid_out + fees == credited` always holds: money only enters through a
+/// credit, and every other movement shifts it between the four buckets.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Balance {
     pub currency: Currency,
     pub available: Decimal,
+    /// Open withdrawals' amounts and fees.
     pub locked: Decimal,
+    /// What the provider paid out: the amounts of settled withdrawals.
     pub paid_out: Decimal,
+    /// What the user paid in fees: the house's revenue, summed over users (no one item the
+    /// house writes on every settlement).
+    pub fees: Decimal,
     pub credited: Decimal,
     /// Withdrawals currently holding locked funds (PENDING or SUBMITTED).
     pub open_count: u32,
 }
 
-/// How money moves between a balance's buckets. The store applies these as conditional
-/// update expressions; [`Balance::apply`] is the same arithmetic for checking and tests.
+/// How money moves between a balance's buckets, for an amount and its fee. The store applies
+/// these as conditional update expressions; [`Balance::apply`] is the same arithmetic for
+/// checking and tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BalanceEffect {
-    /// Funds enter: available and credited grow.
+    /// Funds enter: available and credited grow by the amount (a credit has no fee).
     Credit,
-    /// A withdrawal is requested: available → locked (needs available ≥ amount).
+    /// A withdrawal is requested: amount + fee, available → locked (needs available ≥ both).
     Lock,
-    /// It ends without payout: locked → available.
+    /// It ends without payout: amount + fee, locked → available.
     Unlock,
-    /// It is paid: locked → paid out.
+    /// It is paid: the amount, locked → paid out; the fee, locked → fees.
     PayOut,
-    /// The bank returned a payout: paid out → available.
+    /// The bank returned a payout: the amount, paid out → available; the fee given back (all
+    /// or nothing, by the currency's policy), fees → available.
     Return,
     None,
 }
@@ -44,51 +51,63 @@ impl Balance {
             available: Decimal::ZERO,
             locked: Decimal::ZERO,
             paid_out: Decimal::ZERO,
+            fees: Decimal::ZERO,
             credited: Decimal::ZERO,
             open_count: 0,
         }
     }
 
     pub fn is_conserved(&self) -> bool {
-        self.available + self.locked + self.paid_out == self.credited
+        self.available + self.locked + self.paid_out + self.fees == self.credited
             && self.available >= Decimal::ZERO
             && self.locked >= Decimal::ZERO
             && self.paid_out >= Decimal::ZERO
+            && self.fees >= Decimal::ZERO
     }
 
-    pub fn apply(&self, effect: BalanceEffect, amount: Decimal) -> Result<Balance, Overdraw> {
+    /// `effect` for `amount` and `fee`: the fee locked with the amount for `Lock`/`Unlock`,
+    /// charged for `PayOut`, given back for `Return` (zero when the house keeps it).
+    pub fn apply(
+        &self,
+        effect: BalanceEffect,
+        amount: Decimal,
+        fee: Decimal,
+    ) -> Result<Balance, Overdraw> {
         let mut b = self.clone();
-        let take = |from: &mut Decimal| {
-            if *from < amount {
+        let take = |from: &mut Decimal, value: Decimal| {
+            if *from < value {
                 Err(Overdraw)
             } else {
-                *from -= amount;
+                *from -= value;
                 Ok(())
             }
         };
+        let total = amount + fee;
         match effect {
             BalanceEffect::Credit => {
                 b.available += amount;
                 b.credited += amount;
             }
             BalanceEffect::Lock => {
-                take(&mut b.available)?;
-                b.locked += amount;
+                take(&mut b.available, total)?;
+                b.locked += total;
                 b.open_count += 1;
             }
             BalanceEffect::Unlock => {
-                take(&mut b.locked)?;
-                b.available += amount;
+                take(&mut b.locked, total)?;
+                b.available += total;
                 b.open_count = b.open_count.saturating_sub(1);
             }
             BalanceEffect::PayOut => {
-                take(&mut b.locked)?;
+                take(&mut b.locked, total)?;
                 b.paid_out += amount;
+                b.fees += fee;
                 b.open_count = b.open_count.saturating_sub(1);
             }
             BalanceEffect::Return => {
-                take(&mut b.paid_out)?;
-                b.available += amount;
+                take(&mut b.paid_out, amount)?;
+                take(&mut b.fees, fee)?;
+                b.available += total;
             }
             BalanceEffect::None => {}
         }
@@ -106,9 +125,17 @@ mod tests {
         let usd = Currencies::default().get("USD").unwrap().clone();
         let d = |s: &str| s.parse::<Decimal>().unwrap();
         let b = Balance::empty(usd)
-            .apply(BalanceEffect::Credit, d("100.00"))
+            .apply(BalanceEffect::Credit, d("100.00"), Decimal::ZERO)
             .unwrap();
-        assert_eq!(b.apply(BalanceEffect::Lock, d("100.01")), Err(Overdraw));
+        assert_eq!(
+            b.apply(BalanceEffect::Lock, d("100.01"), Decimal::ZERO),
+            Err(Overdraw)
+        );
+        // The fee is locked with the amount: 99.00 + 1.01 is more than 100.00.
+        assert_eq!(
+            b.apply(BalanceEffect::Lock, d("99.00"), d("1.01")),
+            Err(Overdraw)
+        );
         for path in [
             vec![crate::domain::Transition::Cancel],
             vec![
@@ -125,16 +152,23 @@ mod tests {
                 crate::domain::Transition::Return,
             ],
         ] {
-            let mut bal = b.apply(BalanceEffect::Lock, d("60.00")).unwrap();
-            let mut st = WithdrawalStatus::Pending;
-            assert!(bal.is_conserved());
-            for t in &path {
-                st = st.apply(*t).unwrap();
-                bal = bal.apply(t.balance_effect(), d("60.00")).unwrap();
-                assert!(bal.is_conserved(), "{path:?}");
+            for (fee, fee_back) in [("0.00", "0.00"), ("1.50", "1.50"), ("1.50", "0.00")] {
+                let mut bal = b.apply(BalanceEffect::Lock, d("60.00"), d(fee)).unwrap();
+                let mut st = WithdrawalStatus::Pending;
+                assert!(bal.is_conserved());
+                for t in &path {
+                    st = st.apply(*t).unwrap();
+                    let fee = if *t == crate::domain::Transition::Return {
+                        fee_back
+                    } else {
+                        fee
+                    };
+                    bal = bal.apply(t.balance_effect(), d("60.00"), d(fee)).unwrap();
+                    assert!(bal.is_conserved(), "{path:?} {fee}");
+                }
+                assert_eq!(bal.open_count, u32::from(st.is_open()));
+                assert_eq!(bal.locked, Decimal::ZERO);
             }
-            assert_eq!(bal.open_count, u32::from(st.is_open()));
-            assert_eq!(bal.locked, Decimal::ZERO);
         }
     }
 }

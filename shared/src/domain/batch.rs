@@ -111,6 +111,9 @@ pub struct Member {
 #[derive(Clone, Debug, PartialEq)]
 pub struct MemberTerms {
     pub amount: Amount,
+    /// Its fee (zero on entries written before fees: no withdrawal had one then).
+    pub fee: rust_decimal::Decimal,
+    pub fee_on_return: super::FeeOnReturn,
     pub limit_day: Option<NaiveDate>,
 }
 
@@ -121,6 +124,8 @@ impl Member {
             user_id: w.user_id.clone(),
             terms: Some(MemberTerms {
                 amount: w.amount,
+                fee: w.fee,
+                fee_on_return: w.fee_on_return,
                 limit_day: w.limit_day,
             }),
         }
@@ -175,6 +180,8 @@ impl Batch {
             user_id: member.user_id.clone(),
             currency: self.currency.clone(),
             amount: terms.amount,
+            fee: terms.fee,
+            fee_on_return: terms.fee_on_return,
             status,
             batch_id: Some(self.id),
             limit_day: terms.limit_day,

@@ -1,3 +1,4 @@
+use super::fee::{FeeOnReturn, FeeSchedule};
 use super::DomainError;
 use rust_decimal::Decimal;
 use std::fmt;
@@ -47,6 +48,8 @@ pub struct Currency {
     daily_limit: Option<Decimal>,
     /// Withdrawals above this are held for an operator's review; `None`: none are.
     review_above: Option<Decimal>,
+    /// Its withdrawal fee (`WITHDRAWAL_FEES`); `None`: withdrawals are free.
+    fee: Option<FeeSchedule>,
 }
 
 impl Currency {
@@ -78,6 +81,28 @@ impl Currency {
     /// threshold of 10000 lets 10000.00 through.
     pub fn needs_review(&self, amount: Decimal) -> bool {
         self.review_above.is_some_and(|t| amount > t)
+    }
+
+    /// The fee a withdrawal of `amount` is charged now, at this currency's scale (zero when it
+    /// has no fee): the withdrawal keeps it for good ([`super::fee`] has the rounding rule).
+    pub fn fee_for(&self, amount: Decimal) -> Decimal {
+        let mut fee = self
+            .fee
+            .as_ref()
+            .map_or(Decimal::ZERO, |f| f.fee_for(amount, self.scale));
+        fee.rescale(self.scale);
+        fee
+    }
+
+    /// What a bank return does with the returned payout's fee (refunded when no fee is set).
+    pub fn fee_on_return(&self) -> FeeOnReturn {
+        self.fee
+            .as_ref()
+            .map_or(FeeOnReturn::Refund, |f| f.on_return)
+    }
+
+    pub fn fee_schedule(&self) -> Option<&FeeSchedule> {
+        self.fee.as_ref()
     }
 
     /// Formats a quantity of this currency with exactly its scale ("125.50", "1000").
@@ -160,6 +185,7 @@ impl Currencies {
                 max_withdrawal: max,
                 daily_limit: (daily > Decimal::ZERO).then_some(daily),
                 review_above: None,
+                fee: None,
             });
         }
         if list.is_empty() {
@@ -171,33 +197,71 @@ impl Currencies {
     /// Sets review thresholds from `CODE:amount` entries, comma separated (the format of
     /// `REVIEW_THRESHOLDS`); a currency left out has none. Refused: an unconfigured currency,
     /// one named twice, an amount that is not positive or has more decimals than its currency.
-    pub fn with_review_thresholds(mut self, config: &str) -> Result<Self, String> {
+    pub fn with_review_thresholds(self, config: &str) -> Result<Self, String> {
+        self.with_each(
+            config,
+            "review threshold",
+            "CODE:amount",
+            |currency, amount| {
+                let code = currency.code;
+                let amount = Decimal::from_str(amount)
+                    .map_err(|e| format!("{code}: review threshold: {e}"))?;
+                if amount <= Decimal::ZERO {
+                    return Err(format!("{code}: review threshold must be above 0"));
+                }
+                if amount.normalize().scale() > currency.scale {
+                    return Err(format!(
+                        "{code}: review threshold has more decimals than the scale"
+                    ));
+                }
+                currency.review_above = Some(amount);
+                Ok(())
+            },
+        )
+    }
+
+    /// Sets withdrawal fees from `CODE:fixed:rate:min:max[:refund|keep]` entries, comma
+    /// separated (the format of `WITHDRAWAL_FEES`); a currency left out charges none. Refused:
+    /// an unconfigured currency, one named twice, a schedule [`FeeSchedule::parse`] refuses.
+    pub fn with_fees(self, config: &str) -> Result<Self, String> {
+        self.with_each(
+            config,
+            "fee",
+            "CODE:fixed:rate:min:max",
+            |currency, spec| {
+                let schedule = FeeSchedule::parse(spec, currency.scale)
+                    .map_err(|e| format!("{}: fee {e}", currency.code))?;
+                currency.fee = Some(schedule);
+                Ok(())
+            },
+        )
+    }
+
+    /// One per-currency setting on top of `CURRENCIES`: `CODE:<spec>` entries, comma separated,
+    /// each `set` on its configured currency, none named twice.
+    fn with_each(
+        mut self,
+        config: &str,
+        what: &str,
+        shape: &str,
+        mut set: impl FnMut(&mut Currency, &str) -> Result<(), String>,
+    ) -> Result<Self, String> {
         let mut seen: Vec<CurrencyCode> = Vec::new();
         for entry in config.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let Some((code, amount)) = entry.split_once(':') else {
-                return Err(format!("review threshold {entry:?} is not CODE:amount"));
+            let Some((code, spec)) = entry.split_once(':') else {
+                return Err(format!("{what} {entry:?} is not {shape}"));
             };
             let code = CurrencyCode::parse(code).map_err(|e| e.to_string())?;
             let currency = self
                 .list
                 .iter_mut()
                 .find(|c| c.code == code)
-                .ok_or_else(|| format!("{code}: review threshold for a currency not configured"))?;
-            let amount =
-                Decimal::from_str(amount).map_err(|e| format!("{code}: review threshold: {e}"))?;
-            if amount <= Decimal::ZERO {
-                return Err(format!("{code}: review threshold must be above 0"));
-            }
-            if amount.normalize().scale() > currency.scale {
-                return Err(format!(
-                    "{code}: review threshold has more decimals than the scale"
-                ));
-            }
+                .ok_or_else(|| format!("{code}: {what} for a currency not configured"))?;
+            set(currency, spec)?;
             if seen.contains(&code) {
-                return Err(format!("{code}: review threshold set twice"));
+                return Err(format!("{code}: {what} set twice"));
             }
             seen.push(code);
-            currency.review_above = Some(amount);
         }
         Ok(self)
     }
@@ -282,6 +346,36 @@ mod tests {
                 Currencies::default().with_review_thresholds(bad).is_err(),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn fees_are_set_per_currency_and_a_currency_left_out_is_free() {
+        let c = Currencies::default()
+            .with_fees("EUR:0.50:0.001:1:20:keep, JPY:100:0:0:0")
+            .unwrap();
+        let eur = c.get("EUR").unwrap();
+        assert_eq!(eur.fee_for(Decimal::new(100, 0)).to_string(), "1.00");
+        assert_eq!(eur.fee_for(Decimal::new(5000, 0)).to_string(), "5.50");
+        assert_eq!(eur.fee_on_return(), FeeOnReturn::Keep);
+        assert_eq!(
+            c.get("JPY")
+                .unwrap()
+                .fee_for(Decimal::new(5000, 0))
+                .to_string(),
+            "100"
+        );
+        let usd = c.get("USD").unwrap();
+        assert_eq!(usd.fee_for(Decimal::new(5000, 0)).to_string(), "0.00");
+        assert_eq!(usd.fee_on_return(), FeeOnReturn::Refund);
+        for bad in [
+            "EUR",
+            "GBP:1:0:0:0",
+            "EUR:1:0:0:0,EUR:2:0:0:0",
+            "JPY:0.5:0:0:0",
+            "EUR:1:2:0:0",
+        ] {
+            assert!(Currencies::default().with_fees(bad).is_err(), "{bad}");
         }
     }
 

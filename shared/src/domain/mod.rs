@@ -8,6 +8,7 @@ mod beneficiary;
 mod callback;
 mod control;
 mod currency;
+mod fee;
 mod ids;
 mod withdrawal;
 
@@ -22,6 +23,7 @@ pub use beneficiary::{Beneficiary, BeneficiaryDetails, Destination};
 pub use callback::CallbackOutcome;
 pub use control::{Control, ControlChange, ControlSubject};
 pub use currency::{Currencies, Currency, CurrencyCode};
+pub use fee::{FeeOnReturn, FeeSchedule};
 pub use ids::{BatchId, BeneficiaryId, CreditReference, IdempotencyKey, UserId, WithdrawalId};
 pub use withdrawal::{
     AuditEntry, InvalidTransition, Subject, Transition, Withdrawal, WithdrawalStatus,

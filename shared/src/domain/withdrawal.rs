@@ -1,5 +1,8 @@
-use super::{Amount, BalanceEffect, BatchId, Currency, Destination, UserId, WithdrawalId};
+use super::{
+    Amount, BalanceEffect, BatchId, Currency, Destination, FeeOnReturn, UserId, WithdrawalId,
+};
 use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
 use std::fmt;
 
 /// Life of a withdrawal (a "burn"). Funds are locked while it is `Review`, `Pending` or
@@ -152,7 +155,16 @@ pub struct Withdrawal {
     pub id: WithdrawalId,
     pub user_id: UserId,
     pub currency: Currency,
+    /// What the provider pays (and the daily limit counts).
     pub amount: Amount,
+    /// Charged on top of the amount, fixed when requested (zero when free, and for withdrawals
+    /// recorded before fees): locked with the amount, the house's once paid.
+    pub fee: Decimal,
+    /// What a bank return does with the fee: the currency's policy when it was requested, fixed
+    /// with the fee (a later change of the setting, or another process's, never alters it).
+    pub fee_on_return: FeeOnReturn,
+    /// The part of the fee a bank return gave back: `None` until returned.
+    pub fee_returned: Option<Decimal>,
     pub destination: Destination,
     pub status: WithdrawalStatus,
     pub created_at: DateTime<Utc>,
@@ -177,6 +189,8 @@ pub struct Subject {
     pub user_id: UserId,
     pub currency: Currency,
     pub amount: Amount,
+    pub fee: Decimal,
+    pub fee_on_return: FeeOnReturn,
     pub status: WithdrawalStatus,
     pub batch_id: Option<BatchId>,
     pub limit_day: Option<NaiveDate>,
@@ -189,9 +203,22 @@ impl From<&Withdrawal> for Subject {
             user_id: w.user_id.clone(),
             currency: w.currency.clone(),
             amount: w.amount,
+            fee: w.fee,
+            fee_on_return: w.fee_on_return,
             status: w.status,
             batch_id: w.batch_id,
             limit_day: w.limit_day,
+        }
+    }
+}
+
+impl Subject {
+    /// The fee `transition` moves with the amount: locked, given back, or charged with it, and
+    /// on a bank return what the withdrawal's policy gives back (all of it, or none).
+    pub fn fee_moved(&self, transition: Transition) -> Decimal {
+        match (transition, self.fee_on_return) {
+            (Transition::Return, FeeOnReturn::Keep) => Decimal::ZERO,
+            _ => self.fee,
         }
     }
 }
@@ -236,6 +263,9 @@ impl Withdrawal {
             id: WithdrawalId::new(),
             user_id,
             limit_day: currency.daily_limit().map(|_| now.date_naive()),
+            fee: currency.fee_for(amount.value()),
+            fee_on_return: currency.fee_on_return(),
+            fee_returned: None,
             currency,
             amount,
             destination,
@@ -254,6 +284,11 @@ impl Withdrawal {
                 reason: None,
             }],
         }
+    }
+
+    /// What the request locked: the amount and its fee.
+    pub fn total(&self) -> Decimal {
+        self.amount.value() + self.fee
     }
 
     /// Whether the provider's word (a callback, a status answer, whoever asked for it) ever

@@ -7,10 +7,11 @@ use std::collections::BTreeMap;
 
 /// Every violation found; empty means the books balance.
 ///
-/// Per user and currency: `available + locked + paid_out == credited`, no bucket negative,
-/// `locked` equals the sum of open withdrawals and `open_count` their number, and `credited`
-/// equals the sum of the credit records (every credit is recorded in the same write); and every
-/// open withdrawal has a way out (`batch_gaps`).
+/// Per user and currency: `available + locked + paid_out + fees == credited`, no bucket
+/// negative, `locked` equals the amounts and fees of open withdrawals and `open_count` their
+/// number, `fees` the fees of settled withdrawals and what returned ones kept, and `credited`
+/// the sum of the credit records (every credit is recorded in the same write); and every open
+/// withdrawal has a way out (`batch_gaps`).
 pub fn violations(report: &ScanReport) -> Vec<String> {
     let mut problems: Vec<String> = report
         .unreadable
@@ -18,17 +19,23 @@ pub fn violations(report: &ScanReport) -> Vec<String> {
         .map(|u| format!("unreadable item {u}"))
         .collect();
     let mut open: BTreeMap<(UserId, CurrencyCode), (Decimal, u32)> = BTreeMap::new();
+    let mut charged: BTreeMap<(UserId, CurrencyCode), Decimal> = BTreeMap::new();
     for w in &report.withdrawals {
         if let Some(gap) = audit_gap(w) {
             problems.push(format!("{} {}: audit trail {gap}", w.user_id, w.id));
         }
-        let entry = open
-            .entry((w.user_id.clone(), w.currency.code()))
-            .or_insert((Decimal::ZERO, 0));
+        let key = (w.user_id.clone(), w.currency.code());
+        let entry = open.entry(key.clone()).or_insert((Decimal::ZERO, 0));
         if w.status.is_open() {
-            entry.0 += w.amount.value();
+            entry.0 += w.total();
             entry.1 += 1;
         }
+        let kept = match w.status {
+            crate::domain::WithdrawalStatus::Settled => w.fee,
+            crate::domain::WithdrawalStatus::Returned => w.fee - w.fee_returned.unwrap_or(w.fee),
+            _ => Decimal::ZERO,
+        };
+        *charged.entry(key).or_insert(Decimal::ZERO) += kept;
     }
     let mut credits: BTreeMap<(UserId, CurrencyCode), Decimal> = BTreeMap::new();
     for c in &report.credits {
@@ -43,8 +50,20 @@ pub fn violations(report: &ScanReport) -> Vec<String> {
     for ((user, ccy), b) in &balances {
         if !b.is_conserved() {
             problems.push(format!(
-                "{user} {ccy}: available {} + locked {} + paid_out {} != credited {} (or negative)",
-                b.available, b.locked, b.paid_out, b.credited
+                "{user} {ccy}: available {} + locked {} + paid_out {} + fees {} != credited {} \
+                 (or negative)",
+                b.available, b.locked, b.paid_out, b.fees, b.credited
+            ));
+        }
+        let fees = charged
+            .get(&(user.clone(), *ccy))
+            .copied()
+            .unwrap_or(Decimal::ZERO);
+        if b.fees != fees {
+            problems.push(format!(
+                "{user} {ccy}: fees {} != fees charged {}",
+                b.currency.format(b.fees),
+                b.currency.format(fees)
             ));
         }
         let (sum, count) = open
@@ -200,11 +219,12 @@ pub fn summary(report: &ScanReport) -> Vec<String> {
         .iter()
         .map(|(u, b)| {
             format!(
-                "{u} {}: available {} locked {} paid_out {} credited {} open {}",
+                "{u} {}: available {} locked {} paid_out {} fees {} credited {} open {}",
                 b.currency.code(),
                 b.currency.format(b.available),
                 b.currency.format(b.locked),
                 b.currency.format(b.paid_out),
+                b.currency.format(b.fees),
                 b.currency.format(b.credited),
                 b.open_count
             )
@@ -212,12 +232,37 @@ pub fn summary(report: &ScanReport) -> Vec<String> {
         .collect()
 }
 
-/// Open withdrawals of one user, for tests and tools that look at a single balance.
+/// The house's fee revenue, one line per currency that has any balance: the sum of users'
+/// `fees` and how many users paid some.
+pub fn fee_revenue(report: &ScanReport) -> Vec<String> {
+    let mut by_currency: BTreeMap<CurrencyCode, (&crate::domain::Currency, Decimal, usize)> =
+        BTreeMap::new();
+    for (_, b) in &report.balances {
+        let entry = by_currency
+            .entry(b.currency.code())
+            .or_insert((&b.currency, Decimal::ZERO, 0));
+        entry.1 += b.fees;
+        entry.2 += usize::from(!b.fees.is_zero());
+    }
+    by_currency
+        .into_values()
+        .map(|(currency, total, users)| {
+            format!(
+                "{}: fees {} from {users} user(s)",
+                currency.code(),
+                currency.format(total)
+            )
+        })
+        .collect()
+}
+
+/// What open withdrawals of one user lock (amounts and fees), for tests and tools that look at
+/// a single balance.
 pub fn open_total(withdrawals: &[Withdrawal], user: &UserId, ccy: CurrencyCode) -> Decimal {
     withdrawals
         .iter()
         .filter(|w| &w.user_id == user && w.currency.code() == ccy && w.status.is_open())
-        .map(|w| w.amount.value())
+        .map(Withdrawal::total)
         .sum()
 }
 
@@ -242,14 +287,106 @@ mod tests {
     }
 
     #[test]
+    fn the_fees_bucket_must_equal_what_settled_and_returned_withdrawals_kept() {
+        use crate::domain::{Transition, WithdrawalStatus};
+        let currencies = Currencies::default()
+            .with_fees("USD:1.00:0:0:0:keep")
+            .unwrap();
+        let usd = currencies.get("USD").unwrap().clone();
+        let user = UserId::parse("u1").unwrap();
+        let mut w = Withdrawal::new(
+            user.clone(),
+            usd.clone(),
+            Amount::parse("10", &usd).unwrap(),
+            crate::domain::Destination::Account(
+                BankAccount::parse("DE89370400440532013000").unwrap(),
+            ),
+            Utc::now(),
+        );
+        assert_eq!(w.fee, Decimal::new(100, 2));
+        let mut balance = Balance::empty(usd.clone())
+            .apply(BalanceEffect::Credit, Decimal::from(100), Decimal::ZERO)
+            .unwrap()
+            .apply(BalanceEffect::Lock, w.amount.value(), w.fee)
+            .unwrap();
+        for t in [Transition::Submit, Transition::Settle] {
+            balance = balance
+                .apply(t.balance_effect(), w.amount.value(), w.fee)
+                .unwrap();
+        }
+        w.status = WithdrawalStatus::Settled;
+        for (at, status) in [
+            ("2026-12-01T10:00:00.000Z", WithdrawalStatus::Submitted),
+            ("2026-12-01T10:01:00.000Z", WithdrawalStatus::Settled),
+        ] {
+            w.audit.push(crate::domain::AuditEntry {
+                at: at.into(),
+                from: w.audit.last().map(|e| e.to),
+                to: status,
+                by: "test".into(),
+                event_id: None,
+                reason: None,
+            });
+        }
+        let report = |b: &Balance, w: &Withdrawal| ScanReport {
+            balances: vec![(user.clone(), b.clone())],
+            withdrawals: vec![w.clone()],
+            credits: vec![CreditRecord {
+                currency: usd.clone(),
+                amount: Amount::parse("100", &usd).unwrap(),
+                ..credit_of(&user, "100", "c-1")
+            }],
+            ..ScanReport::default()
+        };
+        assert!(violations(&report(&balance, &w)).is_empty());
+        assert_eq!(
+            fee_revenue(&report(&balance, &w)),
+            ["USD: fees 1.00 from 1 user(s)"]
+        );
+        // The fee left the bucket without its withdrawal saying so (or never arrived in it).
+        let mut lost = balance.clone();
+        lost.fees = Decimal::ZERO;
+        lost.available += Decimal::new(100, 2);
+        let found = violations(&report(&lost, &w));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("fees 0.00 != fees charged 1.00"),
+            "{found:?}"
+        );
+        // A return under `keep` leaves the fee with the house; the withdrawal says so.
+        let mut returned = w.clone();
+        returned.status = WithdrawalStatus::Returned;
+        returned.fee_returned = Some(Decimal::ZERO);
+        returned.audit.push(crate::domain::AuditEntry {
+            at: "2026-12-01T10:02:00.000Z".into(),
+            from: Some(WithdrawalStatus::Settled),
+            to: WithdrawalStatus::Returned,
+            by: "test".into(),
+            event_id: None,
+            reason: None,
+        });
+        let back = balance
+            .apply(
+                BalanceEffect::Return,
+                w.amount.value(),
+                crate::domain::Subject::from(&w).fee_moved(Transition::Return),
+            )
+            .unwrap();
+        assert_eq!(back.fees, Decimal::new(100, 2));
+        assert!(violations(&report(&back, &returned)).is_empty());
+    }
+
+    #[test]
     fn detects_a_lock_without_a_withdrawal_and_broken_conservation() {
         let usd = Currencies::default().get("USD").unwrap().clone();
         let user = UserId::parse("u1").unwrap();
         let amt = Amount::parse("10", &usd).unwrap();
         let credited = Balance::empty(usd.clone())
-            .apply(BalanceEffect::Credit, Decimal::from(100))
+            .apply(BalanceEffect::Credit, Decimal::from(100), Decimal::ZERO)
             .unwrap();
-        let locked = credited.apply(BalanceEffect::Lock, amt.value()).unwrap();
+        let locked = credited
+            .apply(BalanceEffect::Lock, amt.value(), Decimal::ZERO)
+            .unwrap();
         let w = Withdrawal::new(
             user.clone(),
             usd.clone(),
@@ -304,7 +441,7 @@ mod tests {
         let usd = Currencies::default().get("USD").unwrap().clone();
         let user = UserId::parse("u1").unwrap();
         let balance = Balance::empty(usd)
-            .apply(BalanceEffect::Credit, Decimal::from(100))
+            .apply(BalanceEffect::Credit, Decimal::from(100), Decimal::ZERO)
             .unwrap();
         let report = |credits: Vec<CreditRecord>| ScanReport {
             balances: vec![(user.clone(), balance.clone())],

@@ -163,20 +163,28 @@ impl StoreConfig {
     }
 }
 
-/// `CURRENCIES` and, on top of them, `REVIEW_THRESHOLDS` (empty or unset: nothing is reviewed).
+/// `CURRENCIES` and, on top of them, `REVIEW_THRESHOLDS` (empty or unset: nothing is reviewed)
+/// and `WITHDRAWAL_FEES` (empty or unset: withdrawals are free). Every function reads all three
+/// (the template sets them once, in Globals): a bank return applies its currency's fee policy
+/// wherever it is recorded.
 fn currencies(v: &dyn Vars) -> Result<Currencies, ConfigError> {
-    let currencies = match v.get("CURRENCIES") {
+    let mut currencies = match v.get("CURRENCIES") {
         Some(c) if !c.trim().is_empty() => {
             Currencies::parse_config(&c).map_err(|e| ConfigError::new("CURRENCIES", e))?
         }
         _ => Currencies::default(),
     };
-    match v.get("REVIEW_THRESHOLDS") {
-        Some(r) => currencies
+    if let Some(r) = v.get("REVIEW_THRESHOLDS") {
+        currencies = currencies
             .with_review_thresholds(&r)
-            .map_err(|e| ConfigError::new("REVIEW_THRESHOLDS", e)),
-        None => Ok(currencies),
+            .map_err(|e| ConfigError::new("REVIEW_THRESHOLDS", e))?;
     }
+    if let Some(f) = v.get("WITHDRAWAL_FEES") {
+        currencies = currencies
+            .with_fees(&f)
+            .map_err(|e| ConfigError::new("WITHDRAWAL_FEES", e))?;
+    }
+    Ok(currencies)
 }
 
 /// How often a Secrets Manager value is read again (`SECRETS_TTL_SECS`, default 300): a
@@ -534,7 +542,7 @@ mod tests {
 
     #[test]
     fn a_batch_larger_than_one_record_can_hold_is_refused() {
-        assert_eq!(crate::store::MAX_BATCH_MEMBERS, 1467);
+        assert_eq!(crate::store::MAX_BATCH_MEMBERS, 1260);
         let at_bound = BatcherConfig {
             max_batch_size: crate::store::MAX_BATCH_MEMBERS,
             ..BatcherConfig::default()
@@ -546,7 +554,7 @@ mod tests {
         };
         let err = over.validate(None).unwrap_err();
         assert!(
-            err.variable == "BATCH_MAX_SIZE" && err.to_string().contains("1467"),
+            err.variable == "BATCH_MAX_SIZE" && err.to_string().contains("1260"),
             "{err}"
         );
     }
@@ -590,6 +598,10 @@ mod tests {
                 "MAX_OPEN_WITHDRAWALS",
             ),
             (with(&[("CURRENCIES", "USD:x")]), "CURRENCIES"),
+            (
+                with(&[("WITHDRAWAL_FEES", "EUR:1:2:0:0")]),
+                "WITHDRAWAL_FEES",
+            ),
             (
                 with(&[("REVIEW_THRESHOLDS", "GBP:100")]),
                 "REVIEW_THRESHOLDS",

@@ -54,6 +54,9 @@ pub fn as_of(w: &Withdrawal, index: usize) -> Option<Withdrawal> {
     if matches!(entry.to, Review | Pending | Submitted | Settled) {
         then.failure_reason = None;
     }
+    if entry.to != Returned {
+        then.fee_returned = None;
+    }
     Some(then)
 }
 

@@ -145,6 +145,11 @@ pub(crate) fn parse_bounded_amount(
             "amount must be a decimal string like \"125.50\"".into(),
         ));
     };
+    within_bounds(amount, currency)
+}
+
+/// `amount` if within `currency`'s configured minimum and maximum withdrawal.
+fn within_bounds(amount: Amount, currency: &Currency) -> Result<Amount, ApiError> {
     if amount.value() < currency.min_withdrawal() {
         return Err(DomainError::AmountBelowMinimum {
             min: currency.format(currency.min_withdrawal()),
@@ -162,6 +167,16 @@ pub(crate) fn parse_bounded_amount(
     Ok(amount)
 }
 
+/// What a withdrawal of an amount would cost now (`GET /withdrawals/quote`): nothing is written
+/// or reserved, and a later request is charged the fee then in force.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QuoteView {
+    pub currency: String,
+    pub amount: String,
+    pub fee: String,
+    pub total: String,
+}
+
 /// The JSON shape of a withdrawal in every response. The bank account is always masked, and
 /// shown once known: a withdrawal to a beneficiary has it from its claim into a batch on.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -169,7 +184,17 @@ pub struct WithdrawalView {
     pub id: String,
     pub status: String,
     pub currency: String,
+    /// What the provider pays.
     pub amount: String,
+    /// Charged on top, fixed at request time (`default`: answers stored before fees).
+    #[serde(default)]
+    pub fee: String,
+    /// `amount + fee`: what the request locked.
+    #[serde(default)]
+    pub total: String,
+    /// What a bank return gave back of the fee, once returned.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fee_returned: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub beneficiary_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -191,6 +216,9 @@ impl From<&Withdrawal> for WithdrawalView {
             status: w.status.to_string(),
             currency: w.currency.code().to_string(),
             amount: w.amount.to_string(),
+            fee: w.currency.format(w.fee),
+            total: w.currency.format(w.total()),
+            fee_returned: w.fee_returned.map(|f| w.currency.format(f)),
             beneficiary_id: w.destination.beneficiary_id().map(|b| b.to_string()),
             bank_account: w.destination.account().map(|a| a.masked()),
             created_at: crate::domain::timestamp(&w.created_at),
@@ -361,6 +389,27 @@ impl WithdrawalService {
             Some(asked) if asked.repeats(&first) => Created::replay(first),
             _ => Err(ApiError::IdempotencyKeyReused),
         }
+    }
+
+    /// The fee and total of a withdrawal of `amount` in `currency` under today's schedule,
+    /// validated as a request would be (currency, amount, bounds); no read, no write.
+    pub fn quote(
+        &self,
+        currency: Option<&str>,
+        amount: Option<&str>,
+    ) -> Result<QuoteView, ApiError> {
+        let currency = self.currencies.get(currency.unwrap_or_default())?;
+        let amount = within_bounds(
+            Amount::parse(amount.unwrap_or_default(), currency)?,
+            currency,
+        )?;
+        let fee = currency.fee_for(amount.value());
+        Ok(QuoteView {
+            currency: currency.code().to_string(),
+            amount: amount.to_string(),
+            fee: currency.format(fee),
+            total: currency.format(amount.value() + fee),
+        })
     }
 
     pub async fn get(&self, user: &UserId, id: &str) -> Result<WithdrawalView, ApiError> {

@@ -7,10 +7,11 @@ use crate::domain::{
 /// DynamoDB's limit for one item: 400 KB, attribute names and values together.
 const ITEM_LIMIT_BYTES: usize = 400 * 1024;
 /// One entry of a batch record's `members` map at its largest: the withdrawal id as the map key,
-/// its string value `<amount> <limit day or -> <user id>` at its longest (the widest decimal's
-/// text, 31 bytes; a day, 10; two spaces; the longest user id), and the byte DynamoDB counts per
-/// map element.
-const MEMBER_ENTRY_BYTES: usize = WithdrawalId::TEXT_LEN + 31 + 1 + 10 + 1 + UserId::MAX_LEN + 1;
+/// its string value `<amount>[+<fee>[k]] <limit day or -> <user id>` at its longest (the widest
+/// decimal's text, 31 bytes, twice with the `+` and the `k`; a day, 10; two spaces; the longest
+/// user id), and the byte DynamoDB counts per map element.
+const MEMBER_ENTRY_BYTES: usize =
+    WithdrawalId::TEXT_LEN + 31 + 1 + 31 + 1 + 1 + 10 + 1 + UserId::MAX_LEN + 1;
 /// Everything else on the batch record, generously: keys, status, counts, timestamps, lease,
 /// index keys (under 1 KB together) and what the provider hands us (`reason`, at most 200
 /// characters, `provider_batch_id`, `last_error`), plus the `members` attribute's own overhead.
@@ -19,8 +20,8 @@ const BATCH_OTHER_ATTRIBUTES_BYTES: usize = 16 * 1024;
 /// The most members one batch may have (`BATCH_MAX_SIZE`, template.yaml's `BatchMaxSize`): the
 /// batch record holds every member (withdrawal id → owner, amount, limit day) in one item, so a
 /// larger batch could not be claimed once its record outgrew 400 KB. Three quarters of the room
-/// left by the other attributes, divided by the largest entry: (409,600 − 16,384) × 3/4 / 201 =
-/// 1,467.
+/// left by the other attributes, divided by the largest entry: (409,600 − 16,384) × 3/4 / 234 =
+/// 1,260.
 pub const MAX_BATCH_MEMBERS: usize =
     (ITEM_LIMIT_BYTES - BATCH_OTHER_ATTRIBUTES_BYTES) * 3 / 4 / MEMBER_ENTRY_BYTES;
 

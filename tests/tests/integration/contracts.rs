@@ -246,6 +246,8 @@ async fn every_documented_user_route_answers() {
             event.iam_caller(DEPOSIT_CALLER).body(
                 r#"{"user_id":"route","currency":"USD","amount":"5","reference":"route-credit-1"}"#,
             )
+        } else if path == "/withdrawals/quote" {
+            ApiRequest::new("GET", "/withdrawals/quote?currency=USD&amount=10").user("route")
         } else if method == "POST" && path == "/beneficiaries" {
             event
                 .user("route")
@@ -273,6 +275,7 @@ fn openapi_yaml_is_valid_yaml_with_every_route_and_template_yaml_parses() {
     let paths = spec["paths"].as_mapping().expect("paths");
     for route in [
         "/withdrawals",
+        "/withdrawals/quote",
         "/withdrawals/{id}",
         "/balances",
         "/internal/credits",

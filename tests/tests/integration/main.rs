@@ -13,6 +13,7 @@ mod contracts;
 mod controls;
 mod credits;
 mod events;
+mod fees;
 mod fixtures;
 mod logs;
 mod payout_safety;

@@ -4,8 +4,8 @@ use super::DynamoStore;
 use crate::domain::{
     timestamp, Amount, AuditEntry, Balance, BankAccount, Batch, BatchId, BatchNote, BatchStatus,
     Beneficiary, BeneficiaryDetails, BeneficiaryId, Control, ControlSubject, CreditReference,
-    Currencies, Currency, CurrencyCode, Destination, IdempotencyKey, Member, MemberTerms, UserId,
-    Withdrawal, WithdrawalId, WithdrawalStatus,
+    Currencies, Currency, CurrencyCode, Destination, FeeOnReturn, IdempotencyKey, Member,
+    MemberTerms, UserId, Withdrawal, WithdrawalId, WithdrawalStatus,
 };
 use crate::store::schema::{self, TableSchema};
 use crate::store::Failure;
@@ -49,6 +49,13 @@ impl DynamoStore {
         put("user_id", s(w.user_id.as_str()));
         put("currency", s(w.currency.code().as_str()));
         put("amount", n(w.amount.value()));
+        // Only a charged fee is stored: a free withdrawal's item is as it was before fees.
+        if !w.fee.is_zero() {
+            put("fee", n(w.fee));
+            if w.fee_on_return == FeeOnReturn::Keep {
+                put("fee_on_return", s("keep"));
+            }
+        }
         if let Some(id) = w.destination.beneficiary_id() {
             put("beneficiary_id", s(id.to_string()));
         }
@@ -113,6 +120,8 @@ impl DynamoStore {
             available: r.n("available")?,
             locked: r.n("locked")?,
             paid_out: r.n("paid_out")?,
+            // Written by the first fee charged: none before.
+            fees: r.opt_n("fees")?.unwrap_or_default(),
             credited: r.n("credited")?,
             open_count: r
                 .n("open_count")?
@@ -174,10 +183,26 @@ pub(super) fn withdrawal_from_item(
     let r = Reader(item);
     let currency = currency(currencies, r.s("currency")?)?;
     let amount = Amount::new(r.n("amount")?, &currency).map_err(corrupt)?;
+    let fee = fee_value(r.opt_n("fee")?.unwrap_or_default(), &currency)?;
+    let fee_returned = r
+        .opt_n("fee_returned")?
+        .map(|f| fee_value(f, &currency))
+        .transpose()?;
     Ok(Withdrawal {
         id: WithdrawalId::parse(r.s("id")?).map_err(corrupt)?,
         user_id: UserId::parse(r.s("user_id")?).map_err(corrupt)?,
         amount,
+        fee,
+        fee_on_return: match r.opt_s("fee_on_return") {
+            None => FeeOnReturn::Refund,
+            Some("keep") => FeeOnReturn::Keep,
+            Some(other) => {
+                return Err(StoreError::Failed(Failure::Corrupt(format!(
+                    "fee_on_return {other:?}"
+                ))))
+            }
+        },
+        fee_returned,
         currency,
         destination: destination_from_item(&r)?,
         status: WithdrawalStatus::parse(r.s("status")?)
@@ -494,6 +519,13 @@ impl Reader<'_> {
                 StoreError::Failed(Failure::Corrupt(format!("missing number attribute {name}")))
             })
     }
+    /// A number that may be absent; present but not a number is corrupt.
+    pub(super) fn opt_n(&self, name: &str) -> Result<Option<Decimal>, StoreError> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(_) => self.n(name).map(Some),
+        }
+    }
     pub(super) fn time(&self, name: &str) -> Result<DateTime<Utc>, StoreError> {
         DateTime::parse_from_rfc3339(self.s(name)?)
             .map(|t| t.with_timezone(&Utc))
@@ -609,20 +641,31 @@ pub(super) fn note(from: BatchStatus, to: BatchStatus, by: &str, reason: &str) -
     })])
 }
 
-/// A batch member's entry, one string: `<amount> <limit day or -> <user id>` (user ids hold no
-/// spaces; the entry's size is what bounds a batch, `schema::MAX_BATCH_MEMBERS`). Entries
+/// A batch member's entry, one string: `<amount>[+<fee>[k]] <limit day or -> <user id>` (the
+/// fee only when there is one, so a free withdrawal's entry is as it was before fees; `k` when
+/// a bank return keeps it; user ids hold no spaces; the entry's size is what bounds a batch, `schema::MAX_BATCH_MEMBERS`). Entries
 /// written before the terms were kept are the user id alone.
 pub(super) fn member_to_item(m: &Member) -> AttributeValue {
     match &m.terms {
         None => s(m.user_id.as_str()),
-        Some(terms) => s(format!(
-            "{} {} {}",
-            terms.amount.value(),
-            terms.limit_day.map_or("-".to_string(), |d| d
-                .format(schema::DAY_FORMAT)
-                .to_string()),
-            m.user_id
-        )),
+        Some(terms) => {
+            let money = if terms.fee.is_zero() {
+                terms.amount.value().to_string()
+            } else {
+                let keep = match terms.fee_on_return {
+                    FeeOnReturn::Keep => "k",
+                    FeeOnReturn::Refund => "",
+                };
+                format!("{}+{}{keep}", terms.amount.value(), terms.fee)
+            };
+            s(format!(
+                "{money} {} {}",
+                terms.limit_day.map_or("-".to_string(), |d| d
+                    .format(schema::DAY_FORMAT)
+                    .to_string()),
+                m.user_id
+            ))
+        }
     }
 }
 
@@ -633,14 +676,22 @@ fn member_from_item(v: &AttributeValue, currency: &Currency) -> Result<Member, S
     let parts: Vec<&str> = entry.split(' ').collect();
     let (user, terms) = match parts[..] {
         [user] => (user, None),
-        [amount, day, user] => {
+        [money, day, user] => {
+            let (amount, fee) = money.split_once('+').unwrap_or((money, "0"));
+            let (fee, fee_on_return) = match fee.strip_suffix('k') {
+                Some(fee) => (fee, FeeOnReturn::Keep),
+                None => (fee, FeeOnReturn::Refund),
+            };
             let amount = Decimal::from_str(amount).map_err(corrupt)?;
+            let fee = fee_value(Decimal::from_str(fee).map_err(corrupt)?, currency)?;
             let limit_day = match day {
                 "-" => None,
                 d => Some(NaiveDate::parse_from_str(d, schema::DAY_FORMAT).map_err(corrupt)?),
             };
             let terms = MemberTerms {
                 amount: Amount::new(amount, currency).map_err(corrupt)?,
+                fee,
+                fee_on_return,
                 limit_day,
             };
             (user, Some(terms))
@@ -651,4 +702,17 @@ fn member_from_item(v: &AttributeValue, currency: &Currency) -> Result<Member, S
         user_id: UserId::parse(user).map_err(corrupt)?,
         terms,
     })
+}
+
+/// A stored fee: not negative, within its currency's scale, rescaled to it.
+fn fee_value(value: Decimal, currency: &Currency) -> Result<Decimal, StoreError> {
+    if value < Decimal::ZERO || value.normalize().scale() > currency.scale() {
+        return Err(StoreError::Failed(Failure::Corrupt(format!(
+            "fee {value} is not a {} quantity",
+            currency.code()
+        ))));
+    }
+    let mut v = value;
+    v.rescale(currency.scale());
+    Ok(v)
 }

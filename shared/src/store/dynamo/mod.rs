@@ -220,6 +220,7 @@ impl Store for DynamoStore {
             &credit.currency,
             BalanceEffect::Credit,
             credit.amount.value(),
+            Decimal::ZERO,
             &timestamp(&credit.created_at),
             None,
         )?;
@@ -321,7 +322,7 @@ impl Store for DynamoStore {
                 .and_then(|v| v.as_n().ok())
                 .and_then(|v| Decimal::from_str(v).ok())
                 .unwrap_or(Decimal::ZERO);
-            if available >= w.amount.value() && open.is_some_and(|o| o >= max_open) {
+            if available >= w.total() && open.is_some_and(|o| o >= max_open) {
                 return Err(StoreError::Refused(Refusal::TooManyPending));
             }
             return Err(StoreError::Refused(Refusal::InsufficientFunds));

@@ -45,37 +45,53 @@ impl DynamoStore {
     }
 
     /// The one place a balance movement becomes a DynamoDB update, mirroring
-    /// [`Balance::apply`]: the condition makes any movement that would go negative fail.
+    /// [`Balance::apply`] for `amount` and `fee` (`:tot` is both): the condition makes any
+    /// movement that would go negative fail. A free movement (fee zero) writes what it wrote
+    /// before fees, so `fees` appears with the first fee charged.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn balance_update(
         &self,
         user: &UserId,
         currency: &Currency,
         effect: BalanceEffect,
         amount: Decimal,
+        fee: Decimal,
         now: &str,
         max_open: Option<u32>,
     ) -> Result<TransactWriteItem, StoreError> {
-        let (set, condition) = match effect {
-            BalanceEffect::Credit => (
+        let free = fee.is_zero();
+        let (set, condition) = match (effect, free) {
+            (BalanceEffect::Credit, _) => (
                 "#av = if_not_exists(#av, :zero) + :amt, #cr = if_not_exists(#cr, :zero) + :amt, \
                  #lk = if_not_exists(#lk, :zero), #po = if_not_exists(#po, :zero), \
                  #oc = if_not_exists(#oc, :zero), #cy = :cy, #ui = :ui",
                 None,
             ),
-            BalanceEffect::Lock => (
-                "#av = #av - :amt, #lk = #lk + :amt, #oc = if_not_exists(#oc, :zero) + :one",
-                Some("#av >= :amt AND (attribute_not_exists(#oc) OR #oc < :max_open)"),
+            (BalanceEffect::Lock, _) => (
+                "#av = #av - :tot, #lk = #lk + :tot, #oc = if_not_exists(#oc, :zero) + :one",
+                Some("#av >= :tot AND (attribute_not_exists(#oc) OR #oc < :max_open)"),
             ),
-            BalanceEffect::Unlock => (
-                "#av = #av + :amt, #lk = #lk - :amt, #oc = #oc - :one",
-                Some("#lk >= :amt"),
+            (BalanceEffect::Unlock, _) => (
+                "#av = #av + :tot, #lk = #lk - :tot, #oc = #oc - :one",
+                Some("#lk >= :tot"),
             ),
-            BalanceEffect::PayOut => (
-                "#lk = #lk - :amt, #po = #po + :amt, #oc = #oc - :one",
-                Some("#lk >= :amt"),
+            (BalanceEffect::PayOut, true) => (
+                "#lk = #lk - :tot, #po = #po + :amt, #oc = #oc - :one",
+                Some("#lk >= :tot"),
             ),
-            BalanceEffect::Return => ("#po = #po - :amt, #av = #av + :amt", Some("#po >= :amt")),
-            BalanceEffect::None => ("#ua = :now", None),
+            (BalanceEffect::PayOut, false) => (
+                "#lk = #lk - :tot, #po = #po + :amt, #fe = if_not_exists(#fe, :zero) + :fee, \
+                 #oc = #oc - :one",
+                Some("#lk >= :tot"),
+            ),
+            (BalanceEffect::Return, true) => {
+                ("#po = #po - :amt, #av = #av + :tot", Some("#po >= :amt"))
+            }
+            (BalanceEffect::Return, false) => (
+                "#po = #po - :amt, #fe = #fe - :fee, #av = #av + :tot",
+                Some("#po >= :amt AND #fe >= :fee"),
+            ),
+            (BalanceEffect::None, _) => ("#ua = :now", None),
         };
         let expression = if effect == BalanceEffect::None {
             format!("SET {set}")
@@ -86,6 +102,7 @@ impl DynamoStore {
             ("#av", "available"),
             ("#lk", "locked"),
             ("#po", "paid_out"),
+            ("#fe", "fees"),
             ("#cr", "credited"),
             ("#oc", "open_count"),
             ("#ua", "updated_at"),
@@ -94,6 +111,8 @@ impl DynamoStore {
         ];
         let mut values = vec![
             (":amt", n(amount)),
+            (":fee", n(fee)),
+            (":tot", n(amount + fee)),
             (":zero", n(0)),
             (":one", n(1)),
             (":now", s(now)),
@@ -166,6 +185,7 @@ impl DynamoStore {
                     &w.currency,
                     effect,
                     w.amount.value(),
+                    w.fee_moved(transition),
                     &now,
                     None,
                 )?,
@@ -241,6 +261,14 @@ impl DynamoStore {
                 .expression_attribute_names("#ba", "bank_account")
                 .expression_attribute_values(":ba", s(account.expose()));
         }
+        // What a bank return gave back of the fee, kept for `operator check` (the policy may
+        // change later).
+        if to == WithdrawalStatus::Returned && !w.fee.is_zero() {
+            set.push("#fret = :fret");
+            update = update
+                .expression_attribute_names("#fret", "fee_returned")
+                .expression_attribute_values(":fret", n(w.fee_moved(Transition::Return)));
+        }
         // The sparse index follows the status: an approval moves the withdrawal from its
         // currency's review key to a pending shard; leaving either takes it out. An approval
         // lands on shard 0, which every batcher reads whatever its PENDING_SHARDS: the
@@ -266,12 +294,19 @@ impl DynamoStore {
                 schema::PENDING_SK
             ));
         }
-        // The expected status, and the amount and batch the change moves money for: a subject
-        // built from a batch entry (not read from the item) is refused if either differs.
+        // The expected status, and the amount, fee and batch the change moves money for: a
+        // subject built from a batch entry (not read from the item) is refused if any differs.
         let mut condition = "#st = :from AND #amt = :amt".to_string();
         update = update
             .expression_attribute_names("#amt", "amount")
-            .expression_attribute_values(":amt", n(w.amount.value()));
+            .expression_attribute_values(":amt", n(w.amount.value()))
+            .expression_attribute_names("#fee", "fee");
+        if w.fee.is_zero() {
+            condition.push_str(" AND attribute_not_exists(#fee)");
+        } else {
+            condition.push_str(" AND #fee = :fee");
+            update = update.expression_attribute_values(":fee", n(w.fee));
+        }
         // The account is copied once, by the claim, and never overwritten.
         if details.bank_account.is_some() {
             condition.push_str(" AND attribute_not_exists(#ba)");
@@ -371,6 +406,7 @@ impl DynamoStore {
             &w.currency,
             BalanceEffect::Lock,
             w.amount.value(),
+            w.fee,
             &now,
             Some(max_open),
         )?;
@@ -533,6 +569,9 @@ pub(super) fn changed(
             id: *id,
             account: Some(account.clone()),
         };
+    }
+    if entry.to == WithdrawalStatus::Returned && !w.fee.is_zero() {
+        updated.fee_returned = Some(Subject::from(w).fee_moved(Transition::Return));
     }
     updated
 }

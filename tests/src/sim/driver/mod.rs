@@ -39,6 +39,10 @@ const CALL_TIMEOUT: Duration = Duration::from_millis(600);
 pub const CURRENCIES: &str = "USD:2:1:50000:900,EUR:2:1:50000,JPY:0:100:5000000";
 /// EUR requests above 70 (about one in nine) wait in REVIEW for an operator's decision.
 pub const REVIEW_THRESHOLDS: &str = "EUR:70";
+/// EUR charges 0.10 + 0.2 % (0.50 to 5.00), given back on a bank return; USD a flat 0.25, kept
+/// on a return; JPY is free: `operator check` after every step holds each user's `fees` to what
+/// their settled and returned withdrawals kept.
+pub const WITHDRAWAL_FEES: &str = "EUR:0.10:0.002:0.50:5.00,USD:0.25:0:0:0:keep";
 pub const MAX_OPEN: u32 = 4;
 
 /// Counts for the report.
@@ -223,6 +227,8 @@ impl World {
         let currencies = Currencies::parse_config(CURRENCIES)
             .unwrap()
             .with_review_thresholds(REVIEW_THRESHOLDS)
+            .unwrap()
+            .with_fees(WITHDRAWAL_FEES)
             .unwrap();
         let env = TestEnv::with_config(MAX_OPEN, currencies).await;
         let inbox = Arc::new(Mutex::new(Vec::new()));
