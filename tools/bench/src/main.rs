@@ -495,8 +495,22 @@ async fn raw_claim_secs(per: [(&str, usize); 3]) -> f64 {
     let mut candidates = Vec::new();
     for (ccy, count) in per {
         let currency = e4.currencies.get(ccy).unwrap().clone();
-        let pending = e4.store.pending(&currency, count, None).await.unwrap();
+        let mut pending = e4.store.pending(&currency, count, None).await.unwrap();
         assert_eq!(pending.len(), count);
+        // Their accounts, as the batcher resolves them before claiming (untimed here too).
+        let keys: Vec<_> = pending
+            .iter()
+            .filter_map(|w| w.destination.unresolved().map(|id| (w.user_id.clone(), id)))
+            .collect();
+        let accounts = e4.store.beneficiary_accounts(&keys).await.unwrap();
+        for w in &mut pending {
+            if let Some(id) = w.destination.unresolved() {
+                w.destination = shared::domain::Destination::Beneficiary {
+                    id,
+                    account: Some(accounts[&(w.user_id.clone(), id)].clone()),
+                };
+            }
+        }
         candidates.push((currency, pending));
     }
     let store4 = &e4.store;
