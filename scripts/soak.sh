@@ -39,18 +39,26 @@ call() {
     echo "$(date -u +%T) unexpected HTTP ${code:-none} (wanted $expect) for: $*" >&2
   fi
 }
-request() { # token key amount
+request() { # token key amount beneficiary
   curl -s --max-time 30 -X POST "$API/withdrawals" -H "Authorization: Bearer $1" \
-    -H "Idempotency-Key: $2" -d "{\"currency\":\"USD\",\"amount\":\"$3\",\"bank_account\":\"DE89370400440532013000\"}"
+    -H "Idempotency-Key: $2" -d "{\"currency\":\"USD\",\"amount\":\"$3\",\"beneficiary_id\":\"$4\"}"
 }
+# Withdrawals go only to registered beneficiaries (usable at once: dev.sh's cooling-off is 0).
+beneficiary() { # token key -> its id
+  curl -s --max-time 30 -X POST "$API/beneficiaries" -H "Authorization: Bearer $1" -H "Idempotency-Key: $2" \
+    -d '{"bank_account":"DE89370400440532013000","holder_name":"Soak Test"}' |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'
+}
+ALICE_B=$(beneficiary "$ALICE" soak-alice)
+BOB_B=$(beneficiary "$BOB" soak-bob)
 
 end=$(( $(date +%s) + MINUTES * 60 ))
 while [ "$(date +%s)" -lt "$end" ]; do
   cycles=$((cycles + 1))
   # 201, or 409 when alice has too many open (the batcher has not run yet): both fine.
   call "201 409" -X POST "$API/withdrawals" -H "Authorization: Bearer $ALICE" -H "Idempotency-Key: soak-$cycles-a" \
-    -d '{"currency":"USD","amount":"1.25","bank_account":"DE89370400440532013000"}'
-  id=$(request "$BOB" "soak-$cycles-b" 2.00 | python3 -c 'import json,sys; print(json.load(sys.stdin).get("id",""))' 2>/dev/null || true)
+    -d "{\"currency\":\"USD\",\"amount\":\"1.25\",\"beneficiary_id\":\"$ALICE_B\"}"
+  id=$(request "$BOB" "soak-$cycles-b" 2.00 "$BOB_B" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("id",""))' 2>/dev/null || true)
   sent=$((sent + 1)); [ -n "$id" ] || { failed=$((failed + 1)); echo "bob's request failed" >&2; }
   [ -z "$id" ] || call "200" -X DELETE "$API/withdrawals/$id" -H "Authorization: Bearer $BOB"
   call "200" "$API/withdrawals?limit=5" -H "Authorization: Bearer $ALICE"
