@@ -135,14 +135,11 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
             let body = body_bytes(req)?;
             let created = service.request(&user, body, key).await?;
             span.record("withdrawal_id", created.withdrawal_id.to_string());
-            let mut resp = json_response(created.status_code, created.body);
-            if created.replayed {
-                resp.headers_mut().insert(
-                    "idempotent-replayed",
-                    "true".parse().expect("static header"),
-                );
-            }
-            Ok(resp)
+            Ok(keyed_response(
+                created.status_code,
+                created.body,
+                created.replayed,
+            ))
         }
         ("GET", ["withdrawals"]) => {
             span.record("route", "list");
@@ -182,14 +179,11 @@ async fn route(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
             let key = idempotency_key(req)?;
             let added = app.beneficiaries.add(&user, body_bytes(req)?, key).await?;
             span.record("beneficiary_id", added.beneficiary_id.to_string());
-            let mut resp = json_response(added.status_code, added.body);
-            if added.replayed {
-                resp.headers_mut().insert(
-                    "idempotent-replayed",
-                    "true".parse().expect("static header"),
-                );
-            }
-            Ok(resp)
+            Ok(keyed_response(
+                added.status_code,
+                added.body,
+                added.replayed,
+            ))
         }
         ("GET", ["beneficiaries"]) => {
             span.record("route", "list_beneficiaries");
@@ -252,14 +246,11 @@ async fn internal_credits(
                 replayed = answer.replayed,
                 "credit"
             );
-            let mut resp = json_response(answer.status_code, to_json(&answer.view)?);
-            if answer.replayed {
-                resp.headers_mut().insert(
-                    "idempotent-replayed",
-                    "true".parse().expect("static header"),
-                );
-            }
-            Ok(resp)
+            Ok(keyed_response(
+                answer.status_code,
+                to_json(&answer.view)?,
+                answer.replayed,
+            ))
         }
         ("GET", [reference]) => {
             span.record("route", "get_credit");
@@ -304,6 +295,19 @@ fn idempotency_key(req: &Request) -> Result<IdempotencyKey, ApiError> {
         ApiError::InvalidIdempotencyKey("Idempotency-Key must be printable ASCII".into())
     })?;
     IdempotencyKey::parse(s).map_err(|e| ApiError::InvalidIdempotencyKey(e.to_string()))
+}
+
+/// The answer to a keyed create (withdrawal, beneficiary, credit): a replay of the first answer
+/// says so in `Idempotent-Replayed: true`.
+fn keyed_response(status: u16, body: String, replayed: bool) -> Response<Body> {
+    let mut resp = json_response(status, body);
+    if replayed {
+        resp.headers_mut().insert(
+            "idempotent-replayed",
+            "true".parse().expect("static header"),
+        );
+    }
+    resp
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String, ApiError> {
