@@ -19,6 +19,23 @@ impl PayoutEnv {
             300,
         ))
     }
+
+    /// A sandbox with the three outcomes, `ACCOUNTS[1]` failing and `ACCOUNTS[2]` paid then
+    /// returned (each account another, paid), whose signed callbacks reach the webhook handler
+    /// over HTTP a moment after each payout.
+    pub async fn with_callbacks(currencies: shared::domain::Currencies) -> Self {
+        let p = Self::with_currencies(currencies, |c| {
+            c.callback_delay = std::time::Duration::from_millis(50);
+            c.return_delay = std::time::Duration::from_millis(100);
+            c.fail_accounts.insert(crate::ACCOUNTS[1].to_string());
+            c.return_accounts.insert(crate::ACCOUNTS[2].to_string());
+        })
+        .await;
+        let app = Arc::new(p.webhook_app(&[crate::WEBHOOK_SECRET]));
+        let url = spawn_webhook_server(app).await;
+        p.sandbox.set_webhook_url(&url);
+        p
+    }
 }
 
 /// A signed HTTP API v2 event for the webhook route, as API Gateway delivers it.

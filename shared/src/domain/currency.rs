@@ -101,10 +101,6 @@ impl Currency {
             .map_or(FeeOnReturn::Refund, |f| f.on_return)
     }
 
-    pub fn fee_schedule(&self) -> Option<&FeeSchedule> {
-        self.fee.as_ref()
-    }
-
     /// Formats a quantity of this currency with exactly its scale ("125.50", "1000").
     pub fn format(&self, value: Decimal) -> String {
         let mut v = value;

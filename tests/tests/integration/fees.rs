@@ -3,12 +3,10 @@
 //! cancel, and on a bank return by the currency's policy; the provider is paid the amount.
 
 use integration_tests::{
-    spawn_webhook_server, ApiRequest, BalanceView, PayoutEnv, TestEnv, TestResponse, ACCOUNTS,
-    BENEFICIARY, WEBHOOK_SECRET,
+    ApiRequest, BalanceView, PayoutEnv, TestEnv, TestResponse, ACCOUNTS, BENEFICIARY,
 };
 use serde_json::{json, Value};
 use shared::domain::Currencies;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// EUR: 0.25 + 0.1 %, at least 1.00, at most 20.00, given back on a return. USD: a flat 1.00,
@@ -160,16 +158,7 @@ async fn settling_charges_the_fee_rejecting_gives_it_back_and_a_return_follows_t
         .unwrap()
         .with_fees("EUR:3.00:0:0:0:keep,USD:2.00:0:0:0")
         .unwrap();
-    let p = PayoutEnv::with_currencies(later, |c| {
-        c.callback_delay = Duration::from_millis(50);
-        c.return_delay = Duration::from_millis(100);
-        c.fail_accounts.insert(ACCOUNTS[1].to_string());
-        c.return_accounts.insert(ACCOUNTS[2].to_string());
-    })
-    .await;
-    let app = Arc::new(p.webhook_app(&[WEBHOOK_SECRET]));
-    let url = spawn_webhook_server(app).await;
-    p.sandbox.set_webhook_url(&url);
+    let p = PayoutEnv::with_callbacks(later).await;
     let env = &p.env;
     // (user, currency, account, the status it ends in)
     let cases = [

@@ -3,8 +3,8 @@
 use super::{send, submitted};
 use futures::future::join_all;
 use integration_tests::{
-    callback_body, counting_client, deliver, now_secs, sign, spawn_webhook_server, webhook_request,
-    ApiRequest, BalanceView, PayoutEnv, ACCOUNTS, WEBHOOK_FN, WEBHOOK_SECRET,
+    callback_body, counting_client, deliver, now_secs, sign, webhook_request, ApiRequest,
+    BalanceView, PayoutEnv, ACCOUNTS, WEBHOOK_FN, WEBHOOK_SECRET,
 };
 use shared::domain::{BatchStatus, Withdrawal, WithdrawalStatus};
 use shared::store::{BatchStore, Store, TableSchema};
@@ -13,16 +13,7 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn the_full_loop_settles_rejects_and_returns_with_real_sandbox_callbacks() {
-    let p = PayoutEnv::new(|c| {
-        c.callback_delay = Duration::from_millis(50);
-        c.return_delay = Duration::from_millis(100);
-        c.fail_accounts.insert(ACCOUNTS[1].to_string());
-        c.return_accounts.insert(ACCOUNTS[2].to_string());
-    })
-    .await;
-    let app = Arc::new(p.webhook_app(&[WEBHOOK_SECRET]));
-    let url = spawn_webhook_server(app).await;
-    p.sandbox.set_webhook_url(&url);
+    let p = PayoutEnv::with_callbacks(shared::domain::Currencies::default()).await;
 
     // Through the user API: three users, three outcomes.
     let env = &p.env;
